@@ -1,0 +1,299 @@
+"""Typed run configuration: one dataclass per concern, defaults in one place.
+
+Every run is described by a :class:`Config`. A run file (YAML) holds only what differs from these
+defaults; dotted command-line overrides (``optim.lr=3e-4``) are applied on top. Both are checked
+against the schema: an unknown key or a value of the wrong type raises :class:`ConfigError` naming
+the key and what was expected. The resolved config is saved beside every run and inside every
+checkpoint (``to_dict``/``from_dict``), so evaluation rebuilds the model from a checkpoint alone.
+
+Strings are coerced to the field's type, because PyYAML reads ``3e-4`` as a string (YAML 1.1
+needs ``3.0e-4``) and command-line values are always strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, mistyped or out of range. The message names the key."""
+
+
+def _choices(*values: str) -> dict:
+    return {"choices": values}
+
+
+@dataclass
+class DataConfig:
+    train_shards: str = ""  # brace-expandable shard pattern(s), ``::``-separated
+    batch_size: int = 256
+    num_workers: int = 2
+    shuffle_buffer: int = 1000
+    image_keys: str = "jpg;jpeg;png;webp"  # first present extension wins
+    caption_key: str = "txt"
+
+
+@dataclass
+class ImageTowerConfig:
+    model: str = "vit_base_patch32_224"  # any timm model name
+    pretrained: bool = False
+    image_size: int = 224
+    model_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model
+    # Normalisation; empty means "take the timm model's pretrained_cfg".
+    mean: list = field(default_factory=list)
+    std: list = field(default_factory=list)
+
+
+@dataclass
+class TextTowerConfig:
+    model: str = ""  # hub name or local directory of a transformers encoder
+    config: dict = field(default_factory=dict)  # inline config (with model_type) for random init
+    pretrained: bool = True  # load weights from `model`; ignored when `config` is given
+    tokenizer: str = ""  # hub name, local dir or tokenizer.json; defaults to `model`
+    pooling: str = field(default="cls", metadata=_choices("cls", "mean", "eos"))
+    context_length: int = 77
+
+
+@dataclass
+class ModelConfig:
+    embed_dim: int = 512
+    init_logit_scale: float = 2.659260036932778  # ln(1/0.07), CLIP paper
+    max_logit_scale: float = 4.605170185988092  # ln(100), CLIP paper
+
+
+@dataclass
+class LossConfig:
+    name: str = "clip"  # key of vlcontrast.factory.OBJECTIVES
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    weight_decay: float = 0.2
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    warmup_steps: int = 500
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 10000
+    seed: int = 0
+    precision: str = field(default="no", metadata=_choices("no", "bf16", "fp16"))
+    output_dir: str = "runs/default"
+    log_every: int = 10
+    save_every: int = 1000
+    keep_checkpoints: int = 2
+    resume: str = ""  # "" (fresh), "latest" (newest in output_dir) or a checkpoint directory
+    progress: bool = True
+    tensorboard: bool = True
+
+
+@dataclass
+class EvalConfig:
+    zeroshot_shards: str = ""  # labelled shards: image + ``cls`` (class index)
+    classes: str = ""  # JSON with "classnames" (+ "templates"); default: classes.json by shards
+    templates: list = field(
+        default_factory=list
+    )  # empty: the classes file's, else "a photo of a {}."
+    every: int = 0  # steps between evaluations; 0 = only at the end
+    batch_size: int = 256
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    image: ImageTowerConfig = field(default_factory=ImageTowerConfig)
+    text: TextTowerConfig = field(default_factory=TextTowerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+_POSITIVE = {
+    "data.batch_size",
+    "data.shuffle_buffer",
+    "image.image_size",
+    "text.context_length",
+    "model.embed_dim",
+    "train.steps",
+    "train.log_every",
+    "train.save_every",
+    "train.keep_checkpoints",
+    "eval.batch_size",
+}
+_NON_NEGATIVE = {"data.num_workers", "optim.warmup_steps", "optim.grad_clip", "eval.every"}
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Convert ``value`` to ``typ`` or raise a ConfigError that names ``key``."""
+    expected = getattr(typ, "__name__", str(typ))
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "false", "1", "0", "yes", "no"}:
+            return value.lower() in {"true", "1", "yes"}
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif typ in (list, dict):
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                pass
+        if isinstance(value, typ):
+            return value
+        if typ is list and isinstance(value, tuple):
+            return list(value)
+    raise ConfigError(f"{key}: expected {expected}, got {value!r} ({type(value).__name__})")
+
+
+def _fields(cls: type) -> dict[str, tuple[dataclasses.Field, Any]]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: (f, hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+def _check(key: str, f: dataclasses.Field, value: Any) -> None:
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+    if key in _POSITIVE and value <= 0:
+        raise ConfigError(f"{key}: expected a positive number, got {value!r}")
+    if key in _NON_NEGATIVE and value < 0:
+        raise ConfigError(f"{key}: expected a number >= 0, got {value!r}")
+
+
+def _set(obj: Any, path: list[str], value: Any, prefix: str = "") -> None:
+    name, rest = path[0], path[1:]
+    key = f"{prefix}{name}"
+    fields = _fields(type(obj))
+    if name not in fields:
+        valid = ", ".join(f"{prefix}{n}" for n in fields)
+        raise ConfigError(f"unknown config key '{key}'; valid keys here: {valid}")
+    f, typ = fields[name]
+    if dataclasses.is_dataclass(typ):
+        if rest:
+            _set(getattr(obj, name), rest, value, prefix=f"{key}.")
+            return
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {typ.__name__} keys, got {value!r}")
+        for sub, sub_value in value.items():
+            _set(getattr(obj, name), [str(sub)], sub_value, prefix=f"{key}.")
+        return
+    if rest:
+        if typ is dict:  # model_kwargs.depth=2 sets one entry of a free-form dict
+            entry = getattr(obj, name)
+            for part in rest[:-1]:
+                entry = entry.setdefault(part, {})
+            entry[rest[-1]] = yaml.safe_load(value) if isinstance(value, str) else value
+            return
+        raise ConfigError(f"unknown config key '{key}.{'.'.join(rest)}': {key} has no sub-keys")
+    value = _coerce(key, value, typ)
+    _check(key, f, value)
+    setattr(obj, name, value)
+
+
+def apply(cfg: Config, values: dict[str, Any]) -> Config:
+    """Apply a nested mapping (a parsed run file) onto ``cfg`` in place and return it."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(values).__name__}")
+    for key, value in values.items():
+        _set(cfg, [str(key)], value)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], str]:
+    """Split ``optim.lr=3e-4`` into (["optim", "lr"], "3e-4")."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value, e.g. optim.lr=3e-4")
+    key, value = text.split("=", 1)
+    if not key or "." not in key:
+        raise ConfigError(f"override '{text}' must name a section and a key, e.g. optim.lr=3e-4")
+    return key.split("."), value
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    for text in overrides:
+        path, value = parse_override(text)
+        _set(cfg, path, value)
+    return cfg
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the run file at ``path`` (YAML or JSON), then dotted ``overrides``."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        apply(cfg, values)
+    return apply_overrides(cfg, overrides or [])
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    return apply(Config(), values)
+
+
+def save(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+
+
+def diff(cfg: Config) -> dict[str, Any]:
+    """The entries of ``cfg`` that differ from the defaults, as a nested mapping."""
+    out: dict[str, Any] = {}
+    default = to_dict(Config())
+    for section, values in to_dict(cfg).items():
+        changed = {k: v for k, v in values.items() if default[section][k] != v}
+        if changed:
+            out[section] = changed
+    return out
+
+
+def keys() -> list[str]:
+    """Every dotted key of the schema, for --help."""
+    out = []
+    for section, (_, typ) in _fields(Config).items():
+        for name, (f, sub_typ) in _fields(typ).items():
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            kind = sub_typ.__name__ if isinstance(sub_typ, type) else str(sub_typ)
+            out.append(f"{section}.{name} ({kind}, default {default!r})")
+    return out

@@ -1,0 +1,1 @@
+"""Shards -> samples -> batches: read tar shards, decode, transform, tokenise, batch."""

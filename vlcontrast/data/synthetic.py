@@ -1,0 +1,165 @@
+"""The embedded default corpus: coloured shapes with captions, generated locally.
+
+Every image shows one shape of a given colour, size and position on a noisy background; its
+caption names the colour and shape and, at random, the size and the position ("a small red
+triangle at the top left"). Classes for zero-shot evaluation are colour x shape (30 classes);
+held-out images come from a different seed. A word-level tokenizer is trained on the captions
+with ``tokenizers``, so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import random
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from vlcontrast.data.shard_writer import write_shards
+
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (50, 80, 230),
+    "yellow": (235, 215, 40),
+    "purple": (150, 60, 190),
+    "orange": (245, 140, 30),
+}
+SHAPES = ("circle", "square", "triangle", "star", "cross")
+SIZES = {"small": 0.14, "large": 0.3}  # radius as a fraction of the image side
+POSITIONS = {
+    "at the top left": (0.27, 0.27),
+    "at the top": (0.5, 0.27),
+    "at the top right": (0.73, 0.27),
+    "on the left": (0.27, 0.5),
+    "in the center": (0.5, 0.5),
+    "on the right": (0.73, 0.5),
+    "at the bottom left": (0.27, 0.73),
+    "at the bottom": (0.5, 0.73),
+    "at the bottom right": (0.73, 0.73),
+}
+CLASSNAMES = [f"{color} {shape}" for color in COLORS for shape in SHAPES]
+TEMPLATES = ["a {}", "a small {}", "a large {}"]
+
+
+def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple]:
+    if shape == "square":
+        corners = [(math.pi / 4 + k * math.pi / 2) for k in range(4)]
+        radii = [r * 1.1] * 4
+    elif shape == "triangle":
+        corners = [(-math.pi / 2 + k * 2 * math.pi / 3) for k in range(3)]
+        radii = [r * 1.2] * 3
+    elif shape == "star":
+        corners = [(-math.pi / 2 + k * math.pi / 5) for k in range(10)]
+        radii = [r * 1.2 if k % 2 == 0 else r * 0.5 for k in range(10)]
+    elif shape == "cross":
+        w = 0.35
+        pts = [(w, 1), (w, w), (1, w), (1, -w), (w, -w), (w, -1)]
+        pts += [(-x, -y) for x, y in pts]
+        cos, sin = math.cos(angle), math.sin(angle)
+        return [(cx + r * (x * cos - y * sin), cy + r * (x * sin + y * cos)) for x, y in pts]
+    else:
+        raise ValueError(shape)
+    return [
+        (cx + q * math.cos(a + angle), cy + q * math.sin(a + angle))
+        for a, q in zip(corners, radii, strict=True)
+    ]
+
+
+def render(color: str, shape: str, size: str, position: str, rng: random.Random, side: int = 64):
+    """One RGB image of ``side`` pixels."""
+    base = [rng.randint(20, 90) for _ in range(3)]
+    img = Image.new("RGB", (side, side), tuple(base))
+    draw = ImageDraw.Draw(img)
+    for _ in range(12):  # background clutter, never a shape's colour
+        x, y = rng.uniform(0, side), rng.uniform(0, side)
+        tint = tuple(min(255, c + rng.randint(0, 40)) for c in base)
+        draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=tint)
+    fx, fy = POSITIONS[position]
+    jitter = 0.05 * side
+    cx, cy = fx * side + rng.uniform(-jitter, jitter), fy * side + rng.uniform(-jitter, jitter)
+    r = SIZES[size] * side * rng.uniform(0.85, 1.15)
+    fill = tuple(max(0, min(255, c + rng.randint(-20, 20))) for c in COLORS[color])
+    if shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    else:
+        draw.polygon(_polygon(shape, cx, cy, r, rng.uniform(-0.2, 0.2)), fill=fill)
+    return img
+
+
+def caption(color: str, shape: str, size: str, position: str, rng: random.Random) -> str:
+    words = ["a"]
+    if rng.random() < 0.5:
+        words.append(size)
+    words += [color, shape]
+    if rng.random() < 0.5:
+        words.append(position)
+    return " ".join(words)
+
+
+def samples(n: int, seed: int, side: int = 64):
+    """Yield ``n`` samples in shard layout: jpg, txt, json (attributes) and cls (class index)."""
+    rng = random.Random(seed)
+    for index in range(n):
+        color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+        size, position = rng.choice(list(SIZES)), rng.choice(list(POSITIONS))
+        buffer = io.BytesIO()
+        render(color, shape, size, position, rng, side).save(buffer, format="JPEG", quality=90)
+        text = caption(color, shape, size, position, rng)
+        meta = {"color": color, "shape": shape, "size": size, "position": position}
+        yield {
+            "__key__": f"{seed:04d}{index:07d}",
+            "jpg": buffer.getvalue(),
+            "txt": text,
+            "json": json.dumps({"caption": text, **meta}),
+            "cls": str(CLASSNAMES.index(f"{color} {shape}")),
+        }
+
+
+def train_tokenizer(texts: list[str], out_dir: str | Path) -> Path:
+    """Train a word-level tokenizer on ``texts``; saved in transformers' layout in ``out_dir``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=special))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+    )
+    fast.save_pretrained(str(out_dir))
+    return Path(out_dir)
+
+
+def make_corpus(
+    out_dir: str | Path, n_train: int = 12000, n_heldout: int = 1500, per_shard: int = 1000
+) -> dict[str, str]:
+    """Write train shards, held-out shards (+ classes.json) and a tokenizer under ``out_dir``."""
+    out_dir = Path(out_dir)
+    train = write_shards(samples(n_train, seed=0), out_dir / "train", per_shard)
+    heldout = write_shards(samples(n_heldout, seed=1), out_dir / "heldout", per_shard)
+    classes = {"classnames": CLASSNAMES, "templates": TEMPLATES}
+    (out_dir / "heldout" / "classes.json").write_text(json.dumps(classes, indent=1) + "\n")
+    rng = random.Random(2)
+    texts = [
+        caption(c, s, z, p, rng) for c in COLORS for s in SHAPES for z in SIZES for p in POSITIONS
+    ]
+    texts += [t.format(name) for t in TEMPLATES for name in CLASSNAMES]
+    train_tokenizer(texts, out_dir / "tokenizer")
+    (out_dir / "DONE").write_text("ok\n")
+    last_train, last_held = len(train) - 1, len(heldout) - 1
+    return {
+        "train_shards": str(out_dir / "train" / f"{{00000..{last_train:05d}}}.tar"),
+        "heldout_shards": str(out_dir / "heldout" / f"{{00000..{last_held:05d}}}.tar"),
+        "tokenizer": str(out_dir / "tokenizer"),
+    }

@@ -1,0 +1,1 @@
+"""Evaluation on top of ``models`` and the shared batched ``embed`` helpers."""

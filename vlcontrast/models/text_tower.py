@@ -1,0 +1,85 @@
+"""Text tower: any transformers encoder, pooled, projected and L2-normalised.
+
+Sits between ``data`` (token ids + attention mask, right-padded) and the losses. The encoder is
+built from a hub name, a local directory (``save_pretrained`` layout) or an inline config dict
+with a ``model_type`` for random initialisation, so tests and the demo never touch the network.
+Pooling is a pure function of the hidden states and the mask: ``cls`` (first token), ``mean``
+(mean over real tokens) or ``eos`` (last real token, as in CLIP's causal text transformer).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from vlcontrast.config import ConfigError, TextTowerConfig
+
+
+def pool_cls(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return hidden[:, 0]
+
+
+def pool_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def pool_eos(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    last = mask.sum(1).clamp(min=1) - 1  # (B,) index of the last real token (right padding)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+POOLINGS = {"cls": pool_cls, "mean": pool_mean, "eos": pool_eos}
+
+
+def build_encoder(cfg: TextTowerConfig) -> nn.Module:
+    if cfg.config:
+        values = dict(cfg.config)
+        model_type = values.pop("model_type", None)
+        if not model_type:
+            raise ConfigError("text.config: needs a model_type (e.g. bert) for random init")
+        return AutoModel.from_config(AutoConfig.for_model(model_type, **values))
+    if not cfg.model:
+        raise ConfigError("text.model: set a hub name or local directory, or give text.config")
+    if cfg.pretrained:
+        return AutoModel.from_pretrained(cfg.model)
+    return AutoModel.from_config(AutoConfig.from_pretrained(cfg.model))
+
+
+def load_tokenizer(cfg: TextTowerConfig) -> PreTrainedTokenizerBase:
+    """Tokenizer from ``text.tokenizer`` (dir, hub name or tokenizer.json), else ``text.model``."""
+    source = cfg.tokenizer or cfg.model
+    if not source:
+        raise ConfigError("text.tokenizer: set a tokenizer (dir, hub name or tokenizer.json)")
+    if source.endswith(".json") and Path(source).is_file():
+        tok = PreTrainedTokenizerFast(tokenizer_file=source)
+    else:
+        tok = AutoTokenizer.from_pretrained(source)
+    tok.padding_side = "right"  # pool_eos relies on it
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok
+
+
+class TextTower(nn.Module):
+    def __init__(self, cfg: TextTowerConfig, embed_dim: int):
+        super().__init__()
+        self.encoder = build_encoder(cfg)
+        self.pool = POOLINGS[cfg.pooling]
+        self.proj = nn.Linear(self.encoder.config.hidden_size, embed_dim, bias=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, L) token ids and mask -> (B, D) unit-norm embeddings."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        pooled = self.pool(hidden, attention_mask)  # (B, H)
+        return F.normalize(self.proj(pooled), dim=-1)

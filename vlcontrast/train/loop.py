@@ -1,0 +1,254 @@
+"""The training loop: config -> model, objective, data -> steps -> checkpoints, logs, evals.
+
+Built on ``accelerate``, so the same code runs in one CPU process, on one GPU with bf16/fp16
+autocast, and under ``torchrun``/``accelerate launch``. The loop never branches on the objective:
+an objective turns a batch into ``{"loss", "metrics"}``. Each feature (resume, evaluation,
+checkpointing, divergence checks) is a named helper below the loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from vlcontrast import config as config_lib
+from vlcontrast.config import Config, ConfigError
+from vlcontrast.data.batching import Collate, iterate_epochs, make_loader, to_device
+from vlcontrast.data.shards import DataPosition, Decoder, ShardDataset, expand_urls
+from vlcontrast.data.transforms import image_transform
+from vlcontrast.eval.zeroshot import evaluate_zeroshot
+from vlcontrast.factory import build_model, build_objective
+from vlcontrast.models.text_tower import load_tokenizer
+from vlcontrast.train import checkpoint
+from vlcontrast.train.metrics_log import MetricsLogger
+from vlcontrast.train.optim import build_optimizer, build_scheduler
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm became NaN/inf; the message names the last good checkpoint."""
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Run (or resume) training as ``cfg`` says; returns a summary of the run."""
+    accelerator = Accelerator(mixed_precision=cfg.train.precision, cpu=not _has_accelerator())
+    set_seed(cfg.train.seed)
+    run_dir = Path(cfg.train.output_dir)
+    ckpt_root = run_dir / "checkpoints"
+    resume_from = resolve_resume(cfg.train.resume, ckpt_root)
+
+    tokenizer = load_tokenizer(cfg.text)
+    model = build_model(cfg)
+    check_vocab(model, tokenizer)
+    objective = build_objective(cfg)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
+    dataset, loader = build_train_data(cfg, model, tokenizer)
+    state = {"step": 0, "position": DataPosition(), "skipped": Counter()}
+    if resume_from is not None:
+        state = restore(resume_from, model, optimizer, scheduler)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    main = accelerator.is_main_process
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_lib.save(cfg, run_dir / "config.json")
+    logger = MetricsLogger(run_dir, enabled=main, tensorboard=cfg.train.tensorboard)
+    batches = iterate_epochs(loader, dataset, state["position"])
+    bar = tqdm(
+        total=cfg.train.steps,
+        initial=state["step"],
+        disable=not (main and cfg.train.progress),
+        desc="train",
+        unit="step",
+    )
+    global_batch = cfg.data.batch_size * accelerator.num_processes
+    window_start, window_steps, losses = time.perf_counter(), 0, []
+    evals: dict[str, float] = {}
+
+    while state["step"] < cfg.train.steps:
+        batch = next(batches)
+        state["skipped"].update(batch["skipped"])
+        loss, metrics = train_step(accelerator, model, objective, optimizer, batch, cfg, state)
+        scheduler.step()
+        state["step"] += 1
+        window_steps += 1
+        losses.append(loss)
+        step = state["step"]
+        bar.update(1)
+
+        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+            elapsed = time.perf_counter() - window_start
+            metrics.update(
+                loss=global_mean(accelerator, loss),
+                lr=scheduler.get_last_lr()[0],
+                epoch=state["position"].epoch,
+                samples_per_s=window_steps * global_batch / elapsed,
+                skipped=dict(state["skipped"]),
+            )
+            logger.log(step, {"train": metrics})
+            bar.set_postfix(
+                loss=f"{metrics['loss']:.4f}", samples_s=f"{metrics['samples_per_s']:.0f}"
+            )
+            window_start, window_steps = time.perf_counter(), 0
+        if step % cfg.train.save_every == 0 or step == cfg.train.steps:
+            save_checkpoint(
+                accelerator, ckpt_root, model, optimizer, scheduler, state, cfg, tokenizer
+            )
+        if eval_due(cfg, step):
+            evals = run_evals(accelerator, model, tokenizer, cfg)
+            logger.log(step, {"eval": evals})
+            if main and evals:
+                tqdm.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in evals.items()))
+
+    bar.close()
+    logger.close()
+    summary = {
+        "steps": state["step"],
+        "final_loss": losses[-1] if losses else None,
+        "losses": losses,
+        "skipped": dict(state["skipped"]),
+        "eval": evals,
+        "checkpoint": str(checkpoint.latest(ckpt_root)),
+    }
+    if main and state["skipped"]:
+        print("skipped samples: " + ", ".join(f"{k}={v}" for k, v in state["skipped"].items()))
+    return summary
+
+
+def train_step(accelerator, model, objective, optimizer, batch, cfg: Config, state) -> tuple:
+    """One optimizer step; raises TrainingDiverged before a non-finite update touches weights."""
+    model.train()
+    out = objective(model, to_device(batch, accelerator.device))
+    loss = out["loss"]
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise diverged("loss", value, state["step"] + 1, cfg)
+    accelerator.backward(loss)
+    metrics = dict(out["metrics"])
+    if cfg.optim.grad_clip > 0:
+        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
+        if not math.isfinite(grad_norm) and cfg.train.precision != "fp16":
+            raise diverged("gradient norm", grad_norm, state["step"] + 1, cfg)
+        metrics["grad_norm"] = grad_norm
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    objective.after_step(model)
+    return value, metrics
+
+
+def diverged(what: str, value: float, step: int, cfg: Config) -> TrainingDiverged:
+    last = checkpoint.latest(Path(cfg.train.output_dir) / "checkpoints")
+    where = f"last good checkpoint: {last}" if last else "no checkpoint was saved yet"
+    return TrainingDiverged(
+        f"{what} became {value} at step {step}; stopped before updating the weights ({where}). "
+        f"Lower optim.lr, raise optim.warmup_steps or check the data, then resume with "
+        f"train.resume=latest."
+    )
+
+
+def global_mean(accelerator: Accelerator, value: float) -> float:
+    """The mean over ranks of a per-rank scalar (the logged loss is the global one)."""
+    tensor = torch.tensor([value], device=accelerator.device)
+    return float(accelerator.reduce(tensor, reduction="mean"))
+
+
+def _has_accelerator() -> bool:
+    return torch.cuda.is_available()
+
+
+def check_vocab(model, tokenizer) -> None:
+    rows = model.text.encoder.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ConfigError(
+            f"text.config.vocab_size: the tokenizer has {len(tokenizer)} tokens but the text "
+            f"tower embeds only {rows}; set text.config.vocab_size={len(tokenizer)}"
+        )
+
+
+def build_train_data(cfg: Config, model, tokenizer) -> tuple[ShardDataset, Any]:
+    if not cfg.data.train_shards:
+        raise ConfigError("data.train_shards: set a shard pattern, e.g. data/{00000..00099}.tar")
+    urls = expand_urls(cfg.data.train_shards)
+    transform = image_transform(cfg.image.image_size, model.image.mean, model.image.std)
+    decoder = Decoder(
+        transform,
+        image_keys=tuple(cfg.data.image_keys.split(";")),
+        caption_key=cfg.data.caption_key,
+    )
+    dataset = ShardDataset(
+        urls, decoder, seed=cfg.train.seed, shuffle_buffer=cfg.data.shuffle_buffer
+    )
+    collate = Collate(tokenizer, cfg.text.context_length, dataset)
+    loader = make_loader(dataset, collate, cfg.data.batch_size, cfg.data.num_workers, True)
+    return dataset, loader
+
+
+def resolve_resume(resume: str, ckpt_root: Path) -> Path | None:
+    if not resume:
+        return None
+    if resume == "latest":
+        return checkpoint.latest(ckpt_root)  # None: nothing saved yet, start fresh
+    path = Path(resume)
+    if not (path / "model.safetensors").is_file():
+        raise ConfigError(f"train.resume: {path} is not a checkpoint directory")
+    return path
+
+
+def restore(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
+    checkpoint.load_weights(path, model)
+    saved = checkpoint.load_train_state(path)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    checkpoint.set_rng_state(saved["rng"])
+    print(f"resumed from {path} at step {saved['step']}")
+    return {
+        "step": saved["step"],
+        "position": DataPosition(**saved["position"]),
+        "skipped": Counter(saved["skipped"]),
+    }
+
+
+def save_checkpoint(accelerator, root, model, optimizer, scheduler, state, cfg, tokenizer) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        train_state = {
+            "step": state["step"],
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "position": asdict(state["position"]),
+            "skipped": dict(state["skipped"]),
+            "rng": checkpoint.rng_state(),
+        }
+        model_to_save = accelerator.unwrap_model(model)
+        checkpoint.save(
+            root,
+            state["step"],
+            model_to_save,
+            train_state,
+            cfg,
+            tokenizer,
+            cfg.train.keep_checkpoints,
+        )
+    accelerator.wait_for_everyone()
+
+
+def eval_due(cfg: Config, step: int) -> bool:
+    if not cfg.eval.zeroshot_shards:
+        return False
+    return step == cfg.train.steps or (cfg.eval.every > 0 and step % cfg.eval.every == 0)
+
+
+def run_evals(accelerator, model, tokenizer, cfg: Config) -> dict[str, float]:
+    if not accelerator.is_main_process:
+        return {}
+    result = evaluate_zeroshot(accelerator.unwrap_model(model), tokenizer, cfg, accelerator.device)
+    return {f"zeroshot/{k}": v for k, v in result["metrics"].items()}
