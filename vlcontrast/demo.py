@@ -20,8 +20,7 @@ from vlcontrast.data.batching import Collate
 from vlcontrast.data.synthetic import make_corpus
 from vlcontrast.eval.embed import embed_texts
 from vlcontrast.eval.zeroshot import evaluate_zeroshot
-from vlcontrast.models.text_tower import load_tokenizer
-from vlcontrast.train import checkpoint
+from vlcontrast.factory import load_for_eval
 from vlcontrast.train.loop import train
 
 # Only what differs from the defaults in vlcontrast.config (configs/demo.yaml mirrors it).
@@ -47,7 +46,7 @@ DEMO = {
     },
     "model": {"embed_dim": 64},
     "optim": {"lr": 2e-3, "weight_decay": 0.05, "warmup_steps": 30},
-    "train": {"steps": 400, "log_every": 20, "save_every": 200},
+    "train": {"steps": 300, "log_every": 20, "save_every": 150},
 }
 QUERY = "a large blue circle at the top left"
 
@@ -72,16 +71,6 @@ def ensure_corpus(data_dir: Path) -> dict[str, str]:
         "heldout_shards": str(data_dir / "heldout" / f"{{00000..{len(held) - 1:05d}}}.tar"),
         "tokenizer": str(data_dir / "tokenizer"),
     }
-
-
-def load_for_eval(ckpt: Path) -> tuple[torch.nn.Module, Any, Config]:
-    """Model, tokenizer and config rebuilt from a checkpoint directory alone."""
-    from vlcontrast.factory import build_model
-
-    cfg = checkpoint.load_config(ckpt)
-    model = build_model(cfg)
-    checkpoint.load_weights(ckpt, model)
-    return model.eval(), load_tokenizer(cfg.text), cfg
 
 
 def text_query(result: dict[str, Any], model, tokenizer, cfg: Config, query: str, k: int = 5):

@@ -6,12 +6,17 @@ Adding an objective (SigLIP, SimCLR, MoCo) is one entry in ``OBJECTIVES`` plus i
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from torch import nn
 
 from vlcontrast.config import Config, ConfigError
 from vlcontrast.models.clip import CLIP
 from vlcontrast.objectives.base import Objective
+from vlcontrast.models.text_tower import load_tokenizer
 from vlcontrast.objectives.clip import CLIPObjective
+from vlcontrast.train import checkpoint
 
 OBJECTIVES: dict[str, type[Objective]] = {"clip": CLIPObjective}
 MODELS: dict[str, type[nn.Module]] = {"clip": CLIP}
@@ -29,3 +34,11 @@ def build_model(cfg: Config) -> nn.Module:
 
 def build_objective(cfg: Config) -> Objective:
     return _lookup(OBJECTIVES, cfg.loss.name, "loss.name")()
+
+
+def load_for_eval(ckpt: str | Path) -> tuple[nn.Module, Any, Config]:
+    """Model (eval mode), tokenizer and config rebuilt from a checkpoint directory alone."""
+    cfg = checkpoint.load_config(ckpt)
+    model = build_model(cfg)
+    checkpoint.load_weights(ckpt, model)
+    return model.eval(), load_tokenizer(cfg.text), cfg

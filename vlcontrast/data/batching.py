@@ -38,6 +38,7 @@ class Collate:
         batch: dict[str, Any] = {"images": torch.stack([s["image"] for s in samples])}
         batch.update(self.tokenize([s["text"] for s in samples]))
         batch["texts"] = [s["text"] for s in samples]
+        batch["keys"] = [s["key"] for s in samples]
         if "label" in samples[0]:
             batch["labels"] = torch.tensor([s["label"] for s in samples])
         batch["worker"] = samples[0]["worker"]

@@ -42,36 +42,60 @@ def expand_urls(pattern: str) -> list[str]:
     return urls
 
 
-def iter_tar(url: str, errors: Counter) -> Iterator[tuple[str, bytes]]:
-    """(member name, bytes) for each file in the tar at ``url``; read errors are counted."""
+class _TailReader:
+    """A file wrapper that remembers the last block read. Python's tarfile ends iteration
+    silently on a header cut short; a complete tar ends with zero blocks, so a non-zero last
+    block after a "normal" end means the shard was truncated."""
+
+    def __init__(self, raw):
+        self.raw, self.tail = raw, b""
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        if data:
+            self.tail = (self.tail + data)[-512:]
+        return data
+
+    def truncated(self) -> bool:
+        while self.read(1 << 16):
+            pass
+        return bool(self.tail.strip(b"\0"))
+
+
+def iter_samples(url: str, errors: Counter) -> Iterator[dict[str, Any]]:
+    """Raw samples of the tar at ``url``: consecutive members sharing a key (``000001.jpg`` +
+    ``000001.txt``) form one sample. A truncated or unreadable shard is counted; the sample it
+    cut short is dropped, not passed on as a sample with missing fields."""
     try:
         stream = wds.gopen(url, "rb")
     except Exception:  # noqa: BLE001 - any opener failure is a bad shard, not a crash
         errors["unreadable_shard"] += 1
         return
+    plain = url.endswith(".tar")  # compressed streams end with their own trailer, not zeros
+    reader = _TailReader(stream)
+    current: dict[str, Any] | None = None
     try:
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        with tarfile.open(fileobj=reader, mode="r|" if plain else "r|*") as tar:
             for info in tar:
-                if info.isfile():
-                    yield info.name, tar.extractfile(info).read()
+                if not info.isfile():
+                    continue
+                key, ext = wds.tariterators.base_plus_ext(info.name)
+                if key is None:
+                    continue
+                data = tar.extractfile(info).read()
+                if current is not None and current["__key__"] != key:
+                    yield current
+                    current = None
+                if current is None:
+                    current = {"__key__": key, "__url__": url}
+                current[ext.lower()] = data
+        if plain and reader.truncated():
+            raise EOFError("tar ends inside a header")
     except (tarfile.TarError, OSError, EOFError):
         errors["truncated_shard"] += 1
+        return
     finally:
         stream.close()
-
-
-def group_by_key(members: Iterator[tuple[str, bytes]], url: str) -> Iterator[dict[str, Any]]:
-    """Consecutive members sharing a key (``dir/000001.jpg`` + ``.txt``) form one raw sample."""
-    current: dict[str, Any] | None = None
-    for name, data in members:
-        key, ext = wds.tariterators.base_plus_ext(name)
-        if key is None:
-            continue
-        if current is None or current["__key__"] != key:
-            if current is not None:
-                yield current
-            current = {"__key__": key, "__url__": url}
-        current[ext.lower()] = data
     if current is not None:
         yield current
 
@@ -100,7 +124,7 @@ class SkipSample(Exception):
 
 @dataclass
 class Decoder:
-    """Raw sample -> {"image": tensor, "text": str[, "label": int]}."""
+    """Raw sample -> {"image": tensor, "text": str, "key": str[, "label": int]}."""
 
     transform: Callable[[Image.Image], torch.Tensor]
     image_keys: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
@@ -126,7 +150,7 @@ class Decoder:
         except Exception:  # noqa: BLE001 - PIL raises many types for corrupt files
             raise SkipSample("corrupt_image") from None
         try:
-            sample = {"image": self.transform(image), "text": text}
+            sample = {"image": self.transform(image), "text": text, "key": raw["__key__"]}
         except Exception:  # noqa: BLE001
             raise SkipSample("transform_failed") from None
         if self.label_key:
@@ -181,7 +205,7 @@ class ShardDataset(IterableDataset):
         if self.shuffle_shards:
             random.Random(f"{self.seed}/{epoch}").shuffle(urls)
         mine = urls[stream::streams]
-        raw = (s for url in mine for s in group_by_key(iter_tar(url, self.errors), url))
+        raw = (s for url in mine for s in iter_samples(url, self.errors))
         rng = random.Random(f"{self.seed}/{epoch}/{stream}")
         skip = consumed[worker] if worker < len(consumed) else 0
         for index, sample in enumerate(shuffled(raw, self.shuffle_buffer, rng)):

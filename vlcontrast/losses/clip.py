@@ -4,9 +4,8 @@ Pure functions of tensors: ``img_emb`` and ``txt_emb`` are (B, D) and row ``i`` 
 ``i`` of the other. The loss is the mean of image->text and text->image cross-entropy over the
 scaled cosine-similarity matrix (Radford et al. 2021, figure 3).
 
-``labels_offset`` and the separate ``txt_emb`` columns are the hooks the distributed version uses:
-a rank holds B local rows against W*B gathered columns, and its positives sit at
-``rank * B + i`` (see the distributed-loss issue).
+The distributed version (local rows against gathered columns in both directions, positives at
+``rank * B + i``) extends these functions in the distributed-loss issue.
 """
 
 from __future__ import annotations
@@ -18,8 +17,8 @@ import torch.nn.functional as F
 def clip_logits(
     img_emb: torch.Tensor, txt_emb: torch.Tensor, logit_scale: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns ``logits_per_image`` (B, B') and ``logits_per_text`` (B', B)."""
-    logits_per_image = logit_scale * img_emb @ txt_emb.T  # (B, B')
+    """Returns ``logits_per_image`` (B, B) and ``logits_per_text`` (B, B)."""
+    logits_per_image = logit_scale * img_emb @ txt_emb.T  # (B, B)
     return logits_per_image, logits_per_image.T
 
 
@@ -27,11 +26,10 @@ def clip_loss(
     img_emb: torch.Tensor,
     txt_emb: torch.Tensor,
     logit_scale: torch.Tensor,
-    labels_offset: int = 0,
 ) -> torch.Tensor:
     """Symmetric InfoNCE: (CE(image->text) + CE(text->image)) / 2, averaged over the B pairs."""
     logits_per_image, logits_per_text = clip_logits(img_emb, txt_emb, logit_scale)
-    labels = torch.arange(img_emb.shape[0], device=img_emb.device) + labels_offset
+    labels = torch.arange(img_emb.shape[0], device=img_emb.device)
     loss_i2t = F.cross_entropy(logits_per_image, labels)
     loss_t2i = F.cross_entropy(logits_per_text, labels)
     return (loss_i2t + loss_t2i) / 2

@@ -1,0 +1,43 @@
+"""Shared fixtures: a tiny synthetic corpus in a temp dir and tiny-model overrides (CPU, offline)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlcontrast.data.synthetic import make_corpus
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """4 train shards of 64 samples, 1 held-out shard, a trained tokenizer."""
+    out = tmp_path_factory.mktemp("corpus")
+    return make_corpus(out, n_train=256, n_heldout=64, per_shard=64)
+
+
+def tiny_overrides(corpus, out_dir, steps: int = 4) -> list[str]:
+    """A CLIP small enough to take a few hundred ms per step."""
+    return [
+        f"data.train_shards={corpus['train_shards']}",
+        "data.batch_size=16",
+        "data.num_workers=0",
+        "data.shuffle_buffer=32",
+        "image.model=test_vit",
+        "image.image_size=32",
+        "image.model_kwargs={patch_size: 8, depth: 1, embed_dim: 32, num_heads: 2}",
+        "text.config={model_type: bert, vocab_size: 64, hidden_size: 32, num_hidden_layers: 1, "
+        "num_attention_heads: 2, intermediate_size: 64, max_position_embeddings: 32}",
+        f"text.tokenizer={corpus['tokenizer']}",
+        "text.pooling=mean",
+        "text.context_length=16",
+        "model.embed_dim=16",
+        "optim.warmup_steps=2",
+        f"train.steps={steps}",
+        "train.log_every=1",
+        "train.save_every=2",
+        "train.progress=false",
+        "train.tensorboard=false",
+        f"train.output_dir={out_dir}",
+    ]

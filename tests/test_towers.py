@@ -1,0 +1,86 @@
+"""Tower shapes, unit norm, pooling, logit_scale, and loading from local directories."""
+
+import math
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from vlcontrast import config as config_lib
+from vlcontrast.config import ConfigError, ImageTowerConfig, TextTowerConfig
+from vlcontrast.factory import build_model
+from vlcontrast.models.image_tower import ImageTower
+from vlcontrast.models.text_tower import TextTower, load_tokenizer, pool_eos, pool_mean
+
+BERT = {
+    "model_type": "bert",
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
+
+
+@pytest.mark.parametrize("name", ["test_vit", "test_resnet", "test_convnext"])
+def test_image_tower_outputs_unit_norm_embeddings(name):
+    tower = ImageTower(ImageTowerConfig(model=name, image_size=64), embed_dim=24)
+    emb = tower(torch.randn(3, 3, 64, 64))
+    assert emb.shape == (3, 24)
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3))
+    assert len(tower.mean) == 3 and len(tower.std) == 3
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean", "eos"])
+def test_text_tower_outputs_unit_norm_embeddings(pooling):
+    tower = TextTower(TextTowerConfig(config=BERT, pooling=pooling), embed_dim=24)
+    ids = torch.randint(0, 64, (3, 7))
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5])
+    emb = tower(ids, mask)
+    assert emb.shape == (3, 24)
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3))
+
+
+def test_pooling_ignores_padding():
+    hidden = torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 4, 3)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    torch.testing.assert_close(pool_mean(hidden, mask)[0], hidden[0, :2].mean(0))
+    torch.testing.assert_close(pool_eos(hidden, mask), torch.stack([hidden[0, 1], hidden[1, 3]]))
+
+
+def test_text_tower_from_local_directory_keeps_the_weights(tmp_path, corpus):
+    encoder = BertModel(BertConfig(**{k: v for k, v in BERT.items() if k != "model_type"}))
+    encoder.save_pretrained(tmp_path / "bert")
+    tower = TextTower(TextTowerConfig(model=str(tmp_path / "bert"), pretrained=True), 8)
+    for (name, a), (_, b) in zip(
+        encoder.state_dict().items(), tower.encoder.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(a, b, msg=name)
+    fresh = TextTower(TextTowerConfig(model=str(tmp_path / "bert"), pretrained=False), 8)
+    emb_a, emb_b = (fresh.encoder.embeddings.word_embeddings.weight, encoder.embeddings.word_embeddings.weight)
+    assert not torch.equal(emb_a, emb_b)  # pretrained=false: same architecture, random init
+    tok = load_tokenizer(TextTowerConfig(tokenizer=corpus["tokenizer"]))
+    assert tok("a red circle")["input_ids"][0] == tok.cls_token_id
+
+
+def test_text_config_needs_model_type():
+    with pytest.raises(ConfigError, match="text.config: needs a model_type"):
+        TextTower(TextTowerConfig(config={"hidden_size": 8}), 4)
+    with pytest.raises(ConfigError, match="text.model"):
+        TextTower(TextTowerConfig(), 4)
+
+
+def test_logit_scale_init_and_clamp():
+    cfg = config_lib.load(
+        None, ["image.model=test_vit", "image.image_size=32", "model.embed_dim=8"]
+    )
+    cfg.text.config = BERT
+    model = build_model(cfg)
+    assert model.logit_scale.exp().item() == pytest.approx(1 / 0.07)
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)
+    model.clamp_logit_scale()
+    assert model.logit_scale.exp().item() == pytest.approx(100.0)
+    assert model.logit_scale.item() == pytest.approx(math.log(100))
+    img, txt, scale = model(torch.randn(2, 3, 32, 32), torch.randint(0, 64, (2, 5)), torch.ones(2, 5))
+    assert img.shape == txt.shape == (2, 8) and scale.item() == pytest.approx(100.0)
