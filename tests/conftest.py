@@ -41,3 +41,11 @@ def tiny_overrides(corpus, out_dir, steps: int = 4) -> list[str]:
         "train.tensorboard=false",
         f"train.output_dir={out_dir}",
     ]
+
+
+def run_file(directory) -> str:
+    """An empty run file: every setting comes from the command-line overrides."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "run.yaml"
+    path.write_text("# all settings are dotted overrides\n")
+    return str(path)

@@ -74,7 +74,10 @@ def test_roundtrip_through_dict_and_json(tmp_path):
     config_lib.save(cfg, tmp_path / "c.json")
     again = config_lib.from_dict(yaml.safe_load((tmp_path / "c.json").read_text()))
     assert again == cfg
-    assert config_lib.diff(cfg) == {"optim": {"lr": 1e-3}, "text": {"config": {"model_type": "bert"}}}
+    assert config_lib.diff(cfg) == {
+        "optim": {"lr": 1e-3},
+        "text": {"config": {"model_type": "bert"}},
+    }
 
 
 def test_configs_dir_files_load_and_demo_yaml_matches_the_embedded_demo():

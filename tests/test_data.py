@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from vlcontrast.config import TextTowerConfig
 from vlcontrast.data.batching import Collate, iterate_epochs, make_loader
 from vlcontrast.data.shard_writer import write_shards
 from vlcontrast.data.shards import DataPosition, Decoder, ShardDataset, expand_urls
 from vlcontrast.data.transforms import image_transform
 from vlcontrast.models.text_tower import load_tokenizer
-from vlcontrast.config import TextTowerConfig
 
 
 def jpeg(color=(200, 30, 30)) -> bytes:

@@ -57,7 +57,10 @@ def test_text_tower_from_local_directory_keeps_the_weights(tmp_path, corpus):
     ):
         torch.testing.assert_close(a, b, msg=name)
     fresh = TextTower(TextTowerConfig(model=str(tmp_path / "bert"), pretrained=False), 8)
-    emb_a, emb_b = (fresh.encoder.embeddings.word_embeddings.weight, encoder.embeddings.word_embeddings.weight)
+    emb_a, emb_b = (
+        fresh.encoder.embeddings.word_embeddings.weight,
+        encoder.embeddings.word_embeddings.weight,
+    )
     assert not torch.equal(emb_a, emb_b)  # pretrained=false: same architecture, random init
     tok = load_tokenizer(TextTowerConfig(tokenizer=corpus["tokenizer"]))
     assert tok("a red circle")["input_ids"][0] == tok.cls_token_id
@@ -82,5 +85,7 @@ def test_logit_scale_init_and_clamp():
     model.clamp_logit_scale()
     assert model.logit_scale.exp().item() == pytest.approx(100.0)
     assert model.logit_scale.item() == pytest.approx(math.log(100))
-    img, txt, scale = model(torch.randn(2, 3, 32, 32), torch.randint(0, 64, (2, 5)), torch.ones(2, 5))
+    img, txt, scale = model(
+        torch.randn(2, 3, 32, 32), torch.randint(0, 64, (2, 5)), torch.ones(2, 5)
+    )
     assert img.shape == txt.shape == (2, 8) and scale.item() == pytest.approx(100.0)

@@ -1,10 +1,10 @@
 """Command line: a thin layer over the library; the only module that reads argv.
 
-    vlcontrast demo [--out DIR] [section.key=value ...]
-    vlcontrast train CONFIG [section.key=value ...]
-    vlcontrast eval zeroshot --checkpoint DIR --data SHARDS [--classes JSON] [--json OUT]
-    vlcontrast data synthetic OUT_DIR [--train N] [--heldout N]
-    vlcontrast config [CONFIG] [section.key=value ...]   (print the resolved config)
+vlcontrast demo [--out DIR] [section.key=value ...]
+vlcontrast train CONFIG [section.key=value ...]
+vlcontrast eval zeroshot --checkpoint DIR --data SHARDS [--classes JSON] [--json OUT]
+vlcontrast data synthetic OUT_DIR [--train N] [--heldout N]
+vlcontrast config [CONFIG] [section.key=value ...]   (print the resolved config)
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         "them, prints zero-shot top-1 on held-out images and a text->image query, and writes "
         "demo_summary.json. No downloads.",
     )
-    demo.add_argument("--out", default="vlcontrast_demo", help="output directory (default: %(default)s)")
+    demo.add_argument(
+        "--out", default="vlcontrast_demo", help="output directory (default: %(default)s)"
+    )
     demo.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
 
     train = sub.add_parser(

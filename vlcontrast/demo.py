@@ -12,8 +12,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from vlcontrast import config as config_lib
 from vlcontrast.config import Config
 from vlcontrast.data.batching import Collate

@@ -13,8 +13,8 @@ from torch import nn
 
 from vlcontrast.config import Config, ConfigError
 from vlcontrast.models.clip import CLIP
-from vlcontrast.objectives.base import Objective
 from vlcontrast.models.text_tower import load_tokenizer
+from vlcontrast.objectives.base import Objective
 from vlcontrast.objectives.clip import CLIPObjective
 from vlcontrast.train import checkpoint
 

@@ -1,0 +1,111 @@
+"""End to end through the real entry point: smoke run, resume, divergence, demo, eval."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from tests.conftest import run_file, tiny_overrides
+from vlcontrast import cli
+from vlcontrast.objectives.clip import CLIPObjective
+from vlcontrast.train import checkpoint, loop
+from vlcontrast.train.metrics_log import read_jsonl
+
+
+def train_losses(run_dir) -> dict[int, float]:
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+
+def test_smoke_run_through_the_cli(corpus, tmp_path, capsys):
+    assert cli.main(["train", run_file(tmp_path), *tiny_overrides(corpus, tmp_path, steps=4)]) == 0
+    losses = train_losses(tmp_path)
+    assert sorted(losses) == [1, 2, 3, 4] and all(math.isfinite(v) for v in losses.values())
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["data"]["batch_size"] == 16 and saved["train"]["steps"] == 4
+    ckpts = checkpoint.all_checkpoints(tmp_path / "checkpoints")
+    assert [p.name for p in ckpts] == ["step_00000002", "step_00000004"]
+    for name in ["model.safetensors", "train_state.pt", "config.json", "tokenizer"]:
+        assert (ckpts[-1] / name).exists(), name
+    assert "checkpoint:" in capsys.readouterr().out
+
+
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(corpus, tmp_path, monkeypatch):
+    full, parted = tmp_path / "full", tmp_path / "parted"
+    assert cli.main(["train", run_file(full), *tiny_overrides(corpus, full, steps=4)]) == 0
+
+    real = loop.iterate_epochs
+
+    def crash_after_two(*args, **kwargs):
+        for index, batch in enumerate(real(*args, **kwargs)):
+            if index == 2:
+                raise KeyboardInterrupt("simulated preemption")
+            yield batch
+
+    monkeypatch.setattr(loop, "iterate_epochs", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["train", run_file(parted), *tiny_overrides(corpus, parted, steps=4)])
+    monkeypatch.setattr(loop, "iterate_epochs", real)
+    assert checkpoint.latest(parted / "checkpoints").name == "step_00000002"
+    resumed = [*tiny_overrides(corpus, parted, steps=4), "train.resume=latest"]
+    assert cli.main(["train", run_file(parted), *resumed]) == 0
+
+    want, got = train_losses(full), train_losses(parted)
+    assert sorted(got) == [1, 2, 3, 4]
+    for step in want:
+        assert got[step] == pytest.approx(want[step], rel=1e-6, abs=1e-7), step
+    a = checkpoint.latest(full / "checkpoints")
+    b = checkpoint.latest(parted / "checkpoints")
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
+    corpus, tmp_path, monkeypatch, capsys
+):
+    real = CLIPObjective.__call__
+    calls = {"n": 0}
+
+    def nan_on_third(self, model, batch):
+        out = real(self, model, batch)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(CLIPObjective, "__call__", nan_on_third)
+    assert cli.main(["train", run_file(tmp_path), *tiny_overrides(corpus, tmp_path, steps=4)]) == 3
+    err = capsys.readouterr().err
+    assert "loss became nan at step 3" in err and "step_00000002" in err
+    last = checkpoint.latest(tmp_path / "checkpoints")
+    assert last.name == "step_00000002"
+    assert checkpoint.load_train_state(last)["step"] == 2
+
+
+def test_bad_config_in_the_cli_is_one_clear_message(corpus, tmp_path, capsys):
+    assert cli.main(["train", run_file(tmp_path), "optim.lr=fast"]) == 2
+    assert "optim.lr: expected float, got 'fast'" in capsys.readouterr().err
+    overrides = [*tiny_overrides(corpus, tmp_path), "text.config.vocab_size=8"]
+    assert cli.main(["train", run_file(tmp_path), *overrides]) == 2
+    assert "text.config.vocab_size" in capsys.readouterr().err
+
+
+def test_demo_then_eval_reproduces_the_accuracy(tmp_path, capsys):
+    out = tmp_path / "demo"
+    small = ["train.steps=3", "train.save_every=3", "train.log_every=1", "train.progress=false"]
+    assert cli.main(["demo", "--out", str(out), *small]) == 0
+    summary = json.loads((out / "demo_summary.json").read_text())
+    for key in ["zeroshot_top1", "chance", "steps", "samples_per_s"]:
+        assert key in summary
+    assert summary["steps"] == 3 and summary["chance"] == pytest.approx(1 / 30)
+    assert len(summary["query_top5"]) == 5
+    held = sorted((out / "data" / "heldout").glob("*.tar"))
+    pattern = str(held[0].parent / f"{{00000..{len(held) - 1:05d}}}.tar")
+    report = tmp_path / "eval.json"
+    args = ["eval", "zeroshot", "--checkpoint", summary["checkpoint"], "--data", pattern]
+    assert cli.main([*args, "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["top1"] == summary["zeroshot_top1"]
