@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny synthetic corpus in a temp dir and tiny-model overrides (CPU, offline)."""
+"""Shared fixtures: a tiny synthetic corpus in tmp_path and tiny-model overrides (CPU, offline)."""
 
 from __future__ import annotations
 
