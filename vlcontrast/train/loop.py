@@ -95,6 +95,8 @@ def train(cfg: Config) -> dict[str, Any]:
                 skipped=dict(state["skipped"]),
             )
             logger.log(step, {"train": metrics})
+            if main:
+                tqdm.write(log_line(step, metrics))
             bar.set_postfix(
                 loss=f"{metrics['loss']:.4f}", samples_s=f"{metrics['samples_per_s']:.0f}"
             )
@@ -122,6 +124,15 @@ def train(cfg: Config) -> dict[str, Any]:
     if main and state["skipped"]:
         print("skipped samples: " + ", ".join(f"{k}={v}" for k, v in state["skipped"].items()))
     return summary
+
+
+def log_line(step: int, metrics: dict[str, Any]) -> str:
+    skipped = sum(metrics["skipped"].values())
+    return (
+        f"step {step} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
+        f"scale {metrics.get('logit_scale', float('nan')):.1f} "
+        f"{metrics['samples_per_s']:.0f} samples/s epoch {metrics['epoch']} skipped {skipped}"
+    )
 
 
 def train_step(accelerator, model, objective, optimizer, batch, cfg: Config, state) -> tuple:
