@@ -103,6 +103,7 @@ def test_demo_then_eval_reproduces_the_accuracy(tmp_path, capsys):
         assert key in summary
     assert summary["steps"] == 3 and summary["chance"] == pytest.approx(1 / 30)
     assert len(summary["query_top5"]) == 5
+    assert (out / "query.png").stat().st_size > 1000
     held = sorted((out / "data" / "heldout").glob("*.tar"))
     pattern = str(held[0].parent / f"{{00000..{len(held) - 1:05d}}}.tar")
     report = tmp_path / "eval.json"

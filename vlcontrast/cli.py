@@ -106,7 +106,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingDiverged as err:
         print(f"vlcontrast: {err}", file=sys.stderr)
         return 3
-    print(f"done: {summary['steps']} steps, final loss {summary['final_loss']:.4f}")
+    final = summary["final_loss"]
+    loss = f", final loss {final:.4f}" if final is not None else " (nothing left to train)"
+    print(f"done: {summary['steps']} steps{loss}")
     print(f"checkpoint: {summary['checkpoint']}")
     return 0
 

@@ -8,13 +8,18 @@ held-out images; ``configs/demo.yaml`` is the same run as a run file.
 
 from __future__ import annotations
 
+import io
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from PIL import Image, ImageDraw
 
 from vlcontrast import config as config_lib
 from vlcontrast.config import Config
 from vlcontrast.data.batching import Collate
+from vlcontrast.data.shards import expand_urls, iter_samples
 from vlcontrast.data.synthetic import make_corpus
 from vlcontrast.eval.embed import embed_texts
 from vlcontrast.eval.zeroshot import evaluate_zeroshot
@@ -75,7 +80,7 @@ def text_query(result: dict[str, Any], model, tokenizer, cfg: Config, query: str
     scores = (result["img_emb"] @ txt_emb.T).squeeze(1)  # (N,)
     top = scores.topk(k)
     return [
-        {"score": float(s), "caption": result["texts"][i], "index": int(i)}
+        {"score": float(s), "caption": result["texts"][i], "key": result["keys"][i]}
         for s, i in zip(top.values, top.indices, strict=True)
     ]
 
@@ -92,6 +97,7 @@ def run_demo(out_dir: str | Path = "vlcontrast_demo", overrides: list[str] | Non
     result = evaluate_zeroshot(model, tokenizer, saved_cfg)
     metrics = result["metrics"]
     hits = text_query(result, model, tokenizer, saved_cfg, QUERY)
+    save_query_sheet(QUERY, hits, heldout, out_dir / "query.png")
     summary = {
         "zeroshot_top1": metrics["top1"],
         "zeroshot_top5": metrics["top5"],
@@ -107,6 +113,27 @@ def run_demo(out_dir: str | Path = "vlcontrast_demo", overrides: list[str] | Non
     (out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print_report(summary, len(result["classnames"]))
     return summary
+
+
+def save_query_sheet(query: str, hits: list[dict], shards: str, path: Path) -> None:
+    """A PNG of the retrieved held-out images, each with its true caption and score."""
+    wanted = {hit["key"] for hit in hits}
+    images = {}
+    for url in expand_urls(shards):
+        for raw in iter_samples(url, Counter()):
+            if raw["__key__"] in wanted:
+                images[raw["__key__"]] = Image.open(io.BytesIO(raw["jpg"])).convert("RGB")
+    tile, label = 160, 34
+    sheet = Image.new("RGB", (tile * len(hits), tile + label + 22), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((4, 4), f"query: {query}", fill="black")
+    for i, hit in enumerate(hits):
+        sheet.paste(images[hit["key"]].resize((tile, tile), Image.NEAREST), (i * tile, 22))
+        words = hit["caption"].split()
+        lines = [" ".join(words[:4]), " ".join(words[4:])]
+        draw.text((i * tile + 4, tile + 24), f"{hit['score']:.3f} {lines[0]}", fill="black")
+        draw.text((i * tile + 4, tile + 38), lines[1], fill="black")
+    sheet.save(path)
 
 
 def samples_per_s(run_dir: Path) -> float:
@@ -129,6 +156,6 @@ def print_report(summary: dict, n_classes: int) -> None:
     print(f"  top-1 {top1:.3f}   top-5 {summary['zeroshot_top5']:.3f}   chance {chance:.3f}")
     print(f"  ({top1 / chance:.1f}x chance after {summary['steps']} steps,")
     print(f"   {summary['samples_per_s']:.0f} samples/s)")
-    print(f"text -> image query: {summary['query']!r}")
+    print(f"text -> image query: {summary['query']!r} (pictures in query.png)")
     for hit in summary["query_top5"]:
         print(f"  {hit['score']:.3f}  {hit['caption']}")

@@ -32,16 +32,18 @@ def embed_texts(
 def embed_images(
     model: nn.Module, batches: Iterable[dict[str, Any]], device: torch.device | str = "cpu"
 ) -> dict[str, Any]:
-    """Embed every batch's ``images``; returns ``img_emb`` (N, D) plus labels and texts if any."""
+    """Embed every batch's ``images``; returns ``img_emb`` (N, D), labels, texts and keys."""
     model.eval()
-    img_emb, labels, texts = [], [], []
+    img_emb, labels, texts, keys = [], [], [], []
     for batch in batches:
         img_emb.append(model.encode_image(batch["images"].to(device)).float().cpu())
         if "labels" in batch:
             labels.append(batch["labels"])
         texts.extend(batch.get("texts", []))
+        keys.extend(batch.get("keys", []))
     return {
         "img_emb": torch.cat(img_emb),
         "labels": torch.cat(labels) if labels else None,
         "texts": texts,
+        "keys": keys,
     }

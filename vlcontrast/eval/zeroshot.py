@@ -97,6 +97,7 @@ def evaluate_zeroshot(
         "labels": labels,
         "img_emb": img_emb,
         "texts": embedded["texts"],
+        "keys": embedded["keys"],
         "classnames": classes["classnames"],
         "skipped": dict(dataset.errors),
     }

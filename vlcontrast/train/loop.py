@@ -39,7 +39,9 @@ class TrainingDiverged(RuntimeError):
 
 def train(cfg: Config) -> dict[str, Any]:
     """Run (or resume) training as ``cfg`` says; returns a summary of the run."""
-    accelerator = Accelerator(mixed_precision=cfg.train.precision, cpu=not _has_accelerator())
+    accelerator = Accelerator(
+        mixed_precision=cfg.train.precision, cpu=not torch.cuda.is_available()
+    )
     set_seed(cfg.train.seed)
     run_dir = Path(cfg.train.output_dir)
     ckpt_root = run_dir / "checkpoints"
@@ -170,10 +172,6 @@ def global_mean(accelerator: Accelerator, value: float) -> float:
     """The mean over ranks of a per-rank scalar (the logged loss is the global one)."""
     tensor = torch.tensor([value], device=accelerator.device)
     return float(accelerator.reduce(tensor, reduction="mean"))
-
-
-def _has_accelerator() -> bool:
-    return torch.cuda.is_available()
 
 
 def check_vocab(model, tokenizer) -> None:
