@@ -12,7 +12,7 @@ MKL on x86), oneDNN fp32 (``mkldnn_linear`` on mkldnn tensors) and bf16 (``F.lin
 tensors), each with the best of a few square sizes.
 
 Configs: ``tiny`` is the demo (64 px, 4-block ViT + 2-layer BERT, batch 128); ``small`` is a
-ViT-S/32-class image tower at 224 px with a 6-layer, 384-wide BERT, batch 64.
+ViT-S/32-class image tower at 224 px with a 6-layer, 384-wide BERT, batch 32.
 """
 
 from __future__ import annotations
@@ -22,18 +22,17 @@ import time
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from torch.utils.flop_counter import FlopCounterMode
 
 from vlcontrast import config as config_lib
 from vlcontrast.config import Config
 from vlcontrast.demo import DEMO
 from vlcontrast.factory import build_model, build_objective
-from vlcontrast.train.loop import train_step
+from vlcontrast.train.loop import make_accelerator, train_step
 from vlcontrast.train.optim import build_optimizer
 
 SMALL = {
-    "data": {"batch_size": 64},
+    "data": {"batch_size": 32},
     "image": {"model": "vit_small_patch32_224", "image_size": 224},
     "text": {
         "config": {
@@ -95,7 +94,7 @@ def make_batch(cfg: Config, vocab: int) -> dict:
 def bench_config(name: str, precision: str, seconds: float) -> dict[str, float]:
     cfg = config_lib.apply(Config(), CONFIGS[name])
     cfg.train.precision = precision
-    accelerator = Accelerator(mixed_precision=precision, cpu=True)
+    accelerator = make_accelerator(precision)
     model = build_model(cfg)
     objective = build_objective(cfg)
     optimizer = build_optimizer(model, cfg.optim)

@@ -31,6 +31,15 @@ def test_smoke_run_through_the_cli(corpus, tmp_path, capsys):
     assert "checkpoint:" in capsys.readouterr().out
 
 
+def test_bf16_autocast_after_an_fp32_run_in_the_same_process(corpus, tmp_path):
+    fp32 = [*tiny_overrides(corpus, tmp_path / "fp32", steps=2), "train.precision=no"]
+    assert cli.main(["train", run_file(tmp_path / "fp32"), *fp32]) == 0
+    bf16 = [*tiny_overrides(corpus, tmp_path / "bf16", steps=2), "train.precision=bf16"]
+    assert cli.main(["train", run_file(tmp_path / "bf16"), *bf16]) == 0
+    losses = train_losses(tmp_path / "bf16")
+    assert sorted(losses) == [1, 2] and all(math.isfinite(v) for v in losses.values())
+
+
 def test_resume_gives_the_same_losses_as_an_uninterrupted_run(corpus, tmp_path, monkeypatch):
     full, parted = tmp_path / "full", tmp_path / "parted"
     assert cli.main(["train", run_file(full), *tiny_overrides(corpus, full, steps=4)]) == 0

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
@@ -39,9 +40,7 @@ class TrainingDiverged(RuntimeError):
 
 def train(cfg: Config) -> dict[str, Any]:
     """Run (or resume) training as ``cfg`` says; returns a summary of the run."""
-    accelerator = Accelerator(
-        mixed_precision=cfg.train.precision, cpu=not torch.cuda.is_available()
-    )
+    accelerator = make_accelerator(cfg.train.precision)
     set_seed(cfg.train.seed)
     run_dir = Path(cfg.train.output_dir)
     ckpt_root = run_dir / "checkpoints"
@@ -126,6 +125,15 @@ def train(cfg: Config) -> dict[str, Any]:
     if main and state["skipped"]:
         print("skipped samples: " + ", ".join(f"{k}={v}" for k, v in state["skipped"].items()))
     return summary
+
+
+def make_accelerator(precision: str) -> Accelerator:
+    """An Accelerator for ``precision``. accelerate keeps its mixed-precision setting in a
+    process-wide singleton that refuses a second, different value, so a second run in the same
+    process (a notebook, a sweep, the test suite) would fail; the singleton is reset first. The
+    distributed PartialState is kept."""
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
 
 
 def log_line(step: int, metrics: dict[str, Any]) -> str:
