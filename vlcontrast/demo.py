@@ -25,6 +25,7 @@ from vlcontrast.eval.embed import embed_texts
 from vlcontrast.eval.zeroshot import evaluate_zeroshot
 from vlcontrast.factory import load_for_eval
 from vlcontrast.train.loop import train
+from vlcontrast.train.metrics_log import read_jsonl
 
 # Only what differs from the defaults in vlcontrast.config (configs/demo.yaml mirrors it).
 DEMO = {
@@ -138,15 +139,9 @@ def save_query_sheet(query: str, hits: list[dict], shards: str, path: Path) -> N
 
 def samples_per_s(run_dir: Path) -> float:
     """Mean training throughput over the logged windows, excluding the first (warm-up)."""
-    rows = [r for r in _read_metrics(run_dir) if "train/samples_per_s" in r]
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "train/samples_per_s" in r]
     rows = rows[1:] or rows
     return sum(r["train/samples_per_s"] for r in rows) / max(1, len(rows))
-
-
-def _read_metrics(run_dir: Path) -> list[dict]:
-    from vlcontrast.train.metrics_log import read_jsonl
-
-    return read_jsonl(run_dir / "metrics.jsonl")
 
 
 def print_report(summary: dict, n_classes: int) -> None:

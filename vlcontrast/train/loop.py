@@ -72,7 +72,7 @@ def train(cfg: Config) -> dict[str, Any]:
         unit="step",
     )
     global_batch = cfg.data.batch_size * accelerator.num_processes
-    window_start, window_steps, losses = time.perf_counter(), 0, []
+    window_start, window_steps, last_loss = time.perf_counter(), 0, None
     evals: dict[str, float] = {}
 
     while state["step"] < cfg.train.steps:
@@ -82,7 +82,7 @@ def train(cfg: Config) -> dict[str, Any]:
         scheduler.step()
         state["step"] += 1
         window_steps += 1
-        losses.append(loss)
+        last_loss = loss
         step = state["step"]
         bar.update(1)
 
@@ -116,8 +116,7 @@ def train(cfg: Config) -> dict[str, Any]:
     logger.close()
     summary = {
         "steps": state["step"],
-        "final_loss": losses[-1] if losses else None,
-        "losses": losses,
+        "final_loss": last_loss,
         "skipped": dict(state["skipped"]),
         "eval": evals,
         "checkpoint": str(checkpoint.latest(ckpt_root)),
