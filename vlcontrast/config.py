@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,13 +65,23 @@ class TextTowerConfig:
 @dataclass
 class ModelConfig:
     embed_dim: int = 512
-    init_logit_scale: float = 2.659260036932778  # ln(1/0.07), CLIP paper
+    # ln of the initial logit scale; None: the model's default, ln(1/0.07) for CLIP (CLIP paper),
+    # ln(10) for SigLIP (SigLIP paper)
+    init_logit_scale: float | None = None
+    init_logit_bias: float = -10.0  # SigLIP only (SigLIP paper)
     max_logit_scale: float = 4.605170185988092  # ln(100), CLIP paper
 
 
 @dataclass
 class LossConfig:
-    name: str = "clip"  # key of vlcontrast.factory.OBJECTIVES
+    name: str = "clip"  # key of vlcontrast.factory.OBJECTIVES: clip or siglip
+    # CLIP across ranks: "local" scores this rank's rows against all gathered columns (2·B·N
+    # logits per rank), "global" has every rank compute the whole N x N loss. Same gradients.
+    gather: str = field(default="local", metadata=_choices("local", "global"))
+    # Blockwise CLIP loss (memory linear in the batch): on, off or auto (global batch >= tiled_from)
+    tiled: str = field(default="auto", metadata=_choices("auto", "on", "off"))
+    tiled_from: int = 8192
+    tile_size: int = 1024
 
 
 @dataclass
@@ -94,6 +105,9 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 1000
     keep_checkpoints: int = 2
+    # Gradient caching: split each batch into this many micro-batches for the forward/backward
+    # passes (activation memory of one micro-batch); the loss still sees the whole batch.
+    grad_cache_steps: int = 1
     resume: str = ""  # "" (fresh), "latest" (newest in output_dir) or a checkpoint directory
     progress: bool = True
     tensorboard: bool = True
@@ -133,12 +147,29 @@ _POSITIVE = {
     "train.save_every",
     "train.keep_checkpoints",
     "eval.batch_size",
+    "loss.tile_size",
+    "loss.tiled_from",
+    "train.grad_cache_steps",
 }
 _NON_NEGATIVE = {"data.num_workers", "optim.warmup_steps", "optim.grad_clip", "eval.every"}
 
 
+def _optional_of(typ: Any) -> Any:
+    """``X`` for ``X | None``, else None."""
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(typ)) == 2:
+            return args[0]
+    return None
+
+
 def _coerce(key: str, value: Any, typ: Any) -> Any:
     """Convert ``value`` to ``typ`` or raise a ConfigError that names ``key``."""
+    optional = _optional_of(typ)
+    if optional is not None:
+        if value is None or (isinstance(value, str) and value.lower() in {"none", "null"}):
+            return None
+        return _coerce(key, value, optional)
     expected = getattr(typ, "__name__", str(typ))
     if typ is bool:
         if isinstance(value, bool):

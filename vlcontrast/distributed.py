@@ -1,11 +1,23 @@
-"""Process-group helpers that degrade gracefully: without a process group, rank 0 of 1.
+"""Process-group helpers and the differentiable collectives the contrastive losses use.
 
-Every path therefore runs unchanged in one CPU process. The differentiable all-gather for the
-losses arrives with the distributed-loss issue and will live here.
+Everything degrades gracefully: without a process group ``rank()`` is 0, ``world_size()`` is 1
+and every collective returns its input, so each loss runs unchanged in one CPU process.
+
+Gradients are exact, not 1/world_size. Each rank's loss is the sum of its own terms scaled by
+``world_size / global_batch`` (the local mean when batches are equal), so the losses of all ranks
+add up to ``world_size`` times the global loss, and DDP's gradient *average* is the gradient of
+the global loss. For that, the backward of a gather must *sum* over ranks the gradients every rank
+computed for a slice: ``all_gather_with_grad`` all-reduces the incoming gradient and keeps its own
+rows (the reference trainer's default keeps only the local gradient, which is 1/world_size too
+small; see issue 4 and the 2- and 4-process tests in ``tests/test_distributed_losses.py``).
+
+Unequal batches (the last batch of an epoch) are supported: sizes are exchanged first, rows are
+padded to the largest batch for the collective and trimmed after it.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.distributed as dist
 
 
@@ -23,3 +35,89 @@ def world_size() -> int:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+def batch_sizes(n: int, device: torch.device | str = "cpu") -> list[int]:
+    """The row count of every rank, in rank order (``[n]`` without a process group)."""
+    if world_size() == 1:
+        return [n]
+    local = torch.tensor([n], dtype=torch.long, device=device)
+    sizes = [torch.zeros_like(local) for _ in range(world_size())]
+    dist.all_gather(sizes, local)
+    return [int(s) for s in sizes]
+
+
+def all_reduce(x: torch.Tensor, op=None) -> torch.Tensor:
+    """In-place all-reduce (sum by default) without autograd; identity in one process."""
+    if world_size() > 1:
+        dist.all_reduce(x, op=op if op is not None else dist.ReduceOp.SUM)
+    return x
+
+
+class _AllGather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        ctx.sizes, ctx.rank = sizes, rank()
+        padded = x.new_zeros((max(sizes), *x.shape[1:]))
+        padded[: x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded.contiguous())
+        return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])  # (N, ...)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)  # sum of every rank's gradient for every row
+        start = sum(ctx.sizes[: ctx.rank])
+        return grad[start : start + ctx.sizes[ctx.rank]], None
+
+
+def all_gather_with_grad(x: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
+    """Rows of ``x`` from every rank, concatenated in rank order; differentiable, exact.
+
+    ``sizes`` (from :func:`batch_sizes`) saves one collective when the caller already has it.
+    """
+    if world_size() == 1:
+        return x
+    sizes = sizes if sizes is not None else batch_sizes(x.shape[0], x.device)
+    return _AllGather.apply(x, sizes)
+
+
+def all_gather_no_grad(x: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
+    """Like :func:`all_gather_with_grad` for tensors that carry no gradient (labels)."""
+    if world_size() == 1:
+        return x
+    with torch.no_grad():
+        return all_gather_with_grad(x.detach(), sizes)
+
+
+def _send_recv(tensor: torch.Tensor, to: int, frm: int, recv_rows: int) -> torch.Tensor:
+    received = tensor.new_empty((recv_rows, *tensor.shape[1:]))
+    ops = [
+        dist.P2POp(dist.isend, tensor.contiguous(), to),
+        dist.P2POp(dist.irecv, received, frm),
+    ]
+    for request in dist.batch_isend_irecv(ops):
+        request.wait()
+    return received
+
+
+class _NeighbourExchange(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, to: int, frm: int, recv_rows: int) -> torch.Tensor:
+        ctx.to, ctx.frm, ctx.sent_rows = to, frm, x.shape[0]
+        return _send_recv(x, to, frm, recv_rows)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        # The gradient of what we received goes back to its sender; ours comes back from `to`.
+        return _send_recv(grad, ctx.frm, ctx.to, ctx.sent_rows), None, None, None
+
+
+def neighbour_exchange(x: torch.Tensor, to: int, frm: int, recv_rows: int) -> torch.Tensor:
+    """Send ``x`` to rank ``to`` and return the ``recv_rows`` rows rank ``frm`` sent us.
+
+    Differentiable: the backward returns each gradient to the rank that owns the rows. Used by
+    the distributed SigLIP loss to pass text chunks around a ring.
+    """
+    return _NeighbourExchange.apply(x, to, frm, recv_rows)

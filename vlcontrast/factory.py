@@ -12,14 +12,15 @@ from typing import Any
 from torch import nn
 
 from vlcontrast.config import Config, ConfigError
-from vlcontrast.models.clip import CLIP
+from vlcontrast.models.clip import CLIP, SigLIP
 from vlcontrast.models.text_tower import load_tokenizer
 from vlcontrast.objectives.base import Objective
 from vlcontrast.objectives.clip import CLIPObjective
+from vlcontrast.objectives.siglip import SigLIPObjective
 from vlcontrast.train import checkpoint
 
-OBJECTIVES: dict[str, type[Objective]] = {"clip": CLIPObjective}
-MODELS: dict[str, type[nn.Module]] = {"clip": CLIP}
+OBJECTIVES: dict[str, type[Objective]] = {"clip": CLIPObjective, "siglip": SigLIPObjective}
+MODELS: dict[str, type[nn.Module]] = {"clip": CLIP, "siglip": SigLIP}
 
 
 def _lookup(registry: dict, name: str, key: str):
@@ -33,7 +34,7 @@ def build_model(cfg: Config) -> nn.Module:
 
 
 def build_objective(cfg: Config) -> Objective:
-    return _lookup(OBJECTIVES, cfg.loss.name, "loss.name")()
+    return _lookup(OBJECTIVES, cfg.loss.name, "loss.name")(cfg.loss)
 
 
 def load_for_eval(ckpt: str | Path) -> tuple[nn.Module, Any, Config]:

@@ -6,5 +6,6 @@ branches on which objective it runs, so SigLIP, SimCLR and MoCo drop in beside C
 
 from vlcontrast.objectives.base import Objective
 from vlcontrast.objectives.clip import CLIPObjective
+from vlcontrast.objectives.siglip import SigLIPObjective
 
-__all__ = ["CLIPObjective", "Objective"]
+__all__ = ["CLIPObjective", "Objective", "SigLIPObjective"]

@@ -1,22 +1,49 @@
-"""CLIP objective: image-text batch -> symmetric InfoNCE loss with a learnable temperature."""
+"""CLIP objective: image-text batch -> symmetric InfoNCE over the global batch.
+
+The blockwise (tiled) kernel is used when ``loss.tiled`` is ``on``, or ``auto`` and the global
+batch reaches ``loss.tiled_from``: below that the textbook loss is as fast and the B x B matrix
+is small (``benchmarks/loss_memory.py`` measures both).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
-from vlcontrast.losses.clip import clip_loss
+from vlcontrast import distributed as dist_lib
+from vlcontrast.config import LossConfig
+from vlcontrast.losses.clip import gathered_clip_loss
 from vlcontrast.objectives.base import Objective, detached
 
 
+def use_tiled(cfg: LossConfig, global_batch: int) -> bool:
+    return cfg.tiled == "on" or (cfg.tiled == "auto" and global_batch >= cfg.tiled_from)
+
+
 class CLIPObjective(Objective):
-    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+    def __init__(self, cfg: LossConfig | None = None):
+        self.cfg = cfg if cfg is not None else LossConfig()
+
+    def forward(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         img_emb, txt_emb, logit_scale = model(
             batch["images"], batch["input_ids"], batch["attention_mask"]
         )
-        loss = clip_loss(img_emb.float(), txt_emb.float(), logit_scale.float())
-        return {"loss": loss, "metrics": {"logit_scale": detached(logit_scale)}}
+        return {"img_emb": img_emb, "txt_emb": txt_emb, "logit_scale": logit_scale}
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, Any]:
+        img_emb = outputs["img_emb"].float()
+        global_batch = img_emb.shape[0] * dist_lib.world_size()
+        loss = gathered_clip_loss(
+            img_emb,
+            outputs["txt_emb"].float(),
+            outputs["logit_scale"].float(),
+            local=self.cfg.gather == "local",
+            tiled=use_tiled(self.cfg, global_batch),
+            tile_size=self.cfg.tile_size,
+        )
+        return {"loss": loss, "metrics": {"logit_scale": detached(outputs["logit_scale"])}}
 
     def after_step(self, model: nn.Module) -> None:
         self.unwrap(model).clamp_logit_scale()

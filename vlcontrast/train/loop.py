@@ -30,6 +30,7 @@ from vlcontrast.eval.zeroshot import evaluate_zeroshot
 from vlcontrast.factory import build_model, build_objective
 from vlcontrast.models.text_tower import load_tokenizer
 from vlcontrast.train import checkpoint
+from vlcontrast.train.grad_cache import grad_cached_step
 from vlcontrast.train.metrics_log import MetricsLogger
 from vlcontrast.train.optim import build_optimizer, build_scheduler
 
@@ -147,17 +148,27 @@ def log_line(step: int, metrics: dict[str, Any]) -> str:
 def train_step(accelerator, model, objective, optimizer, batch, cfg: Config, state) -> tuple:
     """One optimizer step; raises TrainingDiverged before a non-finite update touches weights."""
     model.train()
-    out = objective(model, to_device(batch, accelerator.device))
-    loss = out["loss"]
-    value = float(loss.detach())
-    if not math.isfinite(value):
-        raise diverged("loss", value, state["step"] + 1, cfg)
-    accelerator.backward(loss)
+    step = state["step"] + 1
+
+    def check_loss(loss: torch.Tensor) -> None:
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise diverged("loss", value, step, cfg)
+
+    out = grad_cached_step(
+        model,
+        objective,
+        to_device(batch, accelerator.device),
+        cfg.train.grad_cache_steps,
+        backward=accelerator.backward,
+        check_loss=check_loss,
+    )
+    value = float(out["loss"].detach())
     metrics = dict(out["metrics"])
     if cfg.optim.grad_clip > 0:
         grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
         if not math.isfinite(grad_norm) and cfg.train.precision != "fp16":
-            raise diverged("gradient norm", grad_norm, state["step"] + 1, cfg)
+            raise diverged("gradient norm", grad_norm, step, cfg)
         metrics["grad_norm"] = grad_norm
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,139 @@
+"""Worker side of the distributed-equivalence tests (spawned by test_distributed_losses.py).
+
+Each of W gloo processes takes its slice of one fixed global batch, wraps the same tiny two-tower
+model in DDP, runs one forward/backward per case through the library's losses (and gradient
+caching), and rank 0 saves the rank-averaged loss and the DDP-averaged gradients. The test compares
+them with one process on the whole batch, using reference losses written in the test file.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from vlcontrast.losses import gathered_clip_loss, gathered_siglip_loss, nt_xent_loss, supcon_loss
+from vlcontrast.objectives.base import Objective
+from vlcontrast.train.grad_cache import grad_cached_step
+
+GLOBAL_BATCH = 12
+UNEVEN = {1: [12], 2: [5, 7], 4: [2, 4, 3, 3]}
+
+
+class TinyTowers(nn.Module):
+    """Two small MLP towers in float64; ``logit_scale``/``logit_bias`` exist only where the loss
+    uses them, so DDP runs with its production default (every parameter used)."""
+
+    def __init__(self, scale: bool = True, bias: bool = False, dropout: float = 0.0):
+        super().__init__()
+        torch.manual_seed(0)
+        self.img = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Dropout(dropout), nn.Linear(8, 5))
+        self.txt = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Dropout(dropout), nn.Linear(8, 5))
+        self.logit_scale = nn.Parameter(torch.tensor(1.5)) if scale else None
+        self.logit_bias = nn.Parameter(torch.tensor(-2.0)) if bias else None
+        self.double()
+
+    def forward(self, images, input_ids, attention_mask=None):
+        img_emb = F.normalize(self.img(images), dim=-1)
+        txt_emb = F.normalize(self.txt(input_ids), dim=-1)
+        scale = self.logit_scale.exp() if self.logit_scale is not None else None
+        return img_emb, txt_emb, scale, self.logit_bias
+
+
+def towers_for(loss_name: str, dropout: float = 0.0) -> TinyTowers:
+    return TinyTowers(
+        scale=not loss_name.startswith(("nt_xent", "supcon")),
+        bias=loss_name.startswith("siglip"),
+        dropout=dropout,
+    )
+
+
+def global_batch() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return {
+        "images": torch.randn(GLOBAL_BATCH, 6, generator=gen, dtype=torch.float64),
+        "input_ids": torch.randn(GLOBAL_BATCH, 6, generator=gen, dtype=torch.float64),
+        "labels": torch.tensor([0, 1, 2, 0, 1, 2, 3, 0, 3, 1, 2, 2]),
+    }
+
+
+class TowersObjective(Objective):
+    """Model outputs -> one of the library's losses."""
+
+    def __init__(self, loss_fn):
+        self.loss_fn = loss_fn
+
+    def forward(self, model, batch):
+        img_emb, txt_emb, logit_scale, logit_bias = model(batch["images"], batch["input_ids"])
+        outputs = {"img": img_emb, "txt": txt_emb, "scale": logit_scale, "bias": logit_bias}
+        return {k: v for k, v in outputs.items() if v is not None}
+
+    def loss(self, outputs, batch):
+        return {"loss": self.loss_fn(outputs, batch), "metrics": {}}
+
+
+LOSSES = {
+    "clip_local": lambda o, b: gathered_clip_loss(o["img"], o["txt"], o["scale"], local=True),
+    "clip_global": lambda o, b: gathered_clip_loss(o["img"], o["txt"], o["scale"], local=False),
+    "clip_tiled_local": lambda o, b: gathered_clip_loss(
+        o["img"], o["txt"], o["scale"], local=True, tiled=True, tile_size=2
+    ),
+    "clip_tiled_global": lambda o, b: gathered_clip_loss(
+        o["img"], o["txt"], o["scale"], local=False, tiled=True, tile_size=5
+    ),
+    "siglip": lambda o, b: gathered_siglip_loss(o["img"], o["txt"], o["scale"], o["bias"]),
+    "nt_xent": lambda o, b: nt_xent_loss(o["img"], o["txt"], temperature=0.5),
+    "supcon": lambda o, b: supcon_loss(
+        torch.cat([o["img"], o["txt"]]), torch.cat([b["labels"], b["labels"]]), temperature=0.2
+    ),
+}
+
+# (case name, loss, grad-cache steps, uneven split)
+CASES = [(name, name, 1, False) for name in LOSSES] + [
+    ("clip_local_gradcache", "clip_local", 2, False),
+    ("clip_tiled_local_gradcache", "clip_tiled_local", 3, False),
+    ("siglip_gradcache", "siglip", 2, False),
+    ("clip_local_uneven", "clip_local", 1, True),
+    ("clip_tiled_local_uneven", "clip_tiled_local", 1, True),
+    ("siglip_uneven", "siglip", 1, True),
+    ("supcon_uneven", "supcon", 1, True),
+]
+
+
+def local_slice(batch: dict, world: int, rank: int, uneven: bool) -> dict:
+    sizes = UNEVEN[world] if uneven else [GLOBAL_BATCH // world] * world
+    start = sum(sizes[:rank])
+    return {k: v[start : start + sizes[rank]] for k, v in batch.items()}
+
+
+def run_case(model: nn.Module, loss_name: str, batch: dict, steps: int) -> torch.Tensor:
+    out = grad_cached_step(model, TowersObjective(LOSSES[loss_name]), batch, steps)
+    return out["loss"].detach()
+
+
+def worker(rank: int, world: int, init_file: str, out_path: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        batch = global_batch()
+        results = {}
+        for case, loss_name, steps, uneven in CASES:
+            model = DistributedDataParallel(towers_for(loss_name))
+            loss = run_case(model, loss_name, local_slice(batch, world, rank, uneven), steps)
+            dist.all_reduce(loss)
+            grads = {
+                n: p.grad.clone() for n, p in model.module.named_parameters() if p.grad is not None
+            }
+            gathered = [None] * world
+            dist.all_gather_object(gathered, grads)
+            same = all(torch.equal(g[n], grads[n]) for g in gathered for n in grads)
+            results[case] = {"loss": loss / world, "grads": grads, "ranks_agree": same}
+        if rank == 0:
+            torch.save(results, out_path)
+    finally:
+        dist.destroy_process_group()
