@@ -6,16 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.references import textbook_clip_loss
 from vlcontrast.losses.clip import clip_loss
-
-
-def textbook_clip_loss(img, txt, scale):
-    """Radford et al. 2021, figure 3, written with explicit log-softmax sums."""
-    n = img.shape[0]
-    logits = scale * img @ txt.T
-    i2t = -sum(logits[i, i] - torch.logsumexp(logits[i, :], 0) for i in range(n)) / n
-    t2i = -sum(logits[j, j] - torch.logsumexp(logits[:, j], 0) for j in range(n)) / n
-    return (i2t + t2i) / 2
 
 
 def unit(*shape, dtype=torch.float64, seed=0):

@@ -29,12 +29,16 @@ from torch import nn
 from vlcontrast.objectives.base import Objective
 
 
+def batch_rows(batch: dict[str, Any]) -> int:
+    """The batch size: the length of the first tensor with a batch dimension."""
+    return next(len(v) for v in batch.values() if isinstance(v, torch.Tensor) and v.ndim)
+
+
 def split_batch(batch: dict[str, Any], steps: int) -> list[dict[str, Any]]:
-    """``steps`` micro-batches: tensors and lists with the batch's length are split along dim 0,
-    everything else (counters, metadata) is shared."""
-    rows = len(batch["images"]) if "images" in batch else None
-    if rows is None:
-        rows = next(len(v) for v in batch.values() if isinstance(v, torch.Tensor) and v.ndim)
+    """``min(steps, rows)`` micro-batches: tensors and lists with the batch's length are split
+    along dim 0, everything else (counters, metadata) is shared."""
+    rows = batch_rows(batch)
+    steps = min(steps, rows)
     bounds = [round(k * rows / steps) for k in range(steps + 1)]
     micro = []
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
@@ -81,7 +85,7 @@ def grad_cached_step(
     ``check_loss`` may raise before any parameter gradient is written. Returns the objective's
     ``{"loss", "metrics"}`` for the whole batch.
     """
-    if steps == 1:  # the plain step: one forward with autograd, one backward
+    if steps == 1 or batch_rows(batch) == 1:  # the plain step: one forward, one backward
         out = objective(model, batch)
         if check_loss is not None:
             check_loss(out["loss"])

@@ -202,6 +202,11 @@ def check_vocab(model, tokenizer) -> None:
 
 
 def build_train_data(cfg: Config, model, tokenizer) -> tuple[ShardDataset, Any]:
+    if cfg.train.grad_cache_steps > cfg.data.batch_size:
+        raise ConfigError(
+            f"train.grad_cache_steps: {cfg.train.grad_cache_steps} micro-batches cannot split a "
+            f"batch of data.batch_size={cfg.data.batch_size}; use at most the batch size"
+        )
     if not cfg.data.train_shards:
         raise ConfigError("data.train_shards: set a shard pattern, e.g. data/{00000..00099}.tar")
     urls = expand_urls(cfg.data.train_shards)

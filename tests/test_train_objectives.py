@@ -1,0 +1,63 @@
+"""The loss plug-ins end to end through the CLI: SigLIP, tiled CLIP and gradient caching."""
+
+import math
+
+import pytest
+
+from tests.conftest import run_file, tiny_overrides
+from vlcontrast import cli, factory
+from vlcontrast.models.clip import SigLIP
+from vlcontrast.train import checkpoint
+from vlcontrast.train.metrics_log import read_jsonl
+
+NO_DROPOUT = (
+    "text.config={model_type: bert, vocab_size: 64, hidden_size: 32, num_hidden_layers: 1, "
+)
+NO_DROPOUT += "num_attention_heads: 2, intermediate_size: 64, max_position_embeddings: 32, "
+NO_DROPOUT += "hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}"
+
+
+def train_rows(run_dir) -> list[dict]:
+    return [r for r in read_jsonl(run_dir / "metrics.jsonl") if "train/loss" in r]
+
+
+def test_siglip_trains_and_reloads(corpus, tmp_path):
+    overrides = [*tiny_overrides(corpus, tmp_path, steps=3), "loss.name=siglip"]
+    assert cli.main(["train", run_file(tmp_path), *overrides]) == 0
+    rows = train_rows(tmp_path)
+    assert len(rows) == 3 and all(math.isfinite(r["train/loss"]) for r in rows)
+    # SigLIP's defaults: logit scale starts at ln 10 (t = 10), bias at -10.
+    assert rows[0]["train/logit_scale"] == pytest.approx(10.0, rel=1e-2)
+    assert rows[0]["train/logit_bias"] == pytest.approx(-10.0, abs=0.1)
+    model, _, cfg = factory.load_for_eval(checkpoint.latest(tmp_path / "checkpoints"))
+    assert isinstance(model, SigLIP) and cfg.loss.name == "siglip"
+
+
+def test_tiled_and_grad_cached_training_matches_the_plain_run(corpus, tmp_path):
+    """Same data, no dropout: tiled loss + 2 micro-batches follows the plain run's losses."""
+    plain, cached = tmp_path / "plain", tmp_path / "cached"
+    base = [*tiny_overrides(corpus, plain, steps=3), NO_DROPOUT, "loss.tiled=off"]
+    assert cli.main(["train", run_file(plain), *base]) == 0
+    other = [*tiny_overrides(corpus, cached, steps=3), NO_DROPOUT]
+    other += ["loss.tiled=on", "loss.tile_size=5", "train.grad_cache_steps=2"]
+    assert cli.main(["train", run_file(cached), *other]) == 0
+    want, got = train_rows(plain), train_rows(cached)
+    assert len(want) == len(got) == 3
+    for a, b in zip(want, got, strict=True):
+        assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-4)
+        assert b["train/grad_norm"] == pytest.approx(a["train/grad_norm"], rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("loss.name=simclr", "loss.name: unknown value 'simclr'"),
+        ("loss.gather=all", "loss.gather: expected one of local, global"),
+        ("loss.tiled=yes", "loss.tiled: expected one of auto, on, off"),
+        ("train.grad_cache_steps=0", "train.grad_cache_steps: expected a positive number"),
+    ],
+)
+def test_bad_loss_settings_name_the_key(corpus, tmp_path, capsys, override, message):
+    overrides = [*tiny_overrides(corpus, tmp_path, steps=1), override]
+    assert cli.main(["train", run_file(tmp_path), *overrides]) == 2
+    assert message in capsys.readouterr().err
