@@ -11,7 +11,7 @@ peaks are matmul FLOP/s measured in the same run for PyTorch's default fp32 path
 MKL on x86), oneDNN fp32 (``mkldnn_linear`` on mkldnn tensors) and bf16 (``F.linear`` on bf16
 tensors), each with the best of a few square sizes.
 
-Configs: ``tiny`` is the demo (64 px, 4-block ViT + 2-layer BERT, batch 128); ``small`` is a
+Configs: ``tiny`` is the demo (64 px timm ``test_resnet`` + 2-layer BERT, batch 128); ``small`` is a
 ViT-S/32-class image tower at 224 px with a 6-layer, 384-wide BERT, batch 32.
 """
 

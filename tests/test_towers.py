@@ -52,10 +52,11 @@ def test_text_tower_from_local_directory_keeps_the_weights(tmp_path, corpus):
     encoder = BertModel(BertConfig(**{k: v for k, v in BERT.items() if k != "model_type"}))
     encoder.save_pretrained(tmp_path / "bert")
     tower = TextTower(TextTowerConfig(model=str(tmp_path / "bert"), pretrained=True), 8)
-    for (name, a), (_, b) in zip(
-        encoder.state_dict().items(), tower.encoder.state_dict().items(), strict=True
-    ):
-        torch.testing.assert_close(a, b, msg=name)
+    loaded = tower.encoder.state_dict()
+    saved = {k: v for k, v in encoder.state_dict().items() if not k.startswith("pooler.")}
+    assert set(loaded) == set(saved)  # the unused pooler is dropped (DDP needs every gradient)
+    for name, value in saved.items():
+        torch.testing.assert_close(loaded[name], value, msg=name)
     fresh = TextTower(TextTowerConfig(model=str(tmp_path / "bert"), pretrained=False), 8)
     emb_a, emb_b = (
         fresh.encoder.embeddings.word_embeddings.weight,

@@ -1,6 +1,9 @@
 """The loss plug-ins end to end through the CLI: SigLIP, tiled CLIP and gradient caching."""
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -61,3 +64,20 @@ def test_bad_loss_settings_name_the_key(corpus, tmp_path, capsys, override, mess
     overrides = [*tiny_overrides(corpus, tmp_path, steps=1), override]
     assert cli.main(["train", run_file(tmp_path), *overrides]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_two_process_training_under_torchrun(corpus, tmp_path):
+    """The real launcher: 2 gloo processes through accelerate, tiled CLIP and gradient caching
+    (DDP no_sync for all but the last micro-batch). Rank 0 alone writes logs and checkpoints."""
+    overrides = [*tiny_overrides(corpus, tmp_path, steps=2), "data.batch_size=8"]
+    overrides += ["loss.tiled=on", "loss.tile_size=4", "train.grad_cache_steps=2"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    cmd += ["-m", "vlcontrast.cli", "train", run_file(tmp_path), *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = train_rows(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(math.isfinite(r["train/loss"]) for r in rows)
+    ckpts = checkpoint.all_checkpoints(tmp_path / "checkpoints")
+    assert [p.name for p in ckpts] == ["step_00000002"]

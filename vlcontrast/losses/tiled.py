@@ -38,17 +38,18 @@ def _online_update(
     run_max.copy_(new_max)
 
 
-def _lse_stats(img_s: torch.Tensor, txt: torch.Tensor, tile: int):
-    """Row and (partial) column log-sum-exp statistics of ``img_s @ txt.T``, tile by tile."""
-    rows, cols = img_s.shape[0], txt.shape[0]
-    row_max = img_s.new_full((rows,), float("-inf"))
-    row_sum = img_s.new_zeros(rows)
-    col_max = img_s.new_full((cols,), float("-inf"))
-    col_sum = img_s.new_zeros(cols)
-    logits = img_s.new_empty((min(tile, rows), min(tile, cols)))
+def _lse_stats(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, tile: int):
+    """Row and (partial) column log-sum-exp statistics of ``logit_scale * img @ txt.T``, tile by
+    tile, and the row-wise dot products with the columns from ``offset`` (the positives)."""
+    rows, cols = img.shape[0], txt.shape[0]
+    row_max = img.new_full((rows,), float("-inf"))
+    row_sum = img.new_zeros(rows)
+    col_max = img.new_full((cols,), float("-inf"))
+    col_sum = img.new_zeros(cols)
+    logits = img.new_empty((min(tile, rows), min(tile, cols)))
     buf = torch.empty_like(logits)
     for a in range(0, rows, tile):
-        img_tile = img_s[a : a + tile]
+        img_tile = img[a : a + tile] * logit_scale  # (ta, D): scaled rows scale every logit
         for b in range(0, cols, tile):
             txt_tile = txt[b : b + tile]
             tile_logits = logits[: img_tile.shape[0], : txt_tile.shape[0]]
@@ -57,6 +58,16 @@ def _lse_stats(img_s: torch.Tensor, txt: torch.Tensor, tile: int):
             _online_update(tile_logits, tile_buf, row_max[a : a + tile], row_sum[a : a + tile], 1)
             _online_update(tile_logits, tile_buf, col_max[b : b + tile], col_sum[b : b + tile], 0)
     return row_max, row_sum, col_max, col_sum
+
+
+def _positive_logits(img, txt, logit_scale, offset: int, tile: int) -> torch.Tensor:
+    """``logit_scale * <img_i, txt_{offset+i}>`` for every row, a tile of rows at a time."""
+    rows = img.shape[0]
+    parts = [
+        (img[a : a + tile] * txt[offset + a : offset + min(a + tile, rows)]).sum(1)
+        for a in range(0, rows, tile)
+    ]
+    return torch.cat(parts) * logit_scale  # (B,)
 
 
 def _reduce_columns(col_max: torch.Tensor, col_sum: torch.Tensor) -> None:
@@ -71,13 +82,12 @@ class _TiledCLIP(torch.autograd.Function):
     @staticmethod
     def forward(ctx, img, txt, logit_scale, offset, weight, tile, reduce_columns):
         rows = img.shape[0]
-        img_s = img * logit_scale  # (B, D): scaling rows once scales every logit
-        row_max, row_sum, col_max, col_sum = _lse_stats(img_s, txt, tile)
+        row_max, row_sum, col_max, col_sum = _lse_stats(img, txt, logit_scale, tile)
         if reduce_columns:
             _reduce_columns(col_max, col_sum)
         row_lse = row_max + row_sum.log()  # (B,)
         col_lse = col_max + col_sum.log()  # (N,)
-        pos = (img_s * txt[offset : offset + rows]).sum(1)  # (B,) logits of the positives
+        pos = _positive_logits(img, txt, logit_scale, offset, tile)  # (B,)
         loss = weight * (row_lse.sum() + col_lse[offset : offset + rows].sum() - 2 * pos.sum())
         ctx.save_for_backward(img, txt, logit_scale, row_lse, col_lse)
         ctx.offset, ctx.weight, ctx.tile = offset, weight, tile
@@ -88,13 +98,12 @@ class _TiledCLIP(torch.autograd.Function):
         img, txt, logit_scale, row_lse, col_lse = ctx.saved_tensors
         offset, weight, tile = ctx.offset, ctx.weight, ctx.tile
         rows, cols = img.shape[0], txt.shape[0]
-        img_s = img * logit_scale
-        grad_img_s = torch.zeros_like(img_s)
+        grad_img_s = torch.zeros_like(img)  # gradient with respect to logit_scale * img
         grad_txt = torch.zeros_like(txt)
-        probs = img_s.new_empty((min(tile, rows), min(tile, cols)))
+        probs = img.new_empty((min(tile, rows), min(tile, cols)))
         buf = torch.empty_like(probs)
         for a in range(0, rows, tile):
-            img_tile = img_s[a : a + tile]
+            img_tile = img[a : a + tile] * logit_scale  # (ta, D)
             for b in range(0, cols, tile):
                 txt_tile = txt[b : b + tile]
                 tile_probs = probs[: img_tile.shape[0], : txt_tile.shape[0]]
@@ -107,11 +116,13 @@ class _TiledCLIP(torch.autograd.Function):
                 grad_txt[b : b + tile].addmm_(tile_probs.T, img_tile)
         # The positives' logits enter both directions with weight -1 each.
         grad_img_s.sub_(txt[offset : offset + rows], alpha=2.0)
-        grad_txt[offset : offset + rows].sub_(img_s, alpha=2.0)
+        grad_txt[offset : offset + rows].sub_(img, alpha=2.0 * float(logit_scale))
         scale = grad_loss * weight
         grad_img_s.mul_(scale)
         grad_txt.mul_(scale)
-        grad_logit_scale = (grad_img_s * img).sum().reshape(logit_scale.shape)
+        grad_logit_scale = torch.dot(grad_img_s.view(-1), img.reshape(-1)).reshape(
+            logit_scale.shape
+        )
         grad_img = grad_img_s.mul_(logit_scale)
         return grad_img, grad_txt, grad_logit_scale, None, None, None, None
 

@@ -75,6 +75,10 @@ class TextTower(nn.Module):
     def __init__(self, cfg: TextTowerConfig, embed_dim: int):
         super().__init__()
         self.encoder = build_encoder(cfg)
+        if getattr(self.encoder, "pooler", None) is not None:
+            # We pool last_hidden_state ourselves; BERT-style poolers would be parameters that
+            # never get a gradient, which DDP's reducer rejects (and which waste memory).
+            self.encoder.pooler = None
         self.pool = POOLINGS[cfg.pooling]
         self.proj = nn.Linear(self.encoder.config.hidden_size, embed_dim, bias=False)
 
