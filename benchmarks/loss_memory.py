@@ -13,8 +13,9 @@ For each batch size B it runs, each in a fresh subprocess so that peaks do not m
 Inputs are random L2-normalised float32 (B, D) embeddings at logit scale 100 (the clamp). The
 memory figure is the peak resident memory added by forward + backward: ``ru_maxrss`` after the
 run minus the resident size just before it (inputs, a warm-up call and the thread pool are in
-the baseline). Time is wall clock of forward + backward. Both variants run in the same invocation
-and the ratios (naive / tiled memory, tiled / naive time) are printed per size. Where the naive
+the baseline); with ``--device cuda`` it is the allocator's peak minus what was allocated
+before. Time is wall clock of forward + backward. Both variants run in the same invocation and
+the ratios (naive / tiled memory, tiled / naive time) are printed per size. Where the naive
 loss cannot fit (its estimate, scaled by B² from the largest measured size, exceeds 80% of
 MemAvailable) it is skipped and the memory it would need is printed instead.
 """
@@ -43,7 +44,9 @@ def peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def mem_available() -> int:
+def mem_available(device: str) -> int:
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info()[0]
     with open("/proc/meminfo") as f:
         for line in f:
             if line.startswith("MemAvailable:"):
@@ -51,7 +54,7 @@ def mem_available() -> int:
     raise RuntimeError("MemAvailable not found in /proc/meminfo")
 
 
-def run_one(variant: str, batch: int, dim: int, tile: int) -> dict:
+def run_one(variant: str, batch: int, dim: int, tile: int, device: str = "cpu") -> dict:
     """Measure one (variant, B) in this process; returns seconds and added peak bytes."""
     from vlcontrast.losses.clip import clip_loss
     from vlcontrast.losses.tiled import tiled_clip_loss
@@ -63,24 +66,31 @@ def run_one(variant: str, batch: int, dim: int, tile: int) -> dict:
 
     def inputs(n: int, seed: int):
         gen = torch.Generator().manual_seed(seed)
-        img = F.normalize(torch.randn(n, dim, generator=gen), dim=1).requires_grad_()
-        txt = F.normalize(torch.randn(n, dim, generator=gen), dim=1).requires_grad_()
-        return img, txt, torch.tensor(100.0, requires_grad=True)
+        img = F.normalize(torch.randn(n, dim, generator=gen), dim=1).to(device).requires_grad_()
+        txt = F.normalize(torch.randn(n, dim, generator=gen), dim=1).to(device).requires_grad_()
+        return img, txt, torch.tensor(100.0, device=device, requires_grad=True)
 
+    cuda = device.startswith("cuda")
     warm = inputs(256, 1)
     loss_fn(*warm).backward()  # thread pool and kernels warm, outside the measurement
     img, txt, scale = inputs(batch, 0)
-    base = rss_bytes()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated() if cuda else rss_bytes()
     start = time.perf_counter()
     loss = loss_fn(img, txt, scale)
     loss.backward()
+    if cuda:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "added_bytes": peak_bytes() - base, "loss": float(loss)}
+    peak = torch.cuda.max_memory_allocated() if cuda else peak_bytes()
+    return {"seconds": seconds, "added_bytes": peak - base, "loss": float(loss)}
 
 
-def measure(variant: str, batch: int, dim: int, tile: int) -> dict:
+def measure(variant: str, batch: int, dim: int, tile: int, device: str) -> dict:
     cmd = [sys.executable, __file__, "--one", variant, str(batch), "--dim", str(dim)]
-    cmd += ["--tile", str(tile)]
+    cmd += ["--tile", str(tile), "--device", device]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -90,10 +100,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default="4096,16384,65536", help="comma-separated batch sizes")
     parser.add_argument("--dim", type=int, default=512, help="embedding width D")
     parser.add_argument("--tile", type=int, default=1024, help="tile size of the tiled loss")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (GPU memory by the allocator)")
     parser.add_argument("--one", nargs=2, metavar=("VARIANT", "B"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(run_one(args.one[0], int(args.one[1]), args.dim, args.tile)))
+        print(json.dumps(run_one(args.one[0], int(args.one[1]), args.dim, args.tile, args.device)))
         return
 
     torch_threads = torch.get_num_threads()
@@ -109,13 +120,13 @@ def main(argv: list[str] | None = None) -> None:
     print("-" * len(header))
     naive_per_b2, skipped = None, False
     for batch in [int(s) for s in args.sizes.split(",")]:
-        tiled = measure("tiled", batch, args.dim, args.tile)
+        tiled = measure("tiled", batch, args.dim, args.tile, args.device)
         need = naive_per_b2 * batch**2 if naive_per_b2 else None
-        if need is not None and need > 0.8 * mem_available():
+        if need is not None and need > 0.8 * mem_available(args.device):
             naive, skipped = None, True
             naive_cols = f"{'skipped':>8} {need / GIB:>9.1f}*"
         else:
-            naive = measure("naive", batch, args.dim, args.tile)
+            naive = measure("naive", batch, args.dim, args.tile, args.device)
             naive_per_b2 = naive["added_bytes"] / batch**2
             naive_cols = f"{naive['seconds']:>8.2f} {naive['added_bytes'] / GIB:>10.3f}"
         tiled_cols = f"{tiled['seconds']:>8.2f} {tiled['added_bytes'] / GIB:>10.3f}"

@@ -81,6 +81,13 @@ def _reduce_columns(col_max: torch.Tensor, col_sum: torch.Tensor) -> None:
 class _TiledCLIP(torch.autograd.Function):
     @staticmethod
     def forward(ctx, img, txt, logit_scale, offset, weight, tile, reduce_columns):
+        with torch.autocast(img.device.type, enabled=False):  # the kernel runs in its input dtype
+            return _TiledCLIP._forward(
+                ctx, img, txt, logit_scale, offset, weight, tile, reduce_columns
+            )
+
+    @staticmethod
+    def _forward(ctx, img, txt, logit_scale, offset, weight, tile, reduce_columns):
         rows = img.shape[0]
         row_max, row_sum, col_max, col_sum = _lse_stats(img, txt, logit_scale, tile)
         if reduce_columns:
@@ -95,6 +102,11 @@ class _TiledCLIP(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
+        with torch.autocast(grad_loss.device.type, enabled=False):
+            return _TiledCLIP._backward(ctx, grad_loss)
+
+    @staticmethod
+    def _backward(ctx, grad_loss):
         img, txt, logit_scale, row_lse, col_lse = ctx.saved_tensors
         offset, weight, tile = ctx.offset, ctx.weight, ctx.tile
         rows, cols = img.shape[0], txt.shape[0]
