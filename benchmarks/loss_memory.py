@@ -107,11 +107,11 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_one(args.one[0], int(args.one[1]), args.dim, args.tile, args.device)))
         return
 
-    torch_threads = torch.get_num_threads()
-    print(
-        f"CLIP loss forward+backward, D={args.dim}, tile={args.tile}, float32, "
-        f"{torch_threads} threads; memory = peak RSS added by the call"
-    )
+    if args.device.startswith("cuda"):
+        where = f"{torch.cuda.get_device_name()}; memory = peak allocated by the call"
+    else:
+        where = f"{torch.get_num_threads()} CPU threads; memory = peak RSS added by the call"
+    print(f"CLIP loss forward+backward, D={args.dim}, tile={args.tile}, float32, {where}")
     header = (
         f"{'B':>7} | {'naive s':>8} {'naive GiB':>10} | {'tiled s':>8} {'tiled GiB':>10} | "
         f"{'mem naive/tiled':>15} {'time tiled/naive':>16}"
