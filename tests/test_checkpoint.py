@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from torch import nn
 
@@ -67,3 +68,20 @@ def test_resaving_a_step_replaces_it_atomically(tmp_path):
     model = nn.Linear(3, 2)
     checkpoint.load_weights(checkpoint.latest(tmp_path), model)
     assert torch.all(model.weight == 5.0)
+
+
+def test_weights_from_before_the_pooler_was_dropped_still_load(tmp_path):
+    """Old checkpoints hold the (unused) BERT pooler; it is ignored, anything else is refused."""
+    from safetensors.torch import save_file
+
+    model = nn.Linear(2, 2)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    weights["text.encoder.pooler.dense.weight"] = torch.zeros(2, 2)
+    save_file(weights, tmp_path / "model.safetensors")
+    fresh = nn.Linear(2, 2)
+    checkpoint.load_weights(tmp_path, fresh)
+    torch.testing.assert_close(fresh.weight, model.weight)
+    weights["image.extra"] = torch.zeros(1)
+    save_file(weights, tmp_path / "model.safetensors")
+    with pytest.raises(RuntimeError, match="unexpected \\['image.extra'\\]"):
+        checkpoint.load_weights(tmp_path, nn.Linear(2, 2))

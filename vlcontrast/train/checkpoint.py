@@ -112,7 +112,15 @@ def load_config(path: str | Path) -> config_lib.Config:
 
 
 def load_weights(path: str | Path, model: nn.Module) -> None:
-    load_model(model, str(Path(path) / "model.safetensors"))
+    """Load ``model.safetensors`` strictly, except for the text encoder's pooler, which
+    checkpoints written before it was dropped (it never gets a gradient) still hold."""
+    missing, unexpected = load_model(model, str(Path(path) / "model.safetensors"), strict=False)
+    unexpected = [k for k in unexpected if not k.startswith("text.encoder.pooler.")]
+    if missing or unexpected:
+        raise RuntimeError(
+            f"{path}: checkpoint does not match the model (missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}); was it written with another config?"
+        )
 
 
 def load_train_state(path: str | Path) -> dict[str, Any]:
