@@ -85,6 +85,9 @@ LOSSES = {
     "clip_tiled_global": lambda o, b: gathered_clip_loss(
         o["img"], o["txt"], o["scale"], local=False, tiled=True, tile_size=5
     ),
+    "clip_auto": lambda o, b: gathered_clip_loss(  # tiles: the global batch reaches 12
+        o["img"], o["txt"], o["scale"], tiled_from=12, tile_size=2
+    ),
     "siglip": lambda o, b: gathered_siglip_loss(o["img"], o["txt"], o["scale"], o["bias"]),
     "nt_xent": lambda o, b: nt_xent_loss(o["img"], o["txt"], temperature=0.5),
     "supcon": lambda o, b: supcon_loss(
@@ -99,6 +102,7 @@ CASES = [(name, name, 1, False) for name in LOSSES] + [
     ("siglip_gradcache", "siglip", 2, False),
     ("clip_local_uneven", "clip_local", 1, True),
     ("clip_tiled_local_uneven", "clip_tiled_local", 1, True),
+    ("clip_auto_uneven", "clip_auto", 1, True),
     ("siglip_uneven", "siglip", 1, True),
     ("supcon_uneven", "supcon", 1, True),
 ]

@@ -25,6 +25,7 @@ REFERENCES = {
     "clip_global": lambda o, b: textbook_clip_loss(o[0], o[1], o[2]),
     "clip_tiled_local": lambda o, b: textbook_clip_loss(o[0], o[1], o[2]),
     "clip_tiled_global": lambda o, b: textbook_clip_loss(o[0], o[1], o[2]),
+    "clip_auto": lambda o, b: textbook_clip_loss(o[0], o[1], o[2]),
     "siglip": lambda o, b: textbook_siglip_loss(o[0], o[1], o[2], o[3]),
     "nt_xent": lambda o, b: textbook_nt_xent(o[0], o[1], 0.5),
     "supcon": lambda o, b: textbook_supcon(

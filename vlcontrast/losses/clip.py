@@ -53,18 +53,22 @@ def gathered_clip_loss(
     *,
     local: bool = True,
     tiled: bool = False,
+    tiled_from: int | None = None,
     tile_size: int = 1024,
 ) -> torch.Tensor:
     """CLIP loss over the global batch (all ranks), exact in value and gradient.
 
     Returns this rank's share: the per-rank values average to the global loss, and after DDP's
     gradient averaging every parameter's gradient equals the single-process full-batch one.
-    Ranks may hold different numbers of rows (the last batch of an epoch).
+    Ranks may hold different numbers of rows (the last batch of an epoch). ``tiled_from`` turns
+    tiling on when the global batch reaches it; every rank decides on the same global size, so
+    all ranks run the same collectives.
     """
     rows = img_emb.shape[0]
     sizes = dist_lib.batch_sizes(rows, img_emb.device)
     world, total = len(sizes), sum(sizes)
     start = sum(sizes[: dist_lib.rank()])
+    tiled = tiled or (tiled_from is not None and total >= tiled_from)
     if tiled and local:
         txt_all = dist_lib.all_gather_with_grad(txt_emb, sizes)  # (N, D)
         return tiled_clip_loss(

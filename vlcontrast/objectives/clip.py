@@ -12,14 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlcontrast import distributed as dist_lib
 from vlcontrast.config import LossConfig
 from vlcontrast.losses.clip import gathered_clip_loss
 from vlcontrast.objectives.base import Objective, detached
-
-
-def use_tiled(cfg: LossConfig, global_batch: int) -> bool:
-    return cfg.tiled == "on" or (cfg.tiled == "auto" and global_batch >= cfg.tiled_from)
 
 
 class CLIPObjective(Objective):
@@ -33,14 +28,13 @@ class CLIPObjective(Objective):
         return {"img_emb": img_emb, "txt_emb": txt_emb, "logit_scale": logit_scale}
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, Any]:
-        img_emb = outputs["img_emb"].float()
-        global_batch = img_emb.shape[0] * dist_lib.world_size()
         loss = gathered_clip_loss(
-            img_emb,
+            outputs["img_emb"].float(),
             outputs["txt_emb"].float(),
             outputs["logit_scale"].float(),
             local=self.cfg.gather == "local",
-            tiled=use_tiled(self.cfg, global_batch),
+            tiled=self.cfg.tiled == "on",
+            tiled_from=self.cfg.tiled_from if self.cfg.tiled == "auto" else None,
             tile_size=self.cfg.tile_size,
         )
         return {"loss": loss, "metrics": {"logit_scale": detached(outputs["logit_scale"])}}
