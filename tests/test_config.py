@@ -22,13 +22,14 @@ def test_dotted_overrides_are_coerced_to_the_schema_types():
             "optim.lr=3e-4",
             "data.batch_size=64",
             "train.progress=false",
-            "eval.templates=['a {}', 'the {}']",
+            "eval.evaluators=[{kind: knn, data: x.tar, templates: ['a {}'], k: '20'}]",
             "image.model_kwargs.depth=2",
         ],
     )
     assert cfg.optim.lr == pytest.approx(3e-4) and isinstance(cfg.optim.lr, float)
     assert cfg.data.batch_size == 64 and cfg.train.progress is False
-    assert cfg.eval.templates == ["a {}", "the {}"]
+    (knn,) = cfg.eval.evaluators
+    assert knn.kind == "knn" and knn.templates == ["a {}"] and knn.k == 20
     assert cfg.image.model_kwargs == {"depth": 2}
 
 

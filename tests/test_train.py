@@ -117,5 +117,10 @@ def test_demo_then_eval_reproduces_the_accuracy(tmp_path, capsys):
     pattern = str(held[0].parent / f"{{00000..{len(held) - 1:05d}}}.tar")
     report = tmp_path / "eval.json"
     args = ["eval", "zeroshot", "--checkpoint", summary["checkpoint"], "--data", pattern]
+    capsys.readouterr()
     assert cli.main([*args, "--json", str(report)]) == 0
-    assert json.loads(report.read_text())["top1"] == summary["zeroshot_top1"]
+    result = json.loads(report.read_text())["zeroshot"]
+    assert result["metrics"]["top1"] == summary["zeroshot_top1"]  # exactly, not approximately
+    assert f"{summary['zeroshot_top1']:.4f}" in capsys.readouterr().out
+    assert len(result["confusion"]) == 30 and len(result["classnames"]) == 30
+    assert (tmp_path / "eval.confusion.png").stat().st_size > 1000

@@ -2,7 +2,7 @@
 
 vlcontrast demo [--out DIR] [section.key=value ...]
 vlcontrast train CONFIG [section.key=value ...]
-vlcontrast eval zeroshot --checkpoint DIR --data SHARDS [--classes JSON] [--json OUT]
+vlcontrast eval zeroshot|retrieval|linear-probe|knn --checkpoint DIR --data DATA [--json OUT]
 vlcontrast data synthetic OUT_DIR [--train N] [--heldout N]
 vlcontrast config [CONFIG] [section.key=value ...]   (print the resolved config)
 """
@@ -55,18 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML run file (only what differs from the defaults)")
     train.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
 
-    evaluate = sub.add_parser("eval", help="evaluate a checkpoint")
-    kinds = evaluate.add_subparsers(dest="kind", required=True)
-    zeroshot = kinds.add_parser(
-        "zeroshot",
-        help="zero-shot classification on labelled shards",
-        description="Rebuilds model, preprocessing and tokenizer from the checkpoint alone.",
+    evaluate = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint: zeroshot, retrieval, linear-probe, knn",
+        description="Evaluate a checkpoint; the model, preprocessing and tokenizer are rebuilt "
+        "from the checkpoint alone. Prints a table and, with --json, writes every number. Runs "
+        "in one process or under torchrun (each rank embeds its share).",
     )
-    zeroshot.add_argument("--checkpoint", required=True, help="checkpoint directory (step_*)")
-    zeroshot.add_argument("--data", required=True, help="labelled shards (image + cls)")
-    zeroshot.add_argument("--classes", default="", help="classes JSON (default: beside shards)")
-    zeroshot.add_argument("--json", default="", help="write the metrics to this JSON file")
-
+    kinds = evaluate.add_subparsers(dest="kind", required=True)
+    for kind, help_text in EVAL_KINDS.items():
+        add_eval_arguments(kinds.add_parser(kind, help=help_text, description=help_text), kind)
     data = sub.add_parser("data", help="make shards")
     makers = data.add_subparsers(dest="maker", required=True)
     synthetic = makers.add_parser("synthetic", help="the demo's coloured-shapes corpus")
@@ -79,6 +77,64 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     show.add_argument("--keys", action="store_true", help="list every key with type and default")
     return parser
+
+
+EVAL_KINDS = {
+    "zeroshot": "zero-shot classification: top-1/top-5, mean per-class recall, confusion matrix",
+    "retrieval": "image<->text retrieval on captioned data: recall@1/5/10, median rank",
+    "linear-probe": "logistic regression on frozen image embeddings (L2 penalty swept on a "
+    "validation split of --train-data)",
+    "knn": "weighted k-nearest-neighbour classification on frozen image embeddings",
+}
+DATA_HELP = (
+    "a shard pattern ('val/{00000..00009}.tar'), an ImageFolder directory (root/CLASS/IMG), or a "
+    "Hugging Face dataset: a save_to_disk directory, a local dataset folder or 'hf:NAME'"
+)
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory (step_*)")
+    parser.add_argument("--data", required=True, help="evaluation set: " + DATA_HELP)
+    if kind in ("linear-probe", "knn"):
+        parser.add_argument("--train-data", required=True, help="labelled training set")
+        parser.add_argument("--train-split", default="train", help="HF split of --train-data")
+    parser.add_argument(
+        "--format", default="auto", help="auto, wds, imagefolder or hf (default: %(default)s)"
+    )
+    parser.add_argument("--split", default="test", help="HF split of --data (default: test)")
+    parser.add_argument(
+        "--image-field", default="", help="shards: extensions (jpg;png), HF: column"
+    )
+    if kind == "retrieval":
+        parser.add_argument(
+            "--caption-field",
+            default="",
+            help="shards: extension (txt) or json.KEY; HF: column (caption); a list = several",
+        )
+    else:
+        parser.add_argument("--label-field", default="", help="shards: cls; HF: label")
+        parser.add_argument(
+            "--classes", default="", help="class names: JSON or one per line (default: the data's)"
+        )
+    if kind == "zeroshot":
+        parser.add_argument(
+            "--templates",
+            nargs="+",
+            default=[],
+            help="openai_imagenet, generic, a file, or templates with {} (default: the classes "
+            "file's, else generic)",
+        )
+    if kind == "knn":
+        parser.add_argument("--k", type=int, default=200, help="neighbours (default: 200)")
+        parser.add_argument("--temperature", type=float, default=0.1, help="default: 0.1")
+    parser.add_argument("--max-samples", type=int, default=0, help="only the first N (0 = all)")
+    parser.add_argument("--batch-size", type=int, default=256, help="default: %(default)s")
+    parser.add_argument("--workers", type=int, default=2, help="dataloader workers per process")
+    parser.add_argument("--json", default="", help="write every result to this JSON file")
+    if kind != "retrieval":
+        parser.add_argument(
+            "--plot", default="", help="confusion-matrix PNG (default: beside --json)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,20 +170,59 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from vlcontrast.eval.zeroshot import evaluate_zeroshot
+    from accelerate import PartialState
+
+    from vlcontrast.eval import report
+    from vlcontrast.eval.runner import run_evaluators
     from vlcontrast.factory import load_for_eval
 
     ckpt = Path(args.checkpoint)
     if not (ckpt / "model.safetensors").is_file():
         raise ConfigError(f"--checkpoint: {ckpt} is not a checkpoint directory (step_*)")
     model, tokenizer, cfg = load_for_eval(ckpt)
-    cfg.eval.zeroshot_shards, cfg.eval.classes = args.data, args.classes
-    metrics = evaluate_zeroshot(model, tokenizer, cfg)["metrics"]
-    for name, value in metrics.items():
-        print(f"{name:>8}  {value:.4f}" if name != "n" else f"{name:>8}  {int(value)}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n")
+    entry = {
+        "kind": args.kind.replace("-", "_"),
+        **{
+            key: getattr(args, key)
+            for key in EVALUATOR_ARGS
+            if getattr(args, key, None) not in (None, "", [])
+        },
+    }
+    overrides = {"evaluators": [entry], "batch_size": args.batch_size}
+    config_lib.apply(cfg, {"eval": {**overrides, "num_workers": args.workers}})
+    state = PartialState()  # a process group under torchrun; one process otherwise
+    model.to(state.device)
+    results = run_evaluators(model, tokenizer, cfg, state.device, progress=True)
+    if not state.is_main_process:
+        return 0
+    for name, result in results.items():
+        print(report.format_table(name, result))
+        if args.json:
+            report.write_json(results, args.json)
+        plot = getattr(args, "plot", "") or (
+            str(Path(args.json).with_suffix(".confusion.png")) if args.json else ""
+        )
+        if plot and "confusion" in result:
+            report.save_confusion_png(result["confusion"], result["classnames"], plot)
+            print(f"confusion matrix: {plot}")
     return 0
+
+
+EVALUATOR_ARGS = [
+    "data",
+    "train_data",
+    "format",
+    "split",
+    "train_split",
+    "image_field",
+    "label_field",
+    "caption_field",
+    "classes",
+    "templates",
+    "max_samples",
+    "k",
+    "temperature",
+]
 
 
 def cmd_data(args: argparse.Namespace) -> int:

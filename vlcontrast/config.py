@@ -114,14 +114,40 @@ class TrainConfig:
 
 
 @dataclass
+class EvaluatorConfig:
+    """One entry of ``eval.evaluators``: what to evaluate, on which data (see vlcontrast.eval)."""
+
+    kind: str = field(
+        default="zeroshot", metadata=_choices("zeroshot", "retrieval", "linear_probe", "knn")
+    )
+    name: str = ""  # prefix of the logged metrics; default: kind
+    data: str = ""  # the evaluation set: shard pattern, ImageFolder directory or HF dataset
+    train_data: str = ""  # linear_probe and knn: the labelled set the classifier is fitted on
+    format: str = field(default="auto", metadata=_choices("auto", "wds", "imagefolder", "hf"))
+    split: str = "test"  # HF datasets: split of `data`
+    train_split: str = "train"  # HF datasets: split of `train_data`
+    image_field: str = ""  # "": jpg;jpeg;png;webp (shards), image (HF)
+    label_field: str = ""  # "": cls (shards), label (HF)
+    caption_field: str = ""  # "": txt (shards), caption (HF); shards: json.KEY reads a JSON field
+    classes: str = ""  # class names: JSON ({"classnames": [...]} or a list) or one per line
+    # Prompt templates: built-in set names (openai_imagenet, generic), files, or literal templates
+    # with {}. Empty: the classes file's templates, else the generic set.
+    templates: list = field(default_factory=list)
+    max_samples: int = 0  # evaluate only the first N samples; 0 = all
+    k: int = 200  # knn: neighbours (Wu et al. 2018)
+    temperature: float = 0.1  # knn: similarity temperature
+    val_fraction: float = 0.2  # linear_probe: held out from train_data to pick the L2 penalty
+    weight_decays: list = field(default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1])
+
+
+@dataclass
 class EvalConfig:
-    zeroshot_shards: str = ""  # labelled shards: image + ``cls`` (class index)
-    classes: str = ""  # JSON with "classnames" (+ "templates"); default: classes.json by shards
-    templates: list = field(
-        default_factory=list
-    )  # empty: the classes file's, else "a photo of a {}."
+    # Evaluators run every `every` steps and at the end of training, e.g.
+    #   evaluators: [{kind: zeroshot, data: "heldout/{00000..00001}.tar"}]
+    evaluators: list = field(default_factory=list, metadata={"item": EvaluatorConfig})
     every: int = 0  # steps between evaluations; 0 = only at the end
     batch_size: int = 256
+    num_workers: int = 0  # dataloader workers per rank while embedding
 
 
 @dataclass
@@ -150,8 +176,16 @@ _POSITIVE = {
     "loss.tile_size",
     "loss.tiled_from",
     "train.grad_cache_steps",
+    "k",
 }
-_NON_NEGATIVE = {"data.num_workers", "optim.warmup_steps", "optim.grad_clip", "eval.every"}
+_NON_NEGATIVE = {
+    "data.num_workers",
+    "optim.warmup_steps",
+    "optim.grad_clip",
+    "eval.every",
+    "eval.num_workers",
+    "max_samples",
+}
 
 
 def _optional_of(typ: Any) -> Any:
@@ -219,9 +253,10 @@ def _check(key: str, f: dataclasses.Field, value: Any) -> None:
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
-    if key in _POSITIVE and value <= 0:
+    names = {key, f.name}  # list items (eval.evaluators[0].k) are checked by field name
+    if names & _POSITIVE and value <= 0:
         raise ConfigError(f"{key}: expected a positive number, got {value!r}")
-    if key in _NON_NEGATIVE and value < 0:
+    if names & _NON_NEGATIVE and value < 0:
         raise ConfigError(f"{key}: expected a number >= 0, got {value!r}")
 
 
@@ -251,8 +286,22 @@ def _set(obj: Any, path: list[str], value: Any, prefix: str = "") -> None:
             return
         raise ConfigError(f"unknown config key '{key}.{'.'.join(rest)}': {key} has no sub-keys")
     value = _coerce(key, value, typ)
+    if "item" in f.metadata:
+        value = [_item(f"{key}[{i}]", f.metadata["item"], v) for i, v in enumerate(value)]
     _check(key, f, value)
     setattr(obj, name, value)
+
+
+def _item(key: str, cls: type, value: Any) -> Any:
+    """A list entry of dataclass ``cls`` from a mapping, checked key by key."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping of {cls.__name__} keys, got {value!r}")
+    item = cls()
+    for sub, sub_value in value.items():
+        _set(item, [str(sub)], sub_value, prefix=f"{key}.")
+    return item
 
 
 def apply(cfg: Config, values: dict[str, Any]) -> Config:
@@ -301,7 +350,21 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 
 def from_dict(values: dict[str, Any]) -> Config:
-    return apply(Config(), values)
+    return apply(Config(), _migrate(values))
+
+
+def _migrate(values: dict[str, Any]) -> dict[str, Any]:
+    """Configs saved before ``eval.evaluators`` (checkpoints of earlier versions) held one
+    zero-shot set as ``eval.zeroshot_shards`` + ``classes`` + ``templates``."""
+    section = dict(values.get("eval") or {})
+    shards = section.pop("zeroshot_shards", None)
+    old = {"classes": section.pop("classes", ""), "templates": section.pop("templates", [])}
+    if shards is None:
+        return values
+    if shards:
+        entry = {"kind": "zeroshot", "data": shards, **{k: v for k, v in old.items() if v}}
+        section["evaluators"] = [entry]
+    return {**values, "eval": section}
 
 
 def save(cfg: Config, path: str | Path) -> None:
@@ -320,11 +383,19 @@ def diff(cfg: Config) -> dict[str, Any]:
 
 
 def keys() -> list[str]:
-    """Every dotted key of the schema, for --help."""
+    """Every dotted key of the schema with its type and default, for --help."""
     out = []
     for section, (_, typ) in _fields(Config).items():
-        for name, (f, sub_typ) in _fields(typ).items():
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            kind = sub_typ.__name__ if isinstance(sub_typ, type) else str(sub_typ)
-            out.append(f"{section}.{name} ({kind}, default {default!r})")
+        out.extend(_describe(f"{section}.", typ))
+    return out
+
+
+def _describe(prefix: str, cls: type) -> list[str]:
+    out = []
+    for name, (f, typ) in _fields(cls).items():
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kind = typ.__name__ if isinstance(typ, type) else str(typ)
+        out.append(f"{prefix}{name} ({kind}, default {default!r})")
+        if "item" in f.metadata:
+            out.extend(_describe(f"{prefix}{name}[i].", f.metadata["item"]))
     return out

@@ -17,11 +17,10 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from vlcontrast import config as config_lib
-from vlcontrast.config import Config
-from vlcontrast.data.batching import Collate
+from vlcontrast.config import Config, EvaluatorConfig
 from vlcontrast.data.shards import expand_urls, iter_samples
 from vlcontrast.data.synthetic import make_corpus
-from vlcontrast.eval.embed import embed_texts
+from vlcontrast.eval.embed import Embedder
 from vlcontrast.eval.zeroshot import evaluate_zeroshot
 from vlcontrast.factory import load_for_eval
 from vlcontrast.train.loop import train
@@ -57,7 +56,6 @@ def demo_config(out_dir: Path, corpus: dict[str, str], overrides: list[str]) -> 
     cfg = config_lib.apply(Config(), DEMO)
     cfg.data.train_shards = corpus["train_shards"]
     cfg.text.tokenizer = corpus["tokenizer"]
-    cfg.eval.zeroshot_shards = corpus["heldout_shards"]
     cfg.train.output_dir = str(out_dir / "run")
     return config_lib.apply_overrides(cfg, overrides)
 
@@ -75,13 +73,12 @@ def ensure_corpus(data_dir: Path) -> dict[str, str]:
     }
 
 
-def text_query(result: dict[str, Any], model, tokenizer, cfg: Config, query: str, k: int = 5):
-    tokenize = Collate(tokenizer, cfg.text.context_length).tokenize
-    txt_emb = embed_texts(model, tokenize, [query])  # (1, D)
+def text_query(result: dict[str, Any], embedder: Embedder, query: str, k: int = 5):
+    txt_emb = embedder.texts([query])  # (1, D)
     scores = (result["img_emb"] @ txt_emb.T).squeeze(1)  # (N,)
     top = scores.topk(k)
     return [
-        {"score": float(s), "caption": result["texts"][i], "key": result["keys"][i]}
+        {"score": float(s), "key": result["keys"][i]}
         for s, i in zip(top.values, top.indices, strict=True)
     ]
 
@@ -90,14 +87,14 @@ def run_demo(out_dir: str | Path = "vlcontrast_demo", overrides: list[str] | Non
     out_dir = Path(out_dir)
     corpus = ensure_corpus(out_dir / "data")
     cfg = demo_config(out_dir, corpus, overrides or [])
-    cfg.eval.zeroshot_shards, heldout = "", cfg.eval.zeroshot_shards  # evaluate once, below
-    run = train(cfg)
+    run = train(cfg)  # evaluated once, below, exactly as `vlcontrast eval zeroshot` does
 
     model, tokenizer, saved_cfg = load_for_eval(Path(run["checkpoint"]))
-    saved_cfg.eval.zeroshot_shards = heldout
-    result = evaluate_zeroshot(model, tokenizer, saved_cfg)
+    heldout = corpus["heldout_shards"]
+    embedder = Embedder.from_model(model, tokenizer, saved_cfg)
+    result = evaluate_zeroshot(embedder, EvaluatorConfig(kind="zeroshot", data=heldout))
     metrics = result["metrics"]
-    hits = text_query(result, model, tokenizer, saved_cfg, QUERY)
+    hits = text_query(result, embedder, QUERY)
     save_query_sheet(QUERY, hits, heldout, out_dir / "query.png")
     summary = {
         "zeroshot_top1": metrics["top1"],
@@ -110,6 +107,8 @@ def run_demo(out_dir: str | Path = "vlcontrast_demo", overrides: list[str] | Non
         "checkpoint": run["checkpoint"],
         "query": QUERY,
         "query_top5": hits,
+        "eval_command": f"vlcontrast eval zeroshot --checkpoint {run['checkpoint']} "
+        f"--data '{heldout}'",
     }
     (out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print_report(summary, len(result["classnames"]))
@@ -117,13 +116,17 @@ def run_demo(out_dir: str | Path = "vlcontrast_demo", overrides: list[str] | Non
 
 
 def save_query_sheet(query: str, hits: list[dict], shards: str, path: Path) -> None:
-    """A PNG of the retrieved held-out images, each with its true caption and score."""
+    """A PNG of the retrieved held-out images, each with its true caption and score; the
+    captions are also added to ``hits``."""
     wanted = {hit["key"] for hit in hits}
-    images = {}
+    images, captions = {}, {}
     for url in expand_urls(shards):
         for raw in iter_samples(url, Counter()):
             if raw["__key__"] in wanted:
                 images[raw["__key__"]] = Image.open(io.BytesIO(raw["jpg"])).convert("RGB")
+                captions[raw["__key__"]] = raw["txt"].decode("utf-8")
+    for hit in hits:
+        hit["caption"] = captions[hit["key"]]
     tile, label = 160, 34
     sheet = Image.new("RGB", (tile * len(hits), tile + label + 22), "white")
     draw = ImageDraw.Draw(sheet)
@@ -148,9 +151,10 @@ def print_report(summary: dict, n_classes: int) -> None:
     top1, chance = summary["zeroshot_top1"], summary["chance"]
     print()
     print(f"zero-shot on {summary['heldout_images']} held-out images, {n_classes} classes:")
-    print(f"  top-1 {top1:.3f}   top-5 {summary['zeroshot_top5']:.3f}   chance {chance:.3f}")
+    print(f"  top-1 {top1:.4f}   top-5 {summary['zeroshot_top5']:.4f}   chance {chance:.4f}")
     print(f"  ({top1 / chance:.1f}x chance after {summary['steps']} steps,")
     print(f"   {summary['samples_per_s']:.0f} samples/s)")
+    print(f"  reproduce: {summary['eval_command']}")
     print(f"text -> image query: {summary['query']!r} (pictures in query.png)")
     for hit in summary["query_top5"]:
         print(f"  {hit['score']:.3f}  {hit['caption']}")

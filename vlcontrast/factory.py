@@ -1,17 +1,21 @@
 """The one place that turns config strings into classes: plain dict registries.
 
 Adding an objective (SigLIP, SimCLR, MoCo) is one entry in ``OBJECTIVES`` plus its model in
-``MODELS``; nothing else in the trainer changes.
+``MODELS``; an evaluator is one entry in ``EVALUATORS``. Nothing else in the trainer changes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from vlcontrast.config import Config, ConfigError
+from vlcontrast.eval.probes import evaluate_knn, evaluate_linear_probe
+from vlcontrast.eval.retrieval import evaluate_retrieval
+from vlcontrast.eval.zeroshot import evaluate_zeroshot
 from vlcontrast.models.clip import CLIP, SigLIP
 from vlcontrast.models.text_tower import load_tokenizer
 from vlcontrast.objectives.base import Objective
@@ -21,6 +25,13 @@ from vlcontrast.train import checkpoint
 
 OBJECTIVES: dict[str, type[Objective]] = {"clip": CLIPObjective, "siglip": SigLIPObjective}
 MODELS: dict[str, type[nn.Module]] = {"clip": CLIP, "siglip": SigLIP}
+# kind -> fn(embedder, EvaluatorConfig) -> {"metrics": {...}, ...}
+EVALUATORS: dict[str, Callable[..., dict[str, Any]]] = {
+    "zeroshot": evaluate_zeroshot,
+    "retrieval": evaluate_retrieval,
+    "linear_probe": evaluate_linear_probe,
+    "knn": evaluate_knn,
+}
 
 
 def _lookup(registry: dict, name: str, key: str):

@@ -1,49 +1,167 @@
-"""Batched embedding of images and texts: the one helper shared by evaluation and search."""
+"""Batched embedding of images and texts: the one helper shared by evaluation and search.
+
+With a process group, each rank embeds its share and the results are gathered in the order of
+the whole set (``order`` keys for images, contiguous slices for texts), so every rank ends with
+exactly what one process would have computed; every rank must call these together.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
-from vlcontrast.data.batching import to_device
+from vlcontrast import distributed
+from vlcontrast.config import Config
+from vlcontrast.data.batching import Collate
+from vlcontrast.data.transforms import image_transform
+from vlcontrast.eval.datasets import EvalDataset, eval_collate
+
+Tokenize = Callable[[list[str]], dict[str, torch.Tensor]]
 
 
 @torch.no_grad()
 def embed_texts(
     model: nn.Module,
-    tokenize: Callable[[list[str]], dict[str, torch.Tensor]],
+    tokenize: Tokenize,
     texts: list[str],
     batch_size: int = 256,
     device: torch.device | str = "cpu",
+    shard: bool = False,
 ) -> torch.Tensor:
-    """(N, D) unit-norm text embeddings, in the order of ``texts``."""
+    """(N, D) unit-norm text embeddings on the CPU, in the order of ``texts``.
+
+    ``shard=True``: each rank embeds a contiguous slice and the slices are gathered (all ranks
+    must call it with the same ``texts``).
+    """
     model.eval()
-    chunks = []
-    for start in range(0, len(texts), batch_size):
-        tokens = to_device(tokenize(texts[start : start + batch_size]), torch.device(device))
-        chunks.append(model.encode_text(tokens["input_ids"], tokens["attention_mask"]).float())
-    return torch.cat(chunks) if chunks else torch.empty(0)
+    device = torch.device(device)
+    start, stop = _slice(len(texts)) if shard else (0, len(texts))
+    chunks = [torch.empty(0, model.embed_dim, device=device)]
+    for first in range(start, stop, batch_size):
+        tokens = tokenize(texts[first : min(first + batch_size, stop)])
+        ids, mask = tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
+        chunks.append(model.encode_text(ids, mask).float())
+    txt_emb = torch.cat(chunks)  # (n, D)
+    if shard:
+        txt_emb = distributed.all_gather_no_grad(txt_emb)  # (N, D)
+    return txt_emb.cpu()
+
+
+def _slice(n: int) -> tuple[int, int]:
+    rank, world = distributed.rank(), distributed.world_size()
+    return n * rank // world, n * (rank + 1) // world
 
 
 @torch.no_grad()
-def embed_images(
-    model: nn.Module, batches: Iterable[dict[str, Any]], device: torch.device | str = "cpu"
+def embed_dataset(
+    model: nn.Module,
+    dataset: EvalDataset,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+    max_samples: int = 0,
+    progress: Callable | None = None,
 ) -> dict[str, Any]:
-    """Embed every batch's ``images``; returns ``img_emb`` (N, D), labels, texts and keys."""
+    """Embed every image of ``dataset`` (this rank's share), then gather across ranks.
+
+    Returns ``img_emb`` (N, D) on the CPU in dataset order, ``labels`` (N,) or None,
+    ``captions`` (list of caption lists) or None, ``keys`` and ``skipped`` counts by reason.
+    """
     model.eval()
-    img_emb, labels, texts, keys = [], [], [], []
-    for batch in batches:
-        img_emb.append(model.encode_image(batch["images"].to(device)).float().cpu())
-        if "labels" in batch:
-            labels.append(batch["labels"])
-        texts.extend(batch.get("texts", []))
-        keys.extend(batch.get("keys", []))
-    return {
-        "img_emb": torch.cat(img_emb),
-        "labels": torch.cat(labels) if labels else None,
-        "texts": texts,
+    device = torch.device(device)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=eval_collate
+    )
+    order, img_emb, labels, captions, keys = [], [], [], [], []
+    skipped: Counter = Counter()
+    for batch in progress(loader) if progress else loader:
+        skipped.update(batch["skipped"])
+        if batch["images"] is None:
+            continue
+        img_emb.append(model.encode_image(batch["images"].to(device)).float())
+        order.append(batch["order"])
+        labels.extend(batch.get("labels", torch.empty(0)).tolist())
+        captions.extend(batch.get("captions", []))
+        keys.extend(batch["keys"])
+    local = {
+        "order": torch.cat(order).tolist() if order else [],
+        "labels": labels,
+        "captions": captions,
         "keys": keys,
+        "skipped": dict(skipped),
     }
+    img_emb = torch.cat(img_emb) if img_emb else torch.empty(0, model.embed_dim, device=device)
+    img_emb = distributed.all_gather_no_grad(img_emb).cpu()  # (N, D) in rank order
+    merged = _gather_objects(local)
+    sort = sorted(range(len(merged["order"])), key=merged["order"].__getitem__)
+    if max_samples:
+        sort = sort[:max_samples]
+    pick = torch.tensor(sort, dtype=torch.long)
+    return {
+        "img_emb": img_emb[pick] if sort else img_emb[:0],
+        "labels": torch.tensor([merged["labels"][i] for i in sort]) if merged["labels"] else None,
+        "captions": [merged["captions"][i] for i in sort] if merged["captions"] else None,
+        "keys": [merged["keys"][i] for i in sort],
+        "skipped": merged["skipped"],
+    }
+
+
+def _gather_objects(local: dict[str, Any]) -> dict[str, Any]:
+    """Concatenate every rank's lists (rank order, like the tensor gather) and sum the counts."""
+    if distributed.world_size() == 1:
+        return local
+    parts: list[Any] = [None] * distributed.world_size()
+    dist.all_gather_object(parts, local)
+    merged: dict[str, Any] = {k: [] for k in ("order", "labels", "captions", "keys")}
+    skipped: Counter = Counter()
+    for part in parts:
+        for name in merged:
+            merged[name].extend(part[name])
+        skipped.update(part["skipped"])
+    merged["skipped"] = dict(skipped)
+    return merged
+
+
+@dataclass
+class Embedder:
+    """What every evaluator needs to embed data: the model, its tokenizer and preprocessing, and
+    how to batch. Built once per evaluation round (``from_model``)."""
+
+    model: nn.Module
+    tokenize: Tokenize
+    transform: Callable
+    batch_size: int = 256
+    num_workers: int = 0
+    device: torch.device | str = "cpu"
+    progress: bool = False
+
+    @classmethod
+    def from_model(cls, model: nn.Module, tokenizer, cfg: Config, device="cpu", progress=False):
+        transform = image_transform(cfg.image.image_size, model.image.mean, model.image.std)
+        tokenize = Collate(tokenizer, cfg.text.context_length).tokenize
+        return cls(
+            model, tokenize, transform, cfg.eval.batch_size, cfg.eval.num_workers, device, progress
+        )
+
+    def images(
+        self, source, need_label=False, need_captions=False, max_samples=0, desc="embed"
+    ) -> dict[str, Any]:
+        dataset = EvalDataset(source, self.transform, need_label, need_captions)
+        show = self.progress and distributed.is_main()
+        bar = (lambda it: tqdm(it, desc=desc, unit="batch", leave=False)) if show else None
+        return embed_dataset(
+            self.model, dataset, self.batch_size, self.num_workers, self.device, max_samples, bar
+        )
+
+    def texts(self, texts: list[str]) -> torch.Tensor:
+        return embed_texts(
+            self.model, self.tokenize, texts, self.batch_size, self.device, shard=True
+        )

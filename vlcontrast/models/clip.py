@@ -25,6 +25,7 @@ class CLIP(nn.Module):
 
     def __init__(self, cfg: Config):
         super().__init__()
+        self.embed_dim = cfg.model.embed_dim
         self.image = ImageTower(cfg.image, cfg.model.embed_dim)
         self.text = TextTower(cfg.text, cfg.model.embed_dim)
         init = cfg.model.init_logit_scale

@@ -26,7 +26,8 @@ from vlcontrast.config import Config, ConfigError
 from vlcontrast.data.batching import Collate, iterate_epochs, make_loader, to_device
 from vlcontrast.data.shards import DataPosition, Decoder, ShardDataset, expand_urls
 from vlcontrast.data.transforms import image_transform
-from vlcontrast.eval.zeroshot import evaluate_zeroshot
+from vlcontrast.eval import report
+from vlcontrast.eval.runner import evaluator_names, run_evaluators, scalar_metrics
 from vlcontrast.factory import build_model, build_objective
 from vlcontrast.models.text_tower import load_tokenizer
 from vlcontrast.train import checkpoint
@@ -47,6 +48,7 @@ def train(cfg: Config) -> dict[str, Any]:
     ckpt_root = run_dir / "checkpoints"
     resume_from = resolve_resume(cfg.train.resume, ckpt_root)
 
+    evaluator_names(cfg)  # a clash stops the run now, not after the first eval_every steps
     tokenizer = load_tokenizer(cfg.text)
     model = build_model(cfg)
     check_vocab(model, tokenizer)
@@ -108,7 +110,7 @@ def train(cfg: Config) -> dict[str, Any]:
                 accelerator, ckpt_root, model, optimizer, scheduler, state, cfg, tokenizer
             )
         if eval_due(cfg, step):
-            evals = run_evals(accelerator, model, tokenizer, cfg)
+            evals = run_evals(accelerator, model, tokenizer, cfg, step)
             logger.log(step, {"eval": evals})
             if main and evals:
                 tqdm.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in evals.items()))
@@ -274,13 +276,15 @@ def save_checkpoint(accelerator, root, model, optimizer, scheduler, state, cfg, 
 
 
 def eval_due(cfg: Config, step: int) -> bool:
-    if not cfg.eval.zeroshot_shards:
+    if not cfg.eval.evaluators:
         return False
     return step == cfg.train.steps or (cfg.eval.every > 0 and step % cfg.eval.every == 0)
 
 
-def run_evals(accelerator, model, tokenizer, cfg: Config) -> dict[str, float]:
-    if not accelerator.is_main_process:
-        return {}
-    result = evaluate_zeroshot(accelerator.unwrap_model(model), tokenizer, cfg, accelerator.device)
-    return {f"zeroshot/{k}": v for k, v in result["metrics"].items()}
+def run_evals(accelerator, model, tokenizer, cfg: Config, step: int) -> dict[str, float]:
+    """Every rank embeds its share of each evaluation set; the main process also writes the
+    full results (per-class accuracies, confusion matrices) to ``eval/step_XXXXXXXX.json``."""
+    results = run_evaluators(accelerator.unwrap_model(model), tokenizer, cfg, accelerator.device)
+    if accelerator.is_main_process:
+        report.write_json(results, Path(cfg.train.output_dir) / "eval" / f"step_{step:08d}.json")
+    return scalar_metrics(results)

@@ -1,0 +1,316 @@
+"""Evaluation data: ImageFolder trees, WebDataset shards and Hugging Face datasets, one interface.
+
+source (raw records in a fixed order) -> EvalDataset (this rank's and worker's share, decode,
+transform; bad records skipped and counted) -> EvalCollate -> batches for ``embed.embed_dataset``.
+
+Every record carries an ``order`` key (its position in the whole set), so however many ranks
+and workers embed it, gathering and sorting by ``order`` gives the single-process result.
+Indexable sources (ImageFolder, HF) are split by index; shards are split by shard, so each
+stream reads only its own tar files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import IterableDataset, get_worker_info
+
+from vlcontrast import distributed
+from vlcontrast.config import EvaluatorConfig
+from vlcontrast.data.shards import expand_urls, iter_samples
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+HF_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
+SHARD_ORDER = 1 << 32  # order key of a shard sample: shard index * SHARD_ORDER + position
+
+
+class ImageFolderSource:
+    """``root/CLASS/IMAGE`` (torchvision's ImageFolder layout): classes are the sorted folder
+    names, label = folder index, caption = none."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        self.items = [
+            (path, label)
+            for label, name in enumerate(self.classes)
+            for path in sorted((self.root / name).rglob("*"))
+            if path.suffix.lower() in IMAGE_SUFFIXES
+        ]
+        if not self.items:
+            raise ValueError(f"{root}: no images in class sub-folders (root/CLASS/IMAGE.jpg)")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def classnames(self) -> list[str]:
+        return [name.replace("_", " ") for name in self.classes]
+
+    def records(self, stream: int, streams: int, errors: Counter) -> Iterator[dict[str, Any]]:
+        for index in range(stream, len(self.items), streams):
+            path, label = self.items[index]
+            yield {
+                "order": index,
+                "key": str(path.relative_to(self.root)),
+                "image": path.read_bytes(),
+                "label": label,
+            }
+
+
+class ShardSource:
+    """WebDataset shards (img2dataset layout). ``caption_field`` is an extension (``txt``) or
+    ``json.KEY`` for a field of the ``.json`` member; a caption may be a list of captions."""
+
+    def __init__(self, pattern: str, image_field: str, label_field: str, caption_field: str):
+        self.urls = expand_urls(pattern)
+        if not self.urls:
+            raise ValueError(f"{pattern!r}: no shards")
+        self.image_keys = (image_field or "jpg;jpeg;png;webp").split(";")
+        self.label_field = label_field or "cls"
+        self.caption_field = caption_field or "txt"
+
+    def classnames(self) -> list[str] | None:
+        beside = Path(self.urls[0]).parent / "classes.json"
+        return read_classes(beside)[0] if beside.is_file() else None
+
+    def default_templates(self) -> list[str]:
+        beside = Path(self.urls[0]).parent / "classes.json"
+        return read_classes(beside)[1] if beside.is_file() else []
+
+    def records(self, stream: int, streams: int, errors: Counter) -> Iterator[dict[str, Any]]:
+        for shard in range(stream, len(self.urls), streams):
+            for position, raw in enumerate(iter_samples(self.urls[shard], errors)):
+                yield {
+                    "order": shard * SHARD_ORDER + position,
+                    "key": raw["__key__"],
+                    "image": next((raw[k] for k in self.image_keys if k in raw), None),
+                    "label": _field(raw, self.label_field),
+                    "captions": _field(raw, self.caption_field),
+                }
+
+
+def _field(raw: dict[str, Any], name: str) -> Any:
+    ext, _, key = name.partition(".")
+    if ext not in raw:
+        return None
+    if not key:
+        return raw[ext].decode("utf-8")
+    return json.loads(raw[ext]).get(key)
+
+
+class HFSource:
+    """A Hugging Face ``datasets`` dataset: a ``save_to_disk`` directory, or anything
+    ``load_dataset`` takes (a hub name, a local repo or a folder of parquet/csv files)."""
+
+    def __init__(
+        self, spec: str, split: str, image_field: str, label_field: str, caption_field: str
+    ):
+        import datasets
+
+        self.image_field = image_field or "image"
+        self.label_field = label_field or "label"
+        self.caption_field = caption_field or "caption"
+        name = spec.removeprefix("hf:")
+        if Path(name).is_dir() and any((Path(name) / m).is_file() for m in HF_MARKERS):
+            data = datasets.load_from_disk(name)
+            if isinstance(data, datasets.DatasetDict):
+                data = _split(data, split, spec)
+        else:
+            data = _split(datasets.load_dataset(name), split, spec)
+        if self.image_field not in data.column_names:
+            raise ValueError(
+                f"{spec}: no image column {self.image_field!r} (columns: {data.column_names}); "
+                f"set image_field"
+            )
+        if isinstance(data.features[self.image_field], datasets.Image):
+            # Undecoded bytes, so a corrupt image is counted here instead of raising in datasets.
+            data = data.cast_column(self.image_field, datasets.Image(decode=False))
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def classnames(self) -> list[str] | None:
+        feature = self.data.features.get(self.label_field)
+        return list(feature.names) if hasattr(feature, "names") else None
+
+    def records(self, stream: int, streams: int, errors: Counter) -> Iterator[dict[str, Any]]:
+        columns = self.data.column_names
+        for index in range(stream, len(self.data), streams):
+            row = self.data[index]
+            image = row[self.image_field]
+            if isinstance(image, dict):  # datasets.Image(decode=False): {"bytes", "path"}
+                image = image.get("bytes") or Path(image["path"]).read_bytes()
+            yield {
+                "order": index,
+                "key": str(index),
+                "image": image,
+                "label": row.get(self.label_field) if self.label_field in columns else None,
+                "captions": row.get(self.caption_field) if self.caption_field in columns else None,
+            }
+
+
+def _split(data, split: str, spec: str):
+    if split not in data:
+        raise ValueError(f"{spec}: no split {split!r} (splits: {list(data)}); set split")
+    return data[split]
+
+
+def detect_format(data: str) -> str:
+    if data.startswith("hf:"):
+        return "hf"
+    path = Path(data)
+    if path.is_dir():
+        if any((path / marker).is_file() for marker in HF_MARKERS):
+            return "hf"
+        return "imagefolder"
+    return "wds"
+
+
+def open_source(spec: EvaluatorConfig, data: str, split: str):
+    """The source of ``data`` (the evaluator's ``data`` or ``train_data``) in ``spec.format``."""
+    kind = spec.format if spec.format != "auto" else detect_format(data)
+    if kind == "imagefolder":
+        return ImageFolderSource(data)
+    if kind == "hf":
+        return HFSource(data, split, spec.image_field, spec.label_field, spec.caption_field)
+    return ShardSource(data, spec.image_field, spec.label_field, spec.caption_field)
+
+
+def read_classes(path: str | Path) -> tuple[list[str], list[str]]:
+    """(classnames, templates) from JSON (``{"classnames", "templates"}`` or a list of names) or
+    a text file with one class name per line."""
+    path = Path(path)
+    if path.suffix == ".json":
+        values = json.loads(path.read_text())
+        if isinstance(values, list):
+            return [str(v) for v in values], []
+        if "classnames" not in values:
+            raise ValueError(f"{path}: needs a 'classnames' list")
+        return list(values["classnames"]), list(values.get("templates", []))
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()], []
+
+
+def class_info(spec: EvaluatorConfig, source) -> tuple[list[str], list[str]]:
+    """Class names (the ``classes`` file, else the dataset's own) and the file's templates."""
+    if spec.classes:
+        return read_classes(spec.classes)
+    names = source.classnames()
+    if not names:
+        raise ValueError(
+            "classes: the dataset names no classes; give a classes file (JSON or one per line)"
+        )
+    templates = source.default_templates() if hasattr(source, "default_templates") else []
+    return names, templates
+
+
+@dataclass
+class EvalDataset(IterableDataset):
+    """This rank's and dataloader worker's share of ``source``, decoded and transformed.
+
+    Yields ``{"order", "key", "image"[, "label"][, "captions"]}`` per good record and
+    ``{"skip": reason}`` per bad one, so counts survive worker processes exactly.
+    """
+
+    source: Any
+    transform: Callable[[Image.Image], torch.Tensor]
+    need_label: bool = False
+    need_captions: bool = False
+    errors: Counter = field(default_factory=Counter)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        streams = distributed.world_size() * workers
+        errors: Counter = Counter()
+        for record in self.source.records(distributed.rank() * workers + worker, streams, errors):
+            yield from ({"skip": reason} for reason in _drain(errors))
+            try:
+                yield self.decode(record)
+            except _Skip as skip:
+                yield {"skip": skip.reason}
+        yield from ({"skip": reason} for reason in _drain(errors))
+
+    def decode(self, record: dict[str, Any]) -> dict[str, Any]:
+        sample = {"order": record["order"], "key": record["key"]}
+        if self.need_label:
+            sample["label"] = _label(record.get("label"))
+        if self.need_captions:
+            sample["captions"] = _captions(record.get("captions"))
+        if record.get("image") is None:
+            raise _Skip("missing_image")
+        try:
+            image = record["image"]
+            image = Image.open(io.BytesIO(image)) if isinstance(image, bytes) else image
+            image.load()
+            image = image.convert("RGB")
+        except Exception:  # noqa: BLE001 - PIL raises many types for corrupt files
+            raise _Skip("corrupt_image") from None
+        try:
+            sample["image"] = self.transform(image)
+        except Exception:  # noqa: BLE001
+            raise _Skip("transform_failed") from None
+        return sample
+
+
+class _Skip(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _drain(errors: Counter) -> list[str]:
+    reasons = list(errors.elements())
+    errors.clear()
+    return reasons
+
+
+def _label(value: Any) -> int:
+    if value is None:
+        raise _Skip("missing_label")
+    try:
+        return int(json.loads(value)) if isinstance(value, str) else int(value)
+    except (ValueError, TypeError):
+        raise _Skip("bad_label") from None
+
+
+def _captions(value: Any) -> list[str]:
+    if value is None:
+        raise _Skip("missing_caption")
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):  # a JSON list in a text member
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                value = [text]
+        else:
+            value = [text]
+    captions = [str(c).strip() for c in value if str(c).strip()]
+    if not captions:
+        raise _Skip("empty_caption")
+    return captions
+
+
+def eval_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Good samples stacked; skipped ones only counted."""
+    good = [s for s in samples if "skip" not in s]
+    batch: dict[str, Any] = {
+        "skipped": Counter(s["skip"] for s in samples if "skip" in s),
+        "order": torch.tensor([s["order"] for s in good], dtype=torch.long),
+        "keys": [s["key"] for s in good],
+        "images": torch.stack([s["image"] for s in good]) if good else None,
+    }
+    if good and "label" in good[0]:
+        batch["labels"] = torch.tensor([s["label"] for s in good], dtype=torch.long)
+    if good and "captions" in good[0]:
+        batch["captions"] = [s["captions"] for s in good]
+    return batch

@@ -1,0 +1,67 @@
+"""The linear-probe and kNN evaluators: embed a labelled train set and a test set with the
+frozen image tower, fit on one, score the other. The image-only modes (SimCLR, MoCo) reuse these
+as their evaluation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlcontrast.config import EvaluatorConfig
+from vlcontrast.eval.datasets import class_info, open_source
+from vlcontrast.eval.embed import Embedder
+from vlcontrast.eval.knn import knn_scores
+from vlcontrast.eval.linear_probe import linear_probe
+from vlcontrast.eval.metrics import classification_metrics
+
+
+def embed_train_test(embedder: Embedder, spec: EvaluatorConfig) -> dict[str, Any]:
+    if not spec.train_data:
+        raise ValueError(f"train_data: {spec.kind} needs a labelled training set")
+    train_source = open_source(spec, spec.train_data, spec.train_split)
+    test_source = open_source(spec, spec.data, spec.split)
+    train = embedder.images(train_source, need_label=True, desc="embed train")
+    test = embedder.images(test_source, need_label=True, max_samples=spec.max_samples)
+    for name, part in (("train_data", train), ("data", test)):
+        if part["labels"] is None:
+            raise ValueError(f"{name}: no labelled image could be read ({part['skipped']})")
+    try:
+        classnames = class_info(spec, test_source)[0]
+    except ValueError:  # a probe needs no class names: number them
+        top = int(max(train["labels"].max(), test["labels"].max()))
+        classnames = [str(c) for c in range(top + 1)]
+    skipped = {f"train/{k}": v for k, v in train["skipped"].items()}
+    skipped.update(test["skipped"])
+    return {"train": train, "test": test, "classnames": classnames, "skipped": skipped}
+
+
+def evaluate_linear_probe(embedder: Embedder, spec: EvaluatorConfig) -> dict[str, Any]:
+    data = embed_train_test(embedder, spec)
+    train, test, classnames = data["train"], data["test"], data["classnames"]
+    probe = linear_probe(
+        train["img_emb"],
+        train["labels"],
+        test["img_emb"],
+        len(classnames),
+        spec.weight_decays,
+        spec.val_fraction,
+    )
+    result = classification_metrics(probe["logits"], test["labels"], classnames)
+    result["metrics"]["weight_decay"] = probe["weight_decay"]
+    result.update(val_accuracy=probe["val_accuracy"], skipped=data["skipped"])
+    return result
+
+
+def evaluate_knn(embedder: Embedder, spec: EvaluatorConfig) -> dict[str, Any]:
+    data = embed_train_test(embedder, spec)
+    train, test, classnames = data["train"], data["test"], data["classnames"]
+    scores = knn_scores(
+        train["img_emb"],
+        train["labels"],
+        test["img_emb"],
+        len(classnames),
+        spec.k,
+        spec.temperature,
+    )
+    result = classification_metrics(scores, test["labels"], classnames)
+    result["skipped"] = data["skipped"]
+    return result

@@ -1,0 +1,62 @@
+"""Evaluation output for people and machines: a printed table, JSON, a confusion-matrix PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageDraw
+
+# Entries of a result that are working data (tensors, per-sample lists), not report material.
+_INTERNAL = {"predictions", "labels", "img_emb", "keys"}
+
+
+def format_table(name: str, result: dict[str, Any]) -> str:
+    rows = [f"{name}"]
+    for key, value in result["metrics"].items():
+        shown = f"{value:d}" if isinstance(value, int) else f"{value:.4f}"
+        rows.append(f"  {key:<32} {shown:>10}")
+    if result.get("skipped"):
+        counts = ", ".join(f"{k}={v}" for k, v in sorted(result["skipped"].items()))
+        rows.append(f"  skipped: {counts}")
+    return "\n".join(rows)
+
+
+def to_json(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {
+        name: {k: v for k, v in result.items() if k not in _INTERNAL and not torch.is_tensor(v)}
+        for name, result in results.items()
+    }
+
+
+def write_json(results: dict[str, dict[str, Any]], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(to_json(results), indent=2) + "\n")
+    tmp.replace(path)
+
+
+def save_confusion_png(confusion: list[list[int]], classnames: list[str], path: str | Path):
+    """Row-normalised confusion matrix (row = true class; darker = more of that row), with class
+    names on the left when the classes are few enough to label."""
+    counts = torch.tensor(confusion, dtype=torch.float)
+    rates = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)  # (C, C)
+    n = len(classnames)
+    cell = max(1, min(24, 960 // max(n, 1)))
+    labelled = cell >= 10
+    margin = min(220, 7 * max(len(c) for c in classnames) + 8) if labelled else 0
+    top = 24
+    image = Image.new("RGB", (margin + n * cell + 1, top + n * cell + 1), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((margin, 4), "true class (rows) vs predicted (columns), row-normalised", fill="black")
+    for i in range(n):
+        if labelled:
+            draw.text((2, top + i * cell + (cell - 10) // 2), classnames[i][:30], fill="black")
+        for j in range(n):
+            shade = int(255 * (1 - rates[i, j].item()))
+            x, y = margin + j * cell, top + i * cell
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=(shade, shade, 255))
+    image.save(path)

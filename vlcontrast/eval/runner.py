@@ -1,0 +1,52 @@
+"""Run the evaluators a config declares (``eval.evaluators``), in training and from the CLI.
+
+Every rank calls :func:`run_evaluators` together: each embeds its share of every set and the
+gathered results are the same on all ranks, so the metrics are identical to one process's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlcontrast.config import Config, ConfigError
+from vlcontrast.eval.embed import Embedder
+from vlcontrast.factory import EVALUATORS
+
+
+def evaluator_names(cfg: Config) -> list[str]:
+    names = [spec.name or spec.kind for spec in cfg.eval.evaluators]
+    for i, name in enumerate(names):
+        if names.index(name) != i:
+            raise ConfigError(
+                f"eval.evaluators[{i}].name: {name!r} is used twice; give each evaluator a name"
+            )
+    return names
+
+
+def run_evaluators(
+    model: nn.Module, tokenizer, cfg: Config, device: torch.device | str = "cpu", progress=False
+) -> dict[str, dict[str, Any]]:
+    """``{name: result}`` for every evaluator; a result holds ``metrics`` (scalars) and, per
+    kind, per-class accuracies, the confusion matrix, skipped-sample counts, ..."""
+    embedder = Embedder.from_model(model, tokenizer, cfg, device, progress)
+    results = {}
+    for i, (name, spec) in enumerate(zip(evaluator_names(cfg), cfg.eval.evaluators, strict=True)):
+        if not spec.data:
+            raise ConfigError(f"eval.evaluators[{i}].data: set the evaluation set of {name!r}")
+        try:
+            results[name] = EVALUATORS[spec.kind](embedder, spec)
+        except (ValueError, FileNotFoundError) as err:
+            raise ConfigError(f"eval.evaluators[{i}] ({name}): {err}") from None
+    return results
+
+
+def scalar_metrics(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """``{"name/metric": value}`` for logging next to the training metrics."""
+    return {
+        f"{name}/{key}": float(value)
+        for name, result in results.items()
+        for key, value in result["metrics"].items()
+    }
