@@ -88,9 +88,11 @@ def ranks_of_targets(
 
 
 def recall_at(ranks: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """Recall@k from 0-based ranks, plus the median and mean 1-based rank."""
+    """Recall@k from 0-based ranks, plus the median and mean 1-based rank. The median rank is
+    ``floor(median(ranks)) + 1`` with the two middle values averaged, as in VSE++ and the
+    retrieval code CLIP benchmarks are usually scored with."""
     out = {f"R@{k}": (ranks < k).float().mean().item() for k in ks}
-    out["median_rank"] = (ranks + 1).float().median().item()
+    out["median_rank"] = torch.quantile(ranks.float(), 0.5).floor().item() + 1
     out["mean_rank"] = (ranks + 1).float().mean().item()
     return out
 
@@ -109,6 +111,10 @@ def retrieval_metrics(
     image->text: an image's rank is that of its best-ranked caption among all captions (a hit at k
     if any of its captions is in the top k), the protocol of the CLIP paper's COCO/Flickr numbers.
     """
+    counts = torch.bincount(txt_image, minlength=img_emb.shape[0])
+    if (counts == 0).any():
+        missing = int((counts == 0).nonzero()[0])
+        raise ValueError(f"image {missing} has no caption: its image->text rank is undefined")
     t2i = ranks_of_targets(txt_emb, img_emb, txt_image, block)
     i2t = []
     for start in range(0, img_emb.shape[0], block):
