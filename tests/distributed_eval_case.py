@@ -1,0 +1,45 @@
+"""Worker side of the distributed-evaluation test (spawned by test_eval_distributed.py): each gloo
+process loads the same tiny model and runs the config's evaluators on its share of the data."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+import torch.distributed as dist
+
+from vlcontrast import config as config_lib
+from vlcontrast.eval.runner import run_evaluators
+from vlcontrast.factory import build_model
+from vlcontrast.models.text_tower import load_tokenizer
+
+
+def build(cfg_path: str, weights_path: str):
+    cfg = config_lib.from_dict(json.loads(open(cfg_path).read()))
+    model = build_model(cfg)
+    model.load_state_dict(torch.load(weights_path))
+    return model.eval(), load_tokenizer(cfg.text), cfg
+
+
+def scalars_and_embeddings(results: dict) -> dict:
+    out = {name: dict(result["metrics"]) for name, result in results.items()}
+    out["zeroshot_img_emb"] = results["zeroshot"]["img_emb"]
+    out["skipped"] = {name: result.get("skipped") for name, result in results.items()}
+    return out
+
+
+def worker(rank: int, world: int, init_file: str, cfg_path: str, weights: str, out: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model, tokenizer, cfg = build(cfg_path, weights)
+        results = scalars_and_embeddings(run_evaluators(model, tokenizer, cfg))
+        gathered = [None] * world
+        dist.all_gather_object(gathered, results["zeroshot"])
+        results["ranks_agree"] = all(g == results["zeroshot"] for g in gathered)
+        if rank == 0:
+            torch.save(results, out)
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,65 @@
+"""Distributed evaluation: 2 gloo processes, each embedding its share, give the numbers of one
+process, for every evaluator kind, with an uneven split (one held-out shard for two ranks)."""
+
+import json
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from tests import distributed_eval_case as case
+from tests.conftest import tiny_overrides
+from vlcontrast import config as config_lib
+from vlcontrast.eval.runner import run_evaluators
+from vlcontrast.factory import build_model
+
+
+def eval_config(corpus, tmp_path):
+    cfg = config_lib.load(None, tiny_overrides(corpus, tmp_path))
+    heldout, train = corpus["heldout_shards"], corpus["train_shards"]
+    cfg.eval.batch_size = 24
+    config_lib.apply(
+        cfg,
+        {
+            "eval": {
+                "evaluators": [
+                    {"kind": "zeroshot", "data": heldout, "templates": ["generic"]},
+                    {"kind": "retrieval", "data": train, "max_samples": 150},
+                    {"kind": "knn", "data": heldout, "train_data": train, "k": 20},
+                    {
+                        "kind": "linear_probe",
+                        "data": heldout,
+                        "train_data": train,
+                        "weight_decays": [1e-3, 1e-1],
+                    },
+                ]
+            }
+        },
+    )
+    return cfg
+
+
+def test_two_ranks_give_the_single_process_numbers(corpus, tmp_path):
+    cfg = eval_config(corpus, tmp_path)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    cfg_path, weights = tmp_path / "config.json", tmp_path / "weights.pt"
+    config_lib.save(cfg, cfg_path)
+    torch.save(model.state_dict(), weights)
+    model, tokenizer, cfg = case.build(str(cfg_path), str(weights))
+    want = case.scalars_and_embeddings(run_evaluators(model, tokenizer, cfg))
+
+    out = tmp_path / "results.pt"
+    args = (2, str(tmp_path / "init"), str(cfg_path), str(weights), str(out))
+    mp.spawn(case.worker, args=args, nprocs=2, join=True)
+    got = torch.load(out)
+
+    assert got["ranks_agree"], "ranks ended with different metrics"
+    assert got["skipped"] == want["skipped"]
+    torch.testing.assert_close(got["zeroshot_img_emb"], want["zeroshot_img_emb"])
+    for name in ("zeroshot", "retrieval", "knn", "linear_probe"):
+        assert set(got[name]) == set(want[name])
+        for key, value in want[name].items():
+            assert got[name][key] == pytest.approx(value, abs=1e-6), f"{name}/{key}"
+    assert want["retrieval"]["images"] == 150 and want["zeroshot"]["n"] == 64
+    json.dumps(want["knn"])  # plain numbers, loggable
