@@ -51,12 +51,19 @@ def save_confusion_png(confusion: list[list[int]], classnames: list[str], path: 
     top = 24
     image = Image.new("RGB", (margin + n * cell + 1, top + n * cell + 1), "white")
     draw = ImageDraw.Draw(image)
-    draw.text((margin, 4), "true class (rows) vs predicted (columns), row-normalised", fill="black")
+    title = "true class (rows) vs predicted (columns); darker = larger share of the row"
+    draw.text((margin, 4), title, fill="black")
     for i in range(n):
         if labelled:
             draw.text((2, top + i * cell + (cell - 10) // 2), classnames[i][:30], fill="black")
         for j in range(n):
-            shade = int(255 * (1 - rates[i, j].item()))
             x, y = margin + j * cell, top + i * cell
-            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=(shade, shade, 255))
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=_shade(rates[i, j].item()))
     image.save(path)
+
+
+def _shade(rate: float) -> tuple[int, int, int]:
+    """White (0) to navy (1); the square root makes small confusions visible."""
+    v = rate**0.5
+    navy = (8, 48, 107)
+    return tuple(round(255 * (1 - v) + c * v) for c in navy)

@@ -1,0 +1,105 @@
+"""Evaluation through the real entry points: evaluators declared in a run config, and
+'vlcontrast eval zeroshot|retrieval|linear-probe|knn' on a checkpoint."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_file, tiny_overrides
+from vlcontrast import cli
+from vlcontrast import config as config_lib
+from vlcontrast.train import checkpoint
+from vlcontrast.train.metrics_log import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    """A 2-step run that evaluates zero-shot and kNN after every step."""
+    out = tmp_path_factory.mktemp("run")
+    evaluators = (
+        f"eval.evaluators=[{{kind: zeroshot, data: '{corpus['heldout_shards']}'}}, "
+        f"{{kind: knn, name: knn20, data: '{corpus['heldout_shards']}', "
+        f"train_data: '{corpus['train_shards']}', k: 20}}]"
+    )
+    overrides = [*tiny_overrides(corpus, out, steps=2), evaluators, "eval.every=1"]
+    assert cli.main(["train", run_file(out), *overrides]) == 0
+    return out
+
+
+def test_declared_evaluators_run_during_training_and_are_logged(trained):
+    rows = [r for r in read_jsonl(trained / "metrics.jsonl") if "eval/zeroshot/top1" in r]
+    assert [r["step"] for r in rows] == [1, 2]
+    for row in rows:
+        assert 0 <= row["eval/zeroshot/top1"] <= row["eval/zeroshot/top5"] <= 1
+        assert row["eval/zeroshot/n"] == 64 and "eval/knn20/mean_per_class_recall" in row
+    full = json.loads((trained / "eval" / "step_00000002.json").read_text())
+    assert set(full) == {"zeroshot", "knn20"}
+    assert len(full["zeroshot"]["confusion"]) == 30 and full["zeroshot"]["per_class"]
+
+
+def ckpt(run_dir) -> str:
+    return str(checkpoint.latest(run_dir / "checkpoints"))
+
+
+def test_eval_retrieval_prints_a_table_and_writes_json(trained, corpus, tmp_path, capsys):
+    report = tmp_path / "retrieval.json"
+    args = ["eval", "retrieval", "--checkpoint", ckpt(trained), "--data", corpus["train_shards"]]
+    assert cli.main([*args, "--max-samples", "100", "--workers", "0", "--json", str(report)]) == 0
+    metrics = json.loads(report.read_text())["retrieval"]["metrics"]
+    assert metrics["images"] == 100 and metrics["captions"] == 100
+    for direction in ("image_to_text", "text_to_image"):
+        assert 0 <= metrics[f"{direction}/R@1"] <= metrics[f"{direction}/R@10"] <= 1
+    assert "text_to_image/R@5" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind", ["knn", "linear-probe"])
+def test_eval_probes_fit_on_train_data_and_score_data(kind, trained, corpus, tmp_path, capsys):
+    report = tmp_path / f"{kind}.json"
+    args = ["eval", kind, "--checkpoint", ckpt(trained), "--data", corpus["heldout_shards"]]
+    args += ["--train-data", corpus["train_shards"], "--workers", "0", "--json", str(report)]
+    assert cli.main(args) == 0
+    result = json.loads(report.read_text())[kind.replace("-", "_")]
+    assert result["metrics"]["n"] == 64 and 0 <= result["metrics"]["top1"] <= 1
+    assert (tmp_path / f"{kind}.confusion.png").is_file()
+    if kind == "linear-probe":
+        assert result["metrics"]["weight_decay"] in [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+        assert len(result["val_accuracy"]) == 6
+
+
+def test_eval_errors_name_what_to_fix(trained, corpus, capsys):
+    args = ["eval", "zeroshot", "--checkpoint", ckpt(trained), "--data", corpus["train_shards"]]
+    assert cli.main(args) == 2  # no classes.json beside the training shards
+    err = capsys.readouterr().err
+    assert "eval.evaluators[0] (zeroshot): classes:" in err and "classes file" in err
+    assert cli.main(["eval", "zeroshot", "--checkpoint", "/nowhere", "--data", "x"]) == 2
+    assert "--checkpoint: /nowhere is not a checkpoint directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: --train-data is required for knn
+        cli.main(["eval", "knn", "--checkpoint", ckpt(trained), "--data", "x"])
+
+
+def test_evaluator_keys_are_checked_and_names_must_be_unique(corpus, tmp_path, capsys):
+    bad = "eval.evaluators=[{kind: zeroshot, data: x.tar, k: 0}]"
+    assert cli.main(["train", run_file(tmp_path), *tiny_overrides(corpus, tmp_path), bad]) == 2
+    assert "eval.evaluators[0].k: expected a positive number" in capsys.readouterr().err
+    twice = "eval.evaluators=[{kind: knn, data: a}, {kind: knn, data: b}]"
+    assert cli.main(["train", run_file(tmp_path), *tiny_overrides(corpus, tmp_path), twice]) == 2
+    assert "eval.evaluators[1].name: 'knn' is used twice" in capsys.readouterr().err
+    unknown = "eval.evaluators=[{kind: zeroshot, shards: x.tar}]"
+    assert cli.main(["config", str(ROOT / "configs" / "demo.yaml"), unknown]) == 2
+    assert "unknown config key 'eval.evaluators[0].shards'" in capsys.readouterr().err
+
+
+def test_configs_saved_before_evaluators_still_load():
+    old = {"eval": {"zeroshot_shards": "held/{0..1}.tar", "templates": ["a {}"], "every": 5}}
+    cfg = config_lib.from_dict(old)
+    (zeroshot,) = cfg.eval.evaluators
+    assert (zeroshot.kind, zeroshot.data, zeroshot.templates) == (
+        "zeroshot",
+        "held/{0..1}.tar",
+        ["a {}"],
+    )
+    assert cfg.eval.every == 5
+    assert config_lib.from_dict({"eval": {"zeroshot_shards": ""}}).eval.evaluators == []
