@@ -24,34 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
-
-GIB = 1024**3
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
-def peak_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def mem_available(device: str) -> int:
-    if device.startswith("cuda"):
-        return torch.cuda.mem_get_info()[0]
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("MemAvailable not found in /proc/meminfo")
+from measure import GIB, mem_available, peak_bytes, reset_peak, rss_bytes, run_isolated
 
 
 def run_one(variant: str, batch: int, dim: int, tile: int, device: str = "cpu") -> dict:
@@ -77,6 +54,8 @@ def run_one(variant: str, batch: int, dim: int, tile: int, device: str = "cpu") 
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    if not cuda:
+        reset_peak()
     base = torch.cuda.memory_allocated() if cuda else rss_bytes()
     start = time.perf_counter()
     loss = loss_fn(img, txt, scale)
@@ -89,10 +68,8 @@ def run_one(variant: str, batch: int, dim: int, tile: int, device: str = "cpu") 
 
 
 def measure(variant: str, batch: int, dim: int, tile: int, device: str) -> dict:
-    cmd = [sys.executable, __file__, "--one", variant, str(batch), "--dim", str(dim)]
-    cmd += ["--tile", str(tile), "--device", device]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    args = ["--one", variant, str(batch), "--dim", str(dim), "--tile", str(tile)]
+    return run_isolated(__file__, [*args, "--device", device])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,8 +10,8 @@ from vlcontrast.eval.linear_probe import fit_logistic, linear_probe, logistic_ob
 from vlcontrast.eval.metrics import (
     classification_metrics,
     confusion_matrix,
-    ranks_of_targets,
     retrieval_metrics,
+    retrieval_ranks,
     topk_accuracy,
 )
 from vlcontrast.eval.zeroshot import ensemble_prompts, zeroshot_classifier
@@ -48,8 +48,10 @@ def test_recall_on_a_hand_written_similarity_matrix():
 
 
 def test_ties_count_in_favour_of_the_correct_item():
-    scores = torch.tensor([[0.5, 0.5, 0.1]])
-    assert ranks_of_targets(scores, torch.eye(3), torch.tensor([1])).tolist() == [0]
+    # caption 0 scores images 0 and 1 equally; it belongs to image 1, image 0 has caption 1
+    img_emb, txt_emb = scores_as_embeddings(torch.tensor([[0.5, 0.5], [0.9, 0.5]]))
+    i2t, t2i = retrieval_ranks(img_emb, txt_emb, torch.tensor([1, 0]))
+    assert t2i.tolist() == [0, 0] and i2t.tolist() == [0, 0]
 
 
 def dense_ranks(queries, keys, target_mask):

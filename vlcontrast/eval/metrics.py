@@ -2,8 +2,8 @@
 
 Nothing here knows about models or data: classification metrics take a score matrix and labels,
 retrieval metrics take two embedding sets and which image each caption belongs to. Retrieval is
-computed in blocks of queries, so memory is O(block x N) on top of the O(N x D) embeddings, never
-the N x N similarity matrix (50k x 250k COCO-style captions would need 50 GB in fp32).
+computed in blocks of captions, so memory is O(block x N) on top of the O(N x D) embeddings, never
+the T x N similarity matrix (250k captions of 50k images would need 50 GB in fp32).
 
 Ranks count the candidates scored *strictly* higher than the correct one (ties go to the correct
 item), the convention of ``(scores > correct).sum()``; rank 0 is a hit at recall@1.
@@ -61,30 +61,34 @@ def classification_metrics(
     }
 
 
-def ranks_of_targets(
-    queries: torch.Tensor, keys: torch.Tensor, targets: torch.Tensor, block: int = 1024
-) -> torch.Tensor:
-    """For each query, how many keys score strictly higher than its best-scoring target.
+def retrieval_ranks(
+    img_emb: torch.Tensor, txt_emb: torch.Tensor, txt_image: torch.Tensor, block: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """0-based ranks in both directions, scoring ``block`` captions at a time.
 
-    Args:
-        queries: (Q, D) embeddings.
-        keys: (K, D) embeddings.
-        targets: (Q, K) boolean mask of the correct keys, or (Q,) index of the one correct key.
-        block: queries scored at a time; memory O(block x K).
+    Two passes over the same caption blocks (so every score is computed by the same kernel on
+    the same inputs, bitwise equal in both passes): the first takes each caption's score with
+    its own image, which gives the text->image ranks and each image's best own-caption score;
+    the second counts, per image, the captions that beat that best score.
 
     Returns:
-        (Q,) long ranks, 0 = a correct key is the top hit.
+        ``i2t`` (N,) and ``t2i`` (T,) long ranks, 0 = the correct item is the top hit.
     """
-    ranks = []
-    for start in range(0, queries.shape[0], block):
-        scores = queries[start : start + block] @ keys.T  # (b, K)
-        target = targets[start : start + block]
-        if target.dim() == 1:
-            best = scores.gather(1, target.unsqueeze(1))  # (b, 1)
-        else:
-            best = scores.masked_fill(~target, float("-inf")).amax(dim=1, keepdim=True)  # (b, 1)
-        ranks.append((scores > best).sum(dim=1))
-    return torch.cat(ranks) if ranks else torch.empty(0, dtype=torch.long)
+    num_images = img_emb.shape[0]
+    t2i, own = [], []
+    for start in range(0, txt_emb.shape[0], block):
+        scores = txt_emb[start : start + block] @ img_emb.T  # (b, N)
+        target = scores.gather(1, txt_image[start : start + block].unsqueeze(1))  # (b, 1)
+        t2i.append((scores > target).sum(dim=1))
+        own.append(target.squeeze(1))
+    own_scores = torch.cat(own) if own else img_emb.new_empty(0)  # (T,)
+    best = img_emb.new_full((num_images,), float("-inf"))
+    best = best.scatter_reduce(0, txt_image, own_scores, reduce="amax")  # (N,)
+    i2t = torch.zeros(num_images, dtype=torch.long)
+    for start in range(0, txt_emb.shape[0], block):
+        scores = txt_emb[start : start + block] @ img_emb.T  # (b, N)
+        i2t += (scores > best.unsqueeze(0)).sum(dim=0)
+    return i2t, torch.cat(t2i) if t2i else torch.empty(0, dtype=torch.long)
 
 
 def recall_at(ranks: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
@@ -115,13 +119,7 @@ def retrieval_metrics(
     if (counts == 0).any():
         missing = int((counts == 0).nonzero()[0])
         raise ValueError(f"image {missing} has no caption: its image->text rank is undefined")
-    t2i = ranks_of_targets(txt_emb, img_emb, txt_image, block)
-    i2t = []
-    for start in range(0, img_emb.shape[0], block):
-        rows = torch.arange(start, min(start + block, img_emb.shape[0]))
-        own = txt_image.unsqueeze(0) == rows.unsqueeze(1)  # (b, T)
-        i2t.append(ranks_of_targets(img_emb[rows], txt_emb, own, block))
-    i2t_ranks = torch.cat(i2t) if i2t else torch.empty(0, dtype=torch.long)
+    i2t_ranks, t2i = retrieval_ranks(img_emb, txt_emb, txt_image, block)
     out = {f"image_to_text/{k}": v for k, v in recall_at(i2t_ranks, ks).items()}
     out.update({f"text_to_image/{k}": v for k, v in recall_at(t2i, ks).items()})
     out["mean_recall"] = sum(
