@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from accelerate import PartialState
 from PIL import Image, ImageDraw
 
 from vlcontrast import config as config_lib
@@ -91,7 +92,8 @@ def run_demo(out_dir: str | Path = "vlcontrast_demo", overrides: list[str] | Non
 
     model, tokenizer, saved_cfg = load_for_eval(Path(run["checkpoint"]))
     heldout = corpus["heldout_shards"]
-    embedder = Embedder.from_model(model, tokenizer, saved_cfg)
+    device = PartialState().device  # the device `vlcontrast eval` picks, so numbers match
+    embedder = Embedder.from_model(model.to(device), tokenizer, saved_cfg, device)
     result = evaluate_zeroshot(embedder, EvaluatorConfig(kind="zeroshot", data=heldout))
     metrics = result["metrics"]
     hits = text_query(result, embedder, QUERY)

@@ -16,12 +16,18 @@ _INTERNAL = {"predictions", "labels", "img_emb", "keys"}
 def format_table(name: str, result: dict[str, Any]) -> str:
     rows = [f"{name}"]
     for key, value in result["metrics"].items():
-        shown = f"{value:d}" if isinstance(value, int) else f"{value:.4f}"
+        shown = _number(value)
         rows.append(f"  {key:<32} {shown:>10}")
     if result.get("skipped"):
         counts = ", ".join(f"{k}={v}" for k, v in sorted(result["skipped"].items()))
         rows.append(f"  skipped: {counts}")
     return "\n".join(rows)
+
+
+def _number(value: float | int) -> str:
+    if isinstance(value, int):
+        return f"{value:d}"
+    return f"{value:.1e}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
 
 
 def to_json(results: dict[str, dict[str, Any]]) -> dict[str, Any]:

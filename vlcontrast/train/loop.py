@@ -113,7 +113,7 @@ def train(cfg: Config) -> dict[str, Any]:
             evals = run_evals(accelerator, model, tokenizer, cfg, step)
             logger.log(step, {"eval": evals})
             if main and evals:
-                tqdm.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in evals.items()))
+                tqdm.write(eval_line(step, evals))
 
     bar.close()
     logger.close()
@@ -127,6 +127,13 @@ def train(cfg: Config) -> dict[str, Any]:
     if main and state["skipped"]:
         print("skipped samples: " + ", ".join(f"{k}={v}" for k, v in state["skipped"].items()))
     return summary
+
+
+def eval_line(step: int, evals: dict[str, float]) -> str:
+    """The headline numbers (counts and chance levels stay in the logs)."""
+    counts = ("/n", "/chance", "/images", "/captions", "/mean_rank", "/weight_decay")
+    shown = {k: v for k, v in evals.items() if not k.endswith(counts)}
+    return f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items())
 
 
 def make_accelerator(precision: str) -> Accelerator:
