@@ -13,7 +13,7 @@ from torch import nn
 from vlcontrast.config import EvaluatorConfig
 from vlcontrast.data.shard_writer import write_shards
 from vlcontrast.eval.datasets import EvalDataset, class_info, detect_format, open_source
-from vlcontrast.eval.embed import embed_dataset
+from vlcontrast.eval.embed import embed_images
 from vlcontrast.eval.templates import OPENAI_IMAGENET, resolve_templates
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (20, 40, 230)}
@@ -41,7 +41,7 @@ def image_bytes(colour: str, mode: str = "RGB", fmt: str = "PNG") -> bytes:
 
 def embed(source, workers=0, label=True, captions=False):
     dataset = EvalDataset(source, to_tensor, need_label=label, need_captions=captions)
-    return embed_dataset(MeanColour(), dataset, batch_size=2, num_workers=workers)
+    return embed_images(MeanColour(), dataset, batch_size=2, num_workers=workers)
 
 
 def test_image_folder_gives_folder_classes_and_sorted_order(tmp_path):

@@ -1,7 +1,7 @@
 """Evaluation data: ImageFolder trees, WebDataset shards and Hugging Face datasets, one interface.
 
 source (raw records in a fixed order) -> EvalDataset (this rank's and worker's share, decode,
-transform; bad records skipped and counted) -> EvalCollate -> batches for ``embed.embed_dataset``.
+transform; bad records skipped and counted) -> EvalCollate -> batches for ``embed.embed_images``.
 
 Every record carries an ``order`` key (its position in the whole set), so however many ranks
 and workers embed it, gathering and sorting by ``order`` gives the single-process result.

@@ -61,7 +61,7 @@ def _slice(n: int) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def embed_dataset(
+def embed_images(
     model: nn.Module,
     dataset: EvalDataset,
     batch_size: int = 256,
@@ -157,7 +157,7 @@ class Embedder:
         dataset = EvalDataset(source, self.transform, need_label, need_captions)
         show = self.progress and distributed.is_main()
         bar = (lambda it: tqdm(it, desc=desc, unit="batch", leave=False)) if show else None
-        return embed_dataset(
+        return embed_images(
             self.model, dataset, self.batch_size, self.num_workers, self.device, max_samples, bar
         )
 
