@@ -171,3 +171,16 @@ def test_templates_resolve_from_names_files_and_literals(tmp_path):
     assert resolve_templates([], fallback=["{}!"]) == ["{}!"]
     with pytest.raises(ValueError, match="neither a built-in set"):
         resolve_templates(["imagenet80"])
+
+
+def test_undecodable_label_and_caption_members_are_skipped_not_raised(tmp_path):
+    good = image_bytes("red", fmt="JPEG")
+    samples = [
+        {"__key__": "a", "jpg": good, "cls": "0", "json": '{"captions": ["red"]}'},
+        {"__key__": "b", "jpg": good, "cls": b"\xff\xfe", "json": "{not json"},
+    ]
+    write_shards(samples, tmp_path, per_shard=2)
+    spec = EvaluatorConfig(data=str(tmp_path / "00000.tar"), caption_field="json.captions")
+    source = open_source(spec, spec.data, spec.split)
+    assert embed(source)["skipped"] == {"unreadable_cls": 1}
+    assert embed(source, label=False, captions=True)["skipped"] == {"unreadable_json": 1}

@@ -188,23 +188,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
             if getattr(args, key, None) not in (None, "", [])
         },
     }
-    overrides = {"evaluators": [entry], "batch_size": args.batch_size}
-    config_lib.apply(cfg, {"eval": {**overrides, "num_workers": args.workers}})
+    eval_cfg = {"evaluators": [entry], "batch_size": args.batch_size, "num_workers": args.workers}
+    config_lib.apply(cfg, {"eval": eval_cfg})
     state = PartialState()  # a process group under torchrun; one process otherwise
     model.to(state.device)
     results = run_evaluators(model, tokenizer, cfg, state.device, progress=True)
     if not state.is_main_process:
         return 0
-    for name, result in results.items():
-        print(report.format_table(name, result))
-        if args.json:
-            report.write_json(results, args.json)
-        plot = getattr(args, "plot", "") or (
-            str(Path(args.json).with_suffix(".confusion.png")) if args.json else ""
-        )
-        if plot and "confusion" in result:
-            report.save_confusion_png(result["confusion"], result["classnames"], plot)
-            print(f"confusion matrix: {plot}")
+    ((name, result),) = results.items()
+    print(report.format_table(name, result))
+    if args.json:
+        report.write_json(results, args.json)
+    plot = getattr(args, "plot", "") or (
+        str(Path(args.json).with_suffix(".confusion.png")) if args.json else ""
+    )
+    if plot and "confusion" in result:
+        report.save_confusion_png(result["confusion"], result["classnames"], plot)
+        print(f"confusion matrix: {plot}")
     return 0
 
 

@@ -39,8 +39,6 @@ class Collate:
         batch.update(self.tokenize([s["text"] for s in samples]))
         batch["texts"] = [s["text"] for s in samples]
         batch["keys"] = [s["key"] for s in samples]
-        if "label" in samples[0]:
-            batch["labels"] = torch.tensor([s["label"] for s in samples])
         batch["worker"] = samples[0]["worker"]
         batch["skipped"] = drain_errors(self.dataset) if self.dataset is not None else {}
         return batch

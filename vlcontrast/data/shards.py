@@ -18,7 +18,6 @@ shard URLs -> this rank's and worker's shards -> tar members grouped by key -> s
 from __future__ import annotations
 
 import io
-import json
 import random
 import tarfile
 from collections import Counter
@@ -124,12 +123,11 @@ class SkipSample(Exception):
 
 @dataclass
 class Decoder:
-    """Raw sample -> {"image": tensor, "text": str, "key": str[, "label": int]}."""
+    """Raw sample -> {"image": tensor, "text": str, "key": str}."""
 
     transform: Callable[[Image.Image], torch.Tensor]
     image_keys: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
     caption_key: str = "txt"
-    label_key: str = ""
 
     def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
         image_key = next((k for k in self.image_keys if k in raw), None)
@@ -153,11 +151,6 @@ class Decoder:
             sample = {"image": self.transform(image), "text": text, "key": raw["__key__"]}
         except Exception:  # noqa: BLE001
             raise SkipSample("transform_failed") from None
-        if self.label_key:
-            try:
-                sample["label"] = int(json.loads(raw[self.label_key]))
-            except (KeyError, ValueError):
-                raise SkipSample("missing_label") from None
         return sample
 
 

@@ -15,7 +15,7 @@ import io
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +51,8 @@ class ImageFolderSource:
     def __len__(self) -> int:
         return len(self.items)
 
-    def classnames(self) -> list[str]:
-        return [name.replace("_", " ") for name in self.classes]
+    def classes_and_templates(self) -> tuple[list[str], list[str]]:
+        return [name.replace("_", " ") for name in self.classes], []
 
     def records(self, stream: int, streams: int, errors: Counter) -> Iterator[dict[str, Any]]:
         for index in range(stream, len(self.items), streams):
@@ -77,13 +77,10 @@ class ShardSource:
         self.label_field = label_field or "cls"
         self.caption_field = caption_field or "txt"
 
-    def classnames(self) -> list[str] | None:
+    def classes_and_templates(self) -> tuple[list[str] | None, list[str]]:
+        """From a ``classes.json`` beside the first shard, if there is one."""
         beside = Path(self.urls[0]).parent / "classes.json"
-        return read_classes(beside)[0] if beside.is_file() else None
-
-    def default_templates(self) -> list[str]:
-        beside = Path(self.urls[0]).parent / "classes.json"
-        return read_classes(beside)[1] if beside.is_file() else []
+        return read_classes(beside) if beside.is_file() else (None, [])
 
     def records(self, stream: int, streams: int, errors: Counter) -> Iterator[dict[str, Any]]:
         for shard in range(stream, len(self.urls), streams):
@@ -97,13 +94,22 @@ class ShardSource:
                 }
 
 
+class Unreadable:
+    """A field that is present but cannot be decoded; the decoder skips the record with
+    ``reason``. (Sources only read; decoding errors are counted in ``EvalDataset.decode``.)"""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
 def _field(raw: dict[str, Any], name: str) -> Any:
     ext, _, key = name.partition(".")
     if ext not in raw:
         return None
-    if not key:
-        return raw[ext].decode("utf-8")
-    return json.loads(raw[ext]).get(key)
+    try:
+        return json.loads(raw[ext]).get(key) if key else raw[ext].decode("utf-8")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return Unreadable(f"unreadable_{ext}")
 
 
 class HFSource:
@@ -138,9 +144,10 @@ class HFSource:
     def __len__(self) -> int:
         return len(self.data)
 
-    def classnames(self) -> list[str] | None:
+    def classes_and_templates(self) -> tuple[list[str] | None, list[str]]:
+        """The names of a ``ClassLabel`` label column, if it is one."""
         feature = self.data.features.get(self.label_field)
-        return list(feature.names) if hasattr(feature, "names") else None
+        return (list(feature.names) if hasattr(feature, "names") else None), []
 
     def records(self, stream: int, streams: int, errors: Counter) -> Iterator[dict[str, Any]]:
         columns = self.data.column_names
@@ -148,7 +155,7 @@ class HFSource:
             row = self.data[index]
             image = row[self.image_field]
             if isinstance(image, dict):  # datasets.Image(decode=False): {"bytes", "path"}
-                image = image.get("bytes") or Path(image["path"]).read_bytes()
+                image = image.get("bytes") or _read(image.get("path"))
             yield {
                 "order": index,
                 "key": str(index),
@@ -156,6 +163,13 @@ class HFSource:
                 "label": row.get(self.label_field) if self.label_field in columns else None,
                 "captions": row.get(self.caption_field) if self.caption_field in columns else None,
             }
+
+
+def _read(path: str | None) -> bytes | None:
+    try:
+        return Path(path).read_bytes() if path else None
+    except OSError:
+        return None  # counted as missing_image
 
 
 def _split(data, split: str, spec: str):
@@ -203,12 +217,11 @@ def class_info(spec: EvaluatorConfig, source) -> tuple[list[str], list[str]]:
     """Class names (the ``classes`` file, else the dataset's own) and the file's templates."""
     if spec.classes:
         return read_classes(spec.classes)
-    names = source.classnames()
+    names, templates = source.classes_and_templates()
     if not names:
         raise ValueError(
             "classes: the dataset names no classes; give a classes file (JSON or one per line)"
         )
-    templates = source.default_templates() if hasattr(source, "default_templates") else []
     return names, templates
 
 
@@ -224,7 +237,6 @@ class EvalDataset(IterableDataset):
     transform: Callable[[Image.Image], torch.Tensor]
     need_label: bool = False
     need_captions: bool = False
-    errors: Counter = field(default_factory=Counter)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -276,6 +288,8 @@ def _drain(errors: Counter) -> list[str]:
 def _label(value: Any) -> int:
     if value is None:
         raise _Skip("missing_label")
+    if isinstance(value, Unreadable):
+        raise _Skip(value.reason)
     try:
         return int(json.loads(value)) if isinstance(value, str) else int(value)
     except (ValueError, TypeError):
@@ -285,6 +299,8 @@ def _label(value: Any) -> int:
 def _captions(value: Any) -> list[str]:
     if value is None:
         raise _Skip("missing_caption")
+    if isinstance(value, Unreadable):
+        raise _Skip(value.reason)
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("["):  # a JSON list in a text member
