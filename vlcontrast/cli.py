@@ -154,6 +154,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from vlcontrast.data.shards import DataError
     from vlcontrast.train.loop import TrainingDiverged, train
 
     cfg = config_lib.load(args.config, args.overrides)
@@ -162,6 +163,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingDiverged as err:
         print(f"vlcontrast: {err}", file=sys.stderr)
         return 3
+    except DataError as err:
+        # Raised in a dataloader worker, the message carries the worker's traceback: keep the
+        # original message (its last line).
+        message = str(err).strip().splitlines()[-1].removeprefix(f"{DataError.__module__}.")
+        print(f"vlcontrast: data error: {message.removeprefix('DataError: ')}", file=sys.stderr)
+        return 4
     final = summary["final_loss"]
     loss = f", final loss {final:.4f}" if final is not None else " (nothing left to train)"
     print(f"done: {summary['steps']} steps{loss}")

@@ -33,12 +33,28 @@ def _choices(*values: str) -> dict:
 
 @dataclass
 class DataConfig:
-    train_shards: str = ""  # brace-expandable shard pattern(s), ``::``-separated
+    """The training data (see vlcontrast.data)."""
+
+    # Brace-expandable shard pattern(s), several sources joined by ``::``; local paths, pipe:
+    # commands and fsspec URLs (http, s3, gs)
+    train_shards: str = ""
+    weights: list = field(default_factory=list)  # resampled mode: each source's share of samples
+    # epoch: every sample once per epoch; resampled: shards drawn with replacement, endless
+    mode: str = field(default="epoch", metadata=_choices("epoch", "resampled"))
+    num_samples: int = 0  # dataset size; 0: sizes.json, _stats.json, or count once (cached)
     batch_size: int = 256
     num_workers: int = 2
-    shuffle_buffer: int = 1000
+    # Logical streams per rank, fixed for a run (saved in checkpoints); the sample order depends on
+    # it but not on num_workers, so a run resumes exactly with any worker count. 0: num_workers.
+    streams: int = 0
+    shuffle_buffer: int = 1000  # samples per shuffle window
     image_keys: str = "jpg;jpeg;png;webp"  # first present extension wins
-    caption_key: str = "txt"
+    caption_key: str = "txt"  # or json.FIELD; a JSON list gives several captions, one is picked
+    crop: str = field(default="center", metadata=_choices("center", "random_resized"))
+    crop_scale: list = field(default_factory=lambda: [0.9, 1.0])  # random_resized area range
+    draft: bool = True  # reduced-size JPEG decoding when the crop is at least 2x the output
+    max_bad_fraction: float = 0.2  # stop when more than this fraction of samples fail ...
+    bad_min_samples: int = 1000  # ... once at least this many samples were read
 
 
 @dataclass
@@ -180,6 +196,10 @@ _POSITIVE = {
 }
 _NON_NEGATIVE = {
     "data.num_workers",
+    "data.streams",
+    "data.num_samples",
+    "data.bad_min_samples",
+    "data.max_bad_fraction",
     "optim.warmup_steps",
     "optim.grad_clip",
     "eval.every",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,9 @@ from PIL import Image, ImageDraw
 
 from vlcontrast import config as config_lib
 from vlcontrast.config import Config, EvaluatorConfig
-from vlcontrast.data.shards import expand_urls, iter_samples
+from vlcontrast.data.sources import expand_urls
 from vlcontrast.data.synthetic import make_corpus
+from vlcontrast.data.tar_reader import iter_samples
 from vlcontrast.eval.embed import Embedder
 from vlcontrast.eval.zeroshot import evaluate_zeroshot
 from vlcontrast.factory import load_for_eval
@@ -123,7 +123,7 @@ def save_query_sheet(query: str, hits: list[dict], shards: str, path: Path) -> N
     wanted = {hit["key"] for hit in hits}
     images, captions = {}, {}
     for url in expand_urls(shards):
-        for raw in iter_samples(url, Counter()):
+        for raw in iter_samples(url, lambda reason: None):
             if raw["__key__"] in wanted:
                 images[raw["__key__"]] = Image.open(io.BytesIO(raw["jpg"])).convert("RGB")
                 captions[raw["__key__"]] = raw["txt"].decode("utf-8")

@@ -1,13 +1,16 @@
-"""Samples -> batches: stack images, tokenise captions in one call, carry bookkeeping.
+"""Samples -> batches -> the trainer's batch stream, in a fixed order with a resumable position.
 
-Tokenisation happens per batch (one fast-tokenizer call, in the dataloader worker). Each batch
-also carries the worker that made it (for exact resume) and that worker's skipped-sample counts
-since its previous batch (for bad-data accounting in the trainer's process).
+Tokenisation happens per batch in the dataloader worker (one fast-tokenizer call for the whole
+batch). ``iterate_epochs`` puts the streams' batches in round-robin stream order whatever the
+worker count (see ``shards``), updates the :class:`DataPosition` after every batch, so that it is
+always the position to save, and moves on to the next epoch when every stream has ended.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import copy
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,14 +18,14 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from vlcontrast.data.shards import DataPosition, ShardDataset, drain_errors
+from vlcontrast.data.shards import DataError, DataPosition, ShardDataset
+from vlcontrast.data.streams import Cursor
 
 
 @dataclass
 class Collate:
     tokenizer: PreTrainedTokenizerBase
     context_length: int
-    dataset: ShardDataset | None = None
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         tokens = self.tokenizer(
@@ -39,24 +42,19 @@ class Collate:
         batch.update(self.tokenize([s["text"] for s in samples]))
         batch["texts"] = [s["text"] for s in samples]
         batch["keys"] = [s["key"] for s in samples]
-        batch["worker"] = samples[0]["worker"]
-        batch["skipped"] = drain_errors(self.dataset) if self.dataset is not None else {}
         return batch
 
 
-def make_loader(
-    dataset: ShardDataset, collate: Collate, batch_size: int, num_workers: int, drop_last: bool
-) -> DataLoader:
+def make_loader(dataset: ShardDataset, num_workers: int) -> DataLoader:
+    """Workers yield whole batches (``batch_size=None``)."""
     return DataLoader(
         dataset,
-        batch_size=batch_size,
+        batch_size=None,
         num_workers=num_workers,
-        collate_fn=collate,
-        drop_last=drop_last,
         persistent_workers=False,
         prefetch_factor=4 if num_workers else None,
         # Its own generator: creating an iterator must not draw from the global RNG, or a resumed
-        # run's dropout masks would shift by one draw (samples are seeded per index anyway).
+        # run's dropout masks would shift by one draw (samples are seeded per position anyway).
         generator=torch.Generator().manual_seed(0),
     )
 
@@ -67,33 +65,64 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     }
 
 
-def iterate_epochs(
-    loader: DataLoader, dataset: ShardDataset, position: DataPosition
+def ordered_batches(
+    loader: DataLoader, position: DataPosition, account: Callable[[dict], Any]
 ) -> Iterator[dict[str, Any]]:
-    """Endless batch stream from a resumable ``position``, which is updated in place after every
-    batch so that it is always the position to save."""
-    workers = max(1, loader.num_workers)
-    if len(position.consumed) != workers:
-        if any(position.consumed):
-            raise ValueError(
-                f"data.num_workers: the checkpoint was written with {len(position.consumed)} "
-                f"worker(s); resume with data.num_workers={len(position.consumed)}"
-            )
-        position.consumed = [0] * workers
+    """One epoch of batches in stream order from ``position``. ``account`` sees every batch and
+    end marker as it comes due (skip counts and samples read, for :class:`BadData`)."""
+    pending: dict[int, deque] = {s: deque() for s in range(position.streams)}
+
+    def ready() -> Iterator[dict[str, Any]]:
+        while not all(cursor.done for cursor in position.cursors):
+            stream = position.next_stream
+            if position.cursors[stream].done:
+                position.next_stream = (stream + 1) % position.streams
+                continue
+            if not pending[stream]:
+                return
+            item = pending[stream].popleft()
+            position.next_stream = (stream + 1) % position.streams
+            account(item)
+            if item.get("end"):
+                position.cursors[stream].done = True
+                continue
+            position.cursors[stream] = Cursor(**item["cursor"])
+            yield item
+
+    for item in loader:
+        if item.get("pad") and not item.get("end"):
+            continue
+        pending[item["stream"]].append(item)
+        yield from ready()
+
+
+def iterate_epochs(
+    loader: DataLoader,
+    dataset: ShardDataset,
+    position: DataPosition,
+    account: Callable[[dict], Any] = lambda item: None,
+) -> Iterator[dict[str, Any]]:
+    """Endless batch stream from a resumable ``position`` (updated in place after every batch,
+    so it is always the position to save)."""
+    seen: Counter = Counter()  # this epoch's skipped samples, for the error below
+
+    def count(item: dict) -> None:
+        seen.update({reason: n for reason, _, n in item.get("skipped", ())})
+        account(item)
+
     while True:
-        dataset.position = position
-        produced = any(position.consumed)  # resuming exactly at an epoch's end yields nothing
-        for batch in loader:
+        fresh = not any(c.window or c.taken or c.done for c in position.cursors)
+        dataset.position = copy.deepcopy(position)  # what the workers start from
+        seen.clear()
+        produced = False
+        for batch in ordered_batches(loader, position, count):
             produced = True
-            position.consumed[batch["worker"]] += len(batch["texts"])
-            position.next_worker = (batch["worker"] + 1) % workers
             yield batch
-        if not produced:
-            raise RuntimeError(
+        if fresh and not produced:
+            raise DataError(
                 f"epoch {position.epoch} yielded no batch: fewer valid samples than "
-                f"data.batch_size per worker in {len(dataset.urls)} shard(s); check "
-                f"data.train_shards and the skipped-sample counts"
+                f"data.batch_size in every stream of {len(dataset.urls)} shard(s); check "
+                f"data.train_shards (skipped samples: {dict(seen) or 'none'})"
             )
         position.epoch += 1
-        position.consumed = [0] * workers
-        position.next_worker = 0
+        position.reset(position.streams)

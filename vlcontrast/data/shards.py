@@ -1,222 +1,191 @@
-"""Stream image-caption samples from WebDataset tar shards (img2dataset layout).
+"""The training dataset: this rank's streams, served by dataloader workers as whole batches.
 
-shard URLs -> this rank's and worker's shards -> tar members grouped by key -> shuffle buffer ->
-[skip what a resumed run has already seen] -> decode + transform -> samples.
+shards -> ``streams`` (per-stream order and cursor) -> decode -> batches of one stream ->
+``batching.ordered_batches`` (the trainer's fixed order across streams).
 
-* URLs are brace-expanded (``shards/{00000..00099}.tar``; several patterns joined by ``::``) and
-  opened with ``webdataset.gopen``, so local paths, ``pipe:`` commands and fsspec URLs all work.
-* Epoch mode: shards are shuffled per epoch from the seed, then dealt to (rank, worker) streams.
-* Bad data never crashes a worker: each failure is skipped and counted by reason; the counts
-  travel to the trainer inside the next batch (``collate``).
-* Resume: the trainer counts the samples each worker delivered (batches carry their worker id)
-  and which worker is due next. A resumed worker skips its count of raw samples before decoding,
-  and worker ids are rotated so the DataLoader's round-robin continues with the worker that was
-  due. Transform randomness is seeded per sample, so skipped samples cost no decode and the next
-  samples are augmented exactly as in the uninterrupted run.
+A rank reads ``position.streams`` logical streams; worker ``w`` of ``W`` serves streams
+``w, w + W, ...`` and yields, per round, one item for each of its ``ceil(streams / W)`` slots: the
+stream's next batch, or a small marker (padding for a slot without a stream or an ended one; an
+end marker once). Every worker thus yields the same number of items per round, so the
+DataLoader's round-robin over workers delivers batches in stream order 0, 1, 2, ... with a
+bounded reorder in the trainer, for any worker count. Batches carry the stream's cursor after
+them: the data position the trainer saves.
+
+Bad data never crashes a worker: each failed sample is skipped and counted by (reason, shard), and
+the counts travel with the stream's next batch or end marker.
 """
 
 from __future__ import annotations
 
-import io
-import random
-import tarfile
+import math
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
-import webdataset as wds
-from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from vlcontrast import distributed
+from vlcontrast.data.decode import Decoder, SkipSample
+from vlcontrast.data.sources import Source
+from vlcontrast.data.streams import Cursor, epoch_shards, resampled_shards, stream_outputs
+
+MISSING = ("missing_image", "missing_caption")
+NO_KEYS_AFTER = 200  # this many samples in a row without the configured keys stops the run
 
 
-def expand_urls(pattern: str) -> list[str]:
-    urls: list[str] = []
-    for part in pattern.split("::"):
-        if part.strip():
-            urls.extend(wds.shardlists.expand_urls(part.strip()))
-    return urls
-
-
-class _TailReader:
-    """A file wrapper that remembers the last block read. Python's tarfile ends iteration
-    silently on a header cut short; a complete tar ends with zero blocks, so a non-zero last
-    block after a "normal" end means the shard was truncated."""
-
-    def __init__(self, raw):
-        self.raw, self.tail = raw, b""
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
-        if data:
-            self.tail = (self.tail + data)[-512:]
-        return data
-
-    def truncated(self) -> bool:
-        while self.read(1 << 16):
-            pass
-        return bool(self.tail.strip(b"\0"))
-
-
-def iter_samples(url: str, errors: Counter) -> Iterator[dict[str, Any]]:
-    """Raw samples of the tar at ``url``: consecutive members sharing a key (``000001.jpg`` +
-    ``000001.txt``) form one sample. A truncated or unreadable shard is counted; the sample it
-    cut short is dropped, not passed on as a sample with missing fields."""
-    try:
-        stream = wds.gopen(url, "rb")
-    except Exception:  # noqa: BLE001 - any opener failure is a bad shard, not a crash
-        errors["unreadable_shard"] += 1
-        return
-    plain = url.endswith(".tar")  # compressed streams end with their own trailer, not zeros
-    reader = _TailReader(stream)
-    current: dict[str, Any] | None = None
-    try:
-        with tarfile.open(fileobj=reader, mode="r|" if plain else "r|*") as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                key, ext = wds.tariterators.base_plus_ext(info.name)
-                if key is None:
-                    continue
-                data = tar.extractfile(info).read()
-                if current is not None and current["__key__"] != key:
-                    yield current
-                    current = None
-                if current is None:
-                    current = {"__key__": key, "__url__": url}
-                current[ext.lower()] = data
-        if plain and reader.truncated():
-            raise EOFError("tar ends inside a header")
-    except (tarfile.TarError, OSError, EOFError):
-        errors["truncated_shard"] += 1
-        return
-    finally:
-        stream.close()
-    if current is not None:
-        yield current
-
-
-def shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
-    """Shuffle with a buffer of ``size`` items (1 = no shuffling)."""
-    buffer: list = []
-    for item in items:
-        if len(buffer) < size:
-            buffer.append(item)
-            continue
-        index = rng.randrange(size)
-        buffer[index], item = item, buffer[index]
-        yield item
-    rng.shuffle(buffer)
-    yield from buffer
-
-
-class SkipSample(Exception):
-    """Raised by a decoder for a sample to skip; ``reason`` is the counter key."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass
-class Decoder:
-    """Raw sample -> {"image": tensor, "text": str, "key": str}."""
-
-    transform: Callable[[Image.Image], torch.Tensor]
-    image_keys: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
-    caption_key: str = "txt"
-
-    def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
-        image_key = next((k for k in self.image_keys if k in raw), None)
-        if image_key is None:
-            raise SkipSample("missing_image")
-        if self.caption_key not in raw:
-            raise SkipSample("missing_caption")
-        try:
-            text = raw[self.caption_key].decode("utf-8").strip()
-        except UnicodeDecodeError:
-            raise SkipSample("bad_caption_encoding") from None
-        if not text:
-            raise SkipSample("empty_caption")
-        try:
-            with Image.open(io.BytesIO(raw[image_key])) as img:
-                img.load()
-                image = img.convert("RGB")
-        except Exception:  # noqa: BLE001 - PIL raises many types for corrupt files
-            raise SkipSample("corrupt_image") from None
-        try:
-            sample = {"image": self.transform(image), "text": text, "key": raw["__key__"]}
-        except Exception:  # noqa: BLE001
-            raise SkipSample("transform_failed") from None
-        return sample
+class DataError(RuntimeError):
+    """The data cannot train: no usable sample, too many failures, too few shards."""
 
 
 @dataclass
 class DataPosition:
-    """Where a run stands in its data: ``consumed[w]`` samples delivered by worker ``w`` in
-    ``epoch``, and the worker whose batch comes next."""
+    """Where a run stands in its data: the epoch, each stream's cursor, the stream due next."""
 
     epoch: int = 0
-    consumed: list[int] = field(default_factory=list)
-    next_worker: int = 0
+    streams: int = 0
+    cursors: list[Cursor] = field(default_factory=list)
+    next_stream: int = 0
+
+    def reset(self, streams: int) -> None:
+        self.streams, self.next_stream = streams, 0
+        self.cursors = [Cursor() for _ in range(streams)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> DataPosition:
+        if "cursors" not in saved:  # written before streams existed: restart that epoch
+            return cls(epoch=int(saved.get("epoch", 0)))
+        cursors = [Cursor(**c) for c in saved["cursors"]]
+        return cls(saved["epoch"], saved["streams"], cursors, saved["next_stream"])
 
 
 @dataclass
 class ShardDataset(IterableDataset):
-    """Samples from ``urls`` for this rank and dataloader worker, one epoch per iteration.
+    """Batches of this rank's streams. Set ``position`` before creating a DataLoader iterator:
+    workers pick it up when they start."""
 
-    Set ``position`` before creating a DataLoader iterator: workers pick it up when spawned.
-    """
-
-    urls: list[str]
+    sources: list[Source]
     decode: Decoder
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]]
+    batch_size: int
+    mode: str = "epoch"  # epoch | resampled
     seed: int = 0
     shuffle_buffer: int = 1
-    shuffle_shards: bool = True
     position: DataPosition = field(default_factory=DataPosition)
-    errors: Counter = field(default_factory=Counter)
 
-    def _streams(self) -> tuple[int, int, int]:
-        info = get_worker_info()
-        workers = info.num_workers if info else 1
-        worker = ((info.id if info else 0) + self.position.next_worker) % workers
-        streams = distributed.world_size() * workers
-        if len(self.urls) < streams:
-            raise ValueError(
-                f"{len(self.urls)} shard(s) for {distributed.world_size()} rank(s) x {workers} "
-                f"worker(s): every stream needs a shard; lower data.num_workers or split shards"
+    def __post_init__(self):
+        # Taken in the process that builds the dataset: a dataloader worker has no process group.
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+
+    @property
+    def urls(self) -> list[str]:
+        return [url for source in self.sources for url in source.urls]
+
+    def check(self, streams: int) -> None:
+        """Epoch mode needs a shard for every stream of every rank."""
+        if self.mode == "epoch" and len(self.urls) < self.world * streams:
+            raise DataError(
+                f"data.train_shards: {len(self.urls)} shard(s) for {self.world} "
+                f"rank(s) x {streams} stream(s) (data.streams, default data.num_workers); every "
+                f"stream needs a shard in epoch mode. Lower data.num_workers/data.streams, write "
+                f"smaller shards, or use data.mode=resampled"
             )
-        return worker, distributed.rank() * workers + worker, streams
+
+    def shard_sequence(self, stream: int):
+        global_stream = self.rank * self.position.streams + stream
+        if self.mode == "resampled":
+            return resampled_shards(self.sources, self.seed, global_stream)
+        streams = self.world * self.position.streams
+        return epoch_shards(self.urls, self.seed, self.position.epoch, global_stream, streams)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        worker, stream, streams = self._streams()
-        epoch, consumed = self.position.epoch, self.position.consumed
-        urls = list(self.urls)
-        if self.shuffle_shards:
-            random.Random(f"{self.seed}/{epoch}").shuffle(urls)
-        mine = urls[stream::streams]
-        raw = (s for url in mine for s in iter_samples(url, self.errors))
-        rng = random.Random(f"{self.seed}/{epoch}/{stream}")
-        skip = consumed[worker] if worker < len(consumed) else 0
-        for index, sample in enumerate(shuffled(raw, self.shuffle_buffer, rng)):
-            if index < skip:
-                continue
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        streams = self.position.streams
+        self.check(streams)
+        live = {
+            s: self.stream_batches(s)
+            for s in range(worker, streams, workers)
+            if not self.position.cursors[s].done
+        }
+        while live:
+            for slot in range(math.ceil(streams / workers)):
+                stream = worker + slot * workers
+                if stream not in live:
+                    yield {"stream": stream, "pad": True}
+                    continue
+                item = next(live[stream], None)
+                if item is None:  # its end marker went out last round
+                    del live[stream]
+                    item = {"stream": stream, "pad": True}
+                yield item
+
+    def stream_batches(self, stream: int) -> Iterator[dict[str, Any]]:
+        """Batches of one stream, then its end marker (which carries the last skip counts)."""
+        skipped: Counter = Counter()
+        seed = f"{self.seed}/{self.position.epoch}/{self.rank}/{stream}"
+        outputs = stream_outputs(
+            self.shard_sequence(stream),
+            self.position.cursors[stream],
+            self.shuffle_buffer,
+            seed,
+            lambda reason, url: skipped.update([(reason, url)]),
+        )
+        samples: list[dict[str, Any]] = []
+        seen, usable, missing = 0, False, 0
+        for raw, rng, after in outputs:
+            seen += 1
             try:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(hash((self.seed, epoch, stream, index)) % 2**63)
-                    decoded = self.decode(sample)
-            except SkipSample as skipped:
-                self.errors[skipped.reason] += 1
+                samples.append(self.decode(raw, rng))
+                usable = True
+            except SkipSample as skip:
+                skipped[(skip.reason, raw["__url__"])] += 1
+                missing += skip.reason in MISSING
+                if not usable and missing == NO_KEYS_AFTER:
+                    raise self.no_keys_error(raw, missing) from None
                 continue
-            decoded["worker"] = worker
-            yield decoded
+            if len(samples) == self.batch_size:
+                batch = self.collate_checked(samples, skipped)
+                if batch is None:
+                    continue
+                batch.update(stream=stream, cursor=asdict(after), seen=seen, skipped=drain(skipped))
+                yield batch
+                samples, seen = [], 0
+        if not usable and missing:
+            raise self.no_keys_error(raw, missing)
+        yield {"stream": stream, "pad": True, "end": True, "seen": seen, "skipped": drain(skipped)}
+
+    def collate_checked(self, samples: list, skipped: Counter) -> dict[str, Any] | None:
+        """Collate, or drop (and count) the samples the collate function fails on and return
+        None so that the batch is refilled."""
+        try:
+            return self.collate(samples)
+        except Exception:  # noqa: BLE001 - e.g. a caption the tokenizer rejects
+            keep = []
+            for sample in samples:
+                try:
+                    self.collate([sample])
+                    keep.append(sample)
+                except Exception:  # noqa: BLE001
+                    skipped[("tokenize_failed", sample["url"])] += 1
+            samples[:] = keep
+            return None
+
+    def no_keys_error(self, raw: dict[str, Any], missing: int) -> DataError:
+        seen = sorted(k for k in raw if not k.startswith("__"))
+        return DataError(
+            f"none of the first {missing} samples read has the configured keys (last: "
+            f"{raw['__url__']}, key {raw['__key__']}): data.image_keys="
+            f"{';'.join(self.decode.image_keys)} and data.caption_key={self.decode.caption_key} "
+            f"but it has {', '.join(seen) or 'no members'}; set those keys to match"
+        )
 
 
-def drain_errors(dataset: ShardDataset) -> dict[str, int]:
-    """Counts since the last call (in the calling process: a worker or the main process)."""
-    counts = dict(dataset.errors)
-    dataset.errors.clear()
-    return counts
+def drain(skipped: Counter) -> list[tuple[str, str, int]]:
+    """The counts as (reason, shard, n) rows, and reset."""
+    rows = [(reason, url, n) for (reason, url), n in skipped.items()]
+    skipped.clear()
+    return rows

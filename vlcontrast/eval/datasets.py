@@ -25,7 +25,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from vlcontrast import distributed
 from vlcontrast.config import EvaluatorConfig
-from vlcontrast.data.shards import expand_urls, iter_samples
+from vlcontrast.data.sources import expand_urls
+from vlcontrast.data.tar_reader import iter_samples
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 HF_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
@@ -83,8 +84,11 @@ class ShardSource:
         return read_classes(beside) if beside.is_file() else (None, [])
 
     def records(self, stream: int, streams: int, errors: Counter) -> Iterator[dict[str, Any]]:
+        def skipped(reason: str) -> None:
+            errors[reason] += 1
+
         for shard in range(stream, len(self.urls), streams):
-            for position, raw in enumerate(iter_samples(self.urls[shard], errors)):
+            for position, raw in enumerate(iter_samples(self.urls[shard], skipped)):
                 yield {
                     "order": shard * SHARD_ORDER + position,
                     "key": raw["__key__"],
@@ -238,12 +242,16 @@ class EvalDataset(IterableDataset):
     need_label: bool = False
     need_captions: bool = False
 
+    def __post_init__(self):
+        # Taken in the process that builds the dataset: a dataloader worker has no process group.
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
-        streams = distributed.world_size() * workers
+        streams = self.world * workers
         errors: Counter = Counter()
-        for record in self.source.records(distributed.rank() * workers + worker, streams, errors):
+        for record in self.source.records(self.rank * workers + worker, streams, errors):
             yield from ({"skip": reason} for reason in _drain(errors))
             try:
                 yield self.decode(record)

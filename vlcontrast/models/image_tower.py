@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlcontrast.config import ImageTowerConfig
+from vlcontrast.data.transforms import normalize_uint8
 
 
 def create_trunk(cfg: ImageTowerConfig) -> nn.Module:
@@ -38,6 +39,9 @@ class ImageTower(nn.Module):
         self.std = tuple(cfg.std) if cfg.std else tuple(data_cfg.get("std", (0.5, 0.5, 0.5)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalised images -> (B, D) unit-norm embeddings."""
+        """(B, 3, H, W) images -> (B, D) unit-norm embeddings. uint8 images (the training
+        pipeline's) are normalised here, on the device; float images must be normalised."""
+        if images.dtype == torch.uint8:
+            images = normalize_uint8(images, self.mean, self.std)
         features = self.trunk(images)  # (B, num_features)
         return F.normalize(self.proj(features), dim=-1)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +21,12 @@ from tqdm.auto import tqdm
 
 from vlcontrast import config as config_lib
 from vlcontrast.config import Config, ConfigError
+from vlcontrast.data.bad_data import BadData
 from vlcontrast.data.batching import Collate, iterate_epochs, make_loader, to_device
-from vlcontrast.data.shards import DataPosition, Decoder, ShardDataset, expand_urls
-from vlcontrast.data.transforms import image_transform
+from vlcontrast.data.decode import Decoder
+from vlcontrast.data.shards import DataPosition, ShardDataset
+from vlcontrast.data.sources import dataset_size, parse_sources
+from vlcontrast.data.transforms import CropResize
 from vlcontrast.eval import report
 from vlcontrast.eval.runner import evaluator_names, run_evaluators, scalar_metrics
 from vlcontrast.factory import build_model, build_objective
@@ -55,18 +56,23 @@ def train(cfg: Config) -> dict[str, Any]:
     objective = build_objective(cfg)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
-    dataset, loader = build_train_data(cfg, model, tokenizer)
-    state = {"step": 0, "position": DataPosition(), "skipped": Counter()}
+    dataset, loader = build_train_data(cfg, tokenizer)
+    bad = BadData(cfg.data.max_bad_fraction, cfg.data.bad_min_samples)
+    state = {"step": 0, "position": DataPosition(), "bad": bad}
     if resume_from is not None:
-        state = restore(resume_from, model, optimizer, scheduler)
+        state = restore(resume_from, model, optimizer, scheduler, bad)
+    if not state["position"].streams:
+        state["position"].reset(cfg.data.streams or max(1, cfg.data.num_workers))
+    dataset.check(state["position"].streams)
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    main = accelerator.is_main_process
+    main, size = accelerator.is_main_process, 0
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         config_lib.save(cfg, run_dir / "config.json")
+        size = report_data(cfg, dataset, state["position"])
     logger = MetricsLogger(run_dir, enabled=main, tensorboard=cfg.train.tensorboard)
-    batches = iterate_epochs(loader, dataset, state["position"])
+    batches = iterate_epochs(loader, dataset, state["position"], account=bad.add)
     bar = tqdm(
         total=cfg.train.steps,
         initial=state["step"],
@@ -80,7 +86,7 @@ def train(cfg: Config) -> dict[str, Any]:
 
     while state["step"] < cfg.train.steps:
         batch = next(batches)
-        state["skipped"].update(batch["skipped"])
+        bad.check()
         loss, metrics = train_step(accelerator, model, objective, optimizer, batch, cfg, state)
         scheduler.step()
         state["step"] += 1
@@ -94,15 +100,18 @@ def train(cfg: Config) -> dict[str, Any]:
             metrics.update(
                 loss=global_mean(accelerator, loss),
                 lr=scheduler.get_last_lr()[0],
-                epoch=state["position"].epoch,
+                epoch=epoch_of(state, cfg, global_batch, size),
                 samples_per_s=window_steps * global_batch / elapsed,
-                skipped=dict(state["skipped"]),
+                skipped=dict(bad.by_reason),
+                samples_read=bad.seen,
             )
             logger.log(step, {"train": metrics})
             if main:
                 tqdm.write(log_line(step, metrics))
             bar.set_postfix(
-                loss=f"{metrics['loss']:.4f}", samples_s=f"{metrics['samples_per_s']:.0f}"
+                loss=f"{metrics['loss']:.4f}",
+                samples_s=f"{metrics['samples_per_s']:.0f}",
+                skipped=bad.skipped,
             )
             window_start, window_steps = time.perf_counter(), 0
         if step % cfg.train.save_every == 0 or step == cfg.train.steps:
@@ -120,13 +129,32 @@ def train(cfg: Config) -> dict[str, Any]:
     summary = {
         "steps": state["step"],
         "final_loss": last_loss,
-        "skipped": dict(state["skipped"]),
+        "skipped": dict(bad.by_reason),
+        "samples_read": bad.seen,
         "eval": evals,
         "checkpoint": str(checkpoint.latest(ckpt_root)),
     }
-    if main and state["skipped"]:
-        print("skipped samples: " + ", ".join(f"{k}={v}" for k, v in state["skipped"].items()))
+    if main:
+        print(bad.summary())
     return summary
+
+
+def report_data(cfg: Config, dataset: ShardDataset, position: DataPosition) -> int:
+    """Print what the run reads; returns the dataset size (samples)."""
+    size, how = dataset_size(dataset.urls, cfg.data.num_samples, cfg.train.progress)
+    sources = len(dataset.sources)
+    print(
+        f"data: {size} samples in {len(dataset.urls)} shard(s) from {sources} source(s) "
+        f"({how}); {cfg.data.mode} mode, {position.streams} stream(s) per rank"
+    )
+    return size
+
+
+def epoch_of(state: dict[str, Any], cfg: Config, global_batch: int, size: int) -> float:
+    """Epoch mode: the epoch being read; resampled mode: samples trained on / dataset size."""
+    if cfg.data.mode == "epoch" or not size:
+        return state["position"].epoch
+    return state["step"] * global_batch / size
 
 
 def eval_line(step: int, evals: dict[str, float]) -> str:
@@ -150,7 +178,7 @@ def log_line(step: int, metrics: dict[str, Any]) -> str:
     return (
         f"step {step} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
         f"scale {metrics.get('logit_scale', float('nan')):.1f} "
-        f"{metrics['samples_per_s']:.0f} samples/s epoch {metrics['epoch']} skipped {skipped}"
+        f"{metrics['samples_per_s']:.0f} samples/s epoch {metrics['epoch']:.3g} skipped {skipped}"
     )
 
 
@@ -210,27 +238,37 @@ def check_vocab(model, tokenizer) -> None:
         )
 
 
-def build_train_data(cfg: Config, model, tokenizer) -> tuple[ShardDataset, Any]:
-    if cfg.train.grad_cache_steps > cfg.data.batch_size:
+def build_train_data(cfg: Config, tokenizer) -> tuple[ShardDataset, Any]:
+    data = cfg.data
+    if cfg.train.grad_cache_steps > data.batch_size:
         raise ConfigError(
             f"train.grad_cache_steps: {cfg.train.grad_cache_steps} micro-batches cannot split a "
-            f"batch of data.batch_size={cfg.data.batch_size}; use at most the batch size"
+            f"batch of data.batch_size={data.batch_size}; use at most the batch size"
         )
-    if not cfg.data.train_shards:
+    if not data.train_shards:
         raise ConfigError("data.train_shards: set a shard pattern, e.g. data/{00000..00099}.tar")
-    urls = expand_urls(cfg.data.train_shards)
-    transform = image_transform(cfg.image.image_size, model.image.mean, model.image.std)
-    decoder = Decoder(
-        transform,
-        image_keys=tuple(cfg.data.image_keys.split(";")),
-        caption_key=cfg.data.caption_key,
+    if data.weights and data.mode != "resampled":
+        raise ConfigError("data.weights: source weights need data.mode=resampled")
+    if len(data.crop_scale) != 2 or not 0 < data.crop_scale[0] <= data.crop_scale[1] <= 1:
+        raise ConfigError(f"data.crop_scale: expected [low, high] in (0, 1], got {data.crop_scale}")
+    try:
+        sources = parse_sources(data.train_shards, data.weights)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    transform = CropResize(
+        cfg.image.image_size, data.crop, tuple(data.crop_scale), draft=data.draft
     )
+    decoder = Decoder(transform, tuple(data.image_keys.split(";")), data.caption_key)
     dataset = ShardDataset(
-        urls, decoder, seed=cfg.train.seed, shuffle_buffer=cfg.data.shuffle_buffer
+        sources,
+        decoder,
+        Collate(tokenizer, cfg.text.context_length),
+        data.batch_size,
+        mode=data.mode,
+        seed=cfg.train.seed,
+        shuffle_buffer=data.shuffle_buffer,
     )
-    collate = Collate(tokenizer, cfg.text.context_length, dataset)
-    loader = make_loader(dataset, collate, cfg.data.batch_size, cfg.data.num_workers, True)
-    return dataset, loader
+    return dataset, make_loader(dataset, data.num_workers)
 
 
 def resolve_resume(resume: str, ckpt_root: Path) -> Path | None:
@@ -244,18 +282,17 @@ def resolve_resume(resume: str, ckpt_root: Path) -> Path | None:
     return path
 
 
-def restore(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
+def restore(path: Path, model, optimizer, scheduler, bad: BadData) -> dict[str, Any]:
     checkpoint.load_weights(path, model)
     saved = checkpoint.load_train_state(path)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     checkpoint.set_rng_state(saved["rng"])
     print(f"resumed from {path} at step {saved['step']}")
-    return {
-        "step": saved["step"],
-        "position": DataPosition(**saved["position"]),
-        "skipped": Counter(saved["skipped"]),
-    }
+    if "bad_data" in saved:
+        bad.load_state_dict(saved["bad_data"])
+    position = DataPosition.from_dict(saved["position"])
+    return {"step": saved["step"], "position": position, "bad": bad}
 
 
 def save_checkpoint(accelerator, root, model, optimizer, scheduler, state, cfg, tokenizer) -> None:
@@ -265,8 +302,8 @@ def save_checkpoint(accelerator, root, model, optimizer, scheduler, state, cfg, 
             "step": state["step"],
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "position": asdict(state["position"]),
-            "skipped": dict(state["skipped"]),
+            "position": state["position"].to_dict(),
+            "bad_data": state["bad"].state_dict(),
             "rng": checkpoint.rng_state(),
         }
         model_to_save = accelerator.unwrap_model(model)

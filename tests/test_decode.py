@@ -1,0 +1,124 @@
+"""Decoding: every image mode to RGB, reduced-size JPEG decoding against a full decode, sizes."""
+
+import io
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vlcontrast.data.decode import to_rgb
+from vlcontrast.data.shard_writer import write_shards
+from vlcontrast.data.sources import dataset_size, expand_urls
+from vlcontrast.data.transforms import CropResize, snap
+
+WHITE, RED = (255, 255, 255), (200, 30, 30)
+
+
+def encoded(img: Image.Image, fmt: str) -> Image.Image:
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt)
+    return Image.open(io.BytesIO(buffer.getvalue()))
+
+
+def rgba_red_and_clear() -> Image.Image:
+    img = Image.new("RGBA", (4, 2), (*RED, 255))
+    img.putpixel((0, 0), (0, 0, 0, 0))  # transparent black: shows as white, not black
+    return img
+
+
+@pytest.mark.parametrize(
+    "make, fmt, want",
+    [
+        (lambda: Image.new("L", (4, 2), 77), "PNG", (77, 77, 77)),
+        (lambda: Image.new("L", (4, 2), 77), "JPEG", (77, 77, 77)),
+        (lambda: Image.new("CMYK", (4, 2), (0, 255, 255, 0)), "JPEG", (255, 0, 0)),
+        (lambda: Image.new("RGB", (4, 2), RED).convert("P", palette=Image.ADAPTIVE), "PNG", RED),
+        (lambda: Image.new("RGB", (4, 2), RED), "WEBP", RED),
+        (lambda: Image.new("I;16", (4, 2), 0x8080), "PNG", (128, 128, 128)),
+        (lambda: Image.new("LA", (4, 2), (77, 0)), "PNG", WHITE),
+        (rgba_red_and_clear, "PNG", RED),
+    ],
+)
+def test_every_mode_becomes_rgb(make, fmt, want):
+    rgb = to_rgb(encoded(make(), fmt))
+    assert rgb.mode == "RGB"
+    pixel = np.asarray(rgb)[1, 3].astype(int)
+    assert np.abs(pixel - np.array(want)).max() <= 6  # JPEG/WEBP are lossy
+    if make is rgba_red_and_clear:
+        assert tuple(np.asarray(rgb)[0, 0]) == WHITE
+
+
+def test_palette_transparency_composites_on_white():
+    img = Image.new("P", (2, 1))
+    img.putpalette([0, 0, 0, *RED])
+    img.putpixel((1, 0), 1)
+    img.info["transparency"] = 0
+    rgb = to_rgb(encoded(img, "PNG"))
+    assert tuple(np.asarray(rgb)[0, 0]) == WHITE and tuple(np.asarray(rgb)[0, 1]) == RED
+
+
+def photo_like(width: int, height: int) -> bytes:
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 255, (height // 24 + 1, width // 24 + 1, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((width, height), Image.BICUBIC)
+    noise = rng.integers(-4, 5, (height, width, 3))
+    pixels = (np.asarray(img).astype(int) + noise).clip(0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = (a.double() - b.double()).pow(2).mean().item()
+    return 10 * np.log10(255**2 / mse)
+
+
+def test_reduced_jpeg_decode_matches_a_full_decode_on_the_same_box():
+    """The DCT-scaled decode (1/4 here) against a full decode + PIL bicubic of the same box."""
+    data = photo_like(1200, 900)
+    transform = CropResize(112, "random_resized")
+    for seed in range(3):
+        with Image.open(io.BytesIO(data)) as img:
+            box = transform.box(*img.size, random.Random(seed))
+            scale = transform.reduction(img, box)
+            fast = transform.resize(*transform.decode(img, box))
+        assert scale >= 4
+        left, top, w, h = snap(box, scale)
+        full = Image.open(io.BytesIO(data)).convert("RGB")
+        ref = full.resize((112, 112), Image.BICUBIC, box=(left, top, left + w, top + h))
+        ref = torch.from_numpy(np.asarray(ref).copy()).permute(2, 0, 1)
+        assert psnr(fast, ref) > 35
+
+
+def test_full_size_path_matches_pil_bicubic():
+    data = photo_like(300, 200)
+    transform = CropResize(64, "center", draft=False)
+    with Image.open(io.BytesIO(data)) as img:
+        fast = transform(img, random.Random(0))
+    ref = (
+        Image.open(io.BytesIO(data))
+        .convert("RGB")
+        .resize((64, 64), Image.BICUBIC, box=(50, 0, 250, 200))
+    )
+    ref = torch.from_numpy(np.asarray(ref).copy()).permute(2, 0, 1)
+    assert fast.dtype == torch.uint8 and psnr(fast, ref) > 45
+
+
+def test_dataset_size_from_each_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLCONTRAST_CACHE", str(tmp_path / "cache"))
+    samples = [{"__key__": f"k{i}", "txt": "x", "jpg": b"."} for i in range(10)]
+    write_shards(samples, tmp_path / "a", per_shard=4)  # 4 + 4 + 2, with sizes.json
+    urls = expand_urls(str(tmp_path / "a" / "{00000..00002}.tar"))
+    assert dataset_size(urls) == (10, "sizes.json")
+    assert dataset_size(urls, num_samples=7) == (7, "data.num_samples")
+    (tmp_path / "a" / "sizes.json").unlink()
+    for i, n in enumerate([4, 4, 2]):  # what img2dataset writes beside each shard
+        (tmp_path / "a" / f"{i:05d}_stats.json").write_text(json.dumps({"successes": n}))
+    assert dataset_size(urls) == (10, "_stats.json")
+    (tmp_path / "a" / "00001_stats.json").unlink()
+    size, how = dataset_size(urls, progress=False)
+    assert size == 10 and how.startswith("counted")
+    assert dataset_size(urls, progress=False)[1].startswith("cached count")
