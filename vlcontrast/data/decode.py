@@ -31,6 +31,15 @@ class SkipSample(Exception):
         self.reason = reason
 
 
+def reuse_image_memory(blocks: int = 8) -> None:
+    """Let PIL keep up to ``blocks`` freed image buffers for reuse (``PILLOW_BLOCKS_MAX``), in
+    the process that decodes. By default every decoded image gets fresh memory from the OS, and
+    the page faults of touching it cost as much as a reduced-size JPEG decode; a few kept blocks
+    (each at most PIL's 16 MB block size) remove them. Measured by ``benchmarks/loader.py``."""
+    if Image.core.get_blocks_max() < blocks:
+        Image.core.set_blocks_max(blocks)
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any mode -> RGB, loading the image if it is not loaded yet."""
     if img.mode == "RGB":

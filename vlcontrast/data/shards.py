@@ -26,7 +26,7 @@ from typing import Any
 from torch.utils.data import IterableDataset, get_worker_info
 
 from vlcontrast import distributed
-from vlcontrast.data.decode import Decoder, SkipSample
+from vlcontrast.data.decode import Decoder, SkipSample, reuse_image_memory
 from vlcontrast.data.sources import Source
 from vlcontrast.data.streams import Cursor, epoch_shards, resampled_shards, stream_outputs
 
@@ -106,6 +106,7 @@ class ShardDataset(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         streams = self.position.streams
         self.check(streams)
+        reuse_image_memory()
         live = {
             s: self.stream_batches(s)
             for s in range(worker, streams, workers)
