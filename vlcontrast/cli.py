@@ -3,7 +3,8 @@
 vlcontrast demo [--out DIR] [section.key=value ...]
 vlcontrast train CONFIG [section.key=value ...]
 vlcontrast eval zeroshot|retrieval|linear-probe|knn --checkpoint DIR --data DATA [--json OUT]
-vlcontrast data synthetic OUT_DIR [--train N] [--heldout N]
+vlcontrast data synthetic|captions|imagefolder|hf ... --out DIR   (make shards)
+vlcontrast shards inspect URLS [--sheet PNG]
 vlcontrast config [CONFIG] [section.key=value ...]   (print the resolved config)
 """
 
@@ -14,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from vlcontrast import cli_data
 from vlcontrast import config as config_lib
 from vlcontrast.config import ConfigError
 
@@ -65,12 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     kinds = evaluate.add_subparsers(dest="kind", required=True)
     for kind, help_text in EVAL_KINDS.items():
         add_eval_arguments(kinds.add_parser(kind, help=help_text, description=help_text), kind)
-    data = sub.add_parser("data", help="make shards")
-    makers = data.add_subparsers(dest="maker", required=True)
-    synthetic = makers.add_parser("synthetic", help="the demo's coloured-shapes corpus")
-    synthetic.add_argument("out", help="output directory")
-    synthetic.add_argument("--train", type=int, default=12000, help="training samples")
-    synthetic.add_argument("--heldout", type=int, default=1500, help="held-out samples")
+    cli_data.add_commands(sub)
 
     show = sub.add_parser("config", help="print the resolved config (defaults + file + overrides)")
     show.add_argument("config", nargs="?", default=None, help="YAML run file")
@@ -232,14 +229,6 @@ EVALUATOR_ARGS = [
 ]
 
 
-def cmd_data(args: argparse.Namespace) -> int:
-    from vlcontrast.data.synthetic import make_corpus
-
-    paths = make_corpus(args.out, n_train=args.train, n_heldout=args.heldout)
-    print(json.dumps(paths, indent=2))
-    return 0
-
-
 def cmd_config(args: argparse.Namespace) -> int:
     if args.keys:
         print("\n".join(config_lib.keys()))
@@ -253,7 +242,8 @@ COMMANDS = {
     "demo": cmd_demo,
     "train": cmd_train,
     "eval": cmd_eval,
-    "data": cmd_data,
+    "data": cli_data.cmd_data,
+    "shards": cli_data.cmd_shards,
     "config": cmd_config,
 }
 

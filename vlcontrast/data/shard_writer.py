@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 
-def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+def add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(payload)
     info.mtime = 0  # reproducible shards
@@ -49,7 +49,7 @@ def write_shards(
             if ext.startswith("__"):
                 continue
             payload = value.encode() if isinstance(value, str) else value
-            _add(tar, f"{key}.{ext}", payload)
+            add_member(tar, f"{key}.{ext}", payload)
         sizes[name] += 1
     close()
     (out_dir / "sizes.json").write_text(json.dumps(sizes, indent=1) + "\n")

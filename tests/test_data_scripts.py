@@ -1,0 +1,149 @@
+"""Each data script round-trips: source -> shards -> the training loader yields the same pairs."""
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.data_helpers import batches, dataset
+from vlcontrast import cli
+from vlcontrast.config import TextTowerConfig
+from vlcontrast.data.shards import DataPosition
+from vlcontrast.models.text_tower import load_tokenizer
+
+COLORS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
+
+
+@pytest.fixture
+def tokenizer(corpus):
+    return load_tokenizer(TextTowerConfig(tokenizer=corpus["tokenizer"]))
+
+
+def save_image(path, color, size=(40, 30), fmt="JPEG"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, format=fmt)
+
+
+def loaded_pairs(pattern, tokenizer, caption_key="txt") -> dict[str, tuple]:
+    """key -> (caption, mean colour of the image) as the training loader yields them."""
+    ds = dataset(pattern, tokenizer, batch=1, caption_key=caption_key)
+    out = {}
+    for batch in batches(ds, 0, DataPosition(), steps=len(ds.urls) * 100):
+        if batch["keys"][0] in out:
+            break  # the second epoch
+        color = tuple(batch["images"][0].float().mean(dim=(1, 2)).round().int().tolist())
+        out[batch["keys"][0]] = (batch["texts"][0], color)
+    return out
+
+
+def close(a, b, tol=8):
+    return all(abs(x - y) <= tol for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("table", ["csv", "tsv", "jsonl", "parquet"])
+def test_captions_table_round_trip(tmp_path, tokenizer, table, capsys):
+    rows = []
+    for i in range(7):
+        name = list(COLORS)[i % 3]
+        save_image(tmp_path / "img" / f"{i}.png", COLORS[name], fmt="PNG")
+        rows.append({"file": f"{i}.png", "text": f"a {name} square {i}", "source": "test"})
+    rows.append({"file": "missing.png", "text": "gone", "source": "test"})
+    rows.append({"file": "0.png", "text": "  ", "source": "test"})
+    path = tmp_path / f"captions.{table}"
+    if table in ("csv", "tsv"):
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, list(rows[0]), delimiter="\t" if table == "tsv" else ",")
+            writer.writeheader()
+            writer.writerows(rows)
+    elif table == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    out = tmp_path / "shards"
+    args = ["data", "captions", "--images", str(tmp_path / "img"), "--table", str(path)]
+    args += ["--image-column", "file", "--caption-column", "text", "--out", str(out)]
+    assert cli.main([*args, "--per-shard", "3", "--workers", "2", "--no-progress"]) == 0
+    assert "7 samples in 3 shard(s)" in capsys.readouterr().out
+    sizes = json.loads((out / "sizes.json").read_text())
+    assert sizes == {"00000.tar": 3, "00001.tar": 3, "00002.tar": 1}
+    stats = [json.loads((out / f"0000{i}_stats.json").read_text()) for i in range(3)]
+    assert stats[2]["skipped"] == {"missing_image": 1, "missing_caption": 1}
+    pairs = loaded_pairs(str(out / "{00000..00002}.tar"), tokenizer)
+    got = sorted((text, color) for text, color in pairs.values())
+    want = sorted((r["text"], COLORS[r["text"].split()[1]]) for r in rows[:7])
+    assert [t for t, _ in got] == [t for t, _ in want]
+    assert all(close(g, w) for (_, g), (_, w) in zip(got, want, strict=True))
+
+
+def test_imagefolder_round_trip_with_templates_resize_and_rerun(tmp_path, tokenizer, capsys):
+    for name, color in COLORS.items():
+        for i in range(3):
+            save_image(tmp_path / "tree" / name / f"{i}.jpg", color, size=(300, 200))
+    (tmp_path / "tree" / "red" / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "shards"
+    args = ["data", "imagefolder", str(tmp_path / "tree"), "--out", str(out), "--resize", "64"]
+    args += ["--templates", "a photo of a {}.", "a {} thing", "--per-shard", "4", "--no-progress"]
+    assert cli.main(args) == 0
+    assert "skipped: corrupt_image=1" in capsys.readouterr().out
+    classes = json.loads((out / "classes.json").read_text())["classnames"]
+    assert classes == ["blue", "green", "red"]
+    pairs = loaded_pairs(str(out / "{00000..00002}.tar"), tokenizer)
+    assert len(pairs) == 9
+    for text, color in pairs.values():
+        name = next(n for n in COLORS if n in text)
+        assert text in (f"a photo of a {name}.", f"a {name} thing") and close(color, COLORS[name])
+    assert {t.startswith("a photo") for t, _ in pairs.values()} == {True, False}  # both used
+    with Image.open(io.BytesIO(first_member(out / "00000.tar", ".jpg"))) as img:
+        assert min(img.size) == 64  # resized
+    # Rerun: finished shards are kept, an unfinished one (no stats file) is redone.
+    (out / "00001_stats.json").unlink()
+    before = (out / "00000.tar").stat().st_mtime_ns
+    assert cli.main(args) == 0
+    assert "(2 already done)" in capsys.readouterr().out
+    assert (out / "00000.tar").stat().st_mtime_ns == before
+    assert (out / "00001_stats.json").is_file()
+
+
+def first_member(tar_path, suffix):
+    import tarfile
+
+    with tarfile.open(tar_path) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(suffix))
+        return tar.extractfile(member).read()
+
+
+def test_hf_dataset_round_trip_with_several_captions(tmp_path, tokenizer, capsys):
+    import datasets
+
+    names = list(COLORS)
+    images = [Image.new("RGB", (24, 24), COLORS[names[i % 3]]) for i in range(6)]
+    texts = [[f"{names[i % 3]} one {i}", f"{names[i % 3]} two {i}"] for i in range(6)]
+    data = datasets.Dataset.from_dict({"image": images, "text": texts})
+    data = data.cast_column("image", datasets.Image())
+    data.save_to_disk(str(tmp_path / "hf"))
+    out = tmp_path / "shards"
+    args = ["data", "hf", str(tmp_path / "hf"), "--out", str(out), "--per-shard", "4"]
+    assert cli.main([*args, "--no-progress"]) == 0
+    pairs = loaded_pairs(str(out / "{00000..00001}.tar"), tokenizer, caption_key="json.captions")
+    assert len(pairs) == 6
+    for text, color in pairs.values():
+        index = int(text.split()[-1])
+        assert text in texts[index] and close(color, COLORS[names[index % 3]])
+
+
+def test_shards_inspect(corpus, tmp_path, capsys):
+    sheet = tmp_path / "sheet.png"
+    args = ["shards", "inspect", corpus["heldout_shards"], "--sheet", str(sheet)]
+    assert cli.main([*args, "--json", str(tmp_path / "stats.json")]) == 0
+    out = capsys.readouterr().out
+    assert "64 samples in 1 shard(s)" in out and "jpg=64" in out and "problems: none" in out
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert sum(stats["caption_words"].values()) == 64
+    with Image.open(sheet) as img:
+        assert img.size == (640, 4 * 208) and np.asarray(img).std() > 10

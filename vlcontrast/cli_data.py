@@ -1,0 +1,107 @@
+"""The ``vlcontrast data ...`` and ``vlcontrast shards inspect`` commands (a thin layer over
+``vlcontrast.data.convert``, ``vlcontrast.data.synthetic`` and ``vlcontrast.data.inspect``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_commands(sub) -> None:
+    data = sub.add_parser(
+        "data",
+        help="make shards (img2dataset layout) from images + captions, ImageFolder or HF",
+        description="Write WebDataset shards in img2dataset's layout ({key}.jpg/.txt/.json, "
+        "{shard}_stats.json, sizes.json). A rerun skips finished shards.",
+    )
+    makers = data.add_subparsers(dest="maker", required=True)
+    synthetic = makers.add_parser("synthetic", help="the demo's coloured-shapes corpus")
+    synthetic.add_argument("out", help="output directory")
+    synthetic.add_argument("--train", type=int, default=12000, help="training samples")
+    synthetic.add_argument("--heldout", type=int, default=1500, help="held-out samples")
+
+    captions = makers.add_parser("captions", help="an image folder + a captions table")
+    captions.add_argument("--images", required=True, help="folder the image paths start from")
+    captions.add_argument("--table", required=True, help="captions: .csv, .tsv, .jsonl, .parquet")
+    captions.add_argument("--image-column", default="image", help="default: %(default)s")
+    captions.add_argument("--caption-column", default="caption", help="default: %(default)s")
+
+    folder = makers.add_parser("imagefolder", help="an ImageFolder tree (root/CLASS/IMAGE)")
+    folder.add_argument("root", help="the tree's root")
+    folder.add_argument(
+        "--templates",
+        nargs="+",
+        default=["a photo of a {}."],
+        help="caption templates with {} for the class name; one is picked per image",
+    )
+
+    hf = makers.add_parser("hf", help="a Hugging Face datasets dataset with image + text")
+    hf.add_argument("name", help="save_to_disk directory, dataset folder or hub name")
+    hf.add_argument("--split", default="train", help="default: %(default)s")
+    hf.add_argument("--image-column", default="image", help="default: %(default)s")
+    hf.add_argument("--text-column", default="text", help="str or list of str")
+
+    for maker in (captions, folder, hf):
+        maker.add_argument("--out", required=True, help="output directory")
+        maker.add_argument("--per-shard", type=int, default=1000, help="samples per shard")
+        maker.add_argument("--resize", type=int, default=0, help="shorter side max (0: keep)")
+        maker.add_argument("--workers", type=int, default=1, help="parallel processes")
+        maker.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    shards = sub.add_parser("shards", help="look at shards")
+    actions = shards.add_subparsers(dest="action", required=True)
+    inspect = actions.add_parser(
+        "inspect",
+        help="counts, member keys, caption lengths and a contact sheet of a shard pattern",
+        description="Reads the shards as training does and reports samples, members by "
+        "extension, problems (missing image/caption, truncated shards), a caption-length "
+        "histogram, and writes a PNG contact sheet of the first images with their captions.",
+    )
+    inspect.add_argument("urls", help="shard pattern, e.g. 'data/{00000..00099}.tar'")
+    inspect.add_argument("--caption-key", default="txt", help="txt or json.FIELD")
+    inspect.add_argument("--sheet", default="contact_sheet.png", help="PNG path ('' for none)")
+    inspect.add_argument("--samples", type=int, default=16, help="images on the sheet")
+    inspect.add_argument("--json", default="", help="also write the statistics here")
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from vlcontrast.data import convert
+
+    if args.maker == "synthetic":
+        from vlcontrast.data.synthetic import make_corpus
+
+        paths = make_corpus(args.out, n_train=args.train, n_heldout=args.heldout)
+        print(json.dumps(paths, indent=2))
+        return 0
+    try:
+        if args.maker == "captions":
+            source = convert.CaptionTable(
+                args.images, args.table, args.image_column, args.caption_column
+            )
+        elif args.maker == "imagefolder":
+            source = convert.ClassFolder(args.root, args.templates)
+        else:
+            source = convert.HFImageText(args.name, args.split, args.image_column, args.text_column)
+    except (ValueError, OSError) as err:
+        print(f"vlcontrast data {args.maker}: {err}")
+        return 2
+    summary = convert.build_shards(
+        source, args.out, args.per_shard, args.resize, args.workers, not args.no_progress
+    )
+    print(convert.summary_line(summary))
+    return 0
+
+
+def cmd_shards(args: argparse.Namespace) -> int:
+    from vlcontrast.data.inspect import contact_sheet, inspect_shards, report
+
+    stats = inspect_shards(args.urls, args.caption_key, args.samples)
+    print(report(stats))
+    examples = stats.pop("examples")
+    if args.sheet and examples:
+        contact_sheet(examples, args.sheet)
+        print(f"contact sheet: {args.sheet} ({len(examples)} images)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(stats, indent=2) + "\n")
+    return 0

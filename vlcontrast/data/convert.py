@@ -1,0 +1,340 @@
+"""Build img2dataset-layout shards from common sources (what ``data_scripts/`` wraps).
+
+Sources, each an indexable list of records (``key``, image bytes or path, caption(s), metadata):
+
+* :class:`CaptionTable`: an image folder plus a captions table (CSV, TSV, JSONL or parquet) with
+  configurable image-path and caption columns; other columns go to the sample's JSON.
+* :class:`ClassFolder`: an ImageFolder tree (``root/CLASS/IMAGE``); the caption is a template
+  (``"a photo of a {}."``) filled with the class name, picked per image with a seeded generator;
+  the label is also written as ``cls`` and the class names as ``classes.json``, so the shards
+  serve zero-shot evaluation too.
+* :class:`HFImageText`: a Hugging Face ``datasets`` dataset (a ``save_to_disk`` directory, a
+  local dataset folder or a hub name) with an image and a text column (a list of captions is kept
+  whole in the JSON, its first caption in ``txt``).
+
+:func:`build_shards` writes shard ``i`` from records ``[i*N, (i+1)*N)`` (so the result does not
+depend on the worker count) as ``{i:05d}.tar`` with ``{key}.jpg|png|webp``, ``{key}.txt`` and
+``{key}.json``, plus img2dataset's ``{i:05d}_stats.json`` and a ``sizes.json``. Images are checked
+by decoding them; optional ``resize`` shrinks the shorter side to that many pixels (JPEG q95).
+Shards are written to a temporary name and renamed; the stats file, written last, marks a shard
+done, so a rerun skips finished shards and redoes the rest. Skipped records are counted by reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from vlcontrast.data.decode import to_rgb
+from vlcontrast.data.shard_writer import add_member
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+KEEP_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # written as they are
+
+
+class Skip(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def read_table(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a CSV, TSV, JSONL or parquet file, as dicts."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if suffix in (".jsonl", ".json"):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+    if suffix in (".csv", ".tsv"):
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+    raise ValueError(f"{path}: unknown table format {suffix!r}; use .csv, .tsv, .jsonl or .parquet")
+
+
+@dataclass
+class CaptionTable:
+    images: str  # the folder the image paths are relative to
+    table: str
+    image_column: str = "image"
+    caption_column: str = "caption"
+    rows: list = field(default_factory=list, repr=False)
+
+    def __post_init__(self):
+        self.rows = read_table(self.table)
+        if self.rows and self.image_column not in self.rows[0]:
+            raise ValueError(
+                f"{self.table}: no column {self.image_column!r} (columns: {list(self.rows[0])}); "
+                f"set --image-column"
+            )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def record(self, index: int) -> dict[str, Any]:
+        row = self.rows[index]
+        path = Path(self.images) / str(row[self.image_column])
+        if not path.is_file():
+            raise Skip("missing_image")
+        extra = {k: v for k, v in row.items() if k not in (self.image_column, self.caption_column)}
+        return {
+            "image": path.read_bytes(),
+            "caption": row.get(self.caption_column),
+            "meta": {"path": str(row[self.image_column]), **extra},
+        }
+
+
+@dataclass
+class ClassFolder:
+    root: str
+    templates: Sequence[str] = ("a photo of a {}.",)
+    seed: int = 0
+    classes: list = field(default_factory=list)
+    items: list = field(default_factory=list, repr=False)
+
+    def __post_init__(self):
+        root = Path(self.root)
+        self.classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+        self.items = [
+            (str(path.relative_to(root)), label)
+            for label, name in enumerate(self.classes)
+            for path in sorted((root / name).rglob("*"))
+            if path.suffix.lower() in IMAGE_SUFFIXES
+        ]
+        if not self.items:
+            raise ValueError(f"{root}: no images in class sub-folders (root/CLASS/IMAGE.jpg)")
+        if any("{}" not in t for t in self.templates):
+            raise ValueError("--templates: every template needs a {} for the class name")
+
+    def classnames(self) -> list[str]:
+        return [name.replace("_", " ") for name in self.classes]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def record(self, index: int) -> dict[str, Any]:
+        relative, label = self.items[index]
+        name = self.classnames()[label]
+        template = random.Random(f"{self.seed}/{relative}").choice(list(self.templates))
+        return {
+            "image": (Path(self.root) / relative).read_bytes(),
+            "caption": template.format(name),
+            "label": label,
+            "meta": {"path": relative, "label": label, "classname": name},
+        }
+
+
+@dataclass
+class HFImageText:
+    name: str  # save_to_disk directory, dataset folder or hub name
+    split: str = "train"
+    image_column: str = "image"
+    text_column: str = "text"
+
+    def __post_init__(self):
+        self._data = None
+        data = self.data
+        for column in (self.image_column, self.text_column):
+            if column not in data.column_names:
+                raise ValueError(
+                    f"{self.name}: no column {column!r} (columns: {data.column_names}); "
+                    f"set --image-column/--text-column"
+                )
+
+    @property
+    def data(self):
+        """Opened lazily in each worker process (memory-mapped Arrow files, cheap to reopen)."""
+        if self._data is None:
+            import datasets
+
+            path = Path(self.name)
+            if (
+                path.is_dir()
+                and (path / "dataset_info.json").exists()
+                or (path / "dataset_dict.json").exists()
+            ):
+                data = datasets.load_from_disk(str(path))
+                data = data[self.split] if isinstance(data, datasets.DatasetDict) else data
+            else:
+                data = datasets.load_dataset(self.name, split=self.split)
+            if isinstance(data.features.get(self.image_column), datasets.Image):
+                data = data.cast_column(self.image_column, datasets.Image(decode=False))
+            self._data = data
+        return self._data
+
+    def __getstate__(self):
+        return {**self.__dict__, "_data": None}
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def record(self, index: int) -> dict[str, Any]:
+        row = self.data[index]
+        image = row[self.image_column]
+        if isinstance(image, dict):  # datasets.Image(decode=False): {"bytes", "path"}
+            image = image.get("bytes") or (
+                Path(image["path"]).read_bytes() if image.get("path") else None
+            )
+        elif isinstance(image, Image.Image):
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            image = buffer.getvalue()
+        if not image:
+            raise Skip("missing_image")
+        extra = {k: v for k, v in row.items() if k not in (self.image_column, self.text_column)}
+        extra = {k: v for k, v in extra.items() if isinstance(v, (str, int, float, bool, list))}
+        return {"image": image, "caption": row[self.text_column], "meta": {"index": index, **extra}}
+
+
+def encode_image(data: bytes, resize: int) -> tuple[str, bytes, dict[str, int]]:
+    """(extension, bytes, sizes): checked by a full decode; re-encoded only when resized or in a
+    format the loader does not read."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            fmt, (width, height) = img.format, img.size
+            rgb = None
+            if resize and min(width, height) > resize:
+                ratio = resize / min(width, height)
+                size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
+                rgb = to_rgb(img).resize(size, Image.BICUBIC)
+            elif fmt not in KEEP_FORMATS:
+                rgb = to_rgb(img)
+    except Exception:  # noqa: BLE001 - PIL raises many types for corrupt files
+        raise Skip("corrupt_image") from None
+    sizes = {"original_width": width, "original_height": height}
+    if rgb is None:
+        return KEEP_FORMATS[fmt], data, {**sizes, "width": width, "height": height}
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="JPEG", quality=95)
+    return "jpg", buffer.getvalue(), {**sizes, "width": rgb.width, "height": rgb.height}
+
+
+def captions_of(value: Any) -> list[str]:
+    values = value if isinstance(value, list) else [value]
+    return [v.strip() for v in values if isinstance(v, str) and v.strip()]
+
+
+def write_shard(source, index: int, per_shard: int, out_dir: str, resize: int) -> dict[str, Any]:
+    """Shard ``index`` of ``source``; returns its stats (img2dataset's ``_stats.json`` fields
+    plus our skip reasons)."""
+    import tarfile
+
+    out = Path(out_dir)
+    name, stats_path = f"{index:05d}.tar", out / f"{index:05d}_stats.json"
+    tmp = out / f".{name}.tmp{os.getpid()}"
+    skipped: Counter = Counter()
+    start, stop = index * per_shard, min(len(source), (index + 1) * per_shard)
+    successes = 0
+    with tarfile.open(tmp, "w") as tar:
+        for position in range(start, stop):
+            key = f"{index:05d}{position - start:04d}"
+            try:
+                record = source.record(position)
+                captions = captions_of(record.get("caption"))
+                if not captions:
+                    raise Skip("missing_caption")
+                ext, payload, sizes = encode_image(record["image"], resize)
+            except Skip as skip:
+                skipped[skip.reason] += 1
+                continue
+            except OSError:
+                skipped["unreadable_image"] += 1
+                continue
+            meta = {"key": key, "caption": captions[0], **sizes, **record.get("meta", {})}
+            if len(captions) > 1:
+                meta["captions"] = captions
+            add_member(tar, f"{key}.{ext}", payload)
+            add_member(tar, f"{key}.txt", captions[0].encode())
+            add_member(tar, f"{key}.json", json.dumps(meta, default=str).encode())
+            if "label" in record:
+                add_member(tar, f"{key}.cls", str(record["label"]).encode())
+            successes += 1
+    os.replace(tmp, out / name)
+    stats = {
+        "count": stop - start,
+        "successes": successes,
+        "failed_to_download": 0,
+        "failed_to_resize": sum(skipped.values()),
+        "skipped": dict(skipped),
+    }
+    stats_path.write_text(json.dumps(stats, indent=1) + "\n")  # last: marks the shard done
+    return stats
+
+
+def build_shards(
+    source,
+    out_dir: str | Path,
+    per_shard: int = 1000,
+    resize: int = 0,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write ``source`` as shards in ``out_dir``; returns a summary (samples, shards written or
+    already done, skipped by reason)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n_shards = -(-len(source) // per_shard)
+    done = {i for i in range(n_shards) if _finished(out, i)}
+    todo = [i for i in range(n_shards) if i not in done]
+    bar = tqdm(total=n_shards, initial=len(done), desc="shards", unit="shard", disable=not progress)
+    if workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            futures = [
+                pool.submit(write_shard, source, i, per_shard, str(out), resize) for i in todo
+            ]
+            for future in futures:
+                future.result()
+                bar.update(1)
+    else:
+        for i in todo:
+            write_shard(source, i, per_shard, str(out), resize)
+            bar.update(1)
+    bar.close()
+    return summarize(out, n_shards, resumed=len(done), classes=getattr(source, "classnames", None))
+
+
+def _finished(out: Path, index: int) -> bool:
+    return (out / f"{index:05d}.tar").is_file() and (out / f"{index:05d}_stats.json").is_file()
+
+
+def summarize(out: Path, n_shards: int, resumed: int, classes=None) -> dict[str, Any]:
+    sizes, skipped = {}, Counter()
+    for i in range(n_shards):
+        stats = json.loads((out / f"{i:05d}_stats.json").read_text())
+        sizes[f"{i:05d}.tar"] = stats["successes"]
+        skipped.update(stats.get("skipped", {}))
+    (out / "sizes.json").write_text(json.dumps(sizes, indent=1) + "\n")
+    if classes is not None:
+        names = classes()
+        (out / "classes.json").write_text(json.dumps({"classnames": names}, indent=1) + "\n")
+    return {
+        "samples": sum(sizes.values()),
+        "shards": n_shards,
+        "already_done": resumed,
+        "skipped": dict(skipped),
+        "pattern": str(out / f"{{00000..{n_shards - 1:05d}}}.tar"),
+    }
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    skipped = ", ".join(f"{k}={v}" for k, v in summary["skipped"].items()) or "none"
+    return (
+        f"{summary['samples']} samples in {summary['shards']} shard(s) "
+        f"({summary['already_done']} already done): {summary['pattern']}; skipped: {skipped}"
+    )

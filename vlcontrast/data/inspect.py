@@ -1,0 +1,108 @@
+"""``vlcontrast shards inspect``: what a set of shards holds, before training on it.
+
+Counts samples, members by extension and bytes, flags samples without an image or a caption,
+histograms caption lengths (words), and draws a contact sheet PNG of the first images with their
+captions. Reads the shards with the training reader, so what it reports is what training sees.
+"""
+
+from __future__ import annotations
+
+import io
+import textwrap
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
+
+from vlcontrast.data.decode import SkipSample, read_caption, to_rgb
+from vlcontrast.data.sources import expand_urls
+from vlcontrast.data.tar_reader import iter_samples
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+
+
+def inspect_shards(
+    pattern: str, caption_key: str = "txt", sheet: int = 16, progress: bool = True
+) -> dict[str, Any]:
+    """Statistics of the shards of ``pattern`` and up to ``sheet`` (image, caption) pairs."""
+    urls = expand_urls(pattern)
+    members, problems, lengths = Counter(), Counter(), Counter()
+    samples, size, examples = 0, 0, []
+    for url in tqdm(urls, desc="inspect", unit="shard", disable=not progress):
+        for raw in iter_samples(url, lambda reason: problems.update([reason])):
+            samples += 1
+            exts = [k for k in raw if not k.startswith("__")]
+            members.update(exts)
+            size += sum(len(raw[k]) for k in exts)
+            image_key = next((k for k in IMAGE_KEYS if k in raw), None)
+            if image_key is None:
+                problems["missing_image"] += 1
+            try:
+                caption = read_caption(raw, caption_key)[0]
+                lengths[len(caption.split())] += 1
+            except SkipSample as skip:
+                problems[skip.reason] += 1
+                caption = None
+            if image_key and caption and len(examples) < sheet:
+                examples.append((raw["__key__"], raw[image_key], caption))
+    return {
+        "shards": len(urls),
+        "samples": samples,
+        "bytes": size,
+        "members": dict(members.most_common()),
+        "problems": dict(problems),
+        "caption_words": dict(sorted(lengths.items())),
+        "examples": examples,
+    }
+
+
+def histogram_lines(lengths: dict[int, int], bins: int = 10, width: int = 40) -> list[str]:
+    """A text histogram of caption lengths in words."""
+    if not lengths:
+        return ["(no captions)"]
+    low, high = min(lengths), max(lengths)
+    step = max(1, -(-(high - low + 1) // bins))
+    counts = Counter()
+    for length, n in lengths.items():
+        counts[(length - low) // step] += n
+    top = max(counts.values())
+    lines = []
+    for b in range(max(counts) + 1):
+        start = low + b * step
+        bar = "#" * round(width * counts[b] / top)
+        lines.append(f"{start:4d}-{start + step - 1:<4d} {counts[b]:7d} {bar}")
+    return lines
+
+
+def report(stats: dict[str, Any]) -> str:
+    mib = stats["bytes"] / 2**20
+    lines = [
+        f"{stats['samples']} samples in {stats['shards']} shard(s), {mib:.1f} MiB",
+        "members: " + ", ".join(f"{k}={v}" for k, v in stats["members"].items()),
+        "problems: " + (", ".join(f"{k}={v}" for k, v in stats["problems"].items()) or "none"),
+        "caption length (words):",
+        *("  " + line for line in histogram_lines(stats["caption_words"])),
+    ]
+    return "\n".join(lines)
+
+
+def contact_sheet(examples: list, path: str | Path, tile: int = 160, columns: int = 4) -> None:
+    """A PNG grid of the example images, each with its key and the start of its caption."""
+    label = 48
+    rows = max(1, -(-len(examples) // columns))
+    sheet = Image.new("RGB", (columns * tile, rows * (tile + label)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (key, data, caption) in enumerate(examples):
+        x, y = (i % columns) * tile, (i // columns) * (tile + label)
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                thumb = to_rgb(img)
+                thumb.thumbnail((tile, tile))
+                sheet.paste(thumb, (x + (tile - thumb.width) // 2, y + (tile - thumb.height) // 2))
+        except Exception:  # noqa: BLE001 - a corrupt image leaves its tile empty
+            draw.text((x + 4, y + tile // 2), "(unreadable)", fill="red")
+        text = textwrap.wrap(f"{key}: {caption}", width=tile // 6)[:3]
+        draw.multiline_text((x + 2, y + tile + 1), "\n".join(text), fill="black", spacing=1)
+    sheet.save(path)
