@@ -1,5 +1,6 @@
 """The training data pipeline: epoch coverage, resampling, exact resume, bad-data accounting."""
 
+import io
 import json
 import tarfile
 from collections import Counter
@@ -200,3 +201,33 @@ def test_caption_from_a_json_field_and_one_of_several_picked(tmp_path, tokenizer
     picked = texts()
     assert picked == texts()  # seeded per sample
     assert {t.split()[0] for t in picked} == {"first", "second"}
+
+
+def test_img2dataset_output_trains_without_conversion(corpus, tmp_path, capsys):
+    """img2dataset's layout: 9-digit keys, jpg + txt + json members, a parquet and a
+    ``_stats.json`` beside each shard, no sizes.json."""
+    import tarfile as tf
+
+    from tests.data_helpers import jpeg as make_jpeg
+
+    for shard in range(2):
+        with tf.open(tmp_path / f"{shard:05d}.tar", "w") as tar:
+            for i in range(12):
+                key = f"{shard:05d}{i:04d}"
+                meta = {"url": f"http://x/{key}.jpg", "key": key, "status": "success"}
+                members = {
+                    "jpg": make_jpeg((10 * i, 100, 200), (64, 48)),
+                    "txt": f"picture number {i}".encode(),
+                    "json": json.dumps(meta).encode(),
+                }
+                for ext, payload in members.items():
+                    info = tf.TarInfo(f"{key}.{ext}")
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+        (tmp_path / f"{shard:05d}.parquet").write_bytes(b"PAR1")
+        stats = {"count": 14, "successes": 12, "failed_to_download": 2}
+        (tmp_path / f"{shard:05d}_stats.json").write_text(json.dumps(stats))
+    overrides = tiny_overrides(corpus, tmp_path / "run", steps=3)
+    overrides += [f"data.train_shards={tmp_path}/{{00000..00001}}.tar", "data.batch_size=4"]
+    assert cli.main(["train", run_file(tmp_path / "run"), *overrides]) == 0
+    assert "24 samples in 2 shard(s) from 1 source(s) (_stats.json)" in capsys.readouterr().out

@@ -40,7 +40,11 @@ def test_bf16_autocast_after_an_fp32_run_in_the_same_process(corpus, tmp_path):
     assert sorted(losses) == [1, 2] and all(math.isfinite(v) for v in losses.values())
 
 
-def test_resume_gives_the_same_losses_as_an_uninterrupted_run(corpus, tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers_after", [0, 2])
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(
+    corpus, tmp_path, monkeypatch, workers_after
+):
+    """Also when the resumed run uses another worker count (the data order is by stream)."""
     full, parted = tmp_path / "full", tmp_path / "parted"
     assert cli.main(["train", run_file(full), *tiny_overrides(corpus, full, steps=4)]) == 0
 
@@ -58,6 +62,7 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(corpus, tmp_path, 
     monkeypatch.setattr(loop, "iterate_epochs", real)
     assert checkpoint.latest(parted / "checkpoints").name == "step_00000002"
     resumed = [*tiny_overrides(corpus, parted, steps=4), "train.resume=latest"]
+    resumed.append(f"data.num_workers={workers_after}")
     assert cli.main(["train", run_file(parted), *resumed]) == 0
 
     want, got = train_losses(full), train_losses(parted)
