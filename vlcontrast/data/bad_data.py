@@ -34,16 +34,23 @@ class BadData:
             self.by_reason[reason] += n
             self.by_shard[url][reason] += n
 
-    def check(self) -> None:
-        if self.seen < max(1, self.min_samples) or self.skipped <= self.max_fraction * self.seen:
+    def check(self, seen: int | None = None, skipped: int | None = None) -> None:
+        """Raise :class:`DataError` when too many samples failed. ``seen``/``skipped``: the
+        totals over all ranks (so that every rank stops at the same step), default this
+        process's; the worst shard named is this process's worst."""
+        seen = self.seen if seen is None else seen
+        skipped = self.skipped if skipped is None else skipped
+        if seen < max(1, self.min_samples) or skipped <= self.max_fraction * seen:
             return
-        url, counts = max(self.by_shard.items(), key=lambda item: sum(item[1].values()))
-        reasons = ", ".join(f"{r} {n}" for r, n in counts.most_common())
+        worst = ""
+        if self.by_shard:
+            url, counts = max(self.by_shard.items(), key=lambda item: sum(item[1].values()))
+            reasons = ", ".join(f"{r} {n}" for r, n in counts.most_common())
+            worst = f"; worst shard: {url} ({reasons})"
         raise DataError(
-            f"{self.skipped} of {self.seen} samples read so far failed "
-            f"({self.skipped / self.seen:.1%} > data.max_bad_fraction={self.max_fraction}); "
-            f"worst shard: {url} ({reasons}). Fix or drop that shard, or raise "
-            f"data.max_bad_fraction; all reasons: {self.reasons()}"
+            f"{skipped} of {seen} samples read so far failed ({skipped / seen:.1%} > "
+            f"data.max_bad_fraction={self.max_fraction}){worst}. Fix or drop that shard, or "
+            f"raise data.max_bad_fraction; reasons here: {self.reasons()}"
         )
 
     def reasons(self) -> str:

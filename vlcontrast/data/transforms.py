@@ -95,10 +95,9 @@ class CropResize:
         left, top, w, h = box
         pixels = torch.from_numpy(array)[top : top + h, left : left + w]  # (h, w, 3)
         pixels = pixels.permute(2, 0, 1).unsqueeze(0)  # (1, 3, h, w), channels-last strides
-        pixels = pixels.contiguous(memory_format=torch.channels_last)  # the kernel's fast path
         size = (self.size, self.size)
         out = F.interpolate(pixels, size=size, mode="bicubic", antialias=True)
-        return out[0].contiguous()  # (3, S, S) uint8
+        return out[0]  # (3, S, S) uint8, channels-last strides (the batch stack copies anyway)
 
     def __call__(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
         return self.resize(*self.decode(img, self.box(*img.size, rng)))

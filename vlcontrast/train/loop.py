@@ -22,16 +22,20 @@ from tqdm.auto import tqdm
 from vlcontrast import config as config_lib
 from vlcontrast.config import Config, ConfigError
 from vlcontrast.data.bad_data import BadData
-from vlcontrast.data.batching import Collate, iterate_epochs, make_loader, to_device
-from vlcontrast.data.decode import Decoder
-from vlcontrast.data.shards import DataPosition, ShardDataset
-from vlcontrast.data.sources import dataset_size, parse_sources
-from vlcontrast.data.transforms import CropResize
+from vlcontrast.data.batching import iterate_epochs, to_device
+from vlcontrast.data.shards import DataPosition
 from vlcontrast.eval import report
 from vlcontrast.eval.runner import evaluator_names, run_evaluators, scalar_metrics
 from vlcontrast.factory import build_model, build_objective
 from vlcontrast.models.text_tower import load_tokenizer
 from vlcontrast.train import checkpoint
+from vlcontrast.train.data_setup import (
+    build_train_data,
+    check_bad_data,
+    epoch_of,
+    report_data,
+    set_streams,
+)
 from vlcontrast.train.grad_cache import grad_cached_step
 from vlcontrast.train.metrics_log import MetricsLogger
 from vlcontrast.train.optim import build_optimizer, build_scheduler
@@ -61,8 +65,7 @@ def train(cfg: Config) -> dict[str, Any]:
     state = {"step": 0, "position": DataPosition(), "bad": bad}
     if resume_from is not None:
         state = restore(resume_from, model, optimizer, scheduler, bad)
-    if not state["position"].streams:
-        state["position"].reset(cfg.data.streams or max(1, cfg.data.num_workers))
+    set_streams(cfg, state["position"])
     dataset.check(state["position"].streams)
     model, optimizer = accelerator.prepare(model, optimizer)
 
@@ -86,7 +89,7 @@ def train(cfg: Config) -> dict[str, Any]:
 
     while state["step"] < cfg.train.steps:
         batch = next(batches)
-        bad.check()
+        check_bad_data(accelerator, bad)
         loss, metrics = train_step(accelerator, model, objective, optimizer, batch, cfg, state)
         scheduler.step()
         state["step"] += 1
@@ -137,24 +140,6 @@ def train(cfg: Config) -> dict[str, Any]:
     if main:
         print(bad.summary())
     return summary
-
-
-def report_data(cfg: Config, dataset: ShardDataset, position: DataPosition) -> int:
-    """Print what the run reads; returns the dataset size (samples)."""
-    size, how = dataset_size(dataset.urls, cfg.data.num_samples, cfg.train.progress)
-    sources = len(dataset.sources)
-    print(
-        f"data: {size} samples in {len(dataset.urls)} shard(s) from {sources} source(s) "
-        f"({how}); {cfg.data.mode} mode, {position.streams} stream(s) per rank"
-    )
-    return size
-
-
-def epoch_of(state: dict[str, Any], cfg: Config, global_batch: int, size: int) -> float:
-    """Epoch mode: the epoch being read; resampled mode: samples trained on / dataset size."""
-    if cfg.data.mode == "epoch" or not size:
-        return state["position"].epoch
-    return state["step"] * global_batch / size
 
 
 def eval_line(step: int, evals: dict[str, float]) -> str:
@@ -236,39 +221,6 @@ def check_vocab(model, tokenizer) -> None:
             f"text.config.vocab_size: the tokenizer has {len(tokenizer)} tokens but the text "
             f"tower embeds only {rows}; set text.config.vocab_size={len(tokenizer)}"
         )
-
-
-def build_train_data(cfg: Config, tokenizer) -> tuple[ShardDataset, Any]:
-    data = cfg.data
-    if cfg.train.grad_cache_steps > data.batch_size:
-        raise ConfigError(
-            f"train.grad_cache_steps: {cfg.train.grad_cache_steps} micro-batches cannot split a "
-            f"batch of data.batch_size={data.batch_size}; use at most the batch size"
-        )
-    if not data.train_shards:
-        raise ConfigError("data.train_shards: set a shard pattern, e.g. data/{00000..00099}.tar")
-    if data.weights and data.mode != "resampled":
-        raise ConfigError("data.weights: source weights need data.mode=resampled")
-    if len(data.crop_scale) != 2 or not 0 < data.crop_scale[0] <= data.crop_scale[1] <= 1:
-        raise ConfigError(f"data.crop_scale: expected [low, high] in (0, 1], got {data.crop_scale}")
-    try:
-        sources = parse_sources(data.train_shards, data.weights)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    transform = CropResize(
-        cfg.image.image_size, data.crop, tuple(data.crop_scale), draft=data.draft
-    )
-    decoder = Decoder(transform, tuple(data.image_keys.split(";")), data.caption_key)
-    dataset = ShardDataset(
-        sources,
-        decoder,
-        Collate(tokenizer, cfg.text.context_length),
-        data.batch_size,
-        mode=data.mode,
-        seed=cfg.train.seed,
-        shuffle_buffer=data.shuffle_buffer,
-    )
-    return dataset, make_loader(dataset, data.num_workers)
 
 
 def resolve_resume(resume: str, ckpt_root: Path) -> Path | None:

@@ -1,0 +1,92 @@
+"""The trainer's side of the data: build the dataset from the config, fix the streams, report
+the dataset, stop on too much bad data (on all ranks' counts), and express progress in epochs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from vlcontrast.config import Config, ConfigError
+from vlcontrast.data.bad_data import BadData
+from vlcontrast.data.batching import Collate, make_loader
+from vlcontrast.data.decode import Decoder
+from vlcontrast.data.shards import DataPosition, ShardDataset
+from vlcontrast.data.sources import dataset_size, parse_sources
+from vlcontrast.data.transforms import CropResize
+
+
+def build_train_data(cfg: Config, tokenizer) -> tuple[ShardDataset, Any]:
+    data = cfg.data
+    if cfg.train.grad_cache_steps > data.batch_size:
+        raise ConfigError(
+            f"train.grad_cache_steps: {cfg.train.grad_cache_steps} micro-batches cannot split a "
+            f"batch of data.batch_size={data.batch_size}; use at most the batch size"
+        )
+    if not data.train_shards:
+        raise ConfigError("data.train_shards: set a shard pattern, e.g. data/{00000..00099}.tar")
+    if data.weights and data.mode != "resampled":
+        raise ConfigError("data.weights: source weights need data.mode=resampled")
+    if len(data.crop_scale) != 2 or not 0 < data.crop_scale[0] <= data.crop_scale[1] <= 1:
+        raise ConfigError(f"data.crop_scale: expected [low, high] in (0, 1], got {data.crop_scale}")
+    try:
+        sources = parse_sources(data.train_shards, data.weights)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    transform = CropResize(
+        cfg.image.image_size, data.crop, tuple(data.crop_scale), draft=data.draft
+    )
+    decoder = Decoder(transform, tuple(data.image_keys.split(";")), data.caption_key)
+    dataset = ShardDataset(
+        sources,
+        decoder,
+        Collate(tokenizer, cfg.text.context_length),
+        data.batch_size,
+        mode=data.mode,
+        seed=cfg.train.seed,
+        shuffle_buffer=data.shuffle_buffer,
+    )
+    return dataset, make_loader(dataset, data.num_workers)
+
+
+def set_streams(cfg: Config, position: DataPosition) -> None:
+    """A fresh run takes ``data.streams`` (default ``data.num_workers``); a resumed run keeps its
+    checkpoint's count, which fixes its sample order."""
+    if not position.streams:
+        position.reset(cfg.data.streams or max(1, cfg.data.num_workers))
+    elif cfg.data.streams and cfg.data.streams != position.streams:
+        print(
+            f"data.streams={cfg.data.streams} ignored: the run resumes with its checkpoint's "
+            f"{position.streams} stream(s), which fix its sample order"
+        )
+
+
+def check_bad_data(accelerator: Accelerator, bad: BadData) -> None:
+    """The failure-fraction stop, on the counts of all ranks, so that all ranks stop together
+    instead of one leaving the others waiting in a collective."""
+    if accelerator.num_processes == 1:
+        bad.check()
+        return
+    totals = torch.tensor([bad.seen, bad.skipped], device=accelerator.device)
+    seen, skipped = (int(v) for v in accelerator.reduce(totals, reduction="sum"))
+    bad.check(seen, skipped)
+
+
+def report_data(cfg: Config, dataset: ShardDataset, position: DataPosition) -> int:
+    """Print what the run reads; returns the dataset size (samples)."""
+    size, how = dataset_size(dataset.urls, cfg.data.num_samples, cfg.train.progress)
+    sources = len(dataset.sources)
+    print(
+        f"data: {size} samples in {len(dataset.urls)} shard(s) from {sources} source(s) "
+        f"({how}); {cfg.data.mode} mode, {position.streams} stream(s) per rank"
+    )
+    return size
+
+
+def epoch_of(state: dict[str, Any], cfg: Config, global_batch: int, size: int) -> float:
+    """Epoch mode: the epoch being read; resampled mode: samples trained on / dataset size."""
+    if cfg.data.mode == "epoch" or not size:
+        return state["position"].epoch
+    return state["step"] * global_batch / size
