@@ -29,3 +29,31 @@ def worker(rank: int, world: int, init_file: str, shards: str, out: str) -> None
                 json.dump(gathered, f)
     finally:
         dist.destroy_process_group()
+
+
+def bad_data_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    """Rank 0 alone is over the limit in one case and every rank is in the other: the decision
+    must be the same on every rank, taken on the totals."""
+    from vlcontrast.data.bad_data import BadData
+    from vlcontrast.data.shards import DataError
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        outcomes = []
+        for skipped_on_rank0 in (15, 40):  # totals: 15/200 = 7.5%, 40/200 = 20%; limit 10%
+            bad = BadData(max_fraction=0.1, min_samples=10)
+            bad.add({"seen": 100, "skipped": [("corrupt_image", f"r{rank}.tar", 0)]})
+            if rank == 0:
+                bad.add({"seen": 0, "skipped": [("corrupt_image", "r0.tar", skipped_on_rank0)]})
+            try:
+                bad.check_all_ranks()
+                outcomes.append("ok")
+            except DataError:
+                outcomes.append("stop")
+        gathered = [None] * world
+        dist.all_gather_object(gathered, outcomes)
+        if rank == 0:
+            with open(out, "w") as f:
+                json.dump(gathered, f)
+    finally:
+        dist.destroy_process_group()

@@ -231,3 +231,9 @@ def test_img2dataset_output_trains_without_conversion(corpus, tmp_path, capsys):
     overrides += [f"data.train_shards={tmp_path}/{{00000..00001}}.tar", "data.batch_size=4"]
     assert cli.main(["train", run_file(tmp_path / "run"), *overrides]) == 0
     assert "24 samples in 2 shard(s) from 1 source(s) (_stats.json)" in capsys.readouterr().out
+
+
+def test_the_failure_stop_is_decided_on_all_ranks_counts(tmp_path):
+    out = tmp_path / "outcomes.json"
+    mp.spawn(case.bad_data_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2)
+    assert json.loads(out.read_text()) == [["ok", "stop"], ["ok", "stop"]]

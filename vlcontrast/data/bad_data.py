@@ -13,6 +13,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
+from vlcontrast import distributed
 from vlcontrast.data.shards import DataError
 
 
@@ -52,6 +55,14 @@ class BadData:
             f"data.max_bad_fraction={self.max_fraction}){worst}. Fix or drop that shard, or "
             f"raise data.max_bad_fraction; reasons here: {self.reasons()}"
         )
+
+    def check_all_ranks(self, device: torch.device | str = "cpu") -> None:
+        """:meth:`check` on the totals of all ranks, so that all ranks stop at the same step
+        instead of one leaving the others waiting in a collective (one process: :meth:`check`).
+        """
+        totals = torch.tensor([self.seen, self.skipped], dtype=torch.long, device=device)
+        seen, skipped = (int(v) for v in distributed.all_reduce(totals))
+        self.check(seen, skipped)
 
     def reasons(self) -> str:
         return ", ".join(f"{r}={n}" for r, n in self.by_reason.most_common()) or "none"

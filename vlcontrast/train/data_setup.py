@@ -1,16 +1,12 @@
 """The trainer's side of the data: build the dataset from the config, fix the streams, report
-the dataset, stop on too much bad data (on all ranks' counts), and express progress in epochs.
+the dataset, and express progress in epochs.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
-from accelerate import Accelerator
-
 from vlcontrast.config import Config, ConfigError
-from vlcontrast.data.bad_data import BadData
 from vlcontrast.data.batching import Collate, make_loader
 from vlcontrast.data.decode import Decoder
 from vlcontrast.data.shards import DataPosition, ShardDataset
@@ -61,17 +57,6 @@ def set_streams(cfg: Config, position: DataPosition) -> None:
             f"data.streams={cfg.data.streams} ignored: the run resumes with its checkpoint's "
             f"{position.streams} stream(s), which fix its sample order"
         )
-
-
-def check_bad_data(accelerator: Accelerator, bad: BadData) -> None:
-    """The failure-fraction stop, on the counts of all ranks, so that all ranks stop together
-    instead of one leaving the others waiting in a collective."""
-    if accelerator.num_processes == 1:
-        bad.check()
-        return
-    totals = torch.tensor([bad.seen, bad.skipped], device=accelerator.device)
-    seen, skipped = (int(v) for v in accelerator.reduce(totals, reduction="sum"))
-    bad.check(seen, skipped)
 
 
 def report_data(cfg: Config, dataset: ShardDataset, position: DataPosition) -> int:

@@ -31,7 +31,6 @@ from vlcontrast.models.text_tower import load_tokenizer
 from vlcontrast.train import checkpoint
 from vlcontrast.train.data_setup import (
     build_train_data,
-    check_bad_data,
     epoch_of,
     report_data,
     set_streams,
@@ -89,7 +88,7 @@ def train(cfg: Config) -> dict[str, Any]:
 
     while state["step"] < cfg.train.steps:
         batch = next(batches)
-        check_bad_data(accelerator, bad)
+        bad.check_all_ranks(accelerator.device)
         loss, metrics = train_step(accelerator, model, objective, optimizer, batch, cfg, state)
         scheduler.step()
         state["step"] += 1
