@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, get_worker_info
 from transformers import PreTrainedTokenizerBase
 
 from vlcontrast.data.shards import DataError, DataPosition, ShardDataset
@@ -38,11 +38,22 @@ class Collate:
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        batch: dict[str, Any] = {"images": torch.stack([s["image"] for s in samples])}
+        batch: dict[str, Any] = {"images": stack([s["image"] for s in samples])}
         batch.update(self.tokenize([s["text"] for s in samples]))
         batch["texts"] = [s["text"] for s in samples]
         batch["keys"] = [s["key"] for s in samples]
         return batch
+
+
+def stack(images: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack``; in a dataloader worker, straight into shared memory (as the DataLoader's
+    default collate does), so that sending the batch does not copy it into a new segment."""
+    if get_worker_info() is None:
+        return torch.stack(images)
+    first = images[0]
+    storage = first._typed_storage()._new_shared(len(images) * first.numel(), device=first.device)
+    out = first.new(storage).resize_(len(images), *first.shape)
+    return torch.stack(images, out=out)
 
 
 def make_loader(dataset: ShardDataset, num_workers: int) -> DataLoader:
