@@ -147,3 +147,13 @@ def test_shards_inspect(corpus, tmp_path, capsys):
     assert sum(stats["caption_words"].values()) == 64
     with Image.open(sheet) as img:
         assert img.size == (640, 4 * 208) and np.asarray(img).std() > 10
+
+
+def test_a_wrong_column_is_one_clear_message(tmp_path, capsys):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "t.csv").write_text("file,text\n0.png,a cat\n")
+    args = ["data", "captions", "--images", str(tmp_path / "img"), "--table"]
+    args += [str(tmp_path / "t.csv"), "--image-column", "path", "--out", str(tmp_path / "o")]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "no column 'path'" in err and "['file', 'text']" in err and "--image-column" in err

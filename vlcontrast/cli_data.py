@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -84,7 +85,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         else:
             source = convert.HFImageText(args.name, args.split, args.image_column, args.text_column)
     except (ValueError, OSError) as err:
-        print(f"vlcontrast data {args.maker}: {err}")
+        print(f"vlcontrast data {args.maker}: {err}", file=sys.stderr)
         return 2
     summary = convert.build_shards(
         source, args.out, args.per_shard, args.resize, args.workers, not args.no_progress

@@ -240,10 +240,10 @@ def write_shard(source, index: int, per_shard: int, out_dir: str, resize: int) -
     tmp = out / f".{name}.tmp{os.getpid()}"
     skipped: Counter = Counter()
     start, stop = index * per_shard, min(len(source), (index + 1) * per_shard)
-    successes = 0
+    successes, digits = 0, max(4, len(str(per_shard - 1)))  # keys as img2dataset makes them
     with tarfile.open(tmp, "w") as tar:
         for position in range(start, stop):
-            key = f"{index:05d}{position - start:04d}"
+            key = f"{index:05d}{position - start:0{digits}d}"
             try:
                 record = source.record(position)
                 captions = captions_of(record.get("caption"))
