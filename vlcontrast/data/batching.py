@@ -38,9 +38,10 @@ class Collate:
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        texts = [s["text"] for s in samples]
         batch: dict[str, Any] = {"images": stack([s["image"] for s in samples])}
-        batch.update(self.tokenize([s["text"] for s in samples]))
-        batch["texts"] = [s["text"] for s in samples]
+        batch.update(self.tokenize(texts))
+        batch["texts"] = texts
         batch["keys"] = [s["key"] for s in samples]
         return batch
 

@@ -50,6 +50,27 @@ class Skip(Exception):
         self.reason = reason
 
 
+def scan_class_folder(root: str | Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """torchvision's ImageFolder layout (``root/CLASS/IMAGE``): the sorted class folder names
+    and the (image path, label) pairs, label = folder index."""
+    root = Path(root)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    items = [
+        (path, label)
+        for label, name in enumerate(classes)
+        for path in sorted((root / name).rglob("*"))
+        if path.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not items:
+        raise ValueError(f"{root}: no images in class sub-folders (root/CLASS/IMAGE.jpg)")
+    return classes, items
+
+
+def class_names(folders: list[str]) -> list[str]:
+    """Display names of class folders (``golden_retriever`` -> ``golden retriever``)."""
+    return [name.replace("_", " ") for name in folders]
+
+
 def read_table(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a CSV, TSV, JSONL or parquet file, as dicts."""
     path = Path(path)
@@ -108,28 +129,18 @@ class ClassFolder:
     items: list = field(default_factory=list, repr=False)
 
     def __post_init__(self):
-        root = Path(self.root)
-        self.classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-        self.items = [
-            (str(path.relative_to(root)), label)
-            for label, name in enumerate(self.classes)
-            for path in sorted((root / name).rglob("*"))
-            if path.suffix.lower() in IMAGE_SUFFIXES
-        ]
-        if not self.items:
-            raise ValueError(f"{root}: no images in class sub-folders (root/CLASS/IMAGE.jpg)")
         if any("{}" not in t for t in self.templates):
             raise ValueError("--templates: every template needs a {} for the class name")
-
-    def classnames(self) -> list[str]:
-        return [name.replace("_", " ") for name in self.classes]
+        folders, items = scan_class_folder(self.root)
+        self.classes = class_names(folders)
+        self.items = [(str(path.relative_to(self.root)), label) for path, label in items]
 
     def __len__(self) -> int:
         return len(self.items)
 
     def record(self, index: int) -> dict[str, Any]:
         relative, label = self.items[index]
-        name = self.classnames()[label]
+        name = self.classes[label]
         template = random.Random(f"{self.seed}/{relative}").choice(list(self.templates))
         return {
             "image": (Path(self.root) / relative).read_bytes(),
@@ -306,14 +317,15 @@ def build_shards(
             write_shard(source, i, per_shard, str(out), resize)
             bar.update(1)
     bar.close()
-    return summarize(out, n_shards, resumed=len(done), classes=getattr(source, "classnames", None))
+    classes = source.classes if isinstance(source, ClassFolder) else None
+    return summarize(out, n_shards, resumed=len(done), classes=classes)
 
 
 def _finished(out: Path, index: int) -> bool:
     return (out / f"{index:05d}.tar").is_file() and (out / f"{index:05d}_stats.json").is_file()
 
 
-def summarize(out: Path, n_shards: int, resumed: int, classes=None) -> dict[str, Any]:
+def summarize(out: Path, n_shards: int, resumed: int, classes: list | None = None) -> dict:
     sizes, skipped = {}, Counter()
     for i in range(n_shards):
         stats = json.loads((out / f"{i:05d}_stats.json").read_text())
@@ -321,8 +333,7 @@ def summarize(out: Path, n_shards: int, resumed: int, classes=None) -> dict[str,
         skipped.update(stats.get("skipped", {}))
     (out / "sizes.json").write_text(json.dumps(sizes, indent=1) + "\n")
     if classes is not None:
-        names = classes()
-        (out / "classes.json").write_text(json.dumps({"classnames": names}, indent=1) + "\n")
+        (out / "classes.json").write_text(json.dumps({"classnames": classes}, indent=1) + "\n")
     return {
         "samples": sum(sizes.values()),
         "shards": n_shards,

@@ -25,10 +25,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from vlcontrast import distributed
 from vlcontrast.config import EvaluatorConfig
+from vlcontrast.data.convert import class_names, scan_class_folder
 from vlcontrast.data.sources import expand_urls
 from vlcontrast.data.tar_reader import iter_samples
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 HF_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
 SHARD_ORDER = 1 << 32  # order key of a shard sample: shard index * SHARD_ORDER + position
 
@@ -39,21 +39,13 @@ class ImageFolderSource:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir())
-        self.items = [
-            (path, label)
-            for label, name in enumerate(self.classes)
-            for path in sorted((self.root / name).rglob("*"))
-            if path.suffix.lower() in IMAGE_SUFFIXES
-        ]
-        if not self.items:
-            raise ValueError(f"{root}: no images in class sub-folders (root/CLASS/IMAGE.jpg)")
+        self.classes, self.items = scan_class_folder(self.root)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def classes_and_templates(self) -> tuple[list[str], list[str]]:
-        return [name.replace("_", " ") for name in self.classes], []
+        return class_names(self.classes), []
 
     def records(self, stream: int, streams: int, errors: Counter) -> Iterator[dict[str, Any]]:
         for index in range(stream, len(self.items), streams):
