@@ -99,7 +99,11 @@ class Decoder:
             raise SkipSample("missing_image")
         captions = read_caption(raw, self.caption_key)
         try:
-            with Image.open(io.BytesIO(raw[image_key])) as img:
+            data = raw[image_key]
+            with Image.open(io.BytesIO(data)) as img:
+                # One read for the whole file, not 64 KB blocks: each block is a return to
+                # Python, a copy of the leftover bytes and a suspension of the JPEG decoder.
+                img.decodermaxblock = max(len(data), img.decodermaxblock)
                 box = self.transform.box(*img.size, rng)
                 pixels, box = self.transform.decode(img, box)
         except Exception:  # noqa: BLE001 - PIL raises many types for corrupt files
