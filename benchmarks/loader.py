@@ -140,6 +140,11 @@ def samples_per_s(loader: DataLoader) -> tuple[float, float]:
             start = time.perf_counter()
         elif index >= warmup:
             n += size
+    if n == 0:
+        raise SystemExit(
+            f"only {index + 1} batch(es) of {BATCH} with {loader.num_workers} workers: too few "
+            "to time past the first batch of each worker; raise --small/--large"
+        )
     rate = n / (time.perf_counter() - start)
     return rate, 1000 * (cpu_seconds() - cpu) / total
 

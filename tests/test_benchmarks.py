@@ -1,0 +1,29 @@
+"""The benchmark scripts run (figures are printed, never asserted: see benchmarks/)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_loader_benchmark_runs_and_its_crops_pass_the_psnr_check():
+    # 1600-px JPEGs, so the reduced (1/4-scale) decode is the path checked against the baseline;
+    # the script exits 1 when a crop is under 35 dB.
+    args = ["--small", "0", "--large", "64", "--workers", "0", "--repeats", "1"]
+    done = subprocess.run(
+        [sys.executable, "benchmarks/loader.py", *args], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith(" 1600x1067")]
+    timing, psnr = rows
+    assert timing[1] == "0" and float(timing[2]) > 0 and float(timing[3]) > 0
+    assert psnr[1:3] == ["crop", "PSNR"] and float(psnr[-4].rstrip(",")) >= 35
+
+
+def test_loader_benchmark_refuses_too_few_batches_to_time():
+    args = ["--small", "64", "--large", "0", "--workers", "2", "--repeats", "1"]
+    done = subprocess.run(
+        [sys.executable, "benchmarks/loader.py", *args], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 1 and "raise --small/--large" in done.stderr
