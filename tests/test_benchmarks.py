@@ -7,13 +7,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_loader_benchmark(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "benchmarks/loader.py", *args, "--repeats", "1"]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+
+
 def test_loader_benchmark_runs_and_its_crops_pass_the_psnr_check():
     # 1600-px JPEGs, so the reduced (1/4-scale) decode is the path checked against the baseline;
     # the script exits 1 when a crop is under 35 dB.
-    args = ["--small", "0", "--large", "64", "--workers", "0", "--repeats", "1"]
-    done = subprocess.run(
-        [sys.executable, "benchmarks/loader.py", *args], cwd=ROOT, capture_output=True, text=True
-    )
+    done = run_loader_benchmark("--small", "0", "--large", "64", "--workers", "0")
     assert done.returncode == 0, done.stdout + done.stderr
     rows = [line.split() for line in done.stdout.splitlines() if line.startswith(" 1600x1067")]
     timing, psnr = rows
@@ -22,8 +24,5 @@ def test_loader_benchmark_runs_and_its_crops_pass_the_psnr_check():
 
 
 def test_loader_benchmark_refuses_too_few_batches_to_time():
-    args = ["--small", "64", "--large", "0", "--workers", "2", "--repeats", "1"]
-    done = subprocess.run(
-        [sys.executable, "benchmarks/loader.py", *args], cwd=ROOT, capture_output=True, text=True
-    )
+    done = run_loader_benchmark("--small", "64", "--large", "0", "--workers", "2")
     assert done.returncode == 1 and "raise --small/--large" in done.stderr

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vlcontrast.data.decode import to_rgb
+from vlcontrast.data.decode import Decoder, SkipSample, to_rgb
 from vlcontrast.data.shard_writer import write_shards
 from vlcontrast.data.sources import dataset_size, expand_urls
 from vlcontrast.data.transforms import CropResize, snap
@@ -91,6 +91,23 @@ def test_reduced_jpeg_decode_matches_a_full_decode_on_the_same_box():
         ref = full.resize((112, 112), Image.BICUBIC, box=(left, top, left + w, top + h))
         ref = torch.from_numpy(np.asarray(ref).copy()).permute(2, 0, 1)
         assert psnr(fast, ref) > 35
+
+
+@pytest.mark.parametrize("reduced", [True, False])
+def test_a_jpeg_cut_in_its_scan_data_is_a_corrupt_image(reduced):
+    # The decoder gets the whole file in one read: running out of data mid-scan must still fail.
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    data = buffer.getvalue()
+    size = 64 if reduced else 400
+    decode = Decoder(CropResize(size))
+    raw = {"__key__": "k", "__url__": "u", "txt": b"a caption"}
+    assert decode({**raw, "jpg": data}, random.Random(0))["image"].shape == (3, size, size)
+    with pytest.raises(SkipSample) as skip:
+        decode({**raw, "jpg": data[: len(data) // 2]}, random.Random(0))
+    assert skip.value.reason == "corrupt_image"
 
 
 def test_full_size_path_matches_pil_bicubic():
