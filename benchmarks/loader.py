@@ -40,11 +40,11 @@ from torchvision import transforms as T
 from vlcontrast.config import TextTowerConfig
 from vlcontrast.data.batching import Collate, make_loader
 from vlcontrast.data.decode import Decoder
+from vlcontrast.data.image import CropResize, snap
 from vlcontrast.data.shard_writer import write_shards
 from vlcontrast.data.shards import DataPosition, ShardDataset
 from vlcontrast.data.sources import parse_sources
 from vlcontrast.data.synthetic import train_tokenizer
-from vlcontrast.data.transforms import CropResize, snap
 from vlcontrast.models.text_tower import load_tokenizer
 
 SIZE, CONTEXT, BATCH = 224, 77, 32

@@ -27,9 +27,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from vlcontrast import config as config_lib
 from vlcontrast.config import Config
 from vlcontrast.demo import DEMO
-from vlcontrast.factory import build_model, build_objective
+from vlcontrast.models import build_model
+from vlcontrast.objectives import build_objective
 from vlcontrast.train.loop import make_accelerator, train_step
 from vlcontrast.train.optim import build_optimizer
+from vlcontrast.train.precision import Precision
 
 SMALL = {
     "data": {"batch_size": 32},
@@ -94,16 +96,17 @@ def make_batch(cfg: Config, vocab: int) -> dict:
 def bench_config(name: str, precision: str, seconds: float) -> dict[str, float]:
     cfg = config_lib.apply(Config(), CONFIGS[name])
     cfg.train.precision = precision
-    accelerator = make_accelerator(precision)
+    accelerator = make_accelerator()
+    amp = Precision(precision, accelerator.device)
     model = build_model(cfg)
-    objective = build_objective(cfg)
+    objective = build_objective(cfg.objective)
     optimizer = build_optimizer(model, cfg.optim)
     model, optimizer = accelerator.prepare(model, optimizer)
     batch = make_batch(cfg, cfg.text.config["vocab_size"])
     state = {"step": 0}
 
     def step():
-        train_step(accelerator, model, objective, optimizer, batch, cfg, state)
+        train_step(accelerator, amp, model, objective, optimizer, batch, cfg, state)
 
     step()  # warm-up, allocator and oneDNN primitive caches
     with FlopCounterMode(display=False) as counter:

@@ -10,9 +10,9 @@ from PIL import Image
 from vlcontrast.data.bad_data import BadData
 from vlcontrast.data.batching import Collate, iterate_epochs, make_loader, ordered_batches
 from vlcontrast.data.decode import Decoder
+from vlcontrast.data.image import CropResize
 from vlcontrast.data.shards import DataPosition, ShardDataset
 from vlcontrast.data.sources import parse_sources
-from vlcontrast.data.transforms import CropResize
 
 
 def jpeg(color=(200, 30, 30), size=(20, 12)) -> bytes:

@@ -37,11 +37,17 @@ class TinyTowers(nn.Module):
         self.logit_bias = nn.Parameter(torch.tensor(-2.0)) if bias else None
         self.double()
 
-    def forward(self, images, input_ids, attention_mask=None):
-        img_emb = F.normalize(self.img(images), dim=-1)
-        txt_emb = F.normalize(self.txt(input_ids), dim=-1)
-        scale = self.logit_scale.exp() if self.logit_scale is not None else None
-        return img_emb, txt_emb, scale, self.logit_bias
+    def forward(self, images=None, input_ids=None, attention_mask=None):
+        """The model contract: a dict with the embeddings and the scalars the model has."""
+        out = {
+            "img_emb": F.normalize(self.img(images), dim=-1),
+            "txt_emb": F.normalize(self.txt(input_ids), dim=-1),
+        }
+        if self.logit_scale is not None:
+            out["logit_scale"] = self.logit_scale.exp()
+        if self.logit_bias is not None:
+            out["logit_bias"] = self.logit_bias
+        return out
 
 
 def towers_for(loss_name: str, dropout: float = 0.0) -> TinyTowers:
@@ -65,12 +71,13 @@ class TowersObjective(Objective):
     """Model outputs -> one of the library's losses."""
 
     def __init__(self, loss_fn):
+        super().__init__()
         self.loss_fn = loss_fn
 
-    def forward(self, model, batch):
-        img_emb, txt_emb, logit_scale, logit_bias = model(batch["images"], batch["input_ids"])
-        outputs = {"img": img_emb, "txt": txt_emb, "scale": logit_scale, "bias": logit_bias}
-        return {k: v for k, v in outputs.items() if v is not None}
+    def outputs(self, model, batch):
+        out = model(images=batch["images"], input_ids=batch["input_ids"])
+        names = {"img_emb": "img", "txt_emb": "txt", "logit_scale": "scale", "logit_bias": "bias"}
+        return {short: out[name] for name, short in names.items() if name in out}
 
     def loss(self, outputs, batch):
         return {"loss": self.loss_fn(outputs, batch), "metrics": {}}

@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 from vlcontrast import config as config_lib
 from vlcontrast.eval.runner import run_evaluators
-from vlcontrast.factory import build_model
+from vlcontrast.models import build_model
 from vlcontrast.models.text_tower import load_tokenizer
 
 

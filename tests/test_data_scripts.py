@@ -73,7 +73,7 @@ def test_captions_table_round_trip(tmp_path, tokenizer, table, capsys):
     sizes = json.loads((out / "sizes.json").read_text())
     assert sizes == {"00000.tar": 3, "00001.tar": 3, "00002.tar": 1}
     stats = [json.loads((out / f"0000{i}_stats.json").read_text()) for i in range(3)]
-    assert stats[2]["skipped"] == {"missing_image": 1, "missing_caption": 1}
+    assert stats[2]["skipped"] == {"missing_image": 1, "empty_caption": 1}  # one vocabulary
     pairs = loaded_pairs(str(out / "{00000..00002}.tar"), tokenizer)
     got = sorted((text, color) for text, color in pairs.values())
     want = sorted((r["text"], COLORS[r["text"].split()[1]]) for r in rows[:7])

@@ -9,10 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from vlcontrast.data.decode import Decoder, SkipSample, to_rgb
+from vlcontrast.data.decode import Decoder
+from vlcontrast.data.image import CropResize, snap, to_rgb
 from vlcontrast.data.shard_writer import write_shards
+from vlcontrast.data.skip import SkipSample
 from vlcontrast.data.sources import dataset_size, expand_urls
-from vlcontrast.data.transforms import CropResize, snap
 
 WHITE, RED = (255, 255, 255), (200, 30, 30)
 

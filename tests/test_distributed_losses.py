@@ -37,7 +37,8 @@ REFERENCES = {
 def single_process_reference(loss_name: str) -> tuple[torch.Tensor, dict]:
     model = cases.towers_for(loss_name)
     batch = cases.global_batch()
-    outputs = model(batch["images"], batch["input_ids"])
+    out = model(images=batch["images"], input_ids=batch["input_ids"])
+    outputs = [out.get(k) for k in ("img_emb", "txt_emb", "logit_scale", "logit_bias")]
     loss = REFERENCES[loss_name](outputs, batch)
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}

@@ -3,7 +3,6 @@
 import io
 import json
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,9 +10,10 @@ from PIL import Image
 from torch import nn
 
 from vlcontrast.config import EvaluatorConfig
+from vlcontrast.data.collection import EvalDataset, class_info, detect_format, open_source
+from vlcontrast.data.image import CropResize
 from vlcontrast.data.shard_writer import write_shards
-from vlcontrast.eval.datasets import EvalDataset, class_info, detect_format, open_source
-from vlcontrast.eval.embed import embed_images
+from vlcontrast.embed import embed_images
 from vlcontrast.eval.templates import OPENAI_IMAGENET, resolve_templates
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (20, 40, 230)}
@@ -25,11 +25,10 @@ class MeanColour(nn.Module):
     embed_dim = 3
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(images.mean(dim=(2, 3)), dim=-1)
+        return F.normalize(images.float().mean(dim=(2, 3)), dim=-1)
 
 
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.array(image.resize((4, 4)))).permute(2, 0, 1).float()
+to_tensor = CropResize(4, "center")  # the training pipeline's own transform
 
 
 def image_bytes(colour: str, mode: str = "RGB", fmt: str = "PNG") -> bytes:
@@ -182,5 +181,5 @@ def test_undecodable_label_and_caption_members_are_skipped_not_raised(tmp_path):
     write_shards(samples, tmp_path, per_shard=2)
     spec = EvaluatorConfig(data=str(tmp_path / "00000.tar"), caption_field="json.captions")
     source = open_source(spec, spec.data, spec.split)
-    assert embed(source)["skipped"] == {"unreadable_cls": 1}
-    assert embed(source, label=False, captions=True)["skipped"] == {"unreadable_json": 1}
+    assert embed(source)["skipped"] == {"bad_label": 1}
+    assert embed(source, label=False, captions=True)["skipped"] == {"bad_json": 1}

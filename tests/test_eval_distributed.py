@@ -11,7 +11,7 @@ from tests import distributed_eval_case as case
 from tests.conftest import tiny_overrides
 from vlcontrast import config as config_lib
 from vlcontrast.eval.runner import run_evaluators
-from vlcontrast.factory import build_model
+from vlcontrast.models import build_model
 
 
 def eval_config(corpus, tmp_path):
@@ -57,9 +57,14 @@ def test_two_ranks_give_the_single_process_numbers(corpus, tmp_path):
     assert got["ranks_agree"], "ranks ended with different metrics"
     assert got["skipped"] == want["skipped"]
     torch.testing.assert_close(got["zeroshot_img_emb"], want["zeroshot_img_emb"])
+    # The untrained model scores duplicate captions (the corpus repeats them) equally up to
+    # float noise, which differs with the text batch each rank embeds: one caption's rank may
+    # flip by one place between equal scores, moving a retrieval mean by 1/150 at most.
+    tie = {"retrieval": 1.01 / 150}
     for name in ("zeroshot", "retrieval", "knn", "linear_probe"):
         assert set(got[name]) == set(want[name])
         for key, value in want[name].items():
-            assert got[name][key] == pytest.approx(value, abs=1e-6), f"{name}/{key}"
+            tol = tie.get(name, 1e-6)
+            assert got[name][key] == pytest.approx(value, abs=tol), f"{name}/{key}"
     assert want["retrieval"]["images"] == 150 and want["zeroshot"]["n"] == 64
     json.dumps(want["knn"])  # plain numbers, loggable

@@ -39,7 +39,7 @@ def full_memory_reference(model, batch, steps):
     grad caching's first pass), concatenate, one loss, one backward."""
     torch.manual_seed(123)
     objective = cases.TowersObjective(cases.LOSSES["clip_local"])
-    outs = [objective.forward(model, part) for part in split_batch(batch, steps)]
+    outs = [objective.outputs(model, part) for part in split_batch(batch, steps)]
     merged = {
         k: torch.cat([o[k] for o in outs]) if outs[0][k].ndim else outs[0][k] for k in outs[0]
     }

@@ -8,7 +8,7 @@ from transformers import BertConfig, BertModel
 
 from vlcontrast import config as config_lib
 from vlcontrast.config import ConfigError, ImageTowerConfig, TextTowerConfig
-from vlcontrast.factory import build_model
+from vlcontrast.models import build_model
 from vlcontrast.models.image_tower import ImageTower
 from vlcontrast.models.text_tower import TextTower, load_tokenizer, pool_eos, pool_mean
 
@@ -25,8 +25,8 @@ BERT = {
 @pytest.mark.parametrize("name", ["test_vit", "test_resnet", "test_convnext"])
 def test_image_tower_outputs_unit_norm_embeddings(name):
     tower = ImageTower(ImageTowerConfig(model=name, image_size=64), embed_dim=24)
-    emb = tower(torch.randn(3, 3, 64, 64))
-    assert emb.shape == (3, 24)
+    feat, emb = tower(torch.randn(3, 3, 64, 64))
+    assert emb.shape == (3, 24) and feat.shape == (3, tower.num_features)
     torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3))
     assert len(tower.mean) == 3 and len(tower.std) == 3
 
@@ -36,8 +36,8 @@ def test_text_tower_outputs_unit_norm_embeddings(pooling):
     tower = TextTower(TextTowerConfig(config=BERT, pooling=pooling), embed_dim=24)
     ids = torch.randint(0, 64, (3, 7))
     mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5])
-    emb = tower(ids, mask)
-    assert emb.shape == (3, 24)
+    feat, emb = tower(ids, mask)
+    assert emb.shape == (3, 24) and feat.shape == (3, 32)
     torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3))
 
 
@@ -86,7 +86,14 @@ def test_logit_scale_init_and_clamp():
     model.clamp_logit_scale()
     assert model.logit_scale.exp().item() == pytest.approx(100.0)
     assert model.logit_scale.item() == pytest.approx(math.log(100))
-    img, txt, scale = model(
-        torch.randn(2, 3, 32, 32), torch.randint(0, 64, (2, 5)), torch.ones(2, 5)
+    out = model(
+        images=torch.randn(2, 3, 32, 32),
+        input_ids=torch.randint(0, 64, (2, 5)),
+        attention_mask=torch.ones(2, 5),
     )
-    assert img.shape == txt.shape == (2, 8) and scale.item() == pytest.approx(100.0)
+    assert out["img_emb"].shape == out["txt_emb"].shape == (2, 8)
+    assert out["logit_scale"].item() == pytest.approx(100.0) and "logit_bias" not in out
+    assert out["img_feat"].shape == (2, model.image.num_features)
+    assert out["txt_feat"].shape == (2, 32)
+    image_only = model(images=torch.randn(2, 3, 32, 32))
+    assert set(image_only) == {"img_feat", "img_emb", "logit_scale"}

@@ -26,7 +26,13 @@ def test_smoke_run_through_the_cli(corpus, tmp_path, capsys):
     assert saved["data"]["batch_size"] == 16 and saved["train"]["steps"] == 4
     ckpts = checkpoint.all_checkpoints(tmp_path / "checkpoints")
     assert [p.name for p in ckpts] == ["step_00000002", "step_00000004"]
-    for name in ["model.safetensors", "train_state.pt", "config.json", "tokenizer"]:
+    for name in [
+        "model.safetensors",
+        "state.json",
+        "state.safetensors",
+        "config.json",
+        "tokenizer",
+    ]:
         assert (ckpts[-1] / name).exists(), name
     assert "checkpoint:" in capsys.readouterr().out
 
@@ -81,7 +87,7 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
     corpus, tmp_path, monkeypatch, capsys
 ):
-    real = CLIPObjective.__call__
+    real = CLIPObjective.forward
     calls = {"n": 0}
 
     def nan_on_third(self, model, batch):
@@ -91,13 +97,13 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
             out["loss"] = out["loss"] * float("nan")
         return out
 
-    monkeypatch.setattr(CLIPObjective, "__call__", nan_on_third)
+    monkeypatch.setattr(CLIPObjective, "forward", nan_on_third)
     assert cli.main(["train", run_file(tmp_path), *tiny_overrides(corpus, tmp_path, steps=4)]) == 3
     err = capsys.readouterr().err
     assert "loss became nan at step 3" in err and "step_00000002" in err
     last = checkpoint.latest(tmp_path / "checkpoints")
     assert last.name == "step_00000002"
-    assert checkpoint.load_train_state(last)["step"] == 2
+    assert checkpoint.load_state(last)["step"] == 2
 
 
 def test_bad_config_in_the_cli_is_one_clear_message(corpus, tmp_path, capsys):

@@ -8,8 +8,9 @@ import sys
 import pytest
 
 from tests.conftest import run_file, tiny_overrides
-from vlcontrast import cli, factory
-from vlcontrast.models.clip import SigLIP
+from vlcontrast import cli
+from vlcontrast.models import DualEncoder
+from vlcontrast.models.load import load_model
 from vlcontrast.train import checkpoint
 from vlcontrast.train.metrics_log import read_jsonl
 
@@ -25,24 +26,26 @@ def train_rows(run_dir) -> list[dict]:
 
 
 def test_siglip_trains_and_reloads(corpus, tmp_path):
-    overrides = [*tiny_overrides(corpus, tmp_path, steps=3), "loss.name=siglip"]
+    overrides = [*tiny_overrides(corpus, tmp_path, steps=3), "objective.name=siglip"]
     assert cli.main(["train", run_file(tmp_path), *overrides]) == 0
     rows = train_rows(tmp_path)
     assert len(rows) == 3 and all(math.isfinite(r["train/loss"]) for r in rows)
     # SigLIP's defaults: logit scale starts at ln 10 (t = 10), bias at -10.
     assert rows[0]["train/logit_scale"] == pytest.approx(10.0, rel=1e-2)
     assert rows[0]["train/logit_bias"] == pytest.approx(-10.0, abs=0.1)
-    model, _, cfg = factory.load_for_eval(checkpoint.latest(tmp_path / "checkpoints"))
-    assert isinstance(model, SigLIP) and cfg.loss.name == "siglip"
+    model, _, cfg = load_model(checkpoint.latest(tmp_path / "checkpoints"))
+    assert isinstance(model, DualEncoder) and cfg.objective.name == "siglip"
+    assert model.logit_bias is not None and cfg.model.logit_bias is True
 
 
 def test_tiled_and_grad_cached_training_matches_the_plain_run(corpus, tmp_path):
     """Same data, no dropout: tiled loss + 2 micro-batches follows the plain run's losses."""
     plain, cached = tmp_path / "plain", tmp_path / "cached"
-    base = [*tiny_overrides(corpus, plain, steps=3), NO_DROPOUT, "loss.tiled=off"]
+    base = [*tiny_overrides(corpus, plain, steps=3), NO_DROPOUT, "objective.clip.tiled=off"]
     assert cli.main(["train", run_file(plain), *base]) == 0
     other = [*tiny_overrides(corpus, cached, steps=3), NO_DROPOUT]
-    other += ["loss.tiled=on", "loss.tile_size=5", "train.grad_cache_steps=2"]
+    other += ["objective.clip.tiled=on", "objective.clip.tile_size=5"]
+    other.append("train.grad_cache_steps=2")
     assert cli.main(["train", run_file(cached), *other]) == 0
     want, got = train_rows(plain), train_rows(cached)
     assert len(want) == len(got) == 3
@@ -54,9 +57,10 @@ def test_tiled_and_grad_cached_training_matches_the_plain_run(corpus, tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("loss.name=simclr", "loss.name: unknown value 'simclr'"),
-        ("loss.gather=all", "loss.gather: expected one of local, global"),
-        ("loss.tiled=yes", "loss.tiled: expected one of auto, on, off"),
+        ("objective.name=simclr", "objective.name: unknown value 'simclr'"),
+        ("objective.clip.gather=all", "objective.clip.gather: expected one of local, global"),
+        ("objective.clip.tiled=yes", "objective.clip.tiled: expected one of auto, on, off"),
+        ("loss.tiled=yes", "objective.clip.tiled: expected one of auto, on, off"),  # old name
         ("train.grad_cache_steps=0", "train.grad_cache_steps: expected a positive number"),
     ],
 )
@@ -70,7 +74,8 @@ def test_two_process_training_under_torchrun(corpus, tmp_path):
     """The real launcher: 2 gloo processes through accelerate, tiled CLIP and gradient caching
     (DDP no_sync for all but the last micro-batch). Rank 0 alone writes logs and checkpoints."""
     overrides = [*tiny_overrides(corpus, tmp_path, steps=2), "data.batch_size=8"]
-    overrides += ["loss.tiled=on", "loss.tile_size=4", "train.grad_cache_steps=2"]
+    overrides += ["objective.clip.tiled=on", "objective.clip.tile_size=4"]
+    overrides.append("train.grad_cache_steps=2")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     cmd += ["-m", "vlcontrast.cli", "train", run_file(tmp_path), *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}

@@ -178,12 +178,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from vlcontrast.eval import report
     from vlcontrast.eval.runner import run_evaluators
-    from vlcontrast.factory import load_for_eval
+    from vlcontrast.models.load import load_model
 
     ckpt = Path(args.checkpoint)
     if not (ckpt / "model.safetensors").is_file():
         raise ConfigError(f"--checkpoint: {ckpt} is not a checkpoint directory (step_*)")
-    model, tokenizer, cfg = load_for_eval(ckpt)
+    model, tokenizer, cfg = load_model(ckpt)
     entry = {
         "kind": args.kind.replace("-", "_"),
         **{

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,13 +23,14 @@ from typing import Any
 
 import yaml
 
+from vlcontrast.objectives.clip import CLIPConfig
+from vlcontrast.objectives.siglip import SigLIPConfig
+from vlcontrast.schema import NON_NEGATIVE, POSITIVE, ConfigError, check_value, choices
 
-class ConfigError(ValueError):
-    """A config key is unknown, mistyped or out of range. The message names the key."""
+__all__ = ["Config", "ConfigError"]
 
 
-def _choices(*values: str) -> dict:
-    return {"choices": values}
+_choices = choices
 
 
 @dataclass
@@ -38,34 +40,42 @@ class DataConfig:
     # Brace-expandable shard pattern(s), several sources joined by ``::``; local paths, pipe:
     # commands and fsspec URLs (http, s3, gs)
     train_shards: str = ""
-    weights: list = field(default_factory=list)  # resampled mode: each source's share of samples
+    weights: list[float] = field(
+        default_factory=list
+    )  # resampled mode: each source's share of samples
     # epoch: every sample once per epoch; resampled: shards drawn with replacement, endless
     mode: str = field(default="epoch", metadata=_choices("epoch", "resampled"))
-    num_samples: int = 0  # dataset size; 0: sizes.json, _stats.json, or count once (cached)
-    batch_size: int = 256
-    num_workers: int = 2
+    num_samples: int = field(
+        default=0, metadata=NON_NEGATIVE
+    )  # dataset size; 0: sizes.json, _stats.json, or count once (cached)
+    batch_size: int = field(default=256, metadata=POSITIVE)
+    num_workers: int = field(default=2, metadata=NON_NEGATIVE)
     # Logical streams per rank, fixed for a run (saved in checkpoints); the sample order depends on
     # it but not on num_workers, so a run resumes exactly with any worker count. 0: num_workers.
-    streams: int = 0
-    shuffle_buffer: int = 1000  # samples per shuffle window
+    streams: int = field(default=0, metadata=NON_NEGATIVE)
+    shuffle_buffer: int = field(default=1000, metadata=POSITIVE)  # samples per shuffle window
     image_keys: str = "jpg;jpeg;png;webp"  # first present extension wins
     caption_key: str = "txt"  # or json.FIELD; a JSON list gives several captions, one is picked
     crop: str = field(default="center", metadata=_choices("center", "random_resized"))
-    crop_scale: list = field(default_factory=lambda: [0.9, 1.0])  # random_resized area range
+    crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])  # random_resized area range
     draft: bool = True  # reduced-size JPEG decoding when the crop is at least 2x the output
-    max_bad_fraction: float = 0.2  # stop when more than this fraction of samples fail ...
-    bad_min_samples: int = 1000  # ... once at least this many samples were read
+    max_bad_fraction: float = field(
+        default=0.2, metadata=NON_NEGATIVE
+    )  # stop when more than this fraction of samples fail ...
+    bad_min_samples: int = field(
+        default=1000, metadata=NON_NEGATIVE
+    )  # ... once at least this many samples were read
 
 
 @dataclass
 class ImageTowerConfig:
     model: str = "vit_base_patch32_224"  # any timm model name
     pretrained: bool = False
-    image_size: int = 224
+    image_size: int = field(default=224, metadata=POSITIVE)
     model_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model
     # Normalisation; empty means "take the timm model's pretrained_cfg".
-    mean: list = field(default_factory=list)
-    std: list = field(default_factory=list)
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -75,29 +85,37 @@ class TextTowerConfig:
     pretrained: bool = True  # load weights from `model`; ignored when `config` is given
     tokenizer: str = ""  # hub name, local dir or tokenizer.json; defaults to `model`
     pooling: str = field(default="cls", metadata=_choices("cls", "mean", "eos"))
-    context_length: int = 77
+    context_length: int = field(default=77, metadata=POSITIVE)
 
 
 @dataclass
 class ModelConfig:
-    embed_dim: int = 512
-    # ln of the initial logit scale; None: the model's default, ln(1/0.07) for CLIP (CLIP paper),
-    # ln(10) for SigLIP (SigLIP paper)
+    # dual: image and text towers (CLIP, SigLIP); image: image tower only (SimCLR, MoCo, ...)
+    kind: str = field(default="dual", metadata=_choices("dual", "image"))
+    embed_dim: int = field(default=512, metadata=POSITIVE)
+    # Projection heads: 1 layer is CLIP's linear projection; 2-3 an MLP (SimCLR: 2, hidden width
+    # = the tower's features, Chen et al. 2020). proj_hidden 0: the tower's feature width.
+    proj_layers: int = field(default=1, metadata=POSITIVE)
+    proj_hidden: int = field(default=0, metadata=NON_NEGATIVE)
+    proj_bn: bool = False  # batch norm after each hidden layer of the MLP head
+    # Image models: a predictor MLP on the projection (BYOL, SimSiam, MoCo v3); 0 = none
+    predictor_hidden: int = field(default=0, metadata=NON_NEGATIVE)
+    # A learnable logit bias (SigLIP paper, section 3.3). None: on for objectives that use one.
+    logit_bias: bool | None = None
+    # ln of the initial logit scale; None: ln(1/0.07) (CLIP paper) without a bias, ln(10) with
+    # one (SigLIP paper)
     init_logit_scale: float | None = None
-    init_logit_bias: float = -10.0  # SigLIP only (SigLIP paper)
+    init_logit_bias: float = -10.0  # SigLIP paper
     max_logit_scale: float = 4.605170185988092  # ln(100), CLIP paper
 
 
 @dataclass
-class LossConfig:
-    name: str = "clip"  # key of vlcontrast.factory.OBJECTIVES: clip or siglip
-    # CLIP across ranks: "local" scores this rank's rows against all gathered columns (2·B·N
-    # logits per rank), "global" has every rank compute the whole N x N loss. Same gradients.
-    gather: str = field(default="local", metadata=_choices("local", "global"))
-    # Blockwise CLIP loss (memory linear in the batch): on, off or auto (global batch >= tiled_from)
-    tiled: str = field(default="auto", metadata=_choices("auto", "on", "off"))
-    tiled_from: int = 8192
-    tile_size: int = 1024
+class ObjectiveConfig:
+    """What the model is trained for; each objective's own settings live beside it."""
+
+    name: str = "clip"  # a key of vlcontrast.objectives.OBJECTIVES
+    clip: CLIPConfig = field(default_factory=CLIPConfig)
+    siglip: SigLIPConfig = field(default_factory=SigLIPConfig)
 
 
 @dataclass
@@ -107,23 +125,23 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.98
     eps: float = 1e-6
-    warmup_steps: int = 500
+    warmup_steps: int = field(default=500, metadata=NON_NEGATIVE)
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
-    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    grad_clip: float = field(default=1.0, metadata=NON_NEGATIVE)  # max global grad norm; 0 disables
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 10000
+    steps: int = field(default=10000, metadata=POSITIVE)
     seed: int = 0
     precision: str = field(default="no", metadata=_choices("no", "bf16", "fp16"))
     output_dir: str = "runs/default"
-    log_every: int = 10
-    save_every: int = 1000
-    keep_checkpoints: int = 2
+    log_every: int = field(default=10, metadata=POSITIVE)
+    save_every: int = field(default=1000, metadata=POSITIVE)
+    keep_checkpoints: int = field(default=2, metadata=POSITIVE)
     # Gradient caching: split each batch into this many micro-batches for the forward/backward
     # passes (activation memory of one micro-batch); the loss still sees the whole batch.
-    grad_cache_steps: int = 1
+    grad_cache_steps: int = field(default=1, metadata=POSITIVE)
     resume: str = ""  # "" (fresh), "latest" (newest in output_dir) or a checkpoint directory
     progress: bool = True
     tensorboard: bool = True
@@ -148,22 +166,28 @@ class EvaluatorConfig:
     classes: str = ""  # class names: JSON ({"classnames": [...]} or a list) or one per line
     # Prompt templates: built-in set names (openai_imagenet, generic), files, or literal templates
     # with {}. Empty: the classes file's templates, else the generic set.
-    templates: list = field(default_factory=list)
-    max_samples: int = 0  # evaluate only the first N samples; 0 = all
-    k: int = 200  # knn: neighbours (Wu et al. 2018)
+    templates: list[str] = field(default_factory=list)
+    max_samples: int = field(
+        default=0, metadata=NON_NEGATIVE
+    )  # evaluate only the first N samples; 0 = all
+    k: int = field(default=200, metadata=POSITIVE)  # knn: neighbours (Wu et al. 2018)
     temperature: float = 0.1  # knn: similarity temperature
     val_fraction: float = 0.2  # linear_probe: held out from train_data to pick the L2 penalty
-    weight_decays: list = field(default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1])
+    weight_decays: list[float] = field(default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1])
 
 
 @dataclass
 class EvalConfig:
     # Evaluators run every `every` steps and at the end of training, e.g.
     #   evaluators: [{kind: zeroshot, data: "heldout/{00000..00001}.tar"}]
-    evaluators: list = field(default_factory=list, metadata={"item": EvaluatorConfig})
-    every: int = 0  # steps between evaluations; 0 = only at the end
-    batch_size: int = 256
-    num_workers: int = 0  # dataloader workers per rank while embedding
+    evaluators: list[EvaluatorConfig] = field(default_factory=list)
+    every: int = field(
+        default=0, metadata=NON_NEGATIVE
+    )  # steps between evaluations; 0 = only at the end
+    batch_size: int = field(default=256, metadata=POSITIVE)
+    num_workers: int = field(
+        default=0, metadata=NON_NEGATIVE
+    )  # dataloader workers per rank while embedding
 
 
 @dataclass
@@ -172,40 +196,10 @@ class Config:
     image: ImageTowerConfig = field(default_factory=ImageTowerConfig)
     text: TextTowerConfig = field(default_factory=TextTowerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-
-
-_POSITIVE = {
-    "data.batch_size",
-    "data.shuffle_buffer",
-    "image.image_size",
-    "text.context_length",
-    "model.embed_dim",
-    "train.steps",
-    "train.log_every",
-    "train.save_every",
-    "train.keep_checkpoints",
-    "eval.batch_size",
-    "loss.tile_size",
-    "loss.tiled_from",
-    "train.grad_cache_steps",
-    "k",
-}
-_NON_NEGATIVE = {
-    "data.num_workers",
-    "data.streams",
-    "data.num_samples",
-    "data.bad_min_samples",
-    "data.max_bad_fraction",
-    "optim.warmup_steps",
-    "optim.grad_clip",
-    "eval.every",
-    "eval.num_workers",
-    "max_samples",
-}
 
 
 def _optional_of(typ: Any) -> Any:
@@ -217,13 +211,24 @@ def _optional_of(typ: Any) -> Any:
     return None
 
 
+def _list_item_type(typ: Any) -> Any:
+    """``X`` for ``list[X]``; ``None`` for a bare ``list``."""
+    args = typing.get_args(typ) if typing.get_origin(typ) is list else ()
+    return args[0] if args else None
+
+
 def _coerce(key: str, value: Any, typ: Any) -> Any:
-    """Convert ``value`` to ``typ`` or raise a ConfigError that names ``key``."""
+    """Convert ``value`` to ``typ`` or raise a ConfigError that names ``key``. ``list[X]``
+    fields are converted element by element (``key[i]``); dataclass elements key by key."""
     optional = _optional_of(typ)
     if optional is not None:
         if value is None or (isinstance(value, str) and value.lower() in {"none", "null"}):
             return None
         return _coerce(key, value, optional)
+    if typing.get_origin(typ) is list or typ is list:
+        return _coerce_list(key, value, _list_item_type(typ))
+    if dataclasses.is_dataclass(typ):
+        return _item(key, typ, value)
     expected = getattr(typ, "__name__", str(typ))
     if typ is bool:
         if isinstance(value, bool):
@@ -239,29 +244,49 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
             except ValueError:
                 pass
     elif typ is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number) or abs(number) > 1e30:
+                raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+            return number
     elif typ is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-    elif typ in (list, dict):
-        if isinstance(value, str):
-            try:
-                value = yaml.safe_load(value)
-            except yaml.YAMLError:
-                pass
-        if isinstance(value, typ):
+    elif typ is dict:
+        value = _parse_yaml(value)
+        if isinstance(value, dict):
             return value
-        if typ is list and isinstance(value, tuple):
-            return list(value)
     raise ConfigError(f"{key}: expected {expected}, got {value!r} ({type(value).__name__})")
+
+
+def _parse_yaml(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            pass
+    return value
+
+
+def _coerce_list(key: str, value: Any, item_type: Any) -> list:
+    value = _parse_yaml(value)
+    if isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, list):
+        kind = f"list[{getattr(item_type, '__name__', item_type)}]" if item_type else "list"
+        raise ConfigError(f"{key}: expected {kind}, got {value!r} ({type(value).__name__})")
+    if item_type is None:
+        return value
+    return [_coerce(f"{key}[{i}]", item, item_type) for i, item in enumerate(value)]
 
 
 def _fields(cls: type) -> dict[str, tuple[dataclasses.Field, Any]]:
@@ -269,18 +294,28 @@ def _fields(cls: type) -> dict[str, tuple[dataclasses.Field, Any]]:
     return {f.name: (f, hints[f.name]) for f in dataclasses.fields(cls)}
 
 
-def _check(key: str, f: dataclasses.Field, value: Any) -> None:
-    choices = f.metadata.get("choices")
-    if choices and value not in choices:
-        raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
-    names = {key, f.name}  # list items (eval.evaluators[0].k) are checked by field name
-    if names & _POSITIVE and value <= 0:
-        raise ConfigError(f"{key}: expected a positive number, got {value!r}")
-    if names & _NON_NEGATIVE and value < 0:
-        raise ConfigError(f"{key}: expected a number >= 0, got {value!r}")
+# Keys renamed since earlier versions: old run files, command lines and checkpoints still load.
+RENAMED = {"loss.name": "objective.name"}
+RENAMED.update(
+    {f"loss.{k}": f"objective.clip.{k}" for k in ("gather", "tiled", "tiled_from", "tile_size")}
+)
+
+
+def _renamed(path: list[str]) -> list[str]:
+    dotted = ".".join(path)
+    for old, new in RENAMED.items():
+        if dotted == old or dotted.startswith(old + "."):
+            return (new + dotted[len(old) :]).split(".")
+    return path
 
 
 def _set(obj: Any, path: list[str], value: Any, prefix: str = "") -> None:
+    if not prefix:
+        path = _renamed(path)
+        if path == ["loss"] and isinstance(value, dict):  # an old run file's loss: section
+            for sub, sub_value in value.items():
+                _set(obj, ["loss", str(sub)], sub_value)
+            return
     name, rest = path[0], path[1:]
     key = f"{prefix}{name}"
     fields = _fields(type(obj))
@@ -306,9 +341,7 @@ def _set(obj: Any, path: list[str], value: Any, prefix: str = "") -> None:
             return
         raise ConfigError(f"unknown config key '{key}.{'.'.join(rest)}': {key} has no sub-keys")
     value = _coerce(key, value, typ)
-    if "item" in f.metadata:
-        value = [_item(f"{key}[{i}]", f.metadata["item"], v) for i, v in enumerate(value)]
-    _check(key, f, value)
+    check_value(key, f.metadata, value)
     setattr(obj, name, value)
 
 
@@ -413,9 +446,15 @@ def keys() -> list[str]:
 def _describe(prefix: str, cls: type) -> list[str]:
     out = []
     for name, (f, typ) in _fields(cls).items():
+        if dataclasses.is_dataclass(typ):
+            out.extend(_describe(f"{prefix}{name}.", typ))
+            continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        kind = typ.__name__ if isinstance(typ, type) else str(typ)
+        item = _list_item_type(typ)
+        kind = typ.__name__ if isinstance(typ, type) else str(typ).replace("typing.", "")
+        if dataclasses.is_dataclass(item):
+            kind = f"list[{item.__name__}]"
         out.append(f"{prefix}{name} ({kind}, default {default!r})")
-        if "item" in f.metadata:
-            out.extend(_describe(f"{prefix}{name}[i].", f.metadata["item"]))
+        if dataclasses.is_dataclass(item):
+            out.extend(_describe(f"{prefix}{name}[i].", item))
     return out

@@ -21,9 +21,9 @@ from vlcontrast.config import Config, EvaluatorConfig
 from vlcontrast.data.sources import expand_urls
 from vlcontrast.data.synthetic import make_corpus
 from vlcontrast.data.tar_reader import iter_samples
-from vlcontrast.eval.embed import Embedder
+from vlcontrast.embed import Embedder
 from vlcontrast.eval.zeroshot import evaluate_zeroshot
-from vlcontrast.factory import load_for_eval
+from vlcontrast.models.load import load_model
 from vlcontrast.train.loop import train
 from vlcontrast.train.metrics_log import read_jsonl
 
@@ -90,7 +90,7 @@ def run_demo(out_dir: str | Path = "vlcontrast_demo", overrides: list[str] | Non
     cfg = demo_config(out_dir, corpus, overrides or [])
     run = train(cfg)  # evaluated once, below, exactly as `vlcontrast eval zeroshot` does
 
-    model, tokenizer, saved_cfg = load_for_eval(Path(run["checkpoint"]))
+    model, tokenizer, saved_cfg = load_model(Path(run["checkpoint"]))
     heldout = corpus["heldout_shards"]
     device = PartialState().device  # the device `vlcontrast eval` picks, so numbers match
     embedder = Embedder.from_model(model.to(device), tokenizer, saved_cfg, device)

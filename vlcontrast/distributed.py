@@ -121,3 +121,18 @@ def neighbour_exchange(x: torch.Tensor, to: int, frm: int, recv_rows: int) -> to
     the distributed SigLIP loss to pass text chunks around a ring.
     """
     return _NeighbourExchange.apply(x, to, frm, recv_rows)
+
+
+def all_gather_objects(obj):
+    """Every rank's ``obj`` (picklable), in rank order: ``[obj]`` without a process group."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def print0(*args, **kwargs) -> None:
+    """``print`` on the main process only: the one place rank-0 output is decided."""
+    if is_main():
+        print(*args, **kwargs, flush=True)

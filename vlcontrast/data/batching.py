@@ -24,8 +24,11 @@ from vlcontrast.data.streams import Cursor
 
 @dataclass
 class Collate:
-    tokenizer: PreTrainedTokenizerBase
-    context_length: int
+    """Samples -> a batch: ``images`` stacked, and for captioned samples ``input_ids`` and
+    ``attention_mask`` (one fast-tokenizer call) and ``texts``. No tokenizer: image-only."""
+
+    tokenizer: PreTrainedTokenizerBase | None = None
+    context_length: int = 77
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         tokens = self.tokenizer(
@@ -38,10 +41,11 @@ class Collate:
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        texts = [s["text"] for s in samples]
         batch: dict[str, Any] = {"images": stack([s["image"] for s in samples])}
-        batch.update(self.tokenize(texts))
-        batch["texts"] = texts
+        if self.tokenizer is not None:
+            texts = [s["text"] for s in samples]
+            batch.update(self.tokenize(texts))
+            batch["texts"] = texts
         batch["keys"] = [s["key"] for s in samples]
         return batch
 
@@ -52,8 +56,7 @@ def stack(images: list[torch.Tensor]) -> torch.Tensor:
     if get_worker_info() is None:
         return torch.stack(images)
     first = images[0]
-    storage = first._typed_storage()._new_shared(len(images) * first.numel(), device=first.device)
-    out = first.new(storage).resize_(len(images), *first.shape)
+    out = torch.empty((len(images), *first.shape), dtype=first.dtype).share_memory_()
     return torch.stack(images, out=out)
 
 

@@ -37,17 +37,12 @@ from typing import Any
 from PIL import Image
 from tqdm.auto import tqdm
 
-from vlcontrast.data.decode import to_rgb
+from vlcontrast.data.captions import parse_captions
+from vlcontrast.data.image import IMAGE_SUFFIXES, to_rgb
 from vlcontrast.data.shard_writer import add_member
+from vlcontrast.data.skip import SkipSample
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 KEEP_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # written as they are
-
-
-class Skip(Exception):
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 def scan_class_folder(root: str | Path) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -111,7 +106,7 @@ class CaptionTable:
         row = self.rows[index]
         path = Path(self.images) / str(row[self.image_column])
         if not path.is_file():
-            raise Skip("missing_image")
+            raise SkipSample("missing_image")
         extra = {k: v for k, v in row.items() if k not in (self.image_column, self.caption_column)}
         return {
             "image": path.read_bytes(),
@@ -206,7 +201,7 @@ class HFImageText:
             image.save(buffer, format="PNG")
             image = buffer.getvalue()
         if not image:
-            raise Skip("missing_image")
+            raise SkipSample("missing_image")
         extra = {k: v for k, v in row.items() if k not in (self.image_column, self.text_column)}
         extra = {k: v for k, v in extra.items() if isinstance(v, (str, int, float, bool, list))}
         return {"image": image, "caption": row[self.text_column], "meta": {"index": index, **extra}}
@@ -227,18 +222,13 @@ def encode_image(data: bytes, resize: int) -> tuple[str, bytes, dict[str, int]]:
             elif fmt not in KEEP_FORMATS:
                 rgb = to_rgb(img)
     except Exception:  # noqa: BLE001 - PIL raises many types for corrupt files
-        raise Skip("corrupt_image") from None
+        raise SkipSample("corrupt_image") from None
     sizes = {"original_width": width, "original_height": height}
     if rgb is None:
         return KEEP_FORMATS[fmt], data, {**sizes, "width": width, "height": height}
     buffer = io.BytesIO()
     rgb.save(buffer, format="JPEG", quality=95)
     return "jpg", buffer.getvalue(), {**sizes, "width": rgb.width, "height": rgb.height}
-
-
-def captions_of(value: Any) -> list[str]:
-    values = value if isinstance(value, list) else [value]
-    return [v.strip() for v in values if isinstance(v, str) and v.strip()]
 
 
 def write_shard(source, index: int, per_shard: int, out_dir: str, resize: int) -> dict[str, Any]:
@@ -257,11 +247,9 @@ def write_shard(source, index: int, per_shard: int, out_dir: str, resize: int) -
             key = f"{index:05d}{position - start:0{digits}d}"
             try:
                 record = source.record(position)
-                captions = captions_of(record.get("caption"))
-                if not captions:
-                    raise Skip("missing_caption")
+                captions = parse_captions(record.get("caption"))
                 ext, payload, sizes = encode_image(record["image"], resize)
-            except Skip as skip:
+            except SkipSample as skip:
                 skipped[skip.reason] += 1
                 continue
             except OSError:

@@ -16,11 +16,11 @@ from typing import Any
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from vlcontrast.data.decode import SkipSample, read_caption, to_rgb
+from vlcontrast.data.captions import read_caption
+from vlcontrast.data.image import IMAGE_EXTENSIONS, to_rgb
+from vlcontrast.data.skip import SkipSample
 from vlcontrast.data.sources import expand_urls
 from vlcontrast.data.tar_reader import iter_samples
-
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 
 def inspect_shards(
@@ -36,7 +36,7 @@ def inspect_shards(
             exts = [k for k in raw if not k.startswith("__")]
             members.update(exts)
             size += sum(len(raw[k]) for k in exts)
-            image_key = next((k for k in IMAGE_KEYS if k in raw), None)
+            image_key = next((k for k in IMAGE_EXTENSIONS if k in raw), None)
             if image_key is None:
                 problems["missing_image"] += 1
             try:

@@ -26,7 +26,9 @@ from typing import Any
 from torch.utils.data import IterableDataset, get_worker_info
 
 from vlcontrast import distributed
-from vlcontrast.data.decode import Decoder, SkipSample, reuse_image_memory
+from vlcontrast.data.decode import Decoder
+from vlcontrast.data.image import reuse_image_memory
+from vlcontrast.data.skip import SkipSample
 from vlcontrast.data.sources import Source
 from vlcontrast.data.streams import Cursor, epoch_shards, resampled_shards, stream_outputs
 
@@ -53,6 +55,15 @@ class DataPosition:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.to_dict()
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """In place (the trainer and its loader hold this object)."""
+        loaded = DataPosition.from_dict(saved)
+        self.epoch, self.streams = loaded.epoch, loaded.streams
+        self.cursors, self.next_stream = loaded.cursors, loaded.next_stream
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any]) -> DataPosition:

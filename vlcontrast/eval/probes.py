@@ -6,15 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlcontrast.config import EvaluatorConfig
-from vlcontrast.eval.datasets import class_info, open_source
-from vlcontrast.eval.embed import Embedder
+from vlcontrast.data.collection import class_info, open_source
+from vlcontrast.embed import Embedder
 from vlcontrast.eval.knn import knn_scores
 from vlcontrast.eval.linear_probe import linear_probe
 from vlcontrast.eval.metrics import classification_metrics
 
 
-def embed_train_test(embedder: Embedder, spec: EvaluatorConfig) -> dict[str, Any]:
+def embed_train_test(embedder: Embedder, spec) -> dict[str, Any]:
     if not spec.train_data:
         raise ValueError(f"train_data: {spec.kind} needs a labelled training set")
     train_source = open_source(spec, spec.train_data, spec.train_split)
@@ -34,7 +33,7 @@ def embed_train_test(embedder: Embedder, spec: EvaluatorConfig) -> dict[str, Any
     return {"train": train, "test": test, "classnames": classnames, "skipped": skipped}
 
 
-def evaluate_linear_probe(embedder: Embedder, spec: EvaluatorConfig) -> dict[str, Any]:
+def evaluate_linear_probe(embedder: Embedder, spec) -> dict[str, Any]:
     data = embed_train_test(embedder, spec)
     train, test, classnames = data["train"], data["test"], data["classnames"]
     probe = linear_probe(
@@ -51,7 +50,7 @@ def evaluate_linear_probe(embedder: Embedder, spec: EvaluatorConfig) -> dict[str
     return result
 
 
-def evaluate_knn(embedder: Embedder, spec: EvaluatorConfig) -> dict[str, Any]:
+def evaluate_knn(embedder: Embedder, spec) -> dict[str, Any]:
     data = embed_train_test(embedder, spec)
     train, test, classnames = data["train"], data["test"], data["classnames"]
     scores = knn_scores(

@@ -11,13 +11,12 @@ from typing import Any
 
 import torch
 
-from vlcontrast.config import EvaluatorConfig
-from vlcontrast.eval.datasets import open_source
-from vlcontrast.eval.embed import Embedder
+from vlcontrast.data.collection import open_source
+from vlcontrast.embed import Embedder
 from vlcontrast.eval.metrics import retrieval_metrics
 
 
-def evaluate_retrieval(embedder: Embedder, spec: EvaluatorConfig) -> dict[str, Any]:
+def evaluate_retrieval(embedder: Embedder, spec) -> dict[str, Any]:
     source = open_source(spec, spec.data, spec.split)
     embedded = embedder.images(source, need_captions=True, max_samples=spec.max_samples)
     if not embedded["captions"]:

@@ -1,4 +1,8 @@
-"""Run the evaluators a config declares (``eval.evaluators``), in training and from the CLI.
+"""The evaluator registry and the runner of the evaluators a config declares
+(``eval.evaluators``), in training and from the CLI.
+
+Evaluators take an :class:`~vlcontrast.embed.Embedder` (a model plus how to embed with it) and
+their config entry, never the trainer (big_vision's evaluators take a predict function).
 
 Every rank calls :func:`run_evaluators` together: each embeds its share of every set and the
 gathered results are the same on all ranks, so the metrics are identical to one process's.
@@ -6,14 +10,25 @@ gathered results are the same on all ranks, so the metrics are identical to one 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from vlcontrast.config import Config, ConfigError
-from vlcontrast.eval.embed import Embedder
-from vlcontrast.factory import EVALUATORS
+from vlcontrast.embed import Embedder
+from vlcontrast.eval.probes import evaluate_knn, evaluate_linear_probe
+from vlcontrast.eval.retrieval import evaluate_retrieval
+from vlcontrast.eval.zeroshot import evaluate_zeroshot
+
+# kind -> fn(embedder, EvaluatorConfig) -> {"metrics": {...}, ...}
+EVALUATORS: dict[str, Callable[..., dict[str, Any]]] = {
+    "zeroshot": evaluate_zeroshot,
+    "retrieval": evaluate_retrieval,
+    "linear_probe": evaluate_linear_probe,
+    "knn": evaluate_knn,
+}
 
 
 def evaluator_names(cfg: Config) -> list[str]:

@@ -13,9 +13,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vlcontrast.config import EvaluatorConfig
-from vlcontrast.eval.datasets import class_info, open_source
-from vlcontrast.eval.embed import Embedder
+from vlcontrast.data.collection import class_info, open_source
+from vlcontrast.embed import Embedder
 from vlcontrast.eval.metrics import classification_metrics
 from vlcontrast.eval.templates import resolve_templates
 
@@ -34,7 +33,7 @@ def zeroshot_classifier(
     return ensemble_prompts(txt_emb.view(len(classnames), len(templates), -1))  # (C, D)
 
 
-def evaluate_zeroshot(embedder: Embedder, spec: EvaluatorConfig) -> dict[str, Any]:
+def evaluate_zeroshot(embedder: Embedder, spec) -> dict[str, Any]:
     """Zero-shot metrics on ``spec.data``; also returns the embeddings and predictions."""
     source = open_source(spec, spec.data, spec.split)
     classnames, file_templates = class_info(spec, source)

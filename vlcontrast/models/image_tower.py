@@ -1,7 +1,7 @@
-"""Image tower: any timm model's pooled features plus a linear projection to the embedding space.
+"""Image tower: any timm model's pooled features plus a projection head to the embedding space.
 
-Sits between ``data`` (normalised image tensors) and the losses. ``num_classes=0`` makes timm
-return pooled features of size ``num_features`` for every architecture (timm's uniform model
+Sits between ``data`` (uint8 or normalised image tensors) and the losses. ``num_classes=0`` makes
+timm return pooled features of size ``num_features`` for every architecture (timm's uniform model
 interface), so CNNs and ViTs are handled alike. ``img_size`` is passed to models whose constructor
 takes it (ViT-like, fixed position embeddings); CNNs reject it and accept any resolution anyway.
 """
@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlcontrast.config import ImageTowerConfig
-from vlcontrast.data.transforms import normalize_uint8
+from vlcontrast.data.image import normalize_uint8
+from vlcontrast.models.heads import mlp
 
 
 def create_trunk(cfg: ImageTowerConfig) -> nn.Module:
@@ -30,18 +31,32 @@ def create_trunk(cfg: ImageTowerConfig) -> nn.Module:
 
 
 class ImageTower(nn.Module):
-    def __init__(self, cfg: ImageTowerConfig, embed_dim: int):
+    """``trunk`` (timm) and ``proj`` (the head); ``forward`` returns features and embeddings."""
+
+    def __init__(
+        self,
+        cfg: ImageTowerConfig,
+        embed_dim: int,
+        proj_layers: int = 1,
+        proj_hidden: int = 0,
+        proj_bn: bool = False,
+    ):
         super().__init__()
         self.trunk = create_trunk(cfg)
-        self.proj = nn.Linear(self.trunk.num_features, embed_dim, bias=False)
+        self.num_features = self.trunk.num_features
+        self.proj = mlp(self.num_features, embed_dim, proj_layers, proj_hidden, proj_bn)
         data_cfg = self.trunk.pretrained_cfg
         self.mean = tuple(cfg.mean) if cfg.mean else tuple(data_cfg.get("mean", (0.5, 0.5, 0.5)))
         self.std = tuple(cfg.std) if cfg.std else tuple(data_cfg.get("std", (0.5, 0.5, 0.5)))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) images -> (B, D) unit-norm embeddings. uint8 images (the training
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images -> (B, F) pooled features. uint8 images (the training
         pipeline's) are normalised here, on the device; float images must be normalised."""
         if images.dtype == torch.uint8:
             images = normalize_uint8(images, self.mean, self.std)
-        features = self.trunk(images)  # (B, num_features)
-        return F.normalize(self.proj(features), dim=-1)
+        return self.trunk(images)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features (B, F) and unit-norm embeddings (B, D)."""
+        features = self.features(images)
+        return features, F.normalize(self.proj(features), dim=-1)

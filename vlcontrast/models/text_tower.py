@@ -1,6 +1,7 @@
 """Text tower: any transformers encoder, pooled, projected and L2-normalised.
 
-Sits between ``data`` (token ids + attention mask, right-padded) and the losses. The encoder is
+Sits between ``data`` (token ids + attention mask, right-padded) and the losses; ``forward``
+returns the pooled features (before the projection) and the unit-norm embeddings. The encoder is
 built from a hub name, a local directory (``save_pretrained`` layout) or an inline config dict
 with a ``model_type`` for random initialisation, so tests and the demo never touch the network.
 Pooling is a pure function of the hidden states and the mask: ``cls`` (first token), ``mean``
@@ -72,6 +73,8 @@ def load_tokenizer(cfg: TextTowerConfig) -> PreTrainedTokenizerBase:
 
 
 class TextTower(nn.Module):
+    """``encoder`` (transformers), pooling and ``proj`` (the head)."""
+
     def __init__(self, cfg: TextTowerConfig, embed_dim: int):
         super().__init__()
         self.encoder = build_encoder(cfg)
@@ -80,10 +83,22 @@ class TextTower(nn.Module):
             # never get a gradient, which DDP's reducer rejects (and which waste memory).
             self.encoder.pooler = None
         self.pool = POOLINGS[cfg.pooling]
-        self.proj = nn.Linear(self.encoder.config.hidden_size, embed_dim, bias=False)
+        self.num_features = self.encoder.config.hidden_size
+        self.proj = nn.Linear(self.num_features, embed_dim, bias=False)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, L) token ids and mask -> (B, D) unit-norm embeddings."""
+    @property
+    def vocab_rows(self) -> int:
+        """Rows of the token embedding table: the largest tokenizer this tower can take."""
+        return self.encoder.get_input_embeddings().num_embeddings
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, L) token ids and mask -> (B, H) pooled features."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        pooled = self.pool(hidden, attention_mask)  # (B, H)
-        return F.normalize(self.proj(pooled), dim=-1)
+        return self.pool(hidden, attention_mask)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled features (B, H) and unit-norm embeddings (B, D)."""
+        features = self.features(input_ids, attention_mask)
+        return features, F.normalize(self.proj(features), dim=-1)

@@ -1,31 +1,48 @@
 """CLIP objective: image-text batch -> symmetric InfoNCE over the global batch.
 
-The blockwise (tiled) kernel is used when ``loss.tiled`` is ``on``, or ``auto`` and the global
-batch reaches ``loss.tiled_from``: below that the textbook loss is as fast and the B x B matrix
-is small (``benchmarks/loss_memory.py`` measures both).
+The blockwise (tiled) kernel is used when ``objective.clip.tiled`` is ``on``, or ``auto`` and the
+global batch reaches ``objective.clip.tiled_from``: below that the textbook loss is as fast and
+the B x B matrix is small (``benchmarks/loss_memory.py`` measures both).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from vlcontrast.config import LossConfig
 from vlcontrast.losses.clip import gathered_clip_loss
-from vlcontrast.objectives.base import Objective, detached
+from vlcontrast.objectives.base import Objective, detached, model_inputs
+from vlcontrast.schema import POSITIVE, choices
+
+
+@dataclass
+class CLIPConfig:
+    """``objective.clip.*``"""
+
+    # Across ranks: "local" scores this rank's rows against all gathered columns (2·B·N logits
+    # per rank), "global" has every rank compute the whole N x N loss. Same gradients.
+    gather: str = field(default="local", metadata=choices("local", "global"))
+    # Blockwise loss (memory linear in the batch): on, off or auto (global batch >= tiled_from)
+    tiled: str = field(default="auto", metadata=choices("auto", "on", "off"))
+    tiled_from: int = field(default=8192, metadata=POSITIVE)
+    tile_size: int = field(default=1024, metadata=POSITIVE)
 
 
 class CLIPObjective(Objective):
-    def __init__(self, cfg: LossConfig | None = None):
-        self.cfg = cfg if cfg is not None else LossConfig()
+    def __init__(self, cfg: CLIPConfig | None = None):
+        super().__init__()
+        self.cfg = cfg if cfg is not None else CLIPConfig()
 
-    def forward(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        img_emb, txt_emb, logit_scale = model(
-            batch["images"], batch["input_ids"], batch["attention_mask"]
-        )
-        return {"img_emb": img_emb, "txt_emb": txt_emb, "logit_scale": logit_scale}
+    def outputs(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        out = model(**model_inputs(batch, self.modalities))
+        return {
+            "img_emb": out["img_emb"],
+            "txt_emb": out["txt_emb"],
+            "logit_scale": out["logit_scale"],
+        }
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, Any]:
         loss = gathered_clip_loss(
@@ -39,5 +56,5 @@ class CLIPObjective(Objective):
         )
         return {"loss": loss, "metrics": {"logit_scale": detached(outputs["logit_scale"])}}
 
-    def after_step(self, model: nn.Module) -> None:
+    def after_step(self, model: nn.Module, step: int) -> None:
         self.unwrap(model).clamp_logit_scale()

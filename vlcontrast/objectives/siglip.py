@@ -1,31 +1,34 @@
-"""SigLIP objective: image-text batch -> pairwise sigmoid loss with a learnable bias."""
+"""SigLIP objective: image-text batch -> pairwise sigmoid loss with a learnable bias
+(Zhai et al. 2023); the model gets its ``logit_bias`` because this objective asks for one."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from vlcontrast.config import LossConfig
 from vlcontrast.losses.siglip import gathered_siglip_loss
-from vlcontrast.objectives.base import Objective, detached
+from vlcontrast.objectives.base import Objective, detached, model_inputs
+
+
+@dataclass
+class SigLIPConfig:
+    """``objective.siglip.*``: nothing to set yet (the bias and scale inits are model keys)."""
 
 
 class SigLIPObjective(Objective):
-    def __init__(self, cfg: LossConfig | None = None):
-        self.cfg = cfg if cfg is not None else LossConfig(name="siglip")
+    uses_logit_bias = True
 
-    def forward(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        img_emb, txt_emb, logit_scale, logit_bias = model(
-            batch["images"], batch["input_ids"], batch["attention_mask"]
-        )
-        return {
-            "img_emb": img_emb,
-            "txt_emb": txt_emb,
-            "logit_scale": logit_scale,
-            "logit_bias": logit_bias,
-        }
+    def __init__(self, cfg: SigLIPConfig | None = None):
+        super().__init__()
+        self.cfg = cfg if cfg is not None else SigLIPConfig()
+
+    def outputs(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        out = model(**model_inputs(batch, self.modalities))
+        names = ("img_emb", "txt_emb", "logit_scale", "logit_bias")
+        return {name: out[name] for name in names}
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, Any]:
         loss = gathered_siglip_loss(
@@ -40,5 +43,5 @@ class SigLIPObjective(Objective):
         }
         return {"loss": loss, "metrics": metrics}
 
-    def after_step(self, model: nn.Module) -> None:
+    def after_step(self, model: nn.Module, step: int) -> None:
         self.unwrap(model).clamp_logit_scale()

@@ -1,8 +1,20 @@
-"""Atomic checkpoints: a checkpoint directory appears complete or not at all.
+"""Atomic, named-state checkpoints that never unpickle anything.
 
-Layout of ``{output_dir}/checkpoints/step_{step:08d}/``: ``model.safetensors`` (weights),
-``train_state.pt`` (optimizer, scheduler, step, data position, RNG states), ``config.json`` (the
-resolved run config) and ``tokenizer/``, so evaluation rebuilds everything from the directory.
+The trainer hands :func:`save` a dict of named stateful parts (model, objective, optimizer,
+scheduler, data position, bad-data counts, RNG of every rank), as torchtitan's checkpointer
+does: adding a part is one entry, not a new key in a save function. Layout of
+``{output_dir}/checkpoints/step_{step:08d}/``:
+
+* ``model.safetensors``: the model's weights (what inference loads, ``models/load.py``);
+* ``state.safetensors``: every tensor of every other part, keyed ``part/path``;
+* ``state.json``: the step and every part's state with its tensors replaced by references
+  (tuples, non-string keys and numpy arrays are tagged so they come back as they were);
+* ``config.json`` (the resolved run config) and ``tokenizer/``.
+
+Loading reads JSON and safetensors only, so a shared checkpoint cannot run code. Checkpoints
+written before this format hold ``train_state.pt``; it is read with
+``torch.load(weights_only=True)`` (numpy's RNG state allowed, nothing else), which refuses any
+pickle that would call arbitrary code.
 
 Everything is written into a hidden temporary directory, fsynced, then renamed into place; the
 rename is the commit. A process killed mid-save leaves only a ``.tmp-*`` directory, which
@@ -14,20 +26,61 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
 from vlcontrast import config as config_lib
+from vlcontrast import distributed
+from vlcontrast.models.load import WEIGHTS, load_weights, read_config  # noqa: F401 (re-export)
+from vlcontrast.schema import ConfigError
 
 _NAME = re.compile(r"^step_(\d{8})$")
+STATE_JSON, STATE_TENSORS, LEGACY_STATE = "state.json", "state.safetensors", "train_state.pt"
+FORMAT = 2
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any) -> Any: ...
+
+
+class RNGState:
+    """The Python, numpy, torch and CUDA generators of every rank (a collective: every rank
+    calls ``state_dict``); each rank gets its own back on load."""
+
+    def state_dict(self) -> list[dict[str, Any]]:
+        mine = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        return distributed.all_gather_objects(mine)
+
+    def load_state_dict(self, states: list[dict[str, Any]] | dict[str, Any]) -> None:
+        if isinstance(states, dict):  # legacy checkpoints: rank 0's state only
+            states = [states]
+        rank = distributed.rank()
+        if rank >= len(states):
+            print(f"rank {rank}: the checkpoint has RNG states of {len(states)} rank(s); using 0's")
+        state = states[rank if rank < len(states) else 0]
+        python = state["python"]
+        random.setstate((python[0], tuple(python[1]), python[2]))
+        np.random.set_state(tuple(state["numpy"]))
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _fsync_tree(path: Path) -> None:
@@ -37,33 +90,63 @@ def _fsync_tree(path: Path) -> None:
                 os.fsync(handle.fileno())
 
 
-def rng_state() -> dict[str, Any]:
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
+def encode(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """``value`` as JSON, its tensors moved into ``tensors`` under ``key``-based names."""
+    if isinstance(value, torch.Tensor):
+        tensors[key] = value.detach().cpu().contiguous().clone()
+        return {"__tensor__": key}
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": value.tolist(), "dtype": str(value.dtype)}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple):
+        return {"__tuple__": [encode(v, f"{key}/{i}", tensors) for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [encode(v, f"{key}/{i}", tensors) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in value):
+            return {k: encode(v, f"{key}/{k}", tensors) for k, v in value.items()}
+        return {
+            "__items__": [
+                [encode(k, f"{key}/k{i}", tensors), encode(v, f"{key}/{i}", tensors)]
+                for i, (k, v) in enumerate(value.items())
+            ]
+        }
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(
+        f"checkpoint part {key.split('/')[0]!r}: cannot store {type(value).__name__} at {key}"
+    )
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, list):
+        return [decode(v, tensors) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__tensor__" in value:
+        return tensors[value["__tensor__"]]
+    if "__ndarray__" in value:
+        return np.array(value["__ndarray__"], dtype=value["dtype"])
+    if "__tuple__" in value:
+        return tuple(decode(v, tensors) for v in value["__tuple__"])
+    if "__items__" in value:
+        return {decode(k, tensors): decode(v, tensors) for k, v in value["__items__"]}
+    return {k: decode(v, tensors) for k, v in value.items()}
 
 
 def save(
     root: str | Path,
     step: int,
     model: nn.Module,
-    train_state: dict[str, Any],
+    parts: dict[str, Any],
     cfg: config_lib.Config,
     tokenizer: Any = None,
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint ``step`` under ``root`` atomically; keep the newest ``keep``."""
+    """Write checkpoint ``step`` under ``root`` atomically; keep the newest ``keep``.
+
+    ``parts`` maps names to state dicts (already taken, so collectives ran on every rank)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".tmp-*"):
@@ -71,8 +154,12 @@ def save(
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}-{os.getpid()}"
     tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save(train_state, tmp / "train_state.pt")
+    save_model(model, str(tmp / WEIGHTS))
+    tensors: dict[str, torch.Tensor] = {}
+    encoded = {name: encode(state, name, tensors) for name, state in parts.items()}
+    save_file(tensors, str(tmp / STATE_TENSORS))
+    manifest = {"format": FORMAT, "step": step, "parts": encoded}
+    (tmp / STATE_JSON).write_text(json.dumps(manifest) + "\n")
     config_lib.save(cfg, tmp / "config.json")
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
@@ -89,6 +176,61 @@ def save(
     return final
 
 
+def load_state(path: str | Path) -> dict[str, Any]:
+    """``{"step": int, "parts": {name: state}}`` of a checkpoint, without unpickling code."""
+    path = Path(path)
+    if (path / STATE_JSON).is_file():
+        try:
+            manifest = json.loads((path / STATE_JSON).read_text())
+            tensors = load_file(str(path / STATE_TENSORS))
+        except (OSError, ValueError, SafetensorError) as err:
+            raise ConfigError(f"this checkpoint is damaged: {path} ({err})") from None
+        return {"step": manifest["step"], "parts": decode(manifest["parts"], tensors)}
+    if (path / LEGACY_STATE).is_file():
+        return _legacy_state(path / LEGACY_STATE)
+    raise ConfigError(f"train.resume: {path} holds no training state ({STATE_JSON})")
+
+
+def _legacy_state(file: Path) -> dict[str, Any]:
+    """A ``train_state.pt`` of the previous format, read with ``weights_only=True``."""
+    allowed = [
+        np.dtype,
+        np.ndarray,
+        type(np.dtype(np.uint32)),
+        getattr(np, "_core", np).multiarray._reconstruct,
+    ]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            saved = torch.load(file, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0][:200]
+        raise ConfigError(
+            f"refusing to load {file}: it holds pickled objects other than tensors and plain "
+            f"data, which could run code ({first}). Resume from a checkpoint you trust, or "
+            f"start fresh; its weights (model.safetensors) still load for evaluation"
+        ) from None
+    except (OSError, RuntimeError, EOFError) as err:
+        raise ConfigError(f"this checkpoint is damaged: {file} ({err})") from None
+    parts = {k: saved[k] for k in ("optimizer", "scheduler") if k in saved}
+    parts["data"] = saved.get("position", {})
+    parts["rng"] = saved["rng"]
+    if "bad_data" in saved:
+        parts["bad_data"] = saved["bad_data"]
+    return {"step": saved["step"], "parts": parts}
+
+
+def restore(path: str | Path, model: nn.Module, parts: dict[str, Stateful]) -> int:
+    """Load the model and every part that the checkpoint holds; returns the step."""
+    load_weights(path, model)
+    saved = load_state(path)
+    for name, part in parts.items():
+        if name in saved["parts"]:
+            part.load_state_dict(saved["parts"][name])
+        elif name != "objective":  # objectives without state may be absent from old ones
+            raise ConfigError(f"this checkpoint is damaged: {path} has no {name!r} state")
+    return int(saved["step"])
+
+
 def all_checkpoints(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
@@ -100,28 +242,3 @@ def all_checkpoints(root: str | Path) -> list[Path]:
 def latest(root: str | Path) -> Path | None:
     found = all_checkpoints(root)
     return found[-1] if found else None
-
-
-def load_config(path: str | Path) -> config_lib.Config:
-    """The run config stored in a checkpoint, pointing at the checkpoint's own tokenizer."""
-    path = Path(path)
-    cfg = config_lib.from_dict(json.loads((path / "config.json").read_text()))
-    if (path / "tokenizer").is_dir():
-        cfg.text.tokenizer = str(path / "tokenizer")
-    return cfg
-
-
-def load_weights(path: str | Path, model: nn.Module) -> None:
-    """Load ``model.safetensors`` strictly, except for the text encoder's pooler, which
-    checkpoints written before it was dropped (it never gets a gradient) still hold."""
-    missing, unexpected = load_model(model, str(Path(path) / "model.safetensors"), strict=False)
-    unexpected = [k for k in unexpected if not k.startswith("text.encoder.pooler.")]
-    if missing or unexpected:
-        raise RuntimeError(
-            f"{path}: checkpoint does not match the model (missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}); was it written with another config?"
-        )
-
-
-def load_train_state(path: str | Path) -> dict[str, Any]:
-    return torch.load(Path(path) / "train_state.pt", weights_only=False)

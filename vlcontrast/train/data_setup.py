@@ -9,12 +9,14 @@ from typing import Any
 from vlcontrast.config import Config, ConfigError
 from vlcontrast.data.batching import Collate, make_loader
 from vlcontrast.data.decode import Decoder
+from vlcontrast.data.image import CropResize
 from vlcontrast.data.shards import DataPosition, ShardDataset
 from vlcontrast.data.sources import dataset_size, parse_sources
-from vlcontrast.data.transforms import CropResize
 
 
 def build_train_data(cfg: Config, tokenizer) -> tuple[ShardDataset, Any]:
+    """The training stream; ``tokenizer`` None means an image-only model: captions are not
+    read, so a source without captions trains."""
     data = cfg.data
     if cfg.train.grad_cache_steps > data.batch_size:
         raise ConfigError(
@@ -34,7 +36,8 @@ def build_train_data(cfg: Config, tokenizer) -> tuple[ShardDataset, Any]:
     transform = CropResize(
         cfg.image.image_size, data.crop, tuple(data.crop_scale), draft=data.draft
     )
-    decoder = Decoder(transform, tuple(data.image_keys.split(";")), data.caption_key)
+    caption_key = data.caption_key if tokenizer is not None else ""
+    decoder = Decoder(transform, tuple(data.image_keys.split(";")), caption_key)
     dataset = ShardDataset(
         sources,
         decoder,

@@ -97,7 +97,7 @@ def grad_cached_step(
     with torch.no_grad():
         for part in micro:
             states.append(_rng_state(device))
-            cached.append(objective.forward(model, part))
+            cached.append(objective.outputs(model, part))
 
     names = list(cached[0])
     per_sample = {name: cached[0][name].ndim > 0 for name in names}
@@ -119,7 +119,7 @@ def grad_cached_step(
         last = k == len(micro) - 1
         sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
         with sync, _replayed_rng(state, device):
-            outputs = objective.forward(model, part)
+            outputs = objective.outputs(model, part)
             rows = next(len(outputs[n]) for n in names if per_sample[n])
             tensors, tensor_grads = [], []
             for name in names:

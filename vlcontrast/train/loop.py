@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
@@ -24,10 +23,13 @@ from vlcontrast.config import Config, ConfigError
 from vlcontrast.data.bad_data import BadData
 from vlcontrast.data.batching import iterate_epochs, to_device
 from vlcontrast.data.shards import DataPosition
+from vlcontrast.distributed import print0
 from vlcontrast.eval import report
 from vlcontrast.eval.runner import evaluator_names, run_evaluators, scalar_metrics
-from vlcontrast.factory import build_model, build_objective
+from vlcontrast.models import build_model
+from vlcontrast.models.build import has_text
 from vlcontrast.models.text_tower import load_tokenizer
+from vlcontrast.objectives import build_objective, objective_class
 from vlcontrast.train import checkpoint
 from vlcontrast.train.data_setup import (
     build_train_data,
@@ -38,6 +40,7 @@ from vlcontrast.train.data_setup import (
 from vlcontrast.train.grad_cache import grad_cached_step
 from vlcontrast.train.metrics_log import MetricsLogger
 from vlcontrast.train.optim import build_optimizer, build_scheduler
+from vlcontrast.train.precision import Precision
 
 
 class TrainingDiverged(RuntimeError):
@@ -46,26 +49,40 @@ class TrainingDiverged(RuntimeError):
 
 def train(cfg: Config) -> dict[str, Any]:
     """Run (or resume) training as ``cfg`` says; returns a summary of the run."""
-    accelerator = make_accelerator(cfg.train.precision)
+    accelerator = make_accelerator()
+    precision = Precision(cfg.train.precision, accelerator.device)
     set_seed(cfg.train.seed)
     run_dir = Path(cfg.train.output_dir)
     ckpt_root = run_dir / "checkpoints"
     resume_from = resolve_resume(cfg.train.resume, ckpt_root)
 
     evaluator_names(cfg)  # a clash stops the run now, not after the first eval_every steps
-    tokenizer = load_tokenizer(cfg.text)
+    resolve_model_settings(cfg)
+    tokenizer = load_tokenizer(cfg.text) if has_text(cfg) else None
     model = build_model(cfg)
     check_vocab(model, tokenizer)
-    objective = build_objective(cfg)
+    objective = build_objective(cfg.objective).to(accelerator.device)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
     dataset, loader = build_train_data(cfg, tokenizer)
     bad = BadData(cfg.data.max_bad_fraction, cfg.data.bad_min_samples)
     state = {"step": 0, "position": DataPosition(), "bad": bad}
+    parts = {
+        "objective": objective,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "data": state["position"],
+        "bad_data": bad,
+        "rng": checkpoint.RNGState(),
+    }
+    if precision.scaler is not None:
+        parts["grad_scaler"] = precision.scaler
     if resume_from is not None:
-        state = restore(resume_from, model, optimizer, scheduler, bad)
+        state["step"] = checkpoint.restore(resume_from, model, parts)
+        print(f"resumed from {resume_from} at step {state['step']}")
     set_streams(cfg, state["position"])
     dataset.check(state["position"].streams)
+    bare_model = model
     model, optimizer = accelerator.prepare(model, optimizer)
 
     main, size = accelerator.is_main_process, 0
@@ -89,7 +106,9 @@ def train(cfg: Config) -> dict[str, Any]:
     while state["step"] < cfg.train.steps:
         batch = next(batches)
         bad.check_all_ranks(accelerator.device)
-        loss, metrics = train_step(accelerator, model, objective, optimizer, batch, cfg, state)
+        loss, metrics = train_step(
+            accelerator, precision, model, objective, optimizer, batch, cfg, state
+        )
         scheduler.step()
         state["step"] += 1
         window_steps += 1
@@ -118,7 +137,7 @@ def train(cfg: Config) -> dict[str, Any]:
             window_start, window_steps = time.perf_counter(), 0
         if step % cfg.train.save_every == 0 or step == cfg.train.steps:
             save_checkpoint(
-                accelerator, ckpt_root, model, optimizer, scheduler, state, cfg, tokenizer
+                accelerator, ckpt_root, bare_model, parts, state["step"], cfg, tokenizer
             )
         if eval_due(cfg, step):
             evals = run_evals(accelerator, model, tokenizer, cfg, step)
@@ -136,8 +155,7 @@ def train(cfg: Config) -> dict[str, Any]:
         "eval": evals,
         "checkpoint": str(checkpoint.latest(ckpt_root)),
     }
-    if main:
-        print(bad.summary())
+    print0(bad.summary())
     return summary
 
 
@@ -148,13 +166,24 @@ def eval_line(step: int, evals: dict[str, float]) -> str:
     return f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in shown.items())
 
 
-def make_accelerator(precision: str) -> Accelerator:
-    """An Accelerator for ``precision``. accelerate keeps its mixed-precision setting in a
-    process-wide singleton that refuses a second, different value, so a second run in the same
-    process (a notebook, a sweep, the test suite) would fail; the singleton is reset first. The
-    distributed PartialState is kept."""
-    AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+def make_accelerator() -> Accelerator:
+    """Devices and process groups come from accelerate; mixed precision does not (see
+    ``train/precision.py``), so runs with different precisions can share a process."""
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
+def resolve_model_settings(cfg: Config) -> None:
+    """Fill the model keys the objective decides (``model.logit_bias`` left at None), so the
+    saved config rebuilds the same model without knowing the objective; check the model has
+    the towers the objective feeds."""
+    cls = objective_class(cfg.objective.name)
+    if cfg.model.logit_bias is None:
+        cfg.model.logit_bias = cls.uses_logit_bias
+    if "text" in cls.modalities and not has_text(cfg):
+        raise ConfigError(
+            f"model.kind: objective {cfg.objective.name!r} trains on image-text pairs; "
+            f"set model.kind=dual (model.kind={cfg.model.kind} has no text tower)"
+        )
 
 
 def log_line(step: int, metrics: dict[str, Any]) -> str:
@@ -166,7 +195,9 @@ def log_line(step: int, metrics: dict[str, Any]) -> str:
     )
 
 
-def train_step(accelerator, model, objective, optimizer, batch, cfg: Config, state) -> tuple:
+def train_step(
+    accelerator, precision, model, objective, optimizer, batch, cfg: Config, state
+) -> tuple:
     """One optimizer step; raises TrainingDiverged before a non-finite update touches weights."""
     model.train()
     step = state["step"] + 1
@@ -176,24 +207,26 @@ def train_step(accelerator, model, objective, optimizer, batch, cfg: Config, sta
         if not math.isfinite(value):
             raise diverged("loss", value, step, cfg)
 
-    out = grad_cached_step(
-        model,
-        objective,
-        to_device(batch, accelerator.device),
-        cfg.train.grad_cache_steps,
-        backward=accelerator.backward,
-        check_loss=check_loss,
-    )
+    with precision.autocast():
+        out = grad_cached_step(
+            model,
+            objective,
+            to_device(batch, accelerator.device),
+            cfg.train.grad_cache_steps,
+            backward=precision.backward,
+            check_loss=check_loss,
+        )
     value = float(out["loss"].detach())
     metrics = dict(out["metrics"])
     if cfg.optim.grad_clip > 0:
+        precision.unscale(optimizer)
         grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
         if not math.isfinite(grad_norm) and cfg.train.precision != "fp16":
             raise diverged("gradient norm", grad_norm, step, cfg)
         metrics["grad_norm"] = grad_norm
-    optimizer.step()
+    precision.step(optimizer)
     optimizer.zero_grad(set_to_none=True)
-    objective.after_step(model)
+    objective.after_step(model, step)
     return value, metrics
 
 
@@ -214,7 +247,9 @@ def global_mean(accelerator: Accelerator, value: float) -> float:
 
 
 def check_vocab(model, tokenizer) -> None:
-    rows = model.text.encoder.get_input_embeddings().num_embeddings
+    if tokenizer is None:
+        return
+    rows = model.text.vocab_rows
     if len(tokenizer) > rows:
         raise ConfigError(
             f"text.config.vocab_size: the tokenizer has {len(tokenizer)} tokens but the text "
@@ -228,45 +263,17 @@ def resolve_resume(resume: str, ckpt_root: Path) -> Path | None:
     if resume == "latest":
         return checkpoint.latest(ckpt_root)  # None: nothing saved yet, start fresh
     path = Path(resume)
-    if not (path / "model.safetensors").is_file():
+    if not (path / checkpoint.WEIGHTS).is_file():
         raise ConfigError(f"train.resume: {path} is not a checkpoint directory")
     return path
 
 
-def restore(path: Path, model, optimizer, scheduler, bad: BadData) -> dict[str, Any]:
-    checkpoint.load_weights(path, model)
-    saved = checkpoint.load_train_state(path)
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    checkpoint.set_rng_state(saved["rng"])
-    print(f"resumed from {path} at step {saved['step']}")
-    if "bad_data" in saved:
-        bad.load_state_dict(saved["bad_data"])
-    position = DataPosition.from_dict(saved["position"])
-    return {"step": saved["step"], "position": position, "bad": bad}
-
-
-def save_checkpoint(accelerator, root, model, optimizer, scheduler, state, cfg, tokenizer) -> None:
+def save_checkpoint(accelerator, root, model, parts: dict[str, Any], step, cfg, tokenizer) -> None:
+    """Every rank takes its parts' state (the RNG part gathers all ranks); rank 0 writes."""
     accelerator.wait_for_everyone()
+    states = {name: part.state_dict() for name, part in parts.items()}
     if accelerator.is_main_process:
-        train_state = {
-            "step": state["step"],
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "position": state["position"].to_dict(),
-            "bad_data": state["bad"].state_dict(),
-            "rng": checkpoint.rng_state(),
-        }
-        model_to_save = accelerator.unwrap_model(model)
-        checkpoint.save(
-            root,
-            state["step"],
-            model_to_save,
-            train_state,
-            cfg,
-            tokenizer,
-            cfg.train.keep_checkpoints,
-        )
+        checkpoint.save(root, step, model, states, cfg, tokenizer, cfg.train.keep_checkpoints)
     accelerator.wait_for_everyone()
 
 

@@ -1,7 +1,10 @@
-"""Evaluation data: ImageFolder trees, WebDataset shards and Hugging Face datasets, one interface.
+"""Image collections to embed: ImageFolder trees, WebDataset shards and Hugging Face datasets,
+one interface, for evaluation and search.
 
 source (raw records in a fixed order) -> EvalDataset (this rank's and worker's share, decode,
-transform; bad records skipped and counted) -> EvalCollate -> batches for ``embed.embed_images``.
+transform; bad records skipped and counted) -> eval_collate -> batches for ``embed``.
+Images go through the training pipeline's own image module (``data.image``), so a file is the
+same tensor in training and here; captions through the one caption parser.
 
 Every record carries an ``order`` key (its position in the whole set), so however many ranks
 and workers embed it, gathering and sorting by ``order`` gives the single-process result.
@@ -11,8 +14,8 @@ stream reads only its own tar files.
 
 from __future__ import annotations
 
-import io
 import json
+import random
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,8 +27,10 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from vlcontrast import distributed
-from vlcontrast.config import EvaluatorConfig
+from vlcontrast.data.captions import member_value, parse_captions
 from vlcontrast.data.convert import class_names, scan_class_folder
+from vlcontrast.data.image import IMAGE_EXTENSIONS, decode_image
+from vlcontrast.data.skip import SkipSample
 from vlcontrast.data.sources import expand_urls
 from vlcontrast.data.tar_reader import iter_samples
 
@@ -66,7 +71,7 @@ class ShardSource:
         self.urls = expand_urls(pattern)
         if not self.urls:
             raise ValueError(f"{pattern!r}: no shards")
-        self.image_keys = (image_field or "jpg;jpeg;png;webp").split(";")
+        self.image_keys = image_field.split(";") if image_field else IMAGE_EXTENSIONS
         self.label_field = label_field or "cls"
         self.caption_field = caption_field or "txt"
 
@@ -85,27 +90,9 @@ class ShardSource:
                     "order": shard * SHARD_ORDER + position,
                     "key": raw["__key__"],
                     "image": next((raw[k] for k in self.image_keys if k in raw), None),
-                    "label": _field(raw, self.label_field),
-                    "captions": _field(raw, self.caption_field),
+                    "label": lambda raw=raw: member_value(raw, self.label_field, "label"),
+                    "captions": lambda raw=raw: member_value(raw, self.caption_field),
                 }
-
-
-class Unreadable:
-    """A field that is present but cannot be decoded; the decoder skips the record with
-    ``reason``. (Sources only read; decoding errors are counted in ``EvalDataset.decode``.)"""
-
-    def __init__(self, reason: str):
-        self.reason = reason
-
-
-def _field(raw: dict[str, Any], name: str) -> Any:
-    ext, _, key = name.partition(".")
-    if ext not in raw:
-        return None
-    try:
-        return json.loads(raw[ext]).get(key) if key else raw[ext].decode("utf-8")
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        return Unreadable(f"unreadable_{ext}")
 
 
 class HFSource:
@@ -185,7 +172,7 @@ def detect_format(data: str) -> str:
     return "wds"
 
 
-def open_source(spec: EvaluatorConfig, data: str, split: str):
+def open_source(spec, data: str, split: str):
     """The source of ``data`` (the evaluator's ``data`` or ``train_data``) in ``spec.format``."""
     kind = spec.format if spec.format != "auto" else detect_format(data)
     if kind == "imagefolder":
@@ -209,7 +196,7 @@ def read_classes(path: str | Path) -> tuple[list[str], list[str]]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()], []
 
 
-def class_info(spec: EvaluatorConfig, source) -> tuple[list[str], list[str]]:
+def class_info(spec, source) -> tuple[list[str], list[str]]:
     """Class names (the ``classes`` file, else the dataset's own) and the file's templates."""
     if spec.classes:
         return read_classes(spec.classes)
@@ -247,36 +234,33 @@ class EvalDataset(IterableDataset):
             yield from ({"skip": reason} for reason in _drain(errors))
             try:
                 yield self.decode(record)
-            except _Skip as skip:
+            except SkipSample as skip:
                 yield {"skip": skip.reason}
         yield from ({"skip": reason} for reason in _drain(errors))
 
     def decode(self, record: dict[str, Any]) -> dict[str, Any]:
         sample = {"order": record["order"], "key": record["key"]}
         if self.need_label:
-            sample["label"] = _label(record.get("label"))
+            sample["label"] = _label(_value(record.get("label")))
         if self.need_captions:
-            sample["captions"] = _captions(record.get("captions"))
-        if record.get("image") is None:
-            raise _Skip("missing_image")
-        try:
-            image = record["image"]
-            image = Image.open(io.BytesIO(image)) if isinstance(image, bytes) else image
-            image.load()
-            image = image.convert("RGB")
-        except Exception:  # noqa: BLE001 - PIL raises many types for corrupt files
-            raise _Skip("corrupt_image") from None
-        try:
-            sample["image"] = self.transform(image)
-        except Exception:  # noqa: BLE001
-            raise _Skip("transform_failed") from None
+            sample["captions"] = parse_captions(_value(record.get("captions")))
+        image = record.get("image")
+        if image is None:
+            raise SkipSample("missing_image")
+        rng = random.Random(record["order"])  # a random transform is seeded by position
+        if isinstance(image, Image.Image):  # a dataset that hands out decoded images
+            try:
+                sample["image"] = self.transform(image, rng)
+            except Exception:  # noqa: BLE001
+                raise SkipSample("transform_failed") from None
+        else:
+            sample["image"] = decode_image(image, self.transform, rng)
         return sample
 
 
-class _Skip(Exception):
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
+def _value(value: Any) -> Any:
+    """Shard records give their fields lazily (parsing can skip the record); others directly."""
+    return value() if callable(value) else value
 
 
 def _drain(errors: Counter) -> list[str]:
@@ -287,33 +271,11 @@ def _drain(errors: Counter) -> list[str]:
 
 def _label(value: Any) -> int:
     if value is None:
-        raise _Skip("missing_label")
-    if isinstance(value, Unreadable):
-        raise _Skip(value.reason)
+        raise SkipSample("missing_label")
     try:
         return int(json.loads(value)) if isinstance(value, str) else int(value)
     except (ValueError, TypeError):
-        raise _Skip("bad_label") from None
-
-
-def _captions(value: Any) -> list[str]:
-    if value is None:
-        raise _Skip("missing_caption")
-    if isinstance(value, Unreadable):
-        raise _Skip(value.reason)
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):  # a JSON list in a text member
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError:
-                value = [text]
-        else:
-            value = [text]
-    captions = [str(c).strip() for c in value if str(c).strip()]
-    if not captions:
-        raise _Skip("empty_caption")
-    return captions
+        raise SkipSample("bad_label") from None
 
 
 def eval_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:

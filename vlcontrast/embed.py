@@ -1,15 +1,21 @@
 """Batched embedding of images and texts: the one helper shared by evaluation and search.
 
-With a process group, each rank embeds its share and the results are gathered in the order of
-the whole set (``order`` keys for images, contiguous slices for texts), so every rank ends with
-exactly what one process would have computed; every rank must call these together.
+Layered on the models only (``models/`` plus the data collections), never on ``train/`` or
+``eval/``. :func:`iter_embeddings` is the streaming form: it yields this rank's batches of keys
+and embeddings as they are computed (and can write them to disk, one file per batch), so a
+collection of any size is embedded in bounded memory. :func:`embed_images` is the gathered form
+for evaluation: each rank embeds its share and the results are gathered in the order of the
+whole set (``order`` keys for images, contiguous slices for texts), so every rank ends with
+exactly what one process would have computed; every rank must call it together.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,8 +27,8 @@ from tqdm.auto import tqdm
 from vlcontrast import distributed
 from vlcontrast.config import Config
 from vlcontrast.data.batching import Collate
-from vlcontrast.data.transforms import image_transform
-from vlcontrast.eval.datasets import EvalDataset, eval_collate
+from vlcontrast.data.collection import EvalDataset, eval_collate
+from vlcontrast.data.image import CropResize
 
 Tokenize = Callable[[list[str]], dict[str, torch.Tensor]]
 
@@ -61,6 +67,58 @@ def _slice(n: int) -> tuple[int, int]:
 
 
 @torch.no_grad()
+def iter_embeddings(
+    model: nn.Module,
+    dataset: EvalDataset,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+    progress: Callable | None = None,
+    out_dir: str | Path | None = None,
+) -> Iterator[dict[str, Any]]:
+    """This rank's share of ``dataset``, embedded batch by batch.
+
+    Yields ``{"keys", "order" (N,), "img_emb" (N, D) float32 on the CPU, "labels" (N,) or None,
+    "captions" or None, "skipped" {reason: n}}`` per batch, in this rank's reading order.
+    ``out_dir``: each batch is also saved there (``emb_r{rank}_{i:06d}.safetensors`` with its
+    keys in a JSON sidecar) as it comes, for collections that do not fit in memory.
+    """
+    model.eval()
+    device = torch.device(device)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=eval_collate
+    )
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for index, batch in enumerate(progress(loader) if progress else loader):
+        out = {
+            "keys": batch["keys"],
+            "order": batch["order"],
+            "img_emb": torch.empty(0, model.embed_dim),
+            "labels": batch.get("labels"),
+            "captions": batch.get("captions"),
+            "skipped": dict(batch["skipped"]),
+        }
+        if batch["images"] is not None:
+            out["img_emb"] = model.encode_image(batch["images"].to(device)).float().cpu()
+        if out_dir is not None:
+            _write_batch(Path(out_dir), index, out)
+        yield out
+
+
+def _write_batch(out_dir: Path, index: int, batch: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    name = f"emb_r{distributed.rank()}_{index:06d}"
+    save_file(
+        {"img_emb": batch["img_emb"].contiguous(), "order": batch["order"]},
+        str(out_dir / f"{name}.safetensors"),
+    )
+    meta = {"keys": batch["keys"], "skipped": batch["skipped"]}
+    (out_dir / f"{name}.json").write_text(json.dumps(meta) + "\n")
+
+
+@torch.no_grad()
 def embed_images(
     model: nn.Module,
     dataset: EvalDataset,
@@ -75,21 +133,16 @@ def embed_images(
     Returns ``img_emb`` (N, D) on the CPU in dataset order, ``labels`` (N,) or None,
     ``captions`` (list of caption lists) or None, ``keys`` and ``skipped`` counts by reason.
     """
-    model.eval()
-    device = torch.device(device)
-    loader = DataLoader(
-        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=eval_collate
-    )
     order, img_emb, labels, captions, keys = [], [], [], [], []
     skipped: Counter = Counter()
-    for batch in progress(loader) if progress else loader:
+    for batch in iter_embeddings(model, dataset, batch_size, num_workers, device, progress):
         skipped.update(batch["skipped"])
-        if batch["images"] is None:
+        if not batch["keys"]:
             continue
-        img_emb.append(model.encode_image(batch["images"].to(device)).float())
+        img_emb.append(batch["img_emb"].to(device))
         order.append(batch["order"])
-        labels.extend(batch.get("labels", torch.empty(0)).tolist())
-        captions.extend(batch.get("captions", []))
+        labels.extend(batch["labels"].tolist() if batch["labels"] is not None else [])
+        captions.extend(batch["captions"] or [])
         keys.extend(batch["keys"])
     local = {
         "order": torch.cat(order).tolist() if order else [],
@@ -145,8 +198,9 @@ class Embedder:
 
     @classmethod
     def from_model(cls, model: nn.Module, tokenizer, cfg: Config, device="cpu", progress=False):
-        transform = image_transform(cfg.image.image_size, model.image.mean, model.image.std)
-        tokenize = Collate(tokenizer, cfg.text.context_length).tokenize
+        # The training pipeline's centre crop (uint8; the model normalises on the device).
+        transform = CropResize(cfg.image.image_size, "center", draft=cfg.data.draft)
+        tokenize = Collate(tokenizer, cfg.text.context_length).tokenize if tokenizer else None
         return cls(
             model, tokenize, transform, cfg.eval.batch_size, cfg.eval.num_workers, device, progress
         )

@@ -1,0 +1,21 @@
+"""The one skip exception: a sample that cannot be used, with the reason it is counted under.
+
+Every stage that reads data (training streams, evaluation and search collections, the shard
+makers, ``shards inspect``) raises :class:`SkipSample` and counts it by ``reason``, so a bad
+sample is never a crash and never silent. The reasons (the README lists them):
+
+``unreadable_shard``, ``truncated_shard`` (the tar), ``missing_image``, ``corrupt_image``,
+``transform_failed`` (the image), ``missing_caption``, ``empty_caption``,
+``bad_caption_encoding``, ``bad_json`` (the caption), ``missing_label``, ``bad_label`` (the
+label), ``tokenize_failed`` (the tokenizer).
+"""
+
+from __future__ import annotations
+
+
+class SkipSample(Exception):
+    """Raised for a sample to skip; ``reason`` is the counter key."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason

@@ -1,0 +1,25 @@
+"""Models from the config: ``model.kind`` picks the class (a plain dict registry)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from vlcontrast.config import Config
+from vlcontrast.models.dual import DualEncoder
+from vlcontrast.models.image_only import ImageEncoder
+from vlcontrast.schema import ConfigError
+
+MODELS: dict[str, type[nn.Module]] = {"dual": DualEncoder, "image": ImageEncoder}
+
+
+def build_model(cfg: Config) -> nn.Module:
+    if cfg.model.kind not in MODELS:
+        raise ConfigError(
+            f"model.kind: unknown value {cfg.model.kind!r}; choose one of {', '.join(MODELS)}"
+        )
+    return MODELS[cfg.model.kind](cfg)
+
+
+def has_text(cfg: Config) -> bool:
+    """Whether the model has a text tower (and so needs a tokenizer and captions)."""
+    return cfg.model.kind == "dual"
