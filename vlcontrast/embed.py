@@ -183,6 +183,12 @@ def _gather_objects(local: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def eval_transform(cfg: Config) -> CropResize:
+    """The training pipeline's own centre crop (uint8; the model normalises on the device), so
+    a file is the same tensor in training and evaluation."""
+    return CropResize(cfg.image.image_size, "center", draft=cfg.data.draft)
+
+
 @dataclass
 class Embedder:
     """What every evaluator needs to embed data: the model, its tokenizer and preprocessing, and
@@ -198,8 +204,7 @@ class Embedder:
 
     @classmethod
     def from_model(cls, model: nn.Module, tokenizer, cfg: Config, device="cpu", progress=False):
-        # The training pipeline's centre crop (uint8; the model normalises on the device).
-        transform = CropResize(cfg.image.image_size, "center", draft=cfg.data.draft)
+        transform = eval_transform(cfg)
         tokenize = Collate(tokenizer, cfg.text.context_length).tokenize if tokenizer else None
         return cls(
             model, tokenize, transform, cfg.eval.batch_size, cfg.eval.num_workers, device, progress
