@@ -134,7 +134,8 @@ def samples_per_s(loader: DataLoader) -> tuple[float, float]:
     warmup, n, total = max(1, loader.num_workers), 0, 0
     cpu = cpu_seconds()
     for index, batch in enumerate(b for b in loader if not (isinstance(b, dict) and "pad" in b)):
-        size = len(batch["keys"]) if isinstance(batch, dict) else len(batch[0])
+        # vlcontrast's items hold the batch beside the loader's control fields
+        size = len(batch["batch"]["keys"]) if isinstance(batch, dict) else len(batch[0])
         total += size
         if index == warmup - 1:
             start = time.perf_counter()

@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vlcontrast import config as config_lib
 from vlcontrast.config import Config
-from vlcontrast.demo import DEMO
+from vlcontrast.demo import demo_values
 from vlcontrast.models import build_model
 from vlcontrast.objectives import build_objective
 from vlcontrast.train.loop import make_accelerator, train_step
@@ -50,7 +50,7 @@ SMALL = {
     },
     "model": {"embed_dim": 384},
 }
-CONFIGS = {"tiny": DEMO, "small": SMALL}
+CONFIGS = {"tiny": demo_values(), "small": SMALL}
 
 
 def timed(fn, seconds: float) -> float:

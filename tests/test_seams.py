@@ -17,6 +17,7 @@ from tests.conftest import run_file, tiny_overrides
 from tests.data_helpers import batches
 from vlcontrast import cli, objectives
 from vlcontrast.config import Config
+from vlcontrast.data.bad_data import BadData
 from vlcontrast.data.batching import Collate
 from vlcontrast.data.collection import EvalDataset, ShardSource
 from vlcontrast.data.decode import Decoder
@@ -122,9 +123,11 @@ def image_only_shards(corpus, tmp_path):
 def test_a_source_without_captions_streams_images_only(image_only_shards):
     decoder = Decoder(CropResize(8), caption_key="")
     ds = ShardDataset(parse_sources(image_only_shards), decoder, Collate(), batch_size=4)
-    (batch,) = batches(ds, 0, DataPosition(), 1)
+    bad = BadData()
+    (batch,) = batches(ds, 0, DataPosition(), 1, bad)
     assert batch["images"].shape == (4, 3, 8, 8) and "input_ids" not in batch
-    assert not batch["skipped"]
+    assert set(batch) == {"images", "keys"}  # the loader's control fields travel beside it
+    assert bad.seen == 4 and not bad.skipped
 
 
 def image_run(shards, out_dir, steps=4) -> list[str]:

@@ -25,12 +25,21 @@ import yaml
 
 from vlcontrast.objectives.clip import CLIPConfig
 from vlcontrast.objectives.siglip import SigLIPConfig
-from vlcontrast.schema import NON_NEGATIVE, POSITIVE, ConfigError, check_value, choices
+from vlcontrast.schema import NON_NEGATIVE, POSITIVE, ConfigError, between, check_value, choices
 
 __all__ = ["Config", "ConfigError"]
 
 
 _choices = choices
+
+ALL_EVAL = ("zeroshot", "retrieval", "linear_probe", "knn")
+LABELLED = ("zeroshot", "linear_probe", "knn")
+FITTED = ("linear_probe", "knn")
+
+
+def _doc(text: str, kinds: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Field metadata: help text and the evaluator kinds that use the field (CLI flags)."""
+    return {"help": text, "kinds": kinds}
 
 
 @dataclass
@@ -149,31 +158,69 @@ class TrainConfig:
 
 @dataclass
 class EvaluatorConfig:
-    """One entry of ``eval.evaluators``: what to evaluate, on which data (see vlcontrast.eval)."""
+    """One entry of ``eval.evaluators``: what to evaluate, on which data (see vlcontrast.eval).
+
+    Each field's metadata says which kinds use it and its help text; ``vlcontrast eval KIND``
+    generates its flags from them, so the CLI's defaults are these defaults."""
 
     kind: str = field(
         default="zeroshot", metadata=_choices("zeroshot", "retrieval", "linear_probe", "knn")
     )
-    name: str = ""  # prefix of the logged metrics; default: kind
-    data: str = ""  # the evaluation set: shard pattern, ImageFolder directory or HF dataset
-    train_data: str = ""  # linear_probe and knn: the labelled set the classifier is fitted on
-    format: str = field(default="auto", metadata=_choices("auto", "wds", "imagefolder", "hf"))
-    split: str = "test"  # HF datasets: split of `data`
-    train_split: str = "train"  # HF datasets: split of `train_data`
-    image_field: str = ""  # "": jpg;jpeg;png;webp (shards), image (HF)
-    label_field: str = ""  # "": cls (shards), label (HF)
-    caption_field: str = ""  # "": txt (shards), caption (HF); shards: json.KEY reads a JSON field
-    classes: str = ""  # class names: JSON ({"classnames": [...]} or a list) or one per line
-    # Prompt templates: built-in set names (openai_imagenet, generic), files, or literal templates
-    # with {}. Empty: the classes file's templates, else the generic set.
-    templates: list[str] = field(default_factory=list)
+    name: str = field(default="", metadata=_doc("prefix of the logged metrics; default: kind"))
+    data: str = field(default="", metadata=_doc("the evaluation set", ALL_EVAL))
+    train_data: str = field(
+        default="", metadata=_doc("the labelled set the classifier is fitted on", FITTED)
+    )
+    format: str = field(
+        default="auto",
+        metadata={**_choices("auto", "wds", "imagefolder", "hf"), **_doc("data format", ALL_EVAL)},
+    )
+    split: str = field(default="test", metadata=_doc("HF datasets: split of --data", ALL_EVAL))
+    train_split: str = field(
+        default="train", metadata=_doc("HF datasets: split of --train-data", FITTED)
+    )
+    image_field: str = field(
+        default="", metadata=_doc("shards: extensions (jpg;png); HF: column (image)", ALL_EVAL)
+    )
+    label_field: str = field(
+        default="", metadata=_doc("shards: cls or json.KEY; HF: column (label)", LABELLED)
+    )
+    caption_field: str = field(
+        default="",
+        metadata=_doc(
+            "shards: txt or json.KEY; HF: column (caption); a list = several", ("retrieval",)
+        ),
+    )
+    classes: str = field(
+        default="",
+        metadata=_doc("class names: JSON or one per line (default: the data's own)", LABELLED),
+    )
+    templates: list[str] = field(
+        default_factory=list,
+        metadata=_doc(
+            "prompt templates: openai_imagenet, generic, a file, or templates with {} (default: "
+            "the classes file's, else generic)",
+            ("zeroshot",),
+        ),
+    )
     max_samples: int = field(
-        default=0, metadata=NON_NEGATIVE
-    )  # evaluate only the first N samples; 0 = all
-    k: int = field(default=200, metadata=POSITIVE)  # knn: neighbours (Wu et al. 2018)
-    temperature: float = 0.1  # knn: similarity temperature
-    val_fraction: float = 0.2  # linear_probe: held out from train_data to pick the L2 penalty
-    weight_decays: list[float] = field(default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1])
+        default=0, metadata={**NON_NEGATIVE, **_doc("only the first N samples (0 = all)", ALL_EVAL)}
+    )
+    k: int = field(
+        default=200, metadata={**POSITIVE, **_doc("neighbours (Wu et al. 2018)", ("knn",))}
+    )
+    temperature: float = field(default=0.1, metadata=_doc("similarity temperature", ("knn",)))
+    val_fraction: float = field(
+        default=0.2,
+        metadata={
+            **between(0.0, 0.9),
+            **_doc("held out from the train data to pick the L2 penalty", ("linear_probe",)),
+        },
+    )
+    weight_decays: list[float] = field(
+        default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
+        metadata=_doc("L2 penalties swept", ("linear_probe",)),
+    )
 
 
 @dataclass

@@ -102,7 +102,7 @@ def ordered_batches(
                 position.cursors[stream].done = True
                 continue
             position.cursors[stream] = Cursor(**item["cursor"])
-            yield item
+            yield item["batch"]
 
     for item in loader:
         if item.get("pad") and not item.get("end"):

@@ -8,8 +8,9 @@ A rank reads ``position.streams`` logical streams; worker ``w`` of ``W`` serves 
 stream's next batch, or a small marker (padding for a slot without a stream or an ended one; an
 end marker once). Every worker thus yields the same number of items per round, so the
 DataLoader's round-robin over workers delivers batches in stream order 0, 1, 2, ... with a
-bounded reorder in the trainer, for any worker count. Batches carry the stream's cursor after
-them: the data position the trainer saves.
+bounded reorder in the trainer, for any worker count. Each item carries its control fields
+(stream, the stream's cursor after the batch: the data position the trainer saves, samples
+read, skip counts) beside the batch (``item["batch"]``), never inside it.
 
 Bad data never crashes a worker: each failed sample is skipped and counted by (reason, shard), and
 the counts travel with the stream's next batch or end marker.
@@ -163,8 +164,8 @@ class ShardDataset(IterableDataset):
                 batch = self.collate_checked(samples, skipped)
                 if batch is None:
                     continue
-                batch.update(stream=stream, cursor=asdict(after), seen=seen, skipped=drain(skipped))
-                yield batch
+                control = {"cursor": asdict(after), "seen": seen, "skipped": drain(skipped)}
+                yield {"stream": stream, **control, "batch": batch}
                 samples, seen = [], 0
         if not usable and missing:
             raise self.no_keys_error(raw, missing)

@@ -1,0 +1,55 @@
+"""Command line: a thin layer over the library; the only package that reads argv.
+
+vlcontrast demo [--out DIR] [section.key=value ...]
+vlcontrast train CONFIG [section.key=value ...]
+vlcontrast eval zeroshot|retrieval|linear-probe|knn --checkpoint DIR --data DATA [--json OUT]
+vlcontrast data synthetic|captions|imagefolder|hf ... --out DIR   (make shards)
+vlcontrast shards inspect URLS [--sheet PNG]
+vlcontrast config [CONFIG] [section.key=value ...]   (print the resolved config)
+
+One module per command group (``run``: demo, train, config; ``evaluate``; ``data``); each adds
+its sub-parsers and its ``cmd_*`` functions, which import the library lazily so ``--help`` is
+fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vlcontrast.cli import data, evaluate, run
+from vlcontrast.config import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vlcontrast",
+        description="Contrastive image-text training (CLIP) that is exact across ranks.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Start with 'vlcontrast demo'; train on your shards with 'vlcontrast train "
+        "configs/clip_vit_b32_bert.yaml data.train_shards=/data/{00000..00099}.tar'.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run.add_commands(sub)
+    evaluate.add_commands(sub)
+    data.add_commands(sub)
+    return parser
+
+
+COMMANDS = {
+    "demo": run.cmd_demo,
+    "train": run.cmd_train,
+    "config": run.cmd_config,
+    "eval": evaluate.cmd_eval,
+    "data": data.cmd_data,
+    "shards": data.cmd_shards,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as err:
+        print(f"vlcontrast: config error: {err}", file=sys.stderr)
+        return 2

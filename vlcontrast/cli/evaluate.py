@@ -1,0 +1,109 @@
+"""``vlcontrast eval KIND``: evaluate a checkpoint. The flags of each kind are generated from the
+evaluator schema (``config.EvaluatorConfig``: the kinds each field serves, its help, type and
+default), so the command line and run files cannot drift apart."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from pathlib import Path
+
+from vlcontrast import config as config_lib
+from vlcontrast.config import EvalConfig, EvaluatorConfig
+
+EVAL_KINDS = {
+    "zeroshot": "zero-shot classification: top-1/top-5, mean per-class recall, confusion matrix",
+    "retrieval": "image<->text retrieval on captioned data: recall@1/5/10, median rank",
+    "linear-probe": "logistic regression on frozen image embeddings (L2 penalty swept on a "
+    "validation split of --train-data)",
+    "knn": "weighted k-nearest-neighbour classification on frozen image embeddings",
+}
+DATA_HELP = (
+    ": a shard pattern ('val/{00000..00009}.tar'), an ImageFolder directory (root/CLASS/IMG), or "
+    "a Hugging Face dataset: a save_to_disk directory, a local dataset folder or 'hf:NAME'"
+)
+REQUIRED = {"data", "train_data"}
+
+
+def add_commands(sub) -> None:
+    evaluate = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint: zeroshot, retrieval, linear-probe, knn",
+        description="Evaluate a checkpoint; the model, preprocessing and tokenizer are rebuilt "
+        "from the checkpoint alone. Prints a table and, with --json, writes every number. Runs "
+        "in one process or under torchrun (each rank embeds its share).",
+    )
+    kinds = evaluate.add_subparsers(dest="kind", required=True)
+    for kind, help_text in EVAL_KINDS.items():
+        add_eval_arguments(kinds.add_parser(kind, help=help_text, description=help_text), kind)
+
+
+def schema_fields(kind: str) -> list[tuple[str, dataclasses.Field, typing.Any]]:
+    """The evaluator fields that evaluator ``kind`` (``linear_probe`` style) uses."""
+    hints = typing.get_type_hints(EvaluatorConfig)
+    return [
+        (f.name, f, hints[f.name])
+        for f in dataclasses.fields(EvaluatorConfig)
+        if kind in f.metadata.get("kinds", ())
+    ]
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory (step_*)")
+    for name, f, typ in schema_fields(kind.replace("-", "_")):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        text = f.metadata["help"] + (DATA_HELP if name == "data" else "")
+        kwargs: dict[str, typing.Any] = {"default": default, "help": text}
+        if name in REQUIRED:
+            kwargs["required"] = True
+        elif default not in ("", []):
+            kwargs["help"] += " (default: %(default)s)"
+        if typing.get_origin(typ) is list:
+            kwargs.update(nargs="+", type=typing.get_args(typ)[0])
+        elif typ in (int, float):
+            kwargs["type"] = typ
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        parser.add_argument("--" + name.replace("_", "-"), **kwargs)
+    parser.add_argument(
+        "--batch-size", type=int, default=EvalConfig.batch_size, help="default: %(default)s"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="dataloader workers per process (default: 2)"
+    )
+    parser.add_argument("--json", default="", help="write every result to this JSON file")
+    if kind != "retrieval":
+        parser.add_argument(
+            "--plot", default="", help="confusion-matrix PNG (default: beside --json)"
+        )
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
+    from vlcontrast.eval import report
+    from vlcontrast.eval.runner import run_evaluators
+    from vlcontrast.models.load import load_model
+
+    model, tokenizer, cfg = load_model(Path(args.checkpoint))
+    kind = args.kind.replace("-", "_")
+    entry = {"kind": kind, **{name: getattr(args, name) for name, _, _ in schema_fields(kind)}}
+    eval_cfg = {"evaluators": [entry], "batch_size": args.batch_size, "num_workers": args.workers}
+    config_lib.apply(cfg, {"eval": eval_cfg})
+    state = PartialState()  # a process group under torchrun; one process otherwise
+    model.to(state.device)
+    results = run_evaluators(model, tokenizer, cfg, state.device, progress=True)
+    if not state.is_main_process:
+        return 0
+    ((name, result),) = results.items()
+    print(report.format_table(name, result))
+    if args.json:
+        report.write_json(results, args.json)
+    plot = getattr(args, "plot", "") or (
+        str(Path(args.json).with_suffix(".confusion.png")) if args.json else ""
+    )
+    if plot and "confusion" in result:
+        report.save_confusion_png(result["confusion"], result["classnames"], plot)
+        print(f"confusion matrix: {plot}")
+    return 0

@@ -1,0 +1,82 @@
+"""``vlcontrast demo``, ``vlcontrast train`` and ``vlcontrast config``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from vlcontrast import config as config_lib
+
+OVERRIDES_HELP = (
+    "dotted overrides of the run config, type-checked against the schema, e.g. optim.lr=3e-4 "
+    "data.batch_size=64 train.resume=latest. Run 'vlcontrast config --keys' for every key."
+)
+
+
+def add_commands(sub) -> None:
+    demo = sub.add_parser(
+        "demo",
+        help="generate the embedded corpus, train a tiny CLIP for a few minutes, evaluate it",
+        description="Generates coloured-shape images with captions (once), trains a tiny CLIP on "
+        "them, prints zero-shot top-1 on held-out images and a text->image query, and writes "
+        "demo_summary.json. No downloads.",
+    )
+    demo.add_argument(
+        "--out", default="vlcontrast_demo", help="output directory (default: %(default)s)"
+    )
+    demo.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+
+    train = sub.add_parser(
+        "train",
+        help="train from a run config",
+        description="Train from a YAML run file plus overrides. Launch on several GPUs or "
+        "nodes with 'torchrun --nproc-per-node N -m vlcontrast.cli train ...' or "
+        "'accelerate launch -m vlcontrast.cli train ...'.",
+    )
+    train.add_argument("config", help="YAML run file (only what differs from the defaults)")
+    train.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+
+    show = sub.add_parser("config", help="print the resolved config (defaults + file + overrides)")
+    show.add_argument("config", nargs="?", default=None, help="YAML run file")
+    show.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    show.add_argument("--keys", action="store_true", help="list every key with type and default")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vlcontrast.demo import run_demo
+
+    run_demo(args.out, args.overrides)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from vlcontrast.data.shards import DataError
+    from vlcontrast.train.loop import TrainingDiverged, train
+
+    cfg = config_lib.load(args.config, args.overrides)
+    try:
+        summary = train(cfg)
+    except TrainingDiverged as err:
+        print(f"vlcontrast: {err}", file=sys.stderr)
+        return 3
+    except DataError as err:
+        # Raised in a dataloader worker, the message carries the worker's traceback: keep the
+        # original message (its last line).
+        message = str(err).strip().splitlines()[-1].removeprefix(f"{DataError.__module__}.")
+        print(f"vlcontrast: data error: {message.removeprefix('DataError: ')}", file=sys.stderr)
+        return 4
+    final = summary["final_loss"]
+    loss = f", final loss {final:.4f}" if final is not None else " (nothing left to train)"
+    print(f"done: {summary['steps']} steps{loss}")
+    print(f"checkpoint: {summary['checkpoint']}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.keys:
+        print("\n".join(config_lib.keys()))
+        return 0
+    cfg = config_lib.load(args.config, args.overrides)
+    print(json.dumps(config_lib.to_dict(cfg), indent=2))
+    return 0
