@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from vlcontrast import config as config_lib
 from vlcontrast.config import Config, ConfigError
 from vlcontrast.models.load import read_config
 from vlcontrast.train import checkpoint
@@ -35,7 +36,7 @@ def test_save_keeps_the_newest_and_roundtrips(tmp_path):
     model = nn.Linear(3, 2)
     checkpoint.load_weights(checkpoint.latest(tmp_path), model)
     assert torch.all(model.weight == 3.0)
-    assert read_config(checkpoint.latest(tmp_path)) == Config()
+    assert read_config(checkpoint.latest(tmp_path)) == config_lib.resolve(Config())
 
 
 def test_process_killed_mid_save_leaves_the_last_good_checkpoint(tmp_path):

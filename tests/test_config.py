@@ -74,11 +74,11 @@ def test_roundtrip_through_dict_and_json(tmp_path):
     cfg = config_lib.load(None, ["optim.lr=1e-3", "text.config={model_type: bert}"])
     config_lib.save(cfg, tmp_path / "c.json")
     again = config_lib.from_dict(yaml.safe_load((tmp_path / "c.json").read_text()))
-    assert again == cfg
     assert config_lib.diff(cfg) == {
         "optim": {"lr": 1e-3},
         "text": {"config": {"model_type": "bert"}},
     }
+    assert again == config_lib.resolve(cfg)  # saved configs name the objective-decided keys
 
 
 def test_configs_dir_files_load_and_the_demo_runs_its_run_file(tmp_path):
@@ -94,3 +94,41 @@ def test_configs_dir_files_load_and_the_demo_runs_its_run_file(tmp_path):
             if (section, key) not in moved:
                 assert demo[section][key] == value, f"{section}.{key}"
     assert demo["data"]["train_shards"] == "s/{0..1}.tar"
+
+
+def test_a_config_saved_before_the_seams_migrates():
+    """Checkpoints of earlier versions: ``loss.*`` keys and no ``model.logit_bias``."""
+    old = {
+        "loss": {"name": "siglip", "gather": "global", "tiled": "on", "tile_size": 64},
+        "model": {"embed_dim": 32},
+    }
+    cfg = config_lib.from_dict(old)
+    assert cfg.objective.name == "siglip" and cfg.model.logit_bias is True
+    assert cfg.objective.clip.gather == "global" and cfg.objective.clip.tile_size == 64
+    assert config_lib.from_dict({"loss": {"name": "clip"}}).model.logit_bias is False
+    cfg = config_lib.load(None, ["loss.name=siglip", "loss.tiled_from=16"])  # old overrides
+    assert cfg.objective.name == "siglip" and cfg.objective.clip.tiled_from == 16
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lr=nan", "optim.lr: expected a finite number"),
+        ("optim.lr=1e39", "optim.lr: expected a finite number"),
+        ("data.crop_scale=[0.5, x]", "data.crop_scale[1]: expected float"),
+        ("data.weights=3", "data.weights: expected list[float]"),
+        ("eval.evaluators=[{kind: knn, k: 0}]", "eval.evaluators[0].k: expected a positive"),
+        ("eval.evaluators=[7]", "eval.evaluators[0]: expected a mapping"),
+        ("objective.clip.tile_size=0", "objective.clip.tile_size: expected a positive"),
+        ("model.kind=text", "model.kind: expected one of dual, image"),
+    ],
+)
+def test_typed_containers_and_declared_checks_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        config_lib.load(None, [override])
+
+
+def test_keys_lists_nested_objective_settings():
+    listed = config_lib.keys()
+    assert any(k.startswith("objective.clip.tiled ") for k in listed)
+    assert any(k.startswith("eval.evaluators[i].k ") for k in listed)

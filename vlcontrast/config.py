@@ -450,7 +450,19 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 
 def from_dict(values: dict[str, Any]) -> Config:
-    return apply(Config(), _migrate(values))
+    """A saved config (``config.json`` of a run or checkpoint), older layouts migrated."""
+    return resolve(apply(Config(), _migrate(values)))
+
+
+def resolve(cfg: Config) -> Config:
+    """Fill the keys left for others to decide, so that a saved config rebuilds the same model
+    without knowing the objective: ``model.logit_bias`` None -> whether the objective uses a
+    bias (configs saved before that key existed included)."""
+    from vlcontrast.objectives import OBJECTIVES
+
+    if cfg.model.logit_bias is None and cfg.objective.name in OBJECTIVES:
+        cfg.model.logit_bias = OBJECTIVES[cfg.objective.name].uses_logit_bias
+    return cfg
 
 
 def _migrate(values: dict[str, Any]) -> dict[str, Any]:

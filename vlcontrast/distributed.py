@@ -132,7 +132,10 @@ def all_gather_objects(obj):
     return out
 
 
-def print0(*args, **kwargs) -> None:
-    """``print`` on the main process only: the one place rank-0 output is decided."""
+def print0(*args) -> None:
+    """Print on the main process only: the one place rank-0 output is decided. Goes through
+    ``tqdm.write`` so that a progress bar on screen is redrawn below the line."""
     if is_main():
-        print(*args, **kwargs, flush=True)
+        from tqdm.auto import tqdm
+
+        tqdm.write(" ".join(str(a) for a in args))

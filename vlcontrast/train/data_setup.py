@@ -12,6 +12,7 @@ from vlcontrast.data.decode import Decoder
 from vlcontrast.data.image import CropResize
 from vlcontrast.data.shards import DataPosition, ShardDataset
 from vlcontrast.data.sources import dataset_size, parse_sources
+from vlcontrast.distributed import print0
 
 
 def build_train_data(cfg: Config, tokenizer) -> tuple[ShardDataset, Any]:
@@ -56,7 +57,7 @@ def set_streams(cfg: Config, position: DataPosition) -> None:
     if not position.streams:
         position.reset(cfg.data.streams or max(1, cfg.data.num_workers))
     elif cfg.data.streams and cfg.data.streams != position.streams:
-        print(
+        print0(
             f"data.streams={cfg.data.streams} ignored: the run resumes with its checkpoint's "
             f"{position.streams} stream(s), which fix its sample order"
         )
@@ -66,7 +67,7 @@ def report_data(cfg: Config, dataset: ShardDataset, position: DataPosition) -> i
     """Print what the run reads; returns the dataset size (samples)."""
     size, how = dataset_size(dataset.urls, cfg.data.num_samples, cfg.train.progress)
     sources = len(dataset.sources)
-    print(
+    print0(
         f"data: {size} samples in {len(dataset.urls)} shard(s) from {sources} source(s) "
         f"({how}); {cfg.data.mode} mode, {position.streams} stream(s) per rank"
     )

@@ -79,7 +79,7 @@ def train(cfg: Config) -> dict[str, Any]:
         parts["grad_scaler"] = precision.scaler
     if resume_from is not None:
         state["step"] = checkpoint.restore(resume_from, model, parts)
-        print(f"resumed from {resume_from} at step {state['step']}")
+        print0(f"resumed from {resume_from} at step {state['step']}")
     set_streams(cfg, state["position"])
     dataset.check(state["position"].streams)
     bare_model = model
@@ -127,8 +127,7 @@ def train(cfg: Config) -> dict[str, Any]:
                 samples_read=bad.seen,
             )
             logger.log(step, {"train": metrics})
-            if main:
-                tqdm.write(log_line(step, metrics))
+            print0(log_line(step, metrics))
             bar.set_postfix(
                 loss=f"{metrics['loss']:.4f}",
                 samples_s=f"{metrics['samples_per_s']:.0f}",
@@ -142,8 +141,8 @@ def train(cfg: Config) -> dict[str, Any]:
         if eval_due(cfg, step):
             evals = run_evals(accelerator, model, tokenizer, cfg, step)
             logger.log(step, {"eval": evals})
-            if main and evals:
-                tqdm.write(eval_line(step, evals))
+            if evals:
+                print0(eval_line(step, evals))
 
     bar.close()
     logger.close()
@@ -177,8 +176,7 @@ def resolve_model_settings(cfg: Config) -> None:
     saved config rebuilds the same model without knowing the objective; check the model has
     the towers the objective feeds."""
     cls = objective_class(cfg.objective.name)
-    if cfg.model.logit_bias is None:
-        cfg.model.logit_bias = cls.uses_logit_bias
+    config_lib.resolve(cfg)
     if "text" in cls.modalities and not has_text(cfg):
         raise ConfigError(
             f"model.kind: objective {cfg.objective.name!r} trains on image-text pairs; "
