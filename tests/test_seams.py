@@ -188,3 +188,31 @@ def test_an_image_only_model_and_a_stateful_objective_resume_exactly(
     capsys.readouterr()
     assert cli.main([*args, "--k", "5", "--workers", "0"]) == 0
     assert "top1" in capsys.readouterr().out
+
+
+def test_multi_view_decodes_once_and_cuts_k_seeded_views(monkeypatch):
+    """K views from one decode (at the largest reduction that suits every view), each its own
+    crop, repeated exactly from the same per-sample seed."""
+    import vlcontrast.data.transforms as transforms_module
+    from vlcontrast.data.image import decode_image
+    from vlcontrast.data.transforms import MultiView
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    data = buffer.getvalue()
+    calls = []
+    real = transforms_module.decode_reduced
+    monkeypatch.setattr(
+        transforms_module, "decode_reduced", lambda img, s: calls.append(s) or real(img, s)
+    )
+    flip = lambda image, r: image.flip(-1) if r.random() < 2 else image  # noqa: E731
+    views = MultiView([CropResize(32, "random_resized", (0.2, 1.0))] * 2, [None, flip])
+    one = decode_image(data, views, random.Random(7))
+    assert one.shape == (2, 3, 32, 32) and one.dtype == torch.uint8
+    assert len(calls) == 1 and calls[0] >= 2  # one (reduced) decode for both views
+    assert not torch.equal(one[0], one[1])  # two different crops
+    again = decode_image(data, views, random.Random(7))
+    assert torch.equal(one, again)
+    assert not torch.equal(one, decode_image(data, views, random.Random(8)))

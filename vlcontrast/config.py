@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from vlcontrast.data.image import IMAGE_EXTENSIONS
 from vlcontrast.objectives.clip import CLIPConfig
 from vlcontrast.objectives.siglip import SigLIPConfig
 from vlcontrast.schema import NON_NEGATIVE, POSITIVE, ConfigError, between, check_value, choices
@@ -63,7 +64,7 @@ class DataConfig:
     # it but not on num_workers, so a run resumes exactly with any worker count. 0: num_workers.
     streams: int = field(default=0, metadata=NON_NEGATIVE)
     shuffle_buffer: int = field(default=1000, metadata=POSITIVE)  # samples per shuffle window
-    image_keys: str = "jpg;jpeg;png;webp"  # first present extension wins
+    image_keys: str = ";".join(IMAGE_EXTENSIONS)  # first present extension wins
     caption_key: str = "txt"  # or json.FIELD; a JSON list gives several captions, one is picked
     crop: str = field(default="center", metadata=_choices("center", "random_resized"))
     crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])  # random_resized area range

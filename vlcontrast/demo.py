@@ -9,7 +9,6 @@ once.
 
 from __future__ import annotations
 
-import io
 import json
 from importlib import resources
 from pathlib import Path
@@ -17,10 +16,11 @@ from typing import Any
 
 import yaml
 from accelerate import PartialState
-from PIL import Image, ImageDraw
 
 from vlcontrast import config as config_lib
 from vlcontrast.config import Config, EvaluatorConfig
+from vlcontrast.data.captions import read_caption
+from vlcontrast.data.inspect import contact_sheet
 from vlcontrast.data.sources import expand_urls
 from vlcontrast.data.synthetic import make_corpus
 from vlcontrast.data.tar_reader import iter_samples
@@ -106,28 +106,19 @@ def run_demo(out_dir: str | Path = "vlcontrast_demo", overrides: list[str] | Non
 
 
 def save_query_sheet(query: str, hits: list[dict], shards: str, path: Path) -> None:
-    """A PNG of the retrieved held-out images, each with its true caption and score; the
+    """A PNG of the retrieved held-out images, each with its score and true caption; the
     captions are also added to ``hits``."""
     wanted = {hit["key"] for hit in hits}
-    images, captions = {}, {}
+    found = {}
     for url in expand_urls(shards):
         for raw in iter_samples(url, lambda reason: None):
             if raw["__key__"] in wanted:
-                images[raw["__key__"]] = Image.open(io.BytesIO(raw["jpg"])).convert("RGB")
-                captions[raw["__key__"]] = raw["txt"].decode("utf-8")
+                found[raw["__key__"]] = (raw["jpg"], read_caption(raw, "txt")[0])
+    examples = []
     for hit in hits:
-        hit["caption"] = captions[hit["key"]]
-    tile, label = 160, 34
-    sheet = Image.new("RGB", (tile * len(hits), tile + label + 22), "white")
-    draw = ImageDraw.Draw(sheet)
-    draw.text((4, 4), f"query: {query}", fill="black")
-    for i, hit in enumerate(hits):
-        sheet.paste(images[hit["key"]].resize((tile, tile), Image.NEAREST), (i * tile, 22))
-        words = hit["caption"].split()
-        lines = [" ".join(words[:4]), " ".join(words[4:])]
-        draw.text((i * tile + 4, tile + 24), f"{hit['score']:.3f} {lines[0]}", fill="black")
-        draw.text((i * tile + 4, tile + 38), lines[1], fill="black")
-    sheet.save(path)
+        data, hit["caption"] = found[hit["key"]]
+        examples.append((f"{hit['score']:.3f}", data, hit["caption"]))
+    contact_sheet(examples, path, columns=len(examples), title=f"query: {query}")
 
 
 def samples_per_s(run_dir: Path) -> float:

@@ -88,14 +88,19 @@ def report(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def contact_sheet(examples: list, path: str | Path, tile: int = 160, columns: int = 4) -> None:
-    """A PNG grid of the example images, each with its key and the start of its caption."""
-    label = 48
+def contact_sheet(
+    examples: list, path: str | Path, tile: int = 160, columns: int = 4, title: str = ""
+) -> None:
+    """A PNG grid of (key, image bytes, caption) examples, each with its key and the start of
+    its caption, under an optional title line (``shards inspect --sheet``, the demo's query)."""
+    label, top = 48, 22 if title else 0
     rows = max(1, -(-len(examples) // columns))
-    sheet = Image.new("RGB", (columns * tile, rows * (tile + label)), "white")
+    sheet = Image.new("RGB", (columns * tile, top + rows * (tile + label)), "white")
     draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((4, 4), title, fill="black")
     for i, (key, data, caption) in enumerate(examples):
-        x, y = (i % columns) * tile, (i // columns) * (tile + label)
+        x, y = (i % columns) * tile, top + (i // columns) * (tile + label)
         try:
             with Image.open(io.BytesIO(data)) as img:
                 thumb = to_rgb(img)
