@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from vlcontrast.data.image import IMAGE_EXTENSIONS
+from vlcontrast.data.image import IMAGE_EXTENSIONS, MAX_PIXELS
 from vlcontrast.objectives.clip import CLIPConfig
 from vlcontrast.objectives.siglip import SigLIPConfig
 from vlcontrast.schema import NON_NEGATIVE, POSITIVE, ConfigError, between, check_value, choices
@@ -69,6 +69,9 @@ class DataConfig:
     crop: str = field(default="center", metadata=_choices("center", "random_resized"))
     crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])  # random_resized area range
     draft: bool = True  # reduced-size JPEG decoding when the crop is at least 2x the output
+    # Images with more pixels are skipped (too_large) from their header, before decoding; 0: no
+    # limit. 50 MP keeps 50-megapixel photos and 8K frames (see data/image.py:MAX_PIXELS).
+    max_pixels: int = field(default=MAX_PIXELS, metadata=NON_NEGATIVE)
     max_bad_fraction: float = field(
         default=0.2, metadata=NON_NEGATIVE
     )  # stop when more than this fraction of samples fail ...

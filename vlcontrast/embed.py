@@ -28,7 +28,7 @@ from vlcontrast import distributed
 from vlcontrast.config import Config
 from vlcontrast.data.batching import Collate
 from vlcontrast.data.collection import EvalDataset, eval_collate
-from vlcontrast.data.image import CropResize
+from vlcontrast.data.image import MAX_PIXELS, CropResize
 
 Tokenize = Callable[[list[str]], dict[str, torch.Tensor]]
 
@@ -201,19 +201,27 @@ class Embedder:
     num_workers: int = 0
     device: torch.device | str = "cpu"
     progress: bool = False
+    max_pixels: int = MAX_PIXELS
 
     @classmethod
     def from_model(cls, model: nn.Module, tokenizer, cfg: Config, device="cpu", progress=False):
         transform = eval_transform(cfg)
         tokenize = Collate(tokenizer, cfg.text.context_length).tokenize if tokenizer else None
         return cls(
-            model, tokenize, transform, cfg.eval.batch_size, cfg.eval.num_workers, device, progress
+            model,
+            tokenize,
+            transform,
+            cfg.eval.batch_size,
+            cfg.eval.num_workers,
+            device,
+            progress,
+            cfg.data.max_pixels,
         )
 
     def images(
         self, source, need_label=False, need_captions=False, max_samples=0, desc="embed"
     ) -> dict[str, Any]:
-        dataset = EvalDataset(source, self.transform, need_label, need_captions)
+        dataset = EvalDataset(source, self.transform, need_label, need_captions, self.max_pixels)
         show = self.progress and distributed.is_main()
         bar = (lambda it: tqdm(it, desc=desc, unit="batch", leave=False)) if show else None
         return embed_images(

@@ -29,7 +29,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from vlcontrast import distributed
 from vlcontrast.data.captions import member_value, parse_captions
 from vlcontrast.data.convert import class_names, scan_class_folder
-from vlcontrast.data.image import IMAGE_EXTENSIONS, decode_image
+from vlcontrast.data.image import IMAGE_EXTENSIONS, MAX_PIXELS, decode_image
 from vlcontrast.data.skip import SkipSample
 from vlcontrast.data.sources import expand_urls
 from vlcontrast.data.tar_reader import iter_samples
@@ -220,6 +220,7 @@ class EvalDataset(IterableDataset):
     transform: Callable[[Image.Image], torch.Tensor]
     need_label: bool = False
     need_captions: bool = False
+    max_pixels: int = MAX_PIXELS
 
     def __post_init__(self):
         # Taken in the process that builds the dataset: a dataloader worker has no process group.
@@ -254,7 +255,7 @@ class EvalDataset(IterableDataset):
             except Exception:  # noqa: BLE001
                 raise SkipSample("transform_failed") from None
         else:
-            sample["image"] = decode_image(image, self.transform, rng)
+            sample["image"] = decode_image(image, self.transform, rng, self.max_pixels)
         return sample
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlcontrast.data.captions import read_caption
-from vlcontrast.data.image import IMAGE_EXTENSIONS, CropResize, decode_image
+from vlcontrast.data.image import IMAGE_EXTENSIONS, MAX_PIXELS, CropResize, decode_image
 from vlcontrast.data.skip import SkipSample
 from vlcontrast.data.transforms import MultiView
 
@@ -26,6 +26,7 @@ class Decoder:
     transform: CropResize | MultiView
     image_keys: tuple[str, ...] = IMAGE_EXTENSIONS
     caption_key: str = "txt"  # "": image-only
+    max_pixels: int = MAX_PIXELS  # larger images are skipped as too_large before decoding
 
     def __call__(self, raw: dict[str, Any], rng: random.Random) -> dict[str, Any]:
         image_key = next((k for k in self.image_keys if k in raw), None)
@@ -33,7 +34,7 @@ class Decoder:
             raise SkipSample("missing_image")
         captions = read_caption(raw, self.caption_key) if self.caption_key else None
         sample = {
-            "image": decode_image(raw[image_key], self.transform, rng),
+            "image": decode_image(raw[image_key], self.transform, rng, self.max_pixels),
             "key": raw["__key__"],
             "url": raw["__url__"],
         }

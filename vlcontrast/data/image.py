@@ -41,6 +41,12 @@ from PIL import Image
 
 from vlcontrast.data.skip import SkipSample
 
+# Images above this many pixels are skipped (``too_large``) from their header, before any pixel
+# is decoded: a 169-megapixel PNG (just under PIL's own bomb limit) would add about 1.6 GB per
+# decoding process. 50 MP keeps every photo of a 50-megapixel camera and an 8K frame (33 MP);
+# img2dataset and OpenCLIP's loaders guard the same way.
+MAX_PIXELS = 50_000_000
+
 # Member extensions (shards) and file suffixes (folders) read as images, in order of preference.
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 IMAGE_SUFFIXES = (*(f".{e}" for e in IMAGE_EXTENSIONS), ".bmp", ".gif", ".tif", ".tiff")
@@ -185,12 +191,14 @@ def normalize_uint8(
     return (images.float() - mean_t) / std_t
 
 
-def decode_image(data: bytes, transform, rng: random.Random):
+def decode_image(data: bytes, transform, rng: random.Random, max_pixels: int = MAX_PIXELS):
     """Image bytes -> ``transform``'s output (a (3, S, S) uint8 tensor for :class:`CropResize`,
     K of them for a multi-view transform), or :class:`SkipSample` (``corrupt_image``,
-    ``transform_failed``)."""
+    ``too_large``, ``transform_failed``)."""
     try:
         with open_image(data) as img:
+            if max_pixels and img.size[0] * img.size[1] > max_pixels:
+                raise SkipSample("too_large")
             decoded = transform.read(img, rng)
     except SkipSample:
         raise

@@ -29,16 +29,18 @@ from torch.utils.data import IterableDataset, get_worker_info
 from vlcontrast import distributed
 from vlcontrast.data.decode import Decoder
 from vlcontrast.data.image import reuse_image_memory
-from vlcontrast.data.skip import SkipSample
+from vlcontrast.data.skip import DataError, SkipSample
 from vlcontrast.data.sources import Source
 from vlcontrast.data.streams import Cursor, epoch_shards, resampled_shards, stream_outputs
 
 MISSING = ("missing_image", "missing_caption")
 NO_KEYS_AFTER = 200  # this many samples in a row without the configured keys stops the run
+# A stream that reads this many samples, or this many shards, without one usable sample stops
+# the run (an endless resampled stream over bad shards would otherwise spin without output).
+NO_USABLE_SAMPLES = 2000
+NO_USABLE_SHARDS = 50
 
-
-class DataError(RuntimeError):
-    """The data cannot train: no usable sample, too many failures, too few shards."""
+__all__ = ["DataError", "DataPosition", "ShardDataset"]
 
 
 @dataclass
@@ -140,17 +142,24 @@ class ShardDataset(IterableDataset):
         """Batches of one stream, then its end marker (which carries the last skip counts)."""
         skipped: Counter = Counter()
         seed = f"{self.seed}/{self.position.epoch}/{self.rank}/{stream}"
+
+        def no_samples(shards: int) -> DataError:
+            what = f"the last {shards} shards read held no sample that"
+            return self.no_usable_error(stream, what, skipped)
+
         outputs = stream_outputs(
             self.shard_sequence(stream),
             self.position.cursors[stream],
             self.shuffle_buffer,
             seed,
             lambda reason, url: skipped.update([(reason, url)]),
+            empty_limit=(NO_USABLE_SHARDS, no_samples),
         )
         samples: list[dict[str, Any]] = []
-        seen, usable, missing = 0, False, 0
+        seen, read, usable, missing = 0, 0, False, 0
         for raw, rng, after in outputs:
             seen += 1
+            read += 1
             try:
                 samples.append(self.decode(raw, rng))
                 usable = True
@@ -159,6 +168,9 @@ class ShardDataset(IterableDataset):
                 missing += skip.reason in MISSING
                 if not usable and missing == NO_KEYS_AFTER:
                     raise self.no_keys_error(raw, missing) from None
+                if not usable and read == NO_USABLE_SAMPLES:
+                    what = f"none of the {read} samples read"
+                    raise self.no_usable_error(stream, what, skipped) from None
                 continue
             if len(samples) == self.batch_size:
                 batch = self.collate_checked(samples, skipped)
@@ -186,6 +198,16 @@ class ShardDataset(IterableDataset):
                     skipped[("tokenize_failed", sample["url"])] += 1
             samples[:] = keep
             return None
+
+    def no_usable_error(self, stream: int, what: str, skipped: Counter) -> DataError:
+        reasons: Counter = Counter()
+        for (reason, _), n in skipped.items():
+            reasons[reason] += n
+        shards = len({url for _, url in skipped})
+        return DataError(
+            f"{self.mode} stream {stream} of rank {self.rank}: {what} could be used (skipped in "
+            f"{shards} shard(s): {dict(reasons) or 'none'}); check data.train_shards"
+        )
 
     def no_keys_error(self, raw: dict[str, Any], missing: int) -> DataError:
         seen = sorted(k for k in raw if not k.startswith("__"))

@@ -1,4 +1,6 @@
-"""The one skip exception: a sample that cannot be used, with the reason it is counted under.
+"""The one skip exception, and the error for data that cannot train.
+
+The skip exception is a sample that cannot be used, with the reason it is counted under.
 
 Every stage that reads data (training streams, evaluation and search collections, the shard
 makers, ``shards inspect``) raises :class:`SkipSample` and counts it by ``reason``, so a bad
@@ -19,3 +21,7 @@ class SkipSample(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+class DataError(RuntimeError):
+    """The data cannot train: no usable sample, too many failures, too few shards."""

@@ -65,10 +65,22 @@ def resampled_shards(sources: list[Source], seed: int, stream: int) -> ShardAt:
 
 
 class RawReader:
-    """Raw samples of a shard sequence from (``shard``, ``skip``) on, across shard ends."""
+    """Raw samples of a shard sequence from (``shard``, ``skip``) on, across shard ends.
 
-    def __init__(self, shard_at: ShardAt, shard: int, skip: int, skipped: Callable):
+    ``empty_limit`` = (n, make_error): after n shards in a row without a single sample (all
+    missing, unreadable or garbage), raise ``make_error(n)`` instead of drawing shards forever
+    (a resampled sequence never ends)."""
+
+    def __init__(
+        self,
+        shard_at: ShardAt,
+        shard: int,
+        skip: int,
+        skipped: Callable,
+        empty_limit: tuple[int, Callable[[int], Exception]] | None = None,
+    ):
         self.shard_at, self.shard, self.skip, self.skipped = shard_at, shard, skip, skipped
+        self.empty_limit, self.empty_run, self.in_shard = empty_limit, 0, 0
         self._samples: Iterator | None = None
 
     def take(self, n: int) -> list[dict[str, Any]]:
@@ -79,21 +91,30 @@ class RawReader:
                 if url is None:
                     break
                 report = functools.partial(self.skipped, url=url)
-                self._samples = iter_samples(url, report, self.skip)
+                self._samples, self.in_shard = iter_samples(url, report, self.skip), 0
             raw = next(self._samples, None)
             if raw is None:
                 self.shard, self.skip, self._samples = self.shard + 1, 0, None
+                self.empty_run = 0 if self.in_shard else self.empty_run + 1
+                if self.empty_limit and self.empty_run >= self.empty_limit[0]:
+                    raise self.empty_limit[1](self.empty_run)
                 continue
             items.append(raw)
             self.skip += 1
+            self.in_shard += 1
         return items
 
 
 def stream_outputs(
-    shard_at: ShardAt, cursor: Cursor, window: int, seed: str, skipped: Callable
+    shard_at: ShardAt,
+    cursor: Cursor,
+    window: int,
+    seed: str,
+    skipped: Callable,
+    empty_limit: tuple[int, Callable[[int], Exception]] | None = None,
 ) -> Iterator[tuple[dict[str, Any], random.Random, Cursor]]:
     """(raw sample, its augmentation generator, the cursor just after it), in stream order."""
-    reader = RawReader(shard_at, cursor.shard, cursor.skip, skipped)
+    reader = RawReader(shard_at, cursor.shard, cursor.skip, skipped, empty_limit)
     index, start, taken = cursor.window, (cursor.shard, cursor.skip), cursor.taken
     while True:
         items = reader.take(window)

@@ -18,6 +18,9 @@ from typing import Any
 import webdataset as wds
 
 BLOCK = 512
+# A member size beyond this is a damaged header, not an image or a caption: reading it would
+# allocate that much (a GNU base-256 size field can claim 2^62 bytes).
+MAX_MEMBER = 1 << 32
 
 
 class Truncated(Exception):
@@ -82,6 +85,8 @@ def iter_members(stream, wanted: Callable[[str], bool]) -> Iterator[tuple[str, b
         if not header.strip(b"\0"):
             return  # end-of-archive block
         size, kind = _octal(header[124:136]), header[156:157]
+        if not 0 <= size <= MAX_MEMBER:
+            raise Truncated()  # a damaged size field: the rest of the shard cannot be framed
         padded = -(-size // BLOCK) * BLOCK
         if kind in (b"L", b"x"):  # the next member's name
             data = _read_exactly(stream, padded)[:size]
@@ -144,7 +149,7 @@ def iter_samples(
             if current is None:
                 current = {"__key__": key, "__url__": url}
             current[ext.lower()] = data
-    except (Truncated, OSError, EOFError, ValueError):
+    except (Truncated, OSError, EOFError, ValueError, MemoryError):
         skipped("truncated_shard")
         return
     finally:

@@ -38,7 +38,7 @@ def build_train_data(cfg: Config, tokenizer) -> tuple[ShardDataset, Any]:
         cfg.image.image_size, data.crop, tuple(data.crop_scale), draft=data.draft
     )
     caption_key = data.caption_key if tokenizer is not None else ""
-    decoder = Decoder(transform, tuple(data.image_keys.split(";")), caption_key)
+    decoder = Decoder(transform, tuple(data.image_keys.split(";")), caption_key, data.max_pixels)
     dataset = ShardDataset(
         sources,
         decoder,
