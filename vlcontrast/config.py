@@ -156,6 +156,8 @@ class TrainConfig:
     # passes (activation memory of one micro-batch); the loss still sees the whole batch.
     grad_cache_steps: int = field(default=1, metadata=POSITIVE)
     resume: str = ""  # "" (fresh), "latest" (newest in output_dir) or a checkpoint directory
+    # A fresh run in a directory that holds another run moves that run aside instead of refusing
+    overwrite: bool = False
     progress: bool = True
     tensorboard: bool = True
 

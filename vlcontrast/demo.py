@@ -45,6 +45,7 @@ def demo_config(out_dir: Path, corpus: dict[str, str], overrides: list[str]) -> 
     cfg.data.train_shards = corpus["train_shards"]
     cfg.text.tokenizer = corpus["tokenizer"]
     cfg.train.output_dir = str(out_dir / "run")
+    cfg.train.overwrite = True  # a rerun of the demo replaces its previous run (moved aside)
     cfg.eval.evaluators = []  # evaluated once after training, exactly as `vlcontrast eval` does
     return config_lib.apply_overrides(cfg, overrides)
 

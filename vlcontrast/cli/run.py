@@ -52,6 +52,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from vlcontrast.data.shards import DataError
+    from vlcontrast.train.checkpoint import CheckpointError
     from vlcontrast.train.loop import TrainingDiverged, train
 
     cfg = config_lib.load(args.config, args.overrides)
@@ -60,6 +61,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingDiverged as err:
         print(f"vlcontrast: {err}", file=sys.stderr)
         return 3
+    except CheckpointError as err:
+        print(f"vlcontrast: {err}", file=sys.stderr)
+        return 5
     except DataError as err:
         # Raised in a dataloader worker, the message carries the worker's traceback: keep the
         # original message (its last line).

@@ -24,6 +24,7 @@ partial one.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -47,6 +48,10 @@ from vlcontrast.schema import ConfigError
 _NAME = re.compile(r"^step_(\d{8})$")
 STATE_JSON, STATE_TENSORS, LEGACY_STATE = "state.json", "state.safetensors", "train_state.pt"
 FORMAT = 2
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (the previous one is intact)."""
 
 
 class Stateful(Protocol):
@@ -153,17 +158,21 @@ def save(
         shutil.rmtree(stale, ignore_errors=True)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}-{os.getpid()}"
-    tmp.mkdir()
-    save_model(model, str(tmp / WEIGHTS))
     tensors: dict[str, torch.Tensor] = {}
     encoded = {name: encode(state, name, tensors) for name, state in parts.items()}
-    save_file(tensors, str(tmp / STATE_TENSORS))
-    manifest = {"format": FORMAT, "step": step, "parts": encoded}
-    (tmp / STATE_JSON).write_text(json.dumps(manifest) + "\n")
-    config_lib.save(cfg, tmp / "config.json")
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(tmp / "tokenizer"))
-    _fsync_tree(tmp)
+    try:
+        tmp.mkdir()
+        save_model(model, str(tmp / WEIGHTS))
+        save_file(tensors, str(tmp / STATE_TENSORS))
+        manifest = {"format": FORMAT, "step": step, "parts": encoded}
+        (tmp / STATE_JSON).write_text(json.dumps(manifest) + "\n")
+        config_lib.save(cfg, tmp / "config.json")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        _fsync_tree(tmp)
+    except (OSError, RuntimeError, SafetensorError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(err, step, root, model, tensors) from None
     if final.exists():  # re-saving a step (after a resume): move the old one aside first
         old = root / f".tmp-old-{final.name}-{os.getpid()}"
         final.rename(old)
@@ -174,6 +183,23 @@ def save(
     for stale in all_checkpoints(root)[:-keep]:
         shutil.rmtree(stale)
     return final
+
+
+def write_error(err: Exception, step: int, root: Path, model: nn.Module, tensors) -> Exception:
+    """One message for a failed save; a full disk says so, with the size it needed."""
+    text = str(err)
+    full = getattr(err, "errno", None) == errno.ENOSPC or any(
+        marker in text for marker in ("No space left", "StorageFull", "unexpected pos")
+    )
+    if not full:
+        return CheckpointError(f"could not write checkpoint step {step} in {root}: {text[:300]}")
+    values = [*model.state_dict().values(), *tensors.values()]
+    size_mb = sum(v.numel() * v.element_size() for v in values) / 1e6
+    return CheckpointError(
+        f"no space left on device while writing checkpoint step {step} in {root} (needs about "
+        f"{size_mb:.1f} MB); the partial checkpoint was removed and the previous one is intact. "
+        f"Free space, then resume with train.resume=latest"
+    )
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
@@ -237,6 +263,10 @@ def all_checkpoints(root: str | Path) -> list[Path]:
         return []
     found = [p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name)]
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+
+
+def step_of(path: Path) -> int:
+    return int(_NAME.match(path.name).group(1))
 
 
 def latest(root: str | Path) -> Path | None:

@@ -31,6 +31,7 @@ from vlcontrast.models.build import has_text
 from vlcontrast.models.text_tower import load_tokenizer
 from vlcontrast.objectives import build_objective, objective_class
 from vlcontrast.train import checkpoint
+from vlcontrast.train import run_dir as run_dir_lib
 from vlcontrast.train.data_setup import (
     build_train_data,
     epoch_of,
@@ -39,7 +40,7 @@ from vlcontrast.train.data_setup import (
 )
 from vlcontrast.train.grad_cache import grad_cached_step
 from vlcontrast.train.metrics_log import MetricsLogger
-from vlcontrast.train.optim import build_optimizer, build_scheduler
+from vlcontrast.train.optim import apply_settings, build_optimizer, build_scheduler
 from vlcontrast.train.precision import Precision
 
 
@@ -55,6 +56,9 @@ def train(cfg: Config) -> dict[str, Any]:
     run_dir = Path(cfg.train.output_dir)
     ckpt_root = run_dir / "checkpoints"
     resume_from = resolve_resume(cfg.train.resume, ckpt_root)
+    run_dir_lib.check_writable(cfg)
+    if accelerator.is_main_process:
+        run_dir_lib.check_fresh(cfg, resume_from)
 
     evaluator_names(cfg)  # a clash stops the run now, not after the first eval_every steps
     resolve_model_settings(cfg)
@@ -78,8 +82,9 @@ def train(cfg: Config) -> dict[str, Any]:
     if precision.scaler is not None:
         parts["grad_scaler"] = precision.scaler
     if resume_from is not None:
-        state["step"] = checkpoint.restore(resume_from, model, parts)
-        print0(f"resumed from {resume_from} at step {state['step']}")
+        state["step"] = resume(resume_from, model, parts, cfg)
+        if accelerator.is_main_process:
+            run_dir_lib.roll_back(run_dir, state["step"])
     set_streams(cfg, state["position"])
     dataset.check(state["position"].streams)
     bare_model = model
@@ -264,6 +269,23 @@ def resolve_resume(resume: str, ckpt_root: Path) -> Path | None:
     if not (path / checkpoint.WEIGHTS).is_file():
         raise ConfigError(f"train.resume: {path} is not a checkpoint directory")
     return path
+
+
+def resume(path: Path, model, parts: dict[str, Any], cfg: Config) -> int:
+    """Restore every part; changed ``optim.*`` settings take effect (the schedule is rebuilt
+    from the current config at the saved step) and are listed."""
+    step = checkpoint.restore(path, model, parts)
+    print0(f"resumed from {path} at step {step}")
+    before = checkpoint.read_config(path).optim
+    changed = [
+        f"optim.{key} {getattr(before, key)} -> {value}"
+        for key, value in vars(cfg.optim).items()
+        if getattr(before, key) != value
+    ]
+    apply_settings(parts["optimizer"], parts["scheduler"], cfg.optim, step)
+    if changed:
+        print0("resuming with changed settings (applied from this step): " + ", ".join(changed))
+    return step
 
 
 def save_checkpoint(accelerator, root, model, parts: dict[str, Any], step, cfg, tokenizer) -> None:

@@ -26,6 +26,8 @@ class MetricsLogger:
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self.writer = None
+        if enabled and self.path.is_file():
+            mend_torn_tail(self.path)
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -46,5 +48,20 @@ class MetricsLogger:
             self.writer.close()
 
 
+def mend_torn_tail(path: Path) -> None:
+    """Cut a last line that a crash left without its newline, so the next row starts clean."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The rows of a JSONL log; a line torn by a crash or a full disk is skipped."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows

@@ -48,3 +48,20 @@ def build_scheduler(
         optimizer,
         lambda step: cosine_factor(step, cfg.warmup_steps, total_steps, cfg.min_lr_ratio),
     )
+
+
+def apply_settings(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    cfg: OptimConfig,
+    step: int,
+) -> None:
+    """After a resume: the current ``optim.*`` values replace the checkpoint's (loading an
+    optimizer restores its saved lr, betas, eps and weight decay). The schedule is rebuilt from
+    the current config and continues at ``step``; the moments (AdamW state) are kept."""
+    decay = [cfg.weight_decay, 0.0]  # param_groups' order: decayed, then not
+    scheduler.base_lrs = [cfg.lr for _ in optimizer.param_groups]
+    factor = scheduler.lr_lambdas[0](step)
+    for group, weight_decay in zip(optimizer.param_groups, decay, strict=True):
+        group.update(initial_lr=cfg.lr, lr=cfg.lr * factor, weight_decay=weight_decay)
+        group.update(betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
