@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
+import shutil
 import subprocess
 import time
 
@@ -14,6 +16,7 @@ from PIL import Image
 
 from tests.conftest import run_file, tiny_overrides
 from tests.data_helpers import batches, good
+from tests.test_checkpoint import Payload
 from vlcontrast import cli
 from vlcontrast.config import TextTowerConfig
 from vlcontrast.data.bad_data import BadData
@@ -48,12 +51,15 @@ def test_resampled_mode_over_only_bad_shards_stops_with_a_message(corpus, tmp_pa
     overrides = tiny_overrides(corpus, tmp_path / "run", steps=2)
     overrides += [f"data.train_shards={tmp_path}/{{00000..00002}}.tar", "data.mode=resampled"]
     start = time.perf_counter()
-    assert cli.main(["train", run_file(tmp_path / "run"), *overrides]) == 4
+    code = cli.main(["train", run_file(tmp_path / "run"), *overrides])
     assert time.perf_counter() - start < 60
     err = capsys.readouterr().err
+    if how == "missing":  # known before training starts
+        assert code == 2 and "3 of the 3 shard(s) named do not exist" in err
+        return
+    assert code == 4
     assert "data error: resampled stream 0 of rank 0" in err and "check data.train_shards" in err
-    reason = {"missing": "unreadable_shard", "garbage": "truncated_shard"}.get(how, "corrupt_image")
-    assert reason in err
+    assert ("truncated_shard" if how == "garbage" else "corrupt_image") in err
 
 
 def base256_size_header(name: str, size: int) -> bytes:
@@ -207,3 +213,97 @@ def test_a_full_disk_while_saving_is_one_message_and_leaves_the_last_checkpoint(
         assert checkpoint.load_state(ckpts / "step_00000002")["step"] == 2
     finally:
         subprocess.run(["umount", str(ckpts)], capture_output=True)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lr=-1", "optim.lr: expected a positive number"),
+        ("optim.lr=nan", "optim.lr: expected a finite number"),
+        ("optim.lr=1e39", "optim.lr: expected a finite number"),
+        ("optim.beta1=2", "optim.beta1: expected a number in [0.0, 1.0)"),
+        ("image.model=test_resnett", "image.model: timm has no model 'test_resnett'; did you mean"),
+        ("text.tokenizer=/no/such/tokenizer", "text.tokenizer: /no/such/tokenizer does not exist"),
+        (
+            "text.config.num_attention_heads=5",
+            "text.config: The hidden size (32) is not a multiple",
+        ),
+        (
+            "text.context_length=64",
+            "text.context_length: 64 tokens, but the text tower has only 32",
+        ),
+        ("eval.evaluators=[{kind: zeroshot}]", "eval.evaluators[0].data: set the evaluation set"),
+        ("eval.evaluators=[{kind: knn, data: x.tar}]", "eval.evaluators[0].train_data:"),
+        ("eval.evaluators=[{data: '/no/such/{0..1}.tar'}]", "2 of the 2 shard(s) of"),
+        ("data.train_shards=/no/such/{0..3}.tar", "4 of the 4 shard(s) named do not exist"),
+    ],
+)
+def test_each_config_mistake_is_one_line_naming_the_key(
+    corpus, tmp_path, capsys, override, message
+):
+    overrides = [*tiny_overrides(corpus, tmp_path, steps=1), override]
+    assert cli.main(["train", run_file(tmp_path), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "metrics.jsonl").exists()  # stopped before step 1
+
+
+def test_an_evaluator_template_with_an_unknown_field_stops_before_training(
+    corpus, tmp_path, capsys
+):
+    spec = (
+        f"[{{kind: zeroshot, data: '{corpus['heldout_shards']}', templates: ['a {{}} {{foo}}']}}]"
+    )
+    overrides = [*tiny_overrides(corpus, tmp_path, steps=1), f"eval.evaluators={spec}"]
+    assert cli.main(["train", run_file(tmp_path), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert "eval.evaluators[0] (zeroshot): templates: 'a {} {foo}' has a field {foo}" in err
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.fixture
+def saved_checkpoint(corpus, tmp_path):
+    overrides = tiny_overrides(corpus, tmp_path / "run", steps=2)
+    assert cli.main(["train", run_file(tmp_path / "run"), *overrides]) == 0
+    return checkpoint.latest(tmp_path / "run" / "checkpoints"), overrides
+
+
+@pytest.mark.parametrize(
+    "damaged", ["config.json", "model.safetensors", "tokenizer/tokenizer.json", "state.json"]
+)
+def test_a_damaged_checkpoint_file_is_named(saved_checkpoint, corpus, tmp_path, capsys, damaged):
+    ckpt, overrides = saved_checkpoint
+    (ckpt / damaged).write_bytes(b"\x00garbage{")
+    capsys.readouterr()
+    if damaged == "state.json":  # only resuming reads the training state
+        args = ["train", run_file(tmp_path / "run"), *overrides, f"train.resume={ckpt}"]
+    else:
+        args = ["eval", "zeroshot", "--checkpoint", str(ckpt), "--data", corpus["heldout_shards"]]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "this checkpoint is damaged" in err and err.count("\n") == 1, err
+
+
+def test_a_checkpoint_without_its_tokenizer_warns(saved_checkpoint, corpus, capsys):
+    ckpt, _ = saved_checkpoint
+    shutil.rmtree(ckpt / "tokenizer")
+    args = ["eval", "zeroshot", "--checkpoint", str(ckpt), "--data", corpus["heldout_shards"]]
+    assert cli.main([*args, "--workers", "0"]) == 0
+    assert (
+        "has no tokenizer/; using the tokenizer recorded at training time"
+        in capsys.readouterr().err
+    )
+
+
+def test_resuming_a_planted_pickle_refuses_and_runs_nothing(saved_checkpoint, tmp_path, capsys):
+    """The old checkpoint format through the real resume path: the payload never runs."""
+    ckpt, overrides = saved_checkpoint
+    (ckpt / "state.json").unlink()
+    (ckpt / "state.safetensors").unlink()
+    marker = tmp_path / "pwned"
+    with open(ckpt / "train_state.pt", "wb") as handle:
+        pickle.dump({"step": 2, "rng": Payload(str(marker))}, handle)
+    args = ["train", run_file(tmp_path / "run"), *overrides, "train.resume=latest"]
+    assert cli.main(args) == 2
+    assert "refusing to load" in capsys.readouterr().err
+    assert not marker.exists()

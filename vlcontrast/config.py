@@ -133,13 +133,14 @@ class ObjectiveConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 5e-4
-    weight_decay: float = 0.2
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-6
+    lr: float = field(default=5e-4, metadata=POSITIVE)
+    weight_decay: float = field(default=0.2, metadata=NON_NEGATIVE)
+    beta1: float = field(default=0.9, metadata=between(0.0, 1.0, high_open=True))
+    beta2: float = field(default=0.98, metadata=between(0.0, 1.0, high_open=True))
+    eps: float = field(default=1e-6, metadata=POSITIVE)
     warmup_steps: int = field(default=500, metadata=NON_NEGATIVE)
-    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    # cosine decays to lr * min_lr_ratio
+    min_lr_ratio: float = field(default=0.0, metadata=between(0.0, 1.0))
     grad_clip: float = field(default=1.0, metadata=NON_NEGATIVE)  # max global grad norm; 0 disables
 
 

@@ -23,9 +23,9 @@ POSITIVE: dict[str, Any] = {"check": "positive"}  # value > 0
 NON_NEGATIVE: dict[str, Any] = {"check": "non_negative"}  # value >= 0
 
 
-def between(low: float, high: float) -> dict[str, Any]:
-    """low <= value <= high."""
-    return {"check": "range", "range": (low, high)}
+def between(low: float, high: float, high_open: bool = False) -> dict[str, Any]:
+    """low <= value <= high (value < high with ``high_open``)."""
+    return {"check": "range", "range": (low, high), "high_open": high_open}
 
 
 def check_value(key: str, metadata: Any, value: Any) -> None:
@@ -42,5 +42,7 @@ def check_value(key: str, metadata: Any, value: Any) -> None:
         raise ConfigError(f"{key}: expected a number >= 0, got {value!r}")
     if check == "range":
         low, high = metadata["range"]
-        if not low <= value <= high:
-            raise ConfigError(f"{key}: expected a number in [{low}, {high}], got {value!r}")
+        inside = low <= value < high if metadata.get("high_open") else low <= value <= high
+        if not inside:
+            bracket = ")" if metadata.get("high_open") else "]"
+            raise ConfigError(f"{key}: expected a number in [{low}, {high}{bracket}, got {value!r}")

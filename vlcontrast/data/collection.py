@@ -31,7 +31,7 @@ from vlcontrast.data.captions import member_value, parse_captions
 from vlcontrast.data.convert import class_names, scan_class_folder
 from vlcontrast.data.image import IMAGE_EXTENSIONS, MAX_PIXELS, decode_image
 from vlcontrast.data.skip import SkipSample
-from vlcontrast.data.sources import expand_urls
+from vlcontrast.data.sources import expand_urls, missing_shards
 from vlcontrast.data.tar_reader import iter_samples
 
 HF_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
@@ -68,9 +68,18 @@ class ShardSource:
     ``json.KEY`` for a field of the ``.json`` member; a caption may be a list of captions."""
 
     def __init__(self, pattern: str, image_field: str, label_field: str, caption_field: str):
-        self.urls = expand_urls(pattern)
+        try:
+            self.urls = expand_urls(pattern)
+        except ValueError:
+            self.urls = []
         if not self.urls:
-            raise ValueError(f"{pattern!r}: no shards")
+            raise ValueError(f"{pattern!r}: no shards match")
+        missing = missing_shards(self.urls)
+        if missing:
+            raise ValueError(
+                f"{len(missing)} of the {len(self.urls)} shard(s) of {pattern!r} do not exist "
+                f"(first: {missing[0]})"
+            )
         self.image_keys = image_field.split(";") if image_field else IMAGE_EXTENSIONS
         self.label_field = label_field or "cls"
         self.caption_field = caption_field or "txt"

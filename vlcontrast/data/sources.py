@@ -14,6 +14,7 @@ a count is cached under ``~/.cache/vlcontrast`` keyed by the URL list.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -40,6 +41,28 @@ def expand_urls(pattern: str) -> list[str]:
     return [url for source in parse_sources(pattern) for url in source.urls]
 
 
+def is_local(url: str) -> bool:
+    return "://" not in url and not url.startswith("pipe:")
+
+
+def expand_local(url: str) -> list[str]:
+    """A local glob (``shards/*.tar``, as a shell would expand it, sorted) or a directory (its
+    ``*.tar``, ``*.tar.gz``, ... files, sorted); anything else as it is."""
+    if not is_local(url):
+        return [url]
+    if Path(url).is_dir():
+        found = sorted(str(p) for p in Path(url).iterdir() if ".tar" in p.suffixes)
+        return found
+    if any(char in url for char in "*?["):
+        return sorted(glob.glob(url))
+    return [url]
+
+
+def missing_shards(urls: list[str]) -> list[str]:
+    """The local URLs that do not exist (remote ones are not probed)."""
+    return [url for url in urls if is_local(url) and not Path(url).exists()]
+
+
 def parse_sources(pattern: str, weights: Sequence[float] = ()) -> list[Source]:
     """``a/{0..9}.tar::b/{0..4}.tar`` + weights -> one :class:`Source` per pattern."""
     patterns = [part.strip() for part in pattern.split("::") if part.strip()]
@@ -52,7 +75,7 @@ def parse_sources(pattern: str, weights: Sequence[float] = ()) -> list[Source]:
         raise ValueError("data.weights: weights must be >= 0 and not all zero")
     sources = []
     for index, part in enumerate(patterns):
-        urls = list(wds.shardlists.expand_urls(part))
+        urls = [url for braced in wds.shardlists.expand_urls(part) for url in expand_local(braced)]
         if not urls:
             raise ValueError(f"data.train_shards: pattern {part!r} matches no shard")
         sources.append(Source(part, urls, float(weights[index]) if weights else 1.0))

@@ -17,9 +17,11 @@ import torch
 from torch import nn
 
 from vlcontrast.config import Config, ConfigError
+from vlcontrast.data.collection import class_info, open_source
 from vlcontrast.embed import Embedder
 from vlcontrast.eval.probes import evaluate_knn, evaluate_linear_probe
 from vlcontrast.eval.retrieval import evaluate_retrieval
+from vlcontrast.eval.templates import resolve_templates
 from vlcontrast.eval.zeroshot import evaluate_zeroshot
 
 # kind -> fn(embedder, EvaluatorConfig) -> {"metrics": {...}, ...}
@@ -39,6 +41,29 @@ def evaluator_names(cfg: Config) -> list[str]:
                 f"eval.evaluators[{i}].name: {name!r} is used twice; give each evaluator a name"
             )
     return names
+
+
+def check_evaluators(cfg: Config) -> None:
+    """Validate every evaluator before training starts, so a mistake costs seconds, not a
+    training run: its data is set and reachable, its classes and templates resolve."""
+    for i, (name, spec) in enumerate(zip(evaluator_names(cfg), cfg.eval.evaluators, strict=True)):
+        key = f"eval.evaluators[{i}]"
+        if not spec.data:
+            raise ConfigError(f"{key}.data: set the evaluation set of {name!r}")
+        if spec.kind in ("knn", "linear_probe") and not spec.train_data:
+            raise ConfigError(f"{key}.train_data: {spec.kind} needs a labelled training set")
+        for field in ("data", "train_data") if spec.train_data else ("data",):
+            try:
+                source = open_source(spec, getattr(spec, field), spec.split)
+            except (ValueError, OSError) as err:
+                raise ConfigError(f"{key}.{field} ({name}): {err}") from None
+        if spec.kind == "zeroshot":
+            try:
+                source = open_source(spec, spec.data, spec.split)
+                _, file_templates = class_info(spec, source)
+                resolve_templates(spec.templates, fallback=file_templates)
+            except (ValueError, OSError) as err:
+                raise ConfigError(f"{key} ({name}): {err}") from None
 
 
 def run_evaluators(

@@ -9,6 +9,7 @@ domain-neutral set for datasets that are not natural photographs of objects. A t
 from __future__ import annotations
 
 import json
+import string
 from pathlib import Path
 
 OPENAI_IMAGENET = [
@@ -123,10 +124,26 @@ def resolve_templates(entries: list[str], fallback: list[str] | None = None) -> 
                 f"a file, nor a template with {{}}"
             )
     templates = templates or list(fallback or GENERIC)
-    bad = [t for t in templates if "{}" not in t]
-    if bad:
-        raise ValueError(f"templates: {bad[0]!r} has no {{}} for the class name")
+    for template in templates:
+        check_template(template)
     return templates
+
+
+def check_template(template: str) -> None:
+    """A template has exactly the class name's ``{}`` and no other field (``{foo}``, ``{0}``
+    or a stray brace would fail at format time, after everything was embedded)."""
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as err:
+        raise ValueError(f"templates: {template!r} is not a valid template ({err})") from None
+    if "" not in fields:
+        raise ValueError(f"templates: {template!r} has no {{}} for the class name")
+    other = [name for name in fields if name != ""]
+    if other:
+        raise ValueError(
+            f"templates: {template!r} has a field {{{other[0]}}}; only {{}} (the class name) is "
+            f"filled, write a literal brace as {{{{ or }}}}"
+        )
 
 
 def read_templates(path: Path) -> list[str]:

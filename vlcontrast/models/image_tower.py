@@ -8,18 +8,34 @@ takes it (ViT-like, fixed position embeddings); CNNs reject it and accept any re
 
 from __future__ import annotations
 
+import difflib
+
 import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlcontrast.config import ImageTowerConfig
+from vlcontrast.config import ConfigError, ImageTowerConfig
 from vlcontrast.data.image import normalize_uint8
 from vlcontrast.models.heads import mlp
+
+HUB_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
+
+
+def check_model_name(name: str) -> None:
+    """An unknown timm name is one message with the closest names timm knows."""
+    if name.startswith(HUB_PREFIXES) or timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(
+        f"image.model: timm has no model {name!r}{hint} (timm.list_models() lists all)"
+    )
 
 
 def create_trunk(cfg: ImageTowerConfig) -> nn.Module:
     """timm model with its classifier removed; ``img_size`` goes only where it is accepted."""
+    check_model_name(cfg.model)
     kwargs = {"img_size": cfg.image_size, **cfg.model_kwargs}
     try:
         return timm.create_model(cfg.model, pretrained=cfg.pretrained, num_classes=0, **kwargs)

@@ -10,6 +10,7 @@ with a text tower, ``tokenizer/``; the training state beside them is the trainer
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,19 @@ def read_config(path: str | Path) -> Config:
         values = json.loads((path / "config.json").read_text())
     except (OSError, ValueError) as err:
         raise ConfigError(f"this checkpoint is damaged: {path / 'config.json'} ({err})") from None
-    cfg = config_lib.from_dict(values)
+    try:
+        cfg = config_lib.from_dict(values)
+    except ConfigError as err:
+        raise ConfigError(f"this checkpoint is damaged: {path / 'config.json'} ({err})") from None
     if (path / "tokenizer").is_dir():
         cfg.text.tokenizer = str(path / "tokenizer")
+    elif has_text(cfg):
+        recorded = cfg.text.tokenizer or cfg.text.model
+        print(
+            f"warning: {path} has no tokenizer/; using the tokenizer recorded at training time "
+            f"({recorded!r}), which may have changed since",
+            file=sys.stderr,
+        )
     return cfg
 
 
@@ -67,5 +78,14 @@ def load_model(path: str | Path) -> tuple[nn.Module, Any, Config]:
     cfg = read_config(path)
     model = build_model(cfg)
     load_weights(path, model)
-    tokenizer = load_tokenizer(cfg.text) if has_text(cfg) else None
+    tokenizer = None
+    if has_text(cfg):
+        try:
+            tokenizer = load_tokenizer(cfg.text)
+        except ConfigError as err:
+            if (path / "tokenizer").is_dir():
+                raise ConfigError(
+                    f"this checkpoint is damaged: {path / 'tokenizer'} ({err})"
+                ) from None
+            raise
     return model.eval(), tokenizer, cfg

@@ -49,23 +49,56 @@ def build_encoder(cfg: TextTowerConfig) -> nn.Module:
         model_type = values.pop("model_type", None)
         if not model_type:
             raise ConfigError("text.config: needs a model_type (e.g. bert) for random init")
-        return AutoModel.from_config(AutoConfig.for_model(model_type, **values))
-    if not cfg.model:
+        try:
+            encoder = AutoModel.from_config(AutoConfig.for_model(model_type, **values))
+        except (ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"text.config: {str(err).splitlines()[0]}") from None
+    elif not cfg.model:
         raise ConfigError("text.model: set a hub name or local directory, or give text.config")
-    if cfg.pretrained:
-        return AutoModel.from_pretrained(cfg.model)
-    return AutoModel.from_config(AutoConfig.from_pretrained(cfg.model))
+    else:
+        try:
+            if cfg.pretrained:
+                encoder = AutoModel.from_pretrained(cfg.model)
+            else:
+                encoder = AutoModel.from_config(AutoConfig.from_pretrained(cfg.model))
+        except (OSError, ValueError) as err:
+            raise ConfigError(
+                f"text.model: cannot load {cfg.model!r} ({first_line(err)})"
+            ) from None
+    positions = getattr(encoder.config, "max_position_embeddings", None)
+    if positions is not None and cfg.context_length > positions:
+        raise ConfigError(
+            f"text.context_length: {cfg.context_length} tokens, but the text tower has only "
+            f"{positions} positions (max_position_embeddings); lower text.context_length"
+        )
+    return encoder
+
+
+def first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
 
 
 def load_tokenizer(cfg: TextTowerConfig) -> PreTrainedTokenizerBase:
     """Tokenizer from ``text.tokenizer`` (dir, hub name or tokenizer.json), else ``text.model``."""
     source = cfg.tokenizer or cfg.model
+    key = "text.tokenizer" if cfg.tokenizer else "text.model"
     if not source:
         raise ConfigError("text.tokenizer: set a tokenizer (dir, hub name or tokenizer.json)")
-    if source.endswith(".json") and Path(source).is_file():
-        tok = PreTrainedTokenizerFast(tokenizer_file=source)
-    else:
-        tok = AutoTokenizer.from_pretrained(source)
+    local = Path(source).exists()
+    if not local and (source.startswith((".", "/", "~")) or source.endswith(".json")):
+        raise ConfigError(
+            f"{key}: {source} does not exist (a directory, tokenizer.json or hub name)"
+        )
+    try:
+        if source.endswith(".json") and Path(source).is_file():
+            tok = PreTrainedTokenizerFast(tokenizer_file=source)
+        else:
+            tok = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, TypeError) as err:
+        where = "" if local else " (not a local path: tried it as a hub name)"
+        raise ConfigError(
+            f"{key}: cannot load a tokenizer from {source}{where}: {first_line(err)}"
+        ) from None
     tok.padding_side = "right"  # pool_eos relies on it
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token

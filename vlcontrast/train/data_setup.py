@@ -11,7 +11,7 @@ from vlcontrast.data.batching import Collate, make_loader
 from vlcontrast.data.decode import Decoder
 from vlcontrast.data.image import CropResize
 from vlcontrast.data.shards import DataPosition, ShardDataset
-from vlcontrast.data.sources import dataset_size, parse_sources
+from vlcontrast.data.sources import dataset_size, missing_shards, parse_sources
 from vlcontrast.distributed import print0
 
 
@@ -34,6 +34,7 @@ def build_train_data(cfg: Config, tokenizer) -> tuple[ShardDataset, Any]:
         sources = parse_sources(data.train_shards, data.weights)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    check_shards_exist([url for source in sources for url in source.urls])
     transform = CropResize(
         cfg.image.image_size, data.crop, tuple(data.crop_scale), draft=data.draft
     )
@@ -49,6 +50,18 @@ def build_train_data(cfg: Config, tokenizer) -> tuple[ShardDataset, Any]:
         shuffle_buffer=data.shuffle_buffer,
     )
     return dataset, make_loader(dataset, data.num_workers)
+
+
+def check_shards_exist(urls: list[str]) -> None:
+    """Say before training how many of the named local shards do not exist: all of them is an
+    error, some of them a warning (they are counted as unreadable_shard when their turn comes)."""
+    missing = missing_shards(urls)
+    if not missing:
+        return
+    text = f"{len(missing)} of the {len(urls)} shard(s) named do not exist (first: {missing[0]})"
+    if len(missing) == len(urls):
+        raise ConfigError(f"data.train_shards: {text}")
+    print0(f"warning: data.train_shards: {text}; they will be counted as unreadable_shard")
 
 
 def set_streams(cfg: Config, position: DataPosition) -> None:

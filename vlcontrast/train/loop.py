@@ -25,7 +25,7 @@ from vlcontrast.data.batching import iterate_epochs, to_device
 from vlcontrast.data.shards import DataPosition
 from vlcontrast.distributed import print0
 from vlcontrast.eval import report
-from vlcontrast.eval.runner import evaluator_names, run_evaluators, scalar_metrics
+from vlcontrast.eval.runner import check_evaluators, run_evaluators, scalar_metrics
 from vlcontrast.models import build_model
 from vlcontrast.models.build import has_text
 from vlcontrast.models.text_tower import load_tokenizer
@@ -60,7 +60,7 @@ def train(cfg: Config) -> dict[str, Any]:
     if accelerator.is_main_process:
         run_dir_lib.check_fresh(cfg, resume_from)
 
-    evaluator_names(cfg)  # a clash stops the run now, not after the first eval_every steps
+    check_evaluators(cfg)  # a mistake stops the run now, not after the last training step
     resolve_model_settings(cfg)
     tokenizer = load_tokenizer(cfg.text) if has_text(cfg) else None
     model = build_model(cfg)
