@@ -4,11 +4,13 @@ gets one clear message (issue: hardening)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,14 +20,18 @@ from tests.conftest import run_file, tiny_overrides
 from tests.data_helpers import batches, good
 from tests.test_checkpoint import Payload
 from vlcontrast import cli
-from vlcontrast.config import TextTowerConfig
+from vlcontrast.config import EvaluatorConfig, TextTowerConfig
+from vlcontrast.data import collection
 from vlcontrast.data.bad_data import BadData
 from vlcontrast.data.batching import Collate
+from vlcontrast.data.collection import class_info, open_source
 from vlcontrast.data.decode import Decoder
 from vlcontrast.data.image import CropResize
 from vlcontrast.data.shard_writer import write_shards
 from vlcontrast.data.shards import DataPosition, ShardDataset
 from vlcontrast.data.sources import parse_sources
+from vlcontrast.data.tar_reader import iter_samples
+from vlcontrast.models.load import load_model
 from vlcontrast.models.text_tower import load_tokenizer
 from vlcontrast.train import checkpoint, loop
 from vlcontrast.train.metrics_log import read_jsonl
@@ -307,3 +313,111 @@ def test_resuming_a_planted_pickle_refuses_and_runs_nothing(saved_checkpoint, tm
     assert cli.main(args) == 2
     assert "refusing to load" in capsys.readouterr().err
     assert not marker.exists()
+
+
+def copy_heldout(corpus, out, relabel: dict[int, str], n: int = 16) -> str:
+    """The first ``n`` held-out samples as new shards (+ classes.json), some labels replaced."""
+    (url,) = parse_sources(corpus["heldout_shards"])[0].urls
+    samples = []
+    for i, raw in enumerate(iter_samples(url, lambda reason: None)):
+        if i == n:
+            break
+        sample = {k: v for k, v in raw.items() if k != "__url__"}
+        sample["cls"] = relabel.get(i, raw["cls"])
+        samples.append(sample)
+    write_shards(samples, out, per_shard=n)
+    shutil.copy(Path(url).parent / "classes.json", out / "classes.json")
+    return str(out / "00000.tar")
+
+
+def test_zeroshot_skips_and_counts_labels_outside_the_classes(saved_checkpoint, corpus, tmp_path):
+    ckpt, _ = saved_checkpoint
+    data = copy_heldout(corpus, tmp_path / "labels", {0: "-1", 5: "-1", 9: "99"})
+    report = tmp_path / "zs.json"
+    args = ["eval", "zeroshot", "--checkpoint", str(ckpt), "--data", data, "--workers", "0"]
+    assert cli.main([*args, "--json", str(report)]) == 0
+    result = json.loads(report.read_text())["zeroshot"]
+    assert result["skipped"] == {"label_out_of_range": 3} and result["metrics"]["n"] == 13
+
+
+def test_a_classes_file_in_another_order_labels_image_folders_by_name(tmp_path):
+    colours = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (20, 40, 230)}
+    for name, rgb in colours.items():
+        (tmp_path / "tree" / f"{name}_thing").mkdir(parents=True)
+        Image.new("RGB", (8, 8), rgb).save(tmp_path / "tree" / f"{name}_thing" / "0.png")
+    names = ["red thing", "green thing", "blue thing"]  # not the folders' sorted order
+    (tmp_path / "classes.txt").write_text("\n".join(names) + "\n")
+    spec = EvaluatorConfig(data=str(tmp_path / "tree"), classes=str(tmp_path / "classes.txt"))
+    source = open_source(spec, spec.data, spec.split)
+    assert class_info(spec, source)[0] == names
+    labels = {path.parent.name: label for path, label in source.items}
+    assert labels == {"red_thing": 0, "green_thing": 1, "blue_thing": 2}
+    (tmp_path / "classes.txt").write_text("red thing\ngreen thing\nblue thing\npurple thing\n")
+    with pytest.raises(ValueError, match="1 name\\(s\\) match no folder"):
+        class_info(spec, open_source(spec, spec.data, spec.split))
+
+
+def test_max_samples_reads_only_the_shards_it_needs(saved_checkpoint, tmp_path, monkeypatch):
+    ckpt, _ = saved_checkpoint
+    write_shards([good(i) for i in range(16)], tmp_path / "s", per_shard=4)
+    read = []
+    real = collection.iter_samples
+    monkeypatch.setattr(
+        collection, "iter_samples", lambda url, *a, **k: read.append(url) or real(url, *a, **k)
+    )
+    spec = EvaluatorConfig(data=str(tmp_path / "s" / "{00000..00003}.tar"), max_samples=6)
+    source = open_source(spec, spec.data, spec.split)
+    model, tokenizer, cfg = load_model(ckpt)
+    from vlcontrast.embed import Embedder
+
+    out = Embedder.from_model(model, tokenizer, cfg).images(source, max_samples=6)
+    assert len(out["keys"]) == 6 and sorted(set(read)) == sorted(source.urls)
+    assert len(source.urls) == 2  # 4 + 4 samples cover the first 6
+
+
+def test_globs_and_directories_are_shard_specs_and_inspect_decodes(tmp_path, capsys):
+    samples = [good(i) for i in range(12)]
+    samples[3]["jpg"] = b"\xff\xd8\xff\xe0 not really a jpeg"
+    write_shards(samples, tmp_path / "s", per_shard=4)
+    for spec in (f"{tmp_path}/s/*.tar", f"{tmp_path}/s"):
+        assert cli.main(["shards", "inspect", spec, "--sheet", ""]) == 0
+        out = capsys.readouterr().out
+        assert "12 samples in 3 shard(s)" in out and "corrupt_image=1" in out
+    assert cli.main(["shards", "inspect", f"{tmp_path}/none/*.tar", "--sheet", ""]) == 2
+    assert "URLS: pattern" in capsys.readouterr().err
+
+
+def test_the_all_bad_message_counts_every_failure(corpus, tmp_path, capsys):
+    samples = [good(i) for i in range(60)]
+    for sample in samples:
+        sample["jpg"] = b"garbage"
+    write_shards(samples, tmp_path / "s", per_shard=20)
+    overrides = [*tiny_overrides(corpus, tmp_path / "run", steps=1), "data.num_workers=2"]
+    overrides.append(f"data.train_shards={tmp_path}/s/{{00000..00002}}.tar")
+    assert cli.main(["train", run_file(tmp_path / "run"), *overrides]) == 4
+    assert "{'corrupt_image': 60}" in capsys.readouterr().err
+
+
+def test_shard_makers_use_the_one_vocabulary(tmp_path, capsys):
+    import datasets
+
+    rows = {"image": [{"bytes": b"", "path": None}, {"bytes": None, "path": None}]}
+    rows["text"] = ["an empty file", "no image at all"]
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "hf"))
+    out = tmp_path / "shards"
+    args = ["data", "hf", str(tmp_path / "hf"), "--out", str(out), "--per-shard", "4"]
+    assert cli.main([*args, "--no-progress"]) == 0
+    stats = json.loads((out / "00000_stats.json").read_text())
+    assert stats["skipped"] == {"corrupt_image": 1, "missing_image": 1}
+    (tmp_path / "captions.csv").write_text("image,text\na.png,hello\n")
+    args = [
+        "data",
+        "captions",
+        "--images",
+        str(tmp_path),
+        "--table",
+        str(tmp_path / "captions.csv"),
+    ]
+    args += ["--image-column", "image", "--caption-column", "caption", "--out", str(out)]
+    assert cli.main(args) == 2
+    assert "no column 'caption'" in capsys.readouterr().err

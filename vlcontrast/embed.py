@@ -221,6 +221,8 @@ class Embedder:
     def images(
         self, source, need_label=False, need_captions=False, max_samples=0, desc="embed"
     ) -> dict[str, Any]:
+        if max_samples:
+            source.limit(max_samples)  # read only what the first max_samples need
         dataset = EvalDataset(source, self.transform, need_label, need_captions, self.max_pixels)
         show = self.progress and distributed.is_main()
         bar = (lambda it: tqdm(it, desc=desc, unit="batch", leave=False)) if show else None

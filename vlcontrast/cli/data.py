@@ -64,6 +64,13 @@ def add_commands(sub) -> None:
     inspect.add_argument("--sheet", default="contact_sheet.png", help="PNG path ('' for none)")
     inspect.add_argument("--samples", type=int, default=16, help="images on the sheet")
     inspect.add_argument("--json", default="", help="also write the statistics here")
+    inspect.add_argument(
+        "--decode",
+        type=int,
+        default=1000,
+        help="decode the images of the first N samples to count corrupt ones (-1: all; 0: "
+        "none; default: %(default)s)",
+    )
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -95,9 +102,13 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_shards(args: argparse.Namespace) -> int:
+    from vlcontrast.config import ConfigError
     from vlcontrast.data.inspect import contact_sheet, inspect_shards, report
 
-    stats = inspect_shards(args.urls, args.caption_key, args.samples)
+    try:
+        stats = inspect_shards(args.urls, args.caption_key, args.samples, decode=args.decode)
+    except ValueError as err:
+        raise ConfigError(f"URLS: {str(err).removeprefix('data.train_shards: ')}") from None
     print(report(stats))
     examples = stats.pop("examples")
     if args.sheet and examples:

@@ -122,7 +122,8 @@ def iterate_epochs(
     seen: Counter = Counter()  # this epoch's skipped samples, for the error below
 
     def count(item: dict) -> None:
-        seen.update({reason: n for reason, _, n in item.get("skipped", ())})
+        for reason, _, n in item.get("skipped", ()):  # one row per (reason, shard)
+            seen[reason] += n
         account(item)
 
     while True:

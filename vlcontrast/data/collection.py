@@ -31,7 +31,7 @@ from vlcontrast.data.captions import member_value, parse_captions
 from vlcontrast.data.convert import class_names, scan_class_folder
 from vlcontrast.data.image import IMAGE_EXTENSIONS, MAX_PIXELS, decode_image
 from vlcontrast.data.skip import SkipSample
-from vlcontrast.data.sources import expand_urls, missing_shards
+from vlcontrast.data.sources import dataset_size, expand_urls, missing_shards
 from vlcontrast.data.tar_reader import iter_samples
 
 HF_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
@@ -51,6 +51,30 @@ class ImageFolderSource:
 
     def classes_and_templates(self) -> tuple[list[str], list[str]]:
         return class_names(self.classes), []
+
+    def use_names(self, names: list[str]) -> None:
+        """Label images by ``names`` (a classes file, in any order): each folder is matched to
+        the name equal to its folder name or its display name (``golden_retriever`` = ``golden
+        retriever``). A name that matches no folder, or a folder without a name, is refused."""
+        display = class_names(self.classes)
+        index = {name: i for i, name in enumerate(names)}
+        mapping = {}
+        for folder, (raw, shown) in enumerate(zip(self.classes, display, strict=True)):
+            match = index.get(raw, index.get(shown))
+            if match is None:
+                raise ValueError(f"classes: folder {raw!r} of {self.root} has no name in the file")
+            mapping[folder] = match
+        unused = sorted(set(range(len(names))) - set(mapping.values()))
+        if unused:
+            raise ValueError(
+                f"classes: {len(unused)} name(s) match no folder of {self.root} "
+                f"(first: {names[unused[0]]!r}; folders: {', '.join(self.classes[:5])}...)"
+            )
+        self.items = [(path, mapping[label]) for path, label in self.items]
+
+    def limit(self, n: int) -> None:
+        """Only the first ``n`` images (in order)."""
+        self.items = self.items[:n]
 
     def records(self, stream: int, streams: int, errors: Counter) -> Iterator[dict[str, Any]]:
         for index in range(stream, len(self.items), streams):
@@ -83,6 +107,16 @@ class ShardSource:
         self.image_keys = image_field.split(";") if image_field else IMAGE_EXTENSIONS
         self.label_field = label_field or "cls"
         self.caption_field = caption_field or "txt"
+
+    def limit(self, n: int) -> None:
+        """Only the shards that hold the first ``n`` samples (sizes from ``sizes.json``,
+        ``_stats.json`` or a cached count), so ``max_samples`` does not embed the whole set."""
+        total = 0
+        for i, url in enumerate(self.urls):
+            total += dataset_size([url], progress=False)[0]
+            if total >= n:
+                self.urls = self.urls[: i + 1]
+                return
 
     def classes_and_templates(self) -> tuple[list[str] | None, list[str]]:
         """From a ``classes.json`` beside the first shard, if there is one."""
@@ -136,6 +170,9 @@ class HFSource:
     def __len__(self) -> int:
         return len(self.data)
 
+    def limit(self, n: int) -> None:
+        self.data = self.data.select(range(min(n, len(self.data))))
+
     def classes_and_templates(self) -> tuple[list[str] | None, list[str]]:
         """The names of a ``ClassLabel`` label column, if it is one."""
         feature = self.data.features.get(self.label_field)
@@ -147,7 +184,8 @@ class HFSource:
             row = self.data[index]
             image = row[self.image_field]
             if isinstance(image, dict):  # datasets.Image(decode=False): {"bytes", "path"}
-                image = image.get("bytes") or _read(image.get("path"))
+                data = image.get("bytes")
+                image = _read(image.get("path")) if data is None else data
             yield {
                 "order": index,
                 "key": str(index),
@@ -208,7 +246,10 @@ def read_classes(path: str | Path) -> tuple[list[str], list[str]]:
 def class_info(spec, source) -> tuple[list[str], list[str]]:
     """Class names (the ``classes`` file, else the dataset's own) and the file's templates."""
     if spec.classes:
-        return read_classes(spec.classes)
+        names, templates = read_classes(spec.classes)
+        if isinstance(source, ImageFolderSource):
+            source.use_names(names)  # the file's order, not the folders' sorted order
+        return names, templates
     names, templates = source.classes_and_templates()
     if not names:
         raise ValueError(

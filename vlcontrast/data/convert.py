@@ -93,11 +93,15 @@ class CaptionTable:
 
     def __post_init__(self):
         self.rows = read_table(self.table)
-        if self.rows and self.image_column not in self.rows[0]:
-            raise ValueError(
-                f"{self.table}: no column {self.image_column!r} (columns: {list(self.rows[0])}); "
-                f"set --image-column"
-            )
+        for column, flag in (
+            (self.image_column, "--image-column"),
+            (self.caption_column, "--caption-column"),
+        ):
+            if self.rows and column not in self.rows[0]:
+                raise ValueError(
+                    f"{self.table}: no column {column!r} (columns: {list(self.rows[0])}); "
+                    f"set {flag}"
+                )
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -193,15 +197,15 @@ class HFImageText:
         row = self.data[index]
         image = row[self.image_column]
         if isinstance(image, dict):  # datasets.Image(decode=False): {"bytes", "path"}
-            image = image.get("bytes") or (
-                Path(image["path"]).read_bytes() if image.get("path") else None
-            )
+            data, path = image.get("bytes"), image.get("path")
+            image = Path(path).read_bytes() if data is None and path else data
         elif isinstance(image, Image.Image):
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
             image = buffer.getvalue()
-        if not image:
+        if image is None:
             raise SkipSample("missing_image")
+        # A present but empty file is a corrupt image everywhere (encode_image counts it).
         extra = {k: v for k, v in row.items() if k not in (self.image_column, self.text_column)}
         extra = {k: v for k, v in extra.items() if isinstance(v, (str, int, float, bool, list))}
         return {"image": image, "caption": row[self.text_column], "meta": {"index": index, **extra}}

@@ -17,19 +17,38 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from vlcontrast.data.captions import read_caption
-from vlcontrast.data.image import IMAGE_EXTENSIONS, to_rgb
+from vlcontrast.data.image import IMAGE_EXTENSIONS, MAX_PIXELS, open_image, to_rgb
 from vlcontrast.data.skip import SkipSample
-from vlcontrast.data.sources import expand_urls
+from vlcontrast.data.sources import expand_urls, missing_shards
 from vlcontrast.data.tar_reader import iter_samples
 
 
+def check_image(data: bytes, max_pixels: int = MAX_PIXELS) -> None:
+    """Decode ``data`` fully, as training would: :class:`SkipSample` if it cannot be used."""
+    try:
+        with open_image(data) as img:
+            if max_pixels and img.size[0] * img.size[1] > max_pixels:
+                raise SkipSample("too_large")
+            to_rgb(img).load()
+    except SkipSample:
+        raise
+    except Exception:  # noqa: BLE001 - PIL raises many types for corrupt files
+        raise SkipSample("corrupt_image") from None
+
+
 def inspect_shards(
-    pattern: str, caption_key: str = "txt", sheet: int = 16, progress: bool = True
+    pattern: str,
+    caption_key: str = "txt",
+    sheet: int = 16,
+    progress: bool = True,
+    decode: int = 1000,
 ) -> dict[str, Any]:
-    """Statistics of the shards of ``pattern`` and up to ``sheet`` (image, caption) pairs."""
+    """Statistics of the shards of ``pattern`` and up to ``sheet`` (image, caption) pairs. The
+    images of the first ``decode`` samples (-1: all) are decoded, so corrupt ones are counted."""
     urls = expand_urls(pattern)
+    missing = missing_shards(urls)
     members, problems, lengths = Counter(), Counter(), Counter()
-    samples, size, examples = 0, 0, []
+    samples, size, examples, decoded = 0, 0, [], 0
     for url in tqdm(urls, desc="inspect", unit="shard", disable=not progress):
         for raw in iter_samples(url, lambda reason: problems.update([reason])):
             samples += 1
@@ -39,6 +58,13 @@ def inspect_shards(
             image_key = next((k for k in IMAGE_EXTENSIONS if k in raw), None)
             if image_key is None:
                 problems["missing_image"] += 1
+            elif decode < 0 or decoded < decode:
+                decoded += 1
+                try:
+                    check_image(raw[image_key])
+                except SkipSample as skip:
+                    problems[skip.reason] += 1
+                    image_key = None
             try:
                 caption = read_caption(raw, caption_key)[0]
                 lengths[len(caption.split())] += 1
@@ -49,7 +75,9 @@ def inspect_shards(
                 examples.append((raw["__key__"], raw[image_key], caption))
     return {
         "shards": len(urls),
+        "missing_shards": len(missing),
         "samples": samples,
+        "decoded": decoded,
         "bytes": size,
         "members": dict(members.most_common()),
         "problems": dict(problems),
@@ -79,9 +107,16 @@ def histogram_lines(lengths: dict[int, int], bins: int = 10, width: int = 40) ->
 def report(stats: dict[str, Any]) -> str:
     mib = stats["bytes"] / 2**20
     lines = [
+        *(
+            [f"warning: {stats['missing_shards']} of the {stats['shards']} shard(s) do not exist"]
+            if stats.get("missing_shards")
+            else []
+        ),
         f"{stats['samples']} samples in {stats['shards']} shard(s), {mib:.1f} MiB",
         "members: " + ", ".join(f"{k}={v}" for k, v in stats["members"].items()),
-        "problems: " + (", ".join(f"{k}={v}" for k, v in stats["problems"].items()) or "none"),
+        "problems: "
+        + (", ".join(f"{k}={v}" for k, v in stats["problems"].items()) or "none")
+        + f" (images of {stats['decoded']} samples decoded)",
         "caption length (words):",
         *("  " + line for line in histogram_lines(stats["caption_words"])),
     ]

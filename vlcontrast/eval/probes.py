@@ -9,6 +9,7 @@ from typing import Any
 from vlcontrast.data.collection import class_info, open_source
 from vlcontrast.embed import Embedder
 from vlcontrast.eval.knn import knn_scores
+from vlcontrast.eval.labels import drop_out_of_range
 from vlcontrast.eval.linear_probe import linear_probe
 from vlcontrast.eval.metrics import classification_metrics
 
@@ -18,14 +19,20 @@ def embed_train_test(embedder: Embedder, spec) -> dict[str, Any]:
         raise ValueError(f"train_data: {spec.kind} needs a labelled training set")
     train_source = open_source(spec, spec.train_data, spec.train_split)
     test_source = open_source(spec, spec.data, spec.split)
+    try:  # before embedding: a classes file relabels ImageFolder trees in its own order
+        classnames = class_info(spec, test_source)[0]
+        if spec.classes:
+            class_info(spec, train_source)
+    except ValueError:  # a probe needs no class names: number them below
+        classnames = None
+    count = len(classnames) if classnames else None
     train = embedder.images(train_source, need_label=True, desc="embed train")
     test = embedder.images(test_source, need_label=True, max_samples=spec.max_samples)
+    train, test = drop_out_of_range(train, count), drop_out_of_range(test, count)
     for name, part in (("train_data", train), ("data", test)):
         if part["labels"] is None:
             raise ValueError(f"{name}: no labelled image could be read ({part['skipped']})")
-    try:
-        classnames = class_info(spec, test_source)[0]
-    except ValueError:  # a probe needs no class names: number them
+    if classnames is None:
         top = int(max(train["labels"].max(), test["labels"].max()))
         classnames = [str(c) for c in range(top + 1)]
     skipped = {f"train/{k}": v for k, v in train["skipped"].items()}

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from vlcontrast.data.collection import class_info, open_source
 from vlcontrast.embed import Embedder
+from vlcontrast.eval.labels import drop_out_of_range
 from vlcontrast.eval.metrics import classification_metrics
 from vlcontrast.eval.templates import resolve_templates
 
@@ -40,12 +41,12 @@ def evaluate_zeroshot(embedder: Embedder, spec) -> dict[str, Any]:
     templates = resolve_templates(spec.templates, fallback=file_templates)
     cls_emb = zeroshot_classifier(embedder, classnames, templates)
     embedded = embedder.images(source, need_label=True, max_samples=spec.max_samples)
+    embedded = drop_out_of_range(embedded, len(classnames))
     labels = embedded["labels"]
     if labels is None:
-        raise ValueError(f"{spec.data}: no labelled image could be read ({embedded['skipped']})")
-    if int(labels.max()) >= len(classnames):
         raise ValueError(
-            f"classes: label {int(labels.max())} but only {len(classnames)} class names"
+            f"{spec.data}: no image with a label in 0..{len(classnames) - 1} could be read "
+            f"({embedded['skipped']}); check the classes"
         )
     logits = embedded["img_emb"] @ cls_emb.T  # (N, C)
     result = classification_metrics(logits, labels, classnames)
