@@ -421,3 +421,22 @@ def test_shard_makers_use_the_one_vocabulary(tmp_path, capsys):
     args += ["--image-column", "image", "--caption-column", "caption", "--out", str(out)]
     assert cli.main(args) == 2
     assert "no column 'caption'" in capsys.readouterr().err
+
+
+def test_a_checkpoint_loads_only_what_it_contains(saved_checkpoint, corpus, monkeypatch, capsys):
+    """A config.json naming hub models never triggers a download: the text tower comes from
+    the checkpoint's text_config.json, a hub image model is refused without --allow-download."""
+    ckpt, _ = saved_checkpoint
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    values = json.loads((ckpt / "config.json").read_text())
+    values["text"].update(model="some-org/some-text-model", config={}, pretrained=True)
+    (ckpt / "config.json").write_text(json.dumps(values))
+    model, tokenizer, cfg = load_model(ckpt)  # no network: rebuilt from text_config.json
+    assert cfg.text.model == "" and cfg.text.config["model_type"] == "bert"
+    values["image"]["model"] = "hf-hub:some-org/some-image-model"
+    (ckpt / "config.json").write_text(json.dumps(values))
+    args = ["eval", "zeroshot", "--checkpoint", str(ckpt), "--data", corpus["heldout_shards"]]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "image.model is the hub model 'hf-hub:some-org/some-image-model'" in err
+    assert "--allow-download" in err and err.count("\n") == 1

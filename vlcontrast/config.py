@@ -53,7 +53,8 @@ class DataConfig:
     weights: list[float] = field(
         default_factory=list
     )  # resampled mode: each source's share of samples
-    # epoch: every sample once per epoch; resampled: shards drawn with replacement, endless
+    # epoch: every sample at most once per epoch (each stream drops its last partial batch);
+    # resampled: shards drawn with replacement, endless
     mode: str = field(default="epoch", metadata=_choices("epoch", "resampled"))
     num_samples: int = field(
         default=0, metadata=NON_NEGATIVE

@@ -73,6 +73,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
         "--workers", type=int, default=2, help="dataloader workers per process (default: 2)"
     )
     parser.add_argument("--json", default="", help="write every result to this JSON file")
+    parser.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let a checkpoint whose config names a hub model fetch that model's config "
+        "(by default a checkpoint loads only what it contains)",
+    )
     if kind != "retrieval":
         parser.add_argument(
             "--plot", default="", help="confusion-matrix PNG (default: beside --json)"
@@ -86,7 +92,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vlcontrast.eval.runner import run_evaluators
     from vlcontrast.models.load import load_model
 
-    model, tokenizer, cfg = load_model(Path(args.checkpoint))
+    model, tokenizer, cfg = load_model(Path(args.checkpoint), args.allow_download)
     kind = args.kind.replace("-", "_")
     entry = {"kind": kind, **{name: getattr(args, name) for name, _, _ in schema_fields(kind)}}
     eval_cfg = {"evaluators": [entry], "batch_size": args.batch_size, "num_workers": args.workers}

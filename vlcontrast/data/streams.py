@@ -5,7 +5,8 @@ sequence of shards and turns it into a deterministic sample order. Dataloader wo
 streams (``shards.ShardDataset``), so the order does not depend on the number of workers.
 
 * Epoch mode: the shard list is shuffled per epoch from the seed and dealt to the
-  ``ranks x streams`` streams; every sample is seen once per epoch.
+  ``ranks x streams`` streams; every sample is seen at most once per epoch (a stream's last
+  partial batch is dropped, see ``shards``).
 * Resampled mode: shard ``j`` of a stream is drawn (source by weight, then shard uniformly) from
   a generator seeded by (seed, stream, j), so the sequence is infinite, deterministic, and
   resumable at any ``j`` without replaying the draws before it.

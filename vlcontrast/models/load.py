@@ -25,6 +25,44 @@ from vlcontrast.models.text_tower import load_tokenizer
 from vlcontrast.schema import ConfigError
 
 WEIGHTS = "model.safetensors"
+TEXT_CONFIG = "text_config.json"  # the text encoder's transformers config, saved beside weights
+HUB_PREFIXES = ("hf-hub:", "hf_hub:")
+
+
+def architecture_files(model: nn.Module) -> dict[str, str]:
+    """What a checkpoint holds besides weights so that loading it needs nothing else: the text
+    encoder's config (a hub name in ``text.model`` would otherwise be fetched to learn it)."""
+    text = getattr(model, "text", None)
+    if text is None:
+        return {}
+    return {TEXT_CONFIG: text.encoder.config.to_json_string()}
+
+
+def self_contained(cfg: Config, path: Path, allow_download: bool) -> Config:
+    """Point ``cfg`` at the checkpoint's own files: weights come from ``model.safetensors``, so
+    nothing pretrained is fetched; the text tower is rebuilt from ``text_config.json``. A hub
+    name that only a download could resolve is refused unless ``allow_download``."""
+    cfg.image.pretrained = False
+    cfg.text.pretrained = False
+    if cfg.image.model.startswith(HUB_PREFIXES) and not allow_download:
+        raise ConfigError(
+            f"{path}: image.model is the hub model {cfg.image.model!r}; building it downloads its "
+            f"config. Pass --allow-download (eval) or allow_download=True to let it"
+        )
+    if (path / TEXT_CONFIG).is_file() and has_text(cfg):
+        try:
+            values = json.loads((path / TEXT_CONFIG).read_text())
+        except ValueError as err:
+            raise ConfigError(f"this checkpoint is damaged: {path / TEXT_CONFIG} ({err})") from None
+        cfg.text.config, cfg.text.model = values, ""
+    elif has_text(cfg) and cfg.text.model and not Path(cfg.text.model).exists():
+        if not allow_download:
+            raise ConfigError(
+                f"{path}: text.model is the hub model {cfg.text.model!r} and the checkpoint holds "
+                f"no {TEXT_CONFIG} (written by earlier versions); building it downloads its "
+                f"config. Pass --allow-download (eval) or allow_download=True to let it"
+            )
+    return cfg
 
 
 def is_checkpoint(path: str | Path) -> bool:
@@ -70,12 +108,13 @@ def load_weights(path: str | Path, model: nn.Module) -> None:
         )
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, Any, Config]:
-    """Model (eval mode), tokenizer (None for image-only models) and config of a checkpoint."""
+def load_model(path: str | Path, allow_download: bool = False) -> tuple[nn.Module, Any, Config]:
+    """Model (eval mode), tokenizer (None for image-only models) and config of a checkpoint,
+    built from the checkpoint's files alone (see :func:`self_contained`)."""
     path = Path(path)
     if not is_checkpoint(path):
         raise ConfigError(f"--checkpoint: {path} is not a checkpoint directory (step_*)")
-    cfg = read_config(path)
+    cfg = self_contained(read_config(path), path, allow_download)
     model = build_model(cfg)
     load_weights(path, model)
     tokenizer = None

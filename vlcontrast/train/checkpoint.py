@@ -42,7 +42,12 @@ from torch import nn
 
 from vlcontrast import config as config_lib
 from vlcontrast import distributed
-from vlcontrast.models.load import WEIGHTS, load_weights, read_config  # noqa: F401 (re-export)
+from vlcontrast.models.load import (  # noqa: F401 (read_config re-exported for the trainer)
+    WEIGHTS,
+    architecture_files,
+    load_weights,
+    read_config,
+)
 from vlcontrast.schema import ConfigError
 
 _NAME = re.compile(r"^step_(\d{8})$")
@@ -167,6 +172,8 @@ def save(
         manifest = {"format": FORMAT, "step": step, "parts": encoded}
         (tmp / STATE_JSON).write_text(json.dumps(manifest) + "\n")
         config_lib.save(cfg, tmp / "config.json")
+        for name, text in architecture_files(model).items():
+            (tmp / name).write_text(text)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp / "tokenizer"))
         _fsync_tree(tmp)

@@ -80,9 +80,12 @@ def report_data(cfg: Config, dataset: ShardDataset, position: DataPosition) -> i
     """Print what the run reads; returns the dataset size (samples)."""
     size, how = dataset_size(dataset.urls, cfg.data.num_samples, cfg.train.progress)
     sources = len(dataset.sources)
+    dropped = dataset.world * position.streams * (cfg.data.batch_size - 1)
+    partial = f"; up to {dropped} samples an epoch end in partial batches, not used"
     print0(
         f"data: {size} samples in {len(dataset.urls)} shard(s) from {sources} source(s) "
         f"({how}); {cfg.data.mode} mode, {position.streams} stream(s) per rank"
+        + (partial if cfg.data.mode == "epoch" else "")
     )
     return size
 
