@@ -49,3 +49,20 @@ def run_file(directory) -> str:
     path = directory / "run.yaml"
     path.write_text("# all settings are dotted overrides\n")
     return str(path)
+
+
+def crash_after(monkeypatch, batches_before_crash: int):
+    """Make the next training run die (as a preemption would) after this many batches; returns
+    the function that undoes it."""
+    from vlcontrast.train import loop
+
+    real = loop.iterate_epochs
+
+    def crashing(*args, **kwargs):
+        for index, batch in enumerate(real(*args, **kwargs)):
+            if index == batches_before_crash:
+                raise KeyboardInterrupt("simulated preemption")
+            yield batch
+
+    monkeypatch.setattr(loop, "iterate_epochs", crashing)
+    return lambda: monkeypatch.setattr(loop, "iterate_epochs", real)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import run_file, tiny_overrides
+from tests.conftest import crash_after, run_file, tiny_overrides
 from tests.data_helpers import batches, good
 from tests.test_checkpoint import Payload
 from vlcontrast import cli
@@ -33,7 +33,7 @@ from vlcontrast.data.sources import parse_sources
 from vlcontrast.data.tar_reader import iter_samples
 from vlcontrast.models.load import load_model
 from vlcontrast.models.text_tower import load_tokenizer
-from vlcontrast.train import checkpoint, loop
+from vlcontrast.train import checkpoint
 from vlcontrast.train.metrics_log import read_jsonl
 from vlcontrast.train.optim import cosine_factor
 
@@ -112,20 +112,6 @@ def test_an_image_above_max_pixels_is_skipped_from_its_header(tmp_path, tokenize
     got = batches(ds, 0, DataPosition(), 1, bad)
     assert got[0]["keys"] == ["k0000"] and bad.by_reason == {"too_large": 1}
     assert (3000, 2000) not in decoded  # counted from the header, never decoded
-
-
-def crash_after(monkeypatch, batches_before_crash: int):
-    """Make the next training run die (as a preemption would) after this many batches."""
-    real = loop.iterate_epochs
-
-    def crashing(*args, **kwargs):
-        for index, batch in enumerate(real(*args, **kwargs)):
-            if index == batches_before_crash:
-                raise KeyboardInterrupt("simulated preemption")
-            yield batch
-
-    monkeypatch.setattr(loop, "iterate_epochs", crashing)
-    return lambda: monkeypatch.setattr(loop, "iterate_epochs", real)
 
 
 def train_rows(run_dir) -> list[dict]:

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from tests.conftest import run_file, tiny_overrides
+from tests.conftest import crash_after, run_file, tiny_overrides
 from tests.data_helpers import batches
 from vlcontrast import cli, objectives
 from vlcontrast.config import Config
@@ -29,7 +29,7 @@ from vlcontrast.data.tar_reader import iter_samples
 from vlcontrast.embed import eval_transform
 from vlcontrast.models.load import load_model
 from vlcontrast.objectives.base import Objective
-from vlcontrast.train import checkpoint, loop
+from vlcontrast.train import checkpoint
 from vlcontrast.train.data_setup import build_train_data
 from vlcontrast.train.metrics_log import read_jsonl
 
@@ -146,18 +146,10 @@ def test_an_image_only_model_and_a_stateful_objective_resume_exactly(
     full, parted = tmp_path / "full", tmp_path / "parted"
     assert cli.main(image_run(image_only_shards, full)) == 0
 
-    real = loop.iterate_epochs
-
-    def crash_after_two(*args, **kwargs):
-        for index, batch in enumerate(real(*args, **kwargs)):
-            if index == 2:
-                raise KeyboardInterrupt("simulated preemption")
-            yield batch
-
-    monkeypatch.setattr(loop, "iterate_epochs", crash_after_two)
+    restore = crash_after(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         cli.main(image_run(image_only_shards, parted))
-    monkeypatch.setattr(loop, "iterate_epochs", real)
+    restore()
     assert cli.main([*image_run(image_only_shards, parted), "train.resume=latest"]) == 0
 
     def losses(run):

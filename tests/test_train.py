@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from tests.conftest import run_file, tiny_overrides
+from tests.conftest import crash_after, run_file, tiny_overrides
 from vlcontrast import cli
 from vlcontrast.objectives.clip import CLIPObjective
-from vlcontrast.train import checkpoint, loop
+from vlcontrast.train import checkpoint
 from vlcontrast.train.metrics_log import read_jsonl
 
 
@@ -54,18 +54,10 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(
     full, parted = tmp_path / "full", tmp_path / "parted"
     assert cli.main(["train", run_file(full), *tiny_overrides(corpus, full, steps=4)]) == 0
 
-    real = loop.iterate_epochs
-
-    def crash_after_two(*args, **kwargs):
-        for index, batch in enumerate(real(*args, **kwargs)):
-            if index == 2:
-                raise KeyboardInterrupt("simulated preemption")
-            yield batch
-
-    monkeypatch.setattr(loop, "iterate_epochs", crash_after_two)
+    restore = crash_after(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         cli.main(["train", run_file(parted), *tiny_overrides(corpus, parted, steps=4)])
-    monkeypatch.setattr(loop, "iterate_epochs", real)
+    restore()
     assert checkpoint.latest(parted / "checkpoints").name == "step_00000002"
     resumed = [*tiny_overrides(corpus, parted, steps=4), "train.resume=latest"]
     resumed.append(f"data.num_workers={workers_after}")
