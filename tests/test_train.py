@@ -127,3 +127,13 @@ def test_demo_then_eval_reproduces_the_accuracy(tmp_path, capsys):
     assert f"{summary['zeroshot_top1']:.4f}" in capsys.readouterr().out
     assert len(result["confusion"]) == 30 and len(result["classnames"]) == 30
     assert (tmp_path / "eval.confusion.png").stat().st_size > 1000
+
+
+def test_epochs_give_the_step_count_from_the_dataset_size(corpus, tmp_path, capsys):
+    overrides = [o for o in tiny_overrides(corpus, tmp_path) if not o.startswith("train.steps=")]
+    assert cli.main(["train", run_file(tmp_path), *overrides, "train.epochs=0.25"]) == 0
+    assert "256 samples / global batch 16 -> train.steps=4" in capsys.readouterr().out
+    assert sorted(train_losses(tmp_path)) == [1, 2, 3, 4]
+    both = [*overrides, "train.epochs=1", "train.steps=3", f"train.output_dir={tmp_path}/b"]
+    assert cli.main(["train", run_file(tmp_path), *both]) == 2
+    assert "set exactly one of train.steps and train.epochs" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """The loss plug-ins end to end through the CLI: SigLIP, tiled CLIP and gradient caching."""
 
+import json
 import math
 import os
 import subprocess
@@ -74,6 +75,9 @@ def test_two_process_training_under_torchrun(corpus, tmp_path):
     """The real launcher: 2 gloo processes through accelerate, tiled CLIP and gradient caching
     (DDP no_sync for all but the last micro-batch). Rank 0 alone writes logs and checkpoints."""
     overrides = [*tiny_overrides(corpus, tmp_path, steps=2), "data.batch_size=8"]
+    # train.epochs with 2 ranks: 256 samples / (8 x 2) per step x 0.125 epochs = 2 steps
+    overrides = [o for o in overrides if not o.startswith("train.steps=")]
+    overrides.append("train.epochs=0.125")
     overrides += ["objective.clip.tiled=on", "objective.clip.tile_size=4"]
     overrides.append("train.grad_cache_steps=2")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
@@ -84,5 +88,8 @@ def test_two_process_training_under_torchrun(corpus, tmp_path):
     rows = train_rows(tmp_path)
     assert [r["step"] for r in rows] == [1, 2]
     assert all(math.isfinite(r["train/loss"]) for r in rows)
+    saved = json.loads((tmp_path / "config.json").read_text())["train"]
+    assert saved["steps"] == 2 and saved["epochs"] == 0  # a resume trains the same steps
+    assert "train.epochs=0.125: 256 samples / global batch 16 -> train.steps=2" in done.stdout
     ckpts = checkpoint.all_checkpoints(tmp_path / "checkpoints")
     assert [p.name for p in ckpts] == ["step_00000002"]

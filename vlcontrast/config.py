@@ -147,7 +147,10 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = field(default=10000, metadata=POSITIVE)
+    # How long to train: exactly one of steps (optimizer steps) and epochs (passes over the
+    # dataset, whose size the loader knows: steps = ceil(epochs x samples / global batch)).
+    steps: int = field(default=0, metadata=NON_NEGATIVE)
+    epochs: float = field(default=0.0, metadata=NON_NEGATIVE)
     seed: int = 0
     precision: str = field(default="no", metadata=_choices("no", "bf16", "fp16"))
     output_dir: str = "runs/default"

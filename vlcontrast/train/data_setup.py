@@ -4,8 +4,10 @@ the dataset, and express progress in epochs.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+from vlcontrast import distributed
 from vlcontrast.config import Config, ConfigError
 from vlcontrast.data.batching import Collate, make_loader
 from vlcontrast.data.decode import Decoder
@@ -88,6 +90,30 @@ def report_data(cfg: Config, dataset: ShardDataset, position: DataPosition) -> i
         + (partial if cfg.data.mode == "epoch" else "")
     )
     return size
+
+
+def resolve_steps(cfg: Config, dataset: ShardDataset, global_batch: int) -> None:
+    """``train.steps`` from ``train.epochs`` (exactly one of them is set): the dataset size the
+    loader knows (``sizes.json``, ``_stats.json``, ``data.num_samples`` or a cached count, taken
+    on the main process and shared) over the global batch, rounded up."""
+    t = cfg.train
+    if (t.steps > 0) == (t.epochs > 0):
+        raise ConfigError(
+            "train.steps: set exactly one of train.steps and train.epochs "
+            f"(got steps={t.steps}, epochs={t.epochs})"
+        )
+    if t.epochs <= 0:
+        return
+    size = None
+    if distributed.is_main():
+        size = dataset_size(dataset.urls, cfg.data.num_samples, cfg.train.progress)[0]
+    size = distributed.all_gather_objects(size)[0]
+    t.steps = max(1, math.ceil(t.epochs * size / global_batch))
+    print0(
+        f"train.epochs={t.epochs:g}: {size} samples / global batch {global_batch} -> "
+        f"train.steps={t.steps}"
+    )
+    t.epochs = 0.0  # the saved config (and a resume) train for exactly these steps
 
 
 def epoch_of(state: dict[str, Any], cfg: Config, global_batch: int, size: int) -> float:

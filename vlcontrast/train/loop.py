@@ -36,6 +36,7 @@ from vlcontrast.train.data_setup import (
     build_train_data,
     epoch_of,
     report_data,
+    resolve_steps,
     set_streams,
 )
 from vlcontrast.train.grad_cache import grad_cached_step
@@ -66,9 +67,10 @@ def train(cfg: Config) -> dict[str, Any]:
     model = build_model(cfg)
     check_vocab(model, tokenizer)
     objective = build_objective(cfg.objective).to(accelerator.device)
+    dataset, loader = build_train_data(cfg, tokenizer)
+    resolve_steps(cfg, dataset, cfg.data.batch_size * accelerator.num_processes)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
-    dataset, loader = build_train_data(cfg, tokenizer)
     bad = BadData(cfg.data.max_bad_fraction, cfg.data.bad_min_samples)
     state = {"step": 0, "position": DataPosition(), "bad": bad}
     parts = {
