@@ -44,7 +44,7 @@ from vlcontrast.data.image import CropResize, snap
 from vlcontrast.data.shard_writer import write_shards
 from vlcontrast.data.shards import DataPosition, ShardDataset
 from vlcontrast.data.sources import parse_sources
-from vlcontrast.data.synthetic import train_tokenizer
+from vlcontrast.data.vocab import train_tokenizer
 from vlcontrast.models.text_tower import load_tokenizer
 
 SIZE, CONTEXT, BATCH = 224, 77, 32
@@ -95,6 +95,11 @@ def baseline_loader(pattern: str, tokenizer, workers: int, scale) -> DataLoader:
         .map_tuple(transform, tokenize)
     )
     return DataLoader(dataset, batch_size=BATCH, num_workers=workers)
+
+
+def train_and_save(captions: list[str], out: Path) -> Path:
+    train_tokenizer(captions, out, kind="wordlevel", lowercase=False)
+    return out
 
 
 def vlcontrast_loader(pattern: str, tokenizer, workers: int, scale) -> DataLoader:
@@ -203,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         captions = [" ".join(random.Random(i).choices(WORDS, k=12)) for i in range(200)]
         tokenizer = load_tokenizer(
-            TextTowerConfig(tokenizer=str(train_tokenizer(captions, tmp / "tok")))
+            TextTowerConfig(tokenizer=str(train_and_save(captions, tmp / "tok")))
         )
         print(
             f"crop scale {tuple(args.scale)}, batch {BATCH}, torch threads 1 per process, "

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_defaults_are_typed_and_complete():
     cfg = Config()
-    assert cfg.optim.lr == 5e-4 and cfg.data.batch_size == 256 and cfg.text.pooling == "cls"
+    assert cfg.optim.lr == 5e-4 and cfg.data.batch_size == 256 and cfg.text.pooling == "eos"
+    assert cfg.data.crop == "random_resized" and cfg.data.crop_scale == [0.9, 1.0]
 
 
 def test_dotted_overrides_are_coerced_to_the_schema_types():

@@ -10,7 +10,13 @@ from vlcontrast import config as config_lib
 from vlcontrast.config import ConfigError, ImageTowerConfig, TextTowerConfig
 from vlcontrast.models import build_model
 from vlcontrast.models.image_tower import ImageTower
-from vlcontrast.models.text_tower import TextTower, load_tokenizer, pool_eos, pool_mean
+from vlcontrast.models.text_tower import (
+    TextTower,
+    follow_tokenizer,
+    load_tokenizer,
+    pool_eos,
+    pool_mean,
+)
 
 BERT = {
     "model_type": "bert",
@@ -70,8 +76,28 @@ def test_text_tower_from_local_directory_keeps_the_weights(tmp_path, corpus):
 def test_text_config_needs_model_type():
     with pytest.raises(ConfigError, match="text.config: needs a model_type"):
         TextTower(TextTowerConfig(config={"hidden_size": 8}), 4)
-    with pytest.raises(ConfigError, match="text.model"):
-        TextTower(TextTowerConfig(), 4)
+
+
+def test_the_default_text_tower_is_clips_causal_transformer_with_eos_pooling():
+    """No text.model and no text.config: CLIP's text transformer (causal mask, pre-LN, final
+    norm), eos pooling, and a vocabulary that follows the tokenizer."""
+    cfg = TextTowerConfig(config={})
+    follow_tokenizer(cfg, tokenizer=list(range(300)))  # anything with a len()
+    assert cfg.config["model_type"] == "clip_text_model" and cfg.config["vocab_size"] == 300
+    assert cfg.config["num_hidden_layers"] == 12 and cfg.config["hidden_size"] == 512
+    cfg.config.update(num_hidden_layers=2, hidden_size=32, intermediate_size=64)
+    cfg.config["num_attention_heads"] = 2
+    tower = TextTower(cfg, 8).eval()
+    assert type(tower.encoder).__name__ == "CLIPTextModel" and tower.pool is pool_eos
+    ids = torch.randint(0, 300, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    changed = ids.clone()
+    changed[:, 4] = (changed[:, 4] + 1) % 300
+    with torch.no_grad():
+        before = tower.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        after = tower.encoder(input_ids=changed, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(before[:, :4], after[:, :4])  # causal: earlier tokens unmoved
+    assert not torch.allclose(before[:, 4:], after[:, 4:])
 
 
 def test_logit_scale_init_and_clamp():

@@ -67,7 +67,10 @@ class DataConfig:
     shuffle_buffer: int = field(default=1000, metadata=POSITIVE)  # samples per shuffle window
     image_keys: str = ";".join(IMAGE_EXTENSIONS)  # first present extension wins
     caption_key: str = "txt"  # or json.FIELD; a JSON list gives several captions, one is picked
-    crop: str = field(default="center", metadata=_choices("center", "random_resized"))
+    # Training crop: random_resized with scale (0.9, 1.0), OpenCLIP's default; evaluation always
+    # takes the centre crop. With it, a B/32 on a real corpus went from 32% to 83.6% zero-shot
+    # top-1 (issue: defaults that learn). center: for captions that name positions (the demo).
+    crop: str = field(default="random_resized", metadata=_choices("center", "random_resized"))
     crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])  # random_resized area range
     draft: bool = True  # reduced-size JPEG decoding when the crop is at least 2x the output
     # Images with more pixels are skipped (too_large) from their header, before decoding; 0: no
@@ -83,11 +86,13 @@ class DataConfig:
 
 @dataclass
 class ImageTowerConfig:
-    model: str = "vit_base_patch32_224"  # any timm model name
+    # Any timm model name. CLIP's ViT layout (pre-norm, as OpenAI's and OpenCLIP's B/32).
+    model: str = "vit_base_patch32_clip_224"
     pretrained: bool = False
     image_size: int = field(default=224, metadata=POSITIVE)
     model_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model
-    # Normalisation; empty means "take the timm model's pretrained_cfg".
+    # Normalisation; empty: a pretrained tower's own (timm's pretrained_cfg), else OpenAI CLIP's
+    # mean/std (Radford et al. 2021), the statistics CLIP-style training uses from scratch.
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
 
@@ -98,7 +103,9 @@ class TextTowerConfig:
     config: dict = field(default_factory=dict)  # inline config (with model_type) for random init
     pretrained: bool = True  # load weights from `model`; ignored when `config` is given
     tokenizer: str = ""  # hub name, local dir or tokenizer.json; defaults to `model`
-    pooling: str = field(default="cls", metadata=_choices("cls", "mean", "eos"))
+    # eos: the last real token's state, CLIP's pooling for its causal text transformer (the
+    # default text tower); cls or mean for BERT-style encoders.
+    pooling: str = field(default="eos", metadata=_choices("cls", "mean", "eos"))
     context_length: int = field(default=77, metadata=POSITIVE)
 
 

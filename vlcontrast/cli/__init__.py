@@ -5,9 +5,11 @@ vlcontrast train CONFIG [section.key=value ...]
 vlcontrast eval zeroshot|retrieval|linear-probe|knn --checkpoint DIR --data DATA [--json OUT]
 vlcontrast data synthetic|captions|imagefolder|hf ... --out DIR   (make shards)
 vlcontrast shards inspect URLS [--sheet PNG]
+vlcontrast tokenizer train --shards URLS --out DIR [--vocab-size N] [--kind bpe|wordlevel]
 vlcontrast config [CONFIG] [section.key=value ...]   (print the resolved config)
 
-One module per command group (``run``: demo, train, config; ``evaluate``; ``data``); each adds
+One module per command group (``run``: demo, train, config; ``evaluate``; ``data``;
+``tokenizer``); each adds
 its sub-parsers and its ``cmd_*`` functions, which import the library lazily so ``--help`` is
 fast.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vlcontrast.cli import data, evaluate, run
+from vlcontrast.cli import data, evaluate, run, tokenizer
 from vlcontrast.config import ConfigError
 
 
@@ -33,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_commands(sub)
     evaluate.add_commands(sub)
     data.add_commands(sub)
+    tokenizer.add_commands(sub)
     return parser
 
 
@@ -43,6 +46,7 @@ COMMANDS = {
     "eval": evaluate.cmd_eval,
     "data": data.cmd_data,
     "shards": data.cmd_shards,
+    "tokenizer": tokenizer.cmd_tokenizer,
 }
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from vlcontrast.data.shard_writer import write_shards
+from vlcontrast.data.vocab import train_tokenizer
 
 COLORS = {
     "red": (220, 40, 40),
@@ -118,29 +119,6 @@ def samples(n: int, seed: int, side: int = 64):
         }
 
 
-def train_tokenizer(texts: list[str], out_dir: str | Path) -> Path:
-    """Train a word-level tokenizer on ``texts``; saved in transformers' layout in ``out_dir``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=special))
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-    )
-    fast.save_pretrained(str(out_dir))
-    return Path(out_dir)
-
-
 def make_corpus(
     out_dir: str | Path, n_train: int = 12000, n_heldout: int = 1500, per_shard: int = 1000
 ) -> dict[str, str]:
@@ -155,7 +133,8 @@ def make_corpus(
         caption(c, s, z, p, rng) for c in COLORS for s in SHAPES for z in SIZES for p in POSITIONS
     ]
     texts += [t.format(name) for t in TEMPLATES for name in CLASSNAMES]
-    train_tokenizer(texts, out_dir / "tokenizer")
+    # Word-level, cased: the corpus's closed vocabulary, one token per word
+    train_tokenizer(texts, out_dir / "tokenizer", kind="wordlevel", lowercase=False)
     (out_dir / "DONE").write_text("ok\n")
     last_train, last_held = len(train) - 1, len(heldout) - 1
     return {

@@ -20,6 +20,8 @@ from vlcontrast.data.image import normalize_uint8
 from vlcontrast.models.heads import mlp
 
 HUB_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # Radford et al. 2021
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def check_model_name(name: str) -> None:
@@ -61,9 +63,10 @@ class ImageTower(nn.Module):
         self.trunk = create_trunk(cfg)
         self.num_features = self.trunk.num_features
         self.proj = mlp(self.num_features, embed_dim, proj_layers, proj_hidden, proj_bn)
-        data_cfg = self.trunk.pretrained_cfg
-        self.mean = tuple(cfg.mean) if cfg.mean else tuple(data_cfg.get("mean", (0.5, 0.5, 0.5)))
-        self.std = tuple(cfg.std) if cfg.std else tuple(data_cfg.get("std", (0.5, 0.5, 0.5)))
+        # A pretrained trunk keeps the statistics it was trained with; from scratch: CLIP's.
+        data_cfg = self.trunk.pretrained_cfg if cfg.pretrained else {}
+        self.mean = tuple(cfg.mean) if cfg.mean else tuple(data_cfg.get("mean", OPENAI_CLIP_MEAN))
+        self.std = tuple(cfg.std) if cfg.std else tuple(data_cfg.get("std", OPENAI_CLIP_STD))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images -> (B, F) pooled features. uint8 images (the training

@@ -36,16 +36,45 @@ def pool_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def pool_eos(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    last = mask.sum(1).clamp(min=1) - 1  # (B,) index of the last real token (right padding)
+    last = mask.long().sum(1).clamp(min=1) - 1  # (B,) index of the last real token (right pad)
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
 POOLINGS = {"cls": pool_cls, "mean": pool_mean, "eos": pool_eos}
 
+# The default text tower: CLIP's text transformer (Radford et al. 2021, B/32 and B/16: 12 layers,
+# width 512, 8 heads, causal attention mask, pre-LN, a final layer norm, the end-of-text token's
+# state pooled), built inline by transformers (CLIPTextModel). vocab_size follows the tokenizer.
+DEFAULT_TEXT_CONFIG = {
+    "model_type": "clip_text_model",
+    "hidden_size": 512,
+    "intermediate_size": 2048,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 8,
+    "max_position_embeddings": 77,
+}
+
+
+def inline_config(cfg: TextTowerConfig) -> dict:
+    """The inline config the tower is built from: ``text.config``, else (no ``text.model``
+    either) the CLIP text transformer; empty when the tower comes from ``text.model``."""
+    if cfg.config:
+        return dict(cfg.config)
+    return {} if cfg.model else dict(DEFAULT_TEXT_CONFIG)
+
+
+def follow_tokenizer(cfg: TextTowerConfig, tokenizer) -> None:
+    """An inline tower without ``vocab_size`` gets the tokenizer's size (written into
+    ``text.config``, so the saved config rebuilds the same tower)."""
+    values = inline_config(cfg)
+    if values and tokenizer is not None:
+        values.setdefault("vocab_size", len(tokenizer))
+        cfg.config = values
+
 
 def build_encoder(cfg: TextTowerConfig) -> nn.Module:
-    if cfg.config:
-        values = dict(cfg.config)
+    if inline_config(cfg):
+        values = inline_config(cfg)
         model_type = values.pop("model_type", None)
         if not model_type:
             raise ConfigError("text.config: needs a model_type (e.g. bert) for random init")
@@ -53,8 +82,6 @@ def build_encoder(cfg: TextTowerConfig) -> nn.Module:
             encoder = AutoModel.from_config(AutoConfig.for_model(model_type, **values))
         except (ValueError, KeyError, TypeError) as err:
             raise ConfigError(f"text.config: {str(err).splitlines()[0]}") from None
-    elif not cfg.model:
-        raise ConfigError("text.model: set a hub name or local directory, or give text.config")
     else:
         try:
             if cfg.pretrained:
@@ -83,7 +110,10 @@ def load_tokenizer(cfg: TextTowerConfig) -> PreTrainedTokenizerBase:
     source = cfg.tokenizer or cfg.model
     key = "text.tokenizer" if cfg.tokenizer else "text.model"
     if not source:
-        raise ConfigError("text.tokenizer: set a tokenizer (dir, hub name or tokenizer.json)")
+        raise ConfigError(
+            "text.tokenizer: set a tokenizer (a directory, tokenizer.json or hub name); make "
+            "one from your captions with 'vlcontrast tokenizer train --shards URLS --out DIR'"
+        )
     local = Path(source).exists()
     if not local and (source.startswith((".", "/", "~")) or source.endswith(".json")):
         raise ConfigError(

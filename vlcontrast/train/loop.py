@@ -28,7 +28,7 @@ from vlcontrast.eval import report
 from vlcontrast.eval.runner import check_evaluators, run_evaluators, scalar_metrics
 from vlcontrast.models import build_model
 from vlcontrast.models.build import has_text
-from vlcontrast.models.text_tower import load_tokenizer
+from vlcontrast.models.text_tower import follow_tokenizer, load_tokenizer
 from vlcontrast.objectives import build_objective, objective_class
 from vlcontrast.train import checkpoint
 from vlcontrast.train import run_dir as run_dir_lib
@@ -64,6 +64,7 @@ def train(cfg: Config) -> dict[str, Any]:
     check_evaluators(cfg)  # a mistake stops the run now, not after the last training step
     resolve_model_settings(cfg)
     tokenizer = load_tokenizer(cfg.text) if has_text(cfg) else None
+    follow_tokenizer(cfg.text, tokenizer)
     model = build_model(cfg)
     check_vocab(model, tokenizer)
     objective = build_objective(cfg.objective).to(accelerator.device)
