@@ -202,6 +202,7 @@ class Embedder:
     device: torch.device | str = "cpu"
     progress: bool = False
     max_pixels: int = MAX_PIXELS
+    tokenizer: Any = None  # for vocabulary checks (zero-shot prompts)
 
     @classmethod
     def from_model(cls, model: nn.Module, tokenizer, cfg: Config, device="cpu", progress=False):
@@ -216,6 +217,7 @@ class Embedder:
             device,
             progress,
             cfg.data.max_pixels,
+            tokenizer,
         )
 
     def images(

@@ -119,3 +119,16 @@ def unknown_rate(tokenizer, texts: list[str]) -> tuple[float, list[str]]:
             known = set(tokenizer.get_vocab())
             words.update(w for w in text.lower().split() if w not in known and w not in ("{}",))
     return (unknown / total if total else 0.0), [w for w, _ in words.most_common(5)]
+
+
+def unknown_warning(tokenizer, texts: list[str], what: str) -> str | None:
+    """A warning when more than :data:`UNKNOWN_WARN` of the tokens of ``texts`` are unknown."""
+    rate, words = unknown_rate(tokenizer, texts)
+    if rate <= UNKNOWN_WARN:
+        return None
+    examples = f" (e.g. {', '.join(repr(w) for w in words)})" if words else ""
+    return (
+        f"warning: {rate:.0%} of the {what} tokens are unknown to the tokenizer{examples}; "
+        f"they all look alike to the text tower. Train a tokenizer on your captions "
+        f"('vlcontrast tokenizer train') or use words it knows"
+    )

@@ -22,7 +22,7 @@ from vlcontrast.embed import Embedder
 from vlcontrast.eval.probes import evaluate_knn, evaluate_linear_probe
 from vlcontrast.eval.retrieval import evaluate_retrieval
 from vlcontrast.eval.templates import resolve_templates
-from vlcontrast.eval.zeroshot import evaluate_zeroshot
+from vlcontrast.eval.zeroshot import evaluate_zeroshot, warn_unknown_prompts
 
 # kind -> fn(embedder, EvaluatorConfig) -> {"metrics": {...}, ...}
 EVALUATORS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -43,9 +43,10 @@ def evaluator_names(cfg: Config) -> list[str]:
     return names
 
 
-def check_evaluators(cfg: Config) -> None:
+def check_evaluators(cfg: Config, tokenizer=None) -> None:
     """Validate every evaluator before training starts, so a mistake costs seconds, not a
-    training run: its data is set and reachable, its classes and templates resolve."""
+    training run: its data is set and reachable, its classes and templates resolve (and a
+    warning when the prompts are mostly unknown to ``tokenizer``)."""
     for i, (name, spec) in enumerate(zip(evaluator_names(cfg), cfg.eval.evaluators, strict=True)):
         key = f"eval.evaluators[{i}]"
         if not spec.data:
@@ -60,10 +61,11 @@ def check_evaluators(cfg: Config) -> None:
         if spec.kind == "zeroshot":
             try:
                 source = open_source(spec, spec.data, spec.split)
-                _, file_templates = class_info(spec, source)
-                resolve_templates(spec.templates, fallback=file_templates)
+                classnames, file_templates = class_info(spec, source)
+                templates = resolve_templates(spec.templates, fallback=file_templates)
             except (ValueError, OSError) as err:
                 raise ConfigError(f"{key} ({name}): {err}") from None
+            warn_unknown_prompts(tokenizer, classnames, templates)
 
 
 def run_evaluators(

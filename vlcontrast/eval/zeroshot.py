@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from vlcontrast.data.collection import class_info, open_source
+from vlcontrast.data.vocab import unknown_warning
+from vlcontrast.distributed import print0
 from vlcontrast.embed import Embedder
 from vlcontrast.eval.labels import drop_out_of_range
 from vlcontrast.eval.metrics import classification_metrics
@@ -34,11 +36,27 @@ def zeroshot_classifier(
     return ensemble_prompts(txt_emb.view(len(classnames), len(templates), -1))  # (C, D)
 
 
+_warned: set = set()
+
+
+def warn_unknown_prompts(tokenizer, classnames: list[str], templates: list[str]) -> None:
+    """Once per (classes, templates): warn when the prompts are mostly unknown tokens."""
+    key = (tuple(classnames), tuple(templates))
+    if tokenizer is None or key in _warned:
+        return
+    _warned.add(key)
+    prompts = [template.format(name) for name in classnames for template in templates]
+    message = unknown_warning(tokenizer, prompts, "zero-shot prompt")
+    if message:
+        print0(message)
+
+
 def evaluate_zeroshot(embedder: Embedder, spec) -> dict[str, Any]:
     """Zero-shot metrics on ``spec.data``; also returns the embeddings and predictions."""
     source = open_source(spec, spec.data, spec.split)
     classnames, file_templates = class_info(spec, source)
     templates = resolve_templates(spec.templates, fallback=file_templates)
+    warn_unknown_prompts(embedder.tokenizer, classnames, templates)
     cls_emb = zeroshot_classifier(embedder, classnames, templates)
     embedded = embedder.images(source, need_label=True, max_samples=spec.max_samples)
     embedded = drop_out_of_range(embedded, len(classnames))

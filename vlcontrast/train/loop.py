@@ -19,10 +19,12 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from vlcontrast import config as config_lib
+from vlcontrast import distributed
 from vlcontrast.config import Config, ConfigError
 from vlcontrast.data.bad_data import BadData
 from vlcontrast.data.batching import iterate_epochs, to_device
 from vlcontrast.data.shards import DataPosition
+from vlcontrast.data.vocab import unknown_warning
 from vlcontrast.distributed import print0
 from vlcontrast.eval import report
 from vlcontrast.eval.runner import check_evaluators, run_evaluators, scalar_metrics
@@ -61,10 +63,10 @@ def train(cfg: Config) -> dict[str, Any]:
     if accelerator.is_main_process:
         run_dir_lib.check_fresh(cfg, resume_from)
 
-    check_evaluators(cfg)  # a mistake stops the run now, not after the last training step
     resolve_model_settings(cfg)
     tokenizer = load_tokenizer(cfg.text) if has_text(cfg) else None
     follow_tokenizer(cfg.text, tokenizer)
+    check_evaluators(cfg, tokenizer)  # a mistake stops the run now, not after the last step
     model = build_model(cfg)
     check_vocab(model, tokenizer)
     objective = build_objective(cfg.objective).to(accelerator.device)
@@ -113,6 +115,8 @@ def train(cfg: Config) -> dict[str, Any]:
 
     while state["step"] < cfg.train.steps:
         batch = next(batches)
+        if state["step"] == 0 and tokenizer is not None:
+            warn_unknown_captions(tokenizer, batch.get("texts", []))
         bad.check_all_ranks(accelerator.device)
         loss, metrics = train_step(
             accelerator, precision, model, objective, optimizer, batch, cfg, state
@@ -250,6 +254,12 @@ def global_mean(accelerator: Accelerator, value: float) -> float:
     """The mean over ranks of a per-rank scalar (the logged loss is the global one)."""
     tensor = torch.tensor([value], device=accelerator.device)
     return float(accelerator.reduce(tensor, reduction="mean"))
+
+
+def warn_unknown_captions(tokenizer, texts: list[str]) -> None:
+    message = unknown_warning(tokenizer, texts, "caption") if distributed.is_main() else None
+    if message:
+        print0(message + " (measured on the first batch)")
 
 
 def check_vocab(model, tokenizer) -> None:
