@@ -57,3 +57,30 @@ def test_unknown_rate_counts_unknown_tokens(corpus):
     tok = load_tokenizer(TextTowerConfig(tokenizer=corpus["tokenizer"]))  # word-level
     rate, words = unknown_rate(tok, ["a red circle", "a zorgle quux"])
     assert rate == pytest.approx(2 / 6) and set(words) == {"zorgle", "quux"}
+
+
+def test_presets_match_openclip_shapes_and_yield_to_the_command_line(tmp_path):
+    from vlcontrast import config as config_lib
+    from vlcontrast.models import build_model
+
+    cfg = config_lib.load(None, ["model.preset=b32", "text.config.vocab_size=49408"])
+    model = build_model(cfg)
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    # OpenCLIP ViT-B-32: 87.85M vision, 63.43M text parameters (with their projections)
+    assert count(model.image) == pytest.approx(87.85e6, rel=0.01)
+    assert count(model.text) == pytest.approx(63.43e6, rel=0.01)
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  preset: tiny\n  embed_dim: 64\n")
+    cfg = config_lib.load(path, ["image.image_size=48"])
+    assert cfg.image.model_kwargs["depth"] == 4 and cfg.text.config["num_hidden_layers"] == 4
+    assert cfg.model.embed_dim == 64 and cfg.image.image_size == 48  # the file, then the CLI
+    with pytest.raises(config_lib.ConfigError, match="model.preset: expected one of"):
+        config_lib.load(None, ["model.preset=b99"])
+
+
+def test_config_keys_give_each_default_a_reason(capsys):
+    assert cli.main(["config", "--keys"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    crop = next(line for line in lines if line.startswith("data.crop "))
+    assert "default 'random_resized'" in crop and "OpenCLIP" in crop
+    assert any(line.startswith("text.pooling (str, default 'eos'): ") for line in lines)

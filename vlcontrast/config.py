@@ -26,6 +26,7 @@ import yaml
 from vlcontrast.data.image import IMAGE_EXTENSIONS, MAX_PIXELS
 from vlcontrast.objectives.clip import CLIPConfig
 from vlcontrast.objectives.siglip import SigLIPConfig
+from vlcontrast.presets import PRESETS
 from vlcontrast.schema import NON_NEGATIVE, POSITIVE, ConfigError, between, check_value, choices
 
 __all__ = ["Config", "ConfigError"]
@@ -68,8 +69,9 @@ class DataConfig:
     image_keys: str = ";".join(IMAGE_EXTENSIONS)  # first present extension wins
     caption_key: str = "txt"  # or json.FIELD; a JSON list gives several captions, one is picked
     # Training crop: random_resized with scale (0.9, 1.0), OpenCLIP's default; evaluation always
-    # takes the centre crop. With it, a B/32 on a real corpus went from 32% to 83.6% zero-shot
-    # top-1 (issue: defaults that learn). center: for captions that name positions (the demo).
+    # takes the centre crop. With OpenAI's mean/std and the CLIP text tower it took a real-corpus
+    # run from about 32% to 83.6% zero-shot top-1 (issue: defaults that learn). center: for
+    # captions that name positions (the demo).
     crop: str = field(default="random_resized", metadata=_choices("center", "random_resized"))
     crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])  # random_resized area range
     draft: bool = True  # reduced-size JPEG decoding when the crop is at least 2x the output
@@ -113,6 +115,9 @@ class TextTowerConfig:
 class ModelConfig:
     # dual: image and text towers (CLIP, SigLIP); image: image tower only (SimCLR, MoCo, ...)
     kind: str = field(default="dual", metadata=_choices("dual", "image"))
+    # A named shape (vlcontrast/presets.py): tiny (CPU), s32, b32, b16 as OpenCLIP's ViT-S-32,
+    # ViT-B-32, ViT-B-16; applied under the run file and the command line.
+    preset: str = field(default="", metadata=_choices("", *PRESETS))
     embed_dim: int = field(default=512, metadata=POSITIVE)
     # Projection heads: 1 layer is CLIP's linear projection; 2-3 an MLP (SimCLR: 2, hidden width
     # = the tower's features, Chen et al. 2020). proj_hidden 0: the tower's feature width.
@@ -141,8 +146,9 @@ class ObjectiveConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = field(default=5e-4, metadata=POSITIVE)
-    weight_decay: float = field(default=0.2, metadata=NON_NEGATIVE)
+    lr: float = field(default=5e-4, metadata=POSITIVE)  # OpenCLIP's B/32 recipe
+    weight_decay: float = field(default=0.2, metadata=NON_NEGATIVE)  # CLIP paper, OpenCLIP
+    # CLIP paper: beta2 0.98 and eps 1e-6 keep large-batch contrastive training stable
     beta1: float = field(default=0.9, metadata=between(0.0, 1.0, high_open=True))
     beta2: float = field(default=0.98, metadata=between(0.0, 1.0, high_open=True))
     eps: float = field(default=1e-6, metadata=POSITIVE)
@@ -157,7 +163,7 @@ class TrainConfig:
     # How long to train: exactly one of steps (optimizer steps) and epochs (passes over the
     # dataset, whose size the loader knows: steps = ceil(epochs x samples / global batch)).
     steps: int = field(default=0, metadata=NON_NEGATIVE)
-    epochs: float = field(default=0.0, metadata=NON_NEGATIVE)
+    epochs: float = field(default=0.0, metadata=NON_NEGATIVE)  # passes over the data (or steps)
     seed: int = 0
     precision: str = field(default="no", metadata=_choices("no", "bf16", "fp16"))
     output_dir: str = "runs/default"
@@ -449,8 +455,10 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 
 
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the run file at ``path`` (YAML or JSON), then dotted ``overrides``."""
+    """Defaults, then the ``model.preset`` named by the overrides or the run file, then the run
+    file at ``path`` (YAML or JSON), then dotted ``overrides``."""
     cfg = Config()
+    values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -459,8 +467,21 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path} is not valid YAML: {err}") from None
-        apply(cfg, values)
+    preset = _preset_named(values, overrides or [])
+    if preset:
+        apply(cfg, {"model": {"preset": preset}})  # checks the name
+        apply(cfg, PRESETS[preset])
+    apply(cfg, values)
     return apply_overrides(cfg, overrides or [])
+
+
+def _preset_named(values: Any, overrides: list[str]) -> str:
+    """The preset of the command line (last one wins), else of the run file, else none."""
+    for text in reversed(overrides):
+        if text.startswith("model.preset="):
+            return text.split("=", 1)[1]
+    model = values.get("model") if isinstance(values, dict) else None
+    return str(model.get("preset") or "") if isinstance(model, dict) else ""
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -522,6 +543,7 @@ def keys() -> list[str]:
 
 def _describe(prefix: str, cls: type) -> list[str]:
     out = []
+    reasons = field_comments(cls)
     for name, (f, typ) in _fields(cls).items():
         if dataclasses.is_dataclass(typ):
             out.extend(_describe(f"{prefix}{name}.", typ))
@@ -531,7 +553,36 @@ def _describe(prefix: str, cls: type) -> list[str]:
         kind = typ.__name__ if isinstance(typ, type) else str(typ).replace("typing.", "")
         if dataclasses.is_dataclass(item):
             kind = f"list[{item.__name__}]"
-        out.append(f"{prefix}{name} ({kind}, default {default!r})")
+        reason = f.metadata.get("help") or reasons.get(name, "")
+        out.append(
+            f"{prefix}{name} ({kind}, default {default!r})" + (f": {reason}" if reason else "")
+        )
         if dataclasses.is_dataclass(item):
             out.extend(_describe(f"{prefix}{name}[i].", item))
     return out
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """Each field's comment in the schema's source (the lines just above it and the one at its
+    end), as one line: the reason ``vlcontrast config --keys`` prints beside the default."""
+    import inspect
+    import re
+
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    comments: dict[str, str] = {}
+    pending: list[str] = []
+    for line in lines:
+        text = line.strip()
+        if text.startswith("#"):
+            pending.append(text.lstrip("# ").strip())
+            continue
+        match = re.match(r"^    (\w+): ", line)
+        if match:
+            trailing = line.split("  # ", 1)[1].strip() if "  # " in line else ""
+            comments[match.group(1)] = " ".join([*pending, trailing]).strip()
+        if match or not text:
+            pending = []
+    return comments
