@@ -472,7 +472,21 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
         apply(cfg, {"model": {"preset": preset}})  # checks the name
         apply(cfg, PRESETS[preset])
     apply(cfg, values)
-    return apply_overrides(cfg, overrides or [])
+    apply_overrides(cfg, overrides or [])
+    if preset and cfg.text.model and not _sets(values, overrides or [], "text", "config"):
+        cfg.text.config = {}  # a text.model named over a preset replaces the preset's text tower
+    return cfg
+
+
+def _sets(values: Any, overrides: list[str], section: str, key: str) -> bool:
+    """Whether the run file or the command line sets ``section.key``."""
+    if any(
+        text.startswith(f"{section}.{key}=") or text.startswith(f"{section}.{key}.")
+        for text in overrides
+    ):
+        return True
+    part = values.get(section) if isinstance(values, dict) else None
+    return isinstance(part, dict) and key in part
 
 
 def _preset_named(values: Any, overrides: list[str]) -> str:
