@@ -26,3 +26,16 @@ def test_loader_benchmark_runs_and_its_crops_pass_the_psnr_check():
 def test_loader_benchmark_refuses_too_few_batches_to_time():
     done = run_loader_benchmark("--small", "64", "--large", "0", "--workers", "2")
     assert done.returncode == 1 and "raise --small/--large" in done.stderr
+
+
+def test_learning_benchmark_runs_both_recipes():
+    """Two steps per recipe: the script builds the digits shards, trains and scores both."""
+    command = [sys.executable, "benchmarks/learning.py", "--epochs", "0.1", "--batch", "64"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = {line.split("|")[0].strip(): line for line in done.stdout.splitlines() if "|" in line}
+    assert {"default recipe", "previous defaults"} <= set(rows)
+    for name in ("default recipe", "previous defaults"):
+        top1 = float(rows[name].split("|")[1])
+        assert 0.0 <= top1 <= 1.0
+    assert "top-1 ratio default / previous" in done.stdout

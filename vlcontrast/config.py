@@ -51,16 +51,16 @@ class DataConfig:
     # Brace-expandable shard pattern(s), several sources joined by ``::``; local paths, pipe:
     # commands and fsspec URLs (http, s3, gs)
     train_shards: str = ""
-    weights: list[float] = field(
-        default_factory=list
-    )  # resampled mode: each source's share of samples
+    # resampled mode: each source's share of samples
+    weights: list[float] = field(default_factory=list)
     # epoch: every sample at most once per epoch (each stream drops its last partial batch);
     # resampled: shards drawn with replacement, endless
     mode: str = field(default="epoch", metadata=_choices("epoch", "resampled"))
-    num_samples: int = field(
-        default=0, metadata=NON_NEGATIVE
-    )  # dataset size; 0: sizes.json, _stats.json, or count once (cached)
+    # dataset size; 0: sizes.json, _stats.json, or count once (cached)
+    num_samples: int = field(default=0, metadata=NON_NEGATIVE)
+    # Per rank; the contrastive batch is the global one (x ranks x grad-cache micro-batches)
     batch_size: int = field(default=256, metadata=POSITIVE)
+    # Decoding processes per rank: 2 keep two CPU cores busy decoding (benchmarks/loader.py)
     num_workers: int = field(default=2, metadata=NON_NEGATIVE)
     # Logical streams per rank, fixed for a run (saved in checkpoints); the sample order depends on
     # it but not on num_workers, so a run resumes exactly with any worker count. 0: num_workers.
@@ -78,25 +78,23 @@ class DataConfig:
     # Images with more pixels are skipped (too_large) from their header, before decoding; 0: no
     # limit. 50 MP keeps 50-megapixel photos and 8K frames (see data/image.py:MAX_PIXELS).
     max_pixels: int = field(default=MAX_PIXELS, metadata=NON_NEGATIVE)
-    max_bad_fraction: float = field(
-        default=0.2, metadata=NON_NEGATIVE
-    )  # stop when more than this fraction of samples fail ...
-    bad_min_samples: int = field(
-        default=1000, metadata=NON_NEGATIVE
-    )  # ... once at least this many samples were read
+    # stop when more than this fraction of samples fail ...
+    max_bad_fraction: float = field(default=0.2, metadata=NON_NEGATIVE)
+    # ... once at least this many samples were read
+    bad_min_samples: int = field(default=1000, metadata=NON_NEGATIVE)
 
 
 @dataclass
 class ImageTowerConfig:
     # Any timm model name. CLIP's ViT layout (pre-norm, as OpenAI's and OpenCLIP's B/32).
     model: str = "vit_base_patch32_clip_224"
-    pretrained: bool = False
-    image_size: int = field(default=224, metadata=POSITIVE)
+    pretrained: bool = False  # timm weights by name (downloads them); False: random init
+    image_size: int = field(default=224, metadata=POSITIVE)  # CLIP B/32 and B/16 resolution
     model_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model
     # Normalisation; empty: a pretrained tower's own (timm's pretrained_cfg), else OpenAI CLIP's
     # mean/std (Radford et al. 2021), the statistics CLIP-style training uses from scratch.
     mean: list[float] = field(default_factory=list)
-    std: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)  # as mean
 
 
 @dataclass
@@ -108,7 +106,7 @@ class TextTowerConfig:
     # eos: the last real token's state, CLIP's pooling for its causal text transformer (the
     # default text tower); cls or mean for BERT-style encoders.
     pooling: str = field(default="eos", metadata=_choices("cls", "mean", "eos"))
-    context_length: int = field(default=77, metadata=POSITIVE)
+    context_length: int = field(default=77, metadata=POSITIVE)  # CLIP's caption length
 
 
 @dataclass
@@ -118,11 +116,11 @@ class ModelConfig:
     # A named shape (vlcontrast/presets.py): tiny (CPU), s32, b32, b16 as OpenCLIP's ViT-S-32,
     # ViT-B-32, ViT-B-16; applied under the run file and the command line.
     preset: str = field(default="", metadata=_choices("", *PRESETS))
-    embed_dim: int = field(default=512, metadata=POSITIVE)
+    embed_dim: int = field(default=512, metadata=POSITIVE)  # CLIP B/32 and B/16
     # Projection heads: 1 layer is CLIP's linear projection; 2-3 an MLP (SimCLR: 2, hidden width
     # = the tower's features, Chen et al. 2020). proj_hidden 0: the tower's feature width.
     proj_layers: int = field(default=1, metadata=POSITIVE)
-    proj_hidden: int = field(default=0, metadata=NON_NEGATIVE)
+    proj_hidden: int = field(default=0, metadata=NON_NEGATIVE)  # MLP heads' width; 0: the tower's
     proj_bn: bool = False  # batch norm after each hidden layer of the MLP head
     # Image models: a predictor MLP on the projection (BYOL, SimSiam, MoCo v3); 0 = none
     predictor_hidden: int = field(default=0, metadata=NON_NEGATIVE)
@@ -150,9 +148,9 @@ class OptimConfig:
     weight_decay: float = field(default=0.2, metadata=NON_NEGATIVE)  # CLIP paper, OpenCLIP
     # CLIP paper: beta2 0.98 and eps 1e-6 keep large-batch contrastive training stable
     beta1: float = field(default=0.9, metadata=between(0.0, 1.0, high_open=True))
-    beta2: float = field(default=0.98, metadata=between(0.0, 1.0, high_open=True))
-    eps: float = field(default=1e-6, metadata=POSITIVE)
-    warmup_steps: int = field(default=500, metadata=NON_NEGATIVE)
+    beta2: float = field(default=0.98, metadata=between(0.0, 1.0, high_open=True))  # CLIP paper
+    eps: float = field(default=1e-6, metadata=POSITIVE)  # CLIP paper
+    warmup_steps: int = field(default=500, metadata=NON_NEGATIVE)  # linear warmup (OpenCLIP)
     # cosine decays to lr * min_lr_ratio
     min_lr_ratio: float = field(default=0.0, metadata=between(0.0, 1.0))
     grad_clip: float = field(default=1.0, metadata=NON_NEGATIVE)  # max global grad norm; 0 disables
@@ -164,11 +162,13 @@ class TrainConfig:
     # dataset, whose size the loader knows: steps = ceil(epochs x samples / global batch)).
     steps: int = field(default=0, metadata=NON_NEGATIVE)
     epochs: float = field(default=0.0, metadata=NON_NEGATIVE)  # passes over the data (or steps)
-    seed: int = 0
+    seed: int = 0  # fixes the data order, the crops and the initialisation
+    # no: float32 (CPUs without bf16 units emulate it slowly); bf16 on GPUs
     precision: str = field(default="no", metadata=_choices("no", "bf16", "fp16"))
-    output_dir: str = "runs/default"
-    log_every: int = field(default=10, metadata=POSITIVE)
-    save_every: int = field(default=1000, metadata=POSITIVE)
+    output_dir: str = "runs/default"  # config.json, metrics.jsonl, tensorboard/, checkpoints/
+    log_every: int = field(default=10, metadata=POSITIVE)  # steps between log rows
+    save_every: int = field(default=1000, metadata=POSITIVE)  # steps between checkpoints
+    # the newest N checkpoints are kept; 2 so that one survives a crash while the next is saved
     keep_checkpoints: int = field(default=2, metadata=POSITIVE)
     # Gradient caching: split each batch into this many micro-batches for the forward/backward
     # passes (activation memory of one micro-batch); the loss still sees the whole batch.
@@ -176,8 +176,8 @@ class TrainConfig:
     resume: str = ""  # "" (fresh), "latest" (newest in output_dir) or a checkpoint directory
     # A fresh run in a directory that holds another run moves that run aside instead of refusing
     overwrite: bool = False
-    progress: bool = True
-    tensorboard: bool = True
+    progress: bool = True  # a progress bar on the terminal
+    tensorboard: bool = True  # scalars in {output_dir}/tensorboard as well as metrics.jsonl
 
 
 @dataclass
@@ -252,13 +252,11 @@ class EvalConfig:
     # Evaluators run every `every` steps and at the end of training, e.g.
     #   evaluators: [{kind: zeroshot, data: "heldout/{00000..00001}.tar"}]
     evaluators: list[EvaluatorConfig] = field(default_factory=list)
-    every: int = field(
-        default=0, metadata=NON_NEGATIVE
-    )  # steps between evaluations; 0 = only at the end
-    batch_size: int = field(default=256, metadata=POSITIVE)
-    num_workers: int = field(
-        default=0, metadata=NON_NEGATIVE
-    )  # dataloader workers per rank while embedding
+    # steps between evaluations; 0 = only at the end
+    every: int = field(default=0, metadata=NON_NEGATIVE)
+    batch_size: int = field(default=256, metadata=POSITIVE)  # images per forward when embedding
+    # dataloader workers per rank while embedding
+    num_workers: int = field(default=0, metadata=NON_NEGATIVE)
 
 
 @dataclass

@@ -69,6 +69,14 @@ def follow_tokenizer(cfg: TextTowerConfig, tokenizer) -> None:
     values = inline_config(cfg)
     if values and tokenizer is not None:
         values.setdefault("vocab_size", len(tokenizer))
+        ids = {
+            "bos_token_id": getattr(tokenizer, "bos_token_id", None),
+            "eos_token_id": getattr(tokenizer, "eos_token_id", None),
+            "pad_token_id": getattr(tokenizer, "pad_token_id", None),
+        }
+        for key, value in ids.items():  # CLIP's own ids (49406...) would lie outside it
+            if value is not None:
+                values.setdefault(key, value)
         cfg.config = values
 
 
