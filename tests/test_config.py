@@ -89,7 +89,6 @@ def test_configs_dir_files_load_and_the_demo_runs_its_run_file(tmp_path):
     corpus = {"train_shards": "s/{0..1}.tar", "tokenizer": "tok"}
     demo = config_lib.to_dict(demo_config(tmp_path, corpus, []))
     moved = {("data", "train_shards"), ("text", "tokenizer"), ("train", "output_dir")}
-    moved.add(("train", "overwrite"))  # a rerun of the demo replaces its previous run
     moved.add(("eval", "evaluators"))  # the demo evaluates after training, as `vlcontrast eval`
     for section, values in from_file.items():
         for key, value in values.items():

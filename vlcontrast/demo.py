@@ -10,6 +10,7 @@ once.
 from __future__ import annotations
 
 import json
+import shutil
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,6 @@ def demo_config(out_dir: Path, corpus: dict[str, str], overrides: list[str]) -> 
     cfg.data.train_shards = corpus["train_shards"]
     cfg.text.tokenizer = corpus["tokenizer"]
     cfg.train.output_dir = str(out_dir / "run")
-    cfg.train.overwrite = True  # a rerun of the demo replaces its previous run (moved aside)
     cfg.eval.evaluators = []  # evaluated once after training, exactly as `vlcontrast eval` does
     return config_lib.apply_overrides(cfg, overrides)
 
@@ -77,6 +77,8 @@ def run_demo(out_dir: str | Path = "vlcontrast_demo", overrides: list[str] | Non
     out_dir = Path(out_dir)
     corpus = ensure_corpus(out_dir / "data")
     cfg = demo_config(out_dir, corpus, overrides or [])
+    if Path(cfg.train.output_dir).is_dir():  # the demo's own previous run: made again below
+        shutil.rmtree(cfg.train.output_dir)
     run = train(cfg)  # evaluated once, below, exactly as `vlcontrast eval zeroshot` does
 
     model, tokenizer, saved_cfg = load_model(Path(run["checkpoint"]))
