@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Contrastive image-text training (CLIP) that is exact across ranks.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Start with 'vlcontrast demo'; train on your shards with 'vlcontrast train "
-        "configs/clip_vit_b32_bert.yaml data.train_shards=/data/{00000..00099}.tar'.",
+        "configs/clip_b32.yaml data.train_shards=/data/{00000..00099}.tar text.tokenizer=DIR' "
+        "(make DIR with 'vlcontrast tokenizer train').",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run.add_commands(sub)
