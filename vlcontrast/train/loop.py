@@ -1,9 +1,10 @@
 """The training loop: config -> model, objective, data -> steps -> checkpoints, logs, evals.
 
-Built on ``accelerate``, so the same code runs in one CPU process, on one GPU with bf16/fp16
-autocast, and under ``torchrun``/``accelerate launch``. The loop never branches on the objective:
-an objective turns a batch into ``{"loss", "metrics"}``. Each feature (resume, evaluation,
-checkpointing, divergence checks) is a named helper below the loop.
+Built on ``accelerate`` (devices, DDP, process groups), so the same code runs in one CPU process,
+on one GPU, and under ``torchrun``/``accelerate launch``; bf16/fp16 autocast is
+``train/precision.py``. The loop never branches on the objective: an objective turns a batch into
+``{"loss", "metrics"}``. Each feature (resume and checkpoints: ``train/resume.py``, the run
+directory: ``train/run_dir.py``, evaluation, divergence checks) is a named helper.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ from vlcontrast.train.data_setup import (
 )
 from vlcontrast.train.grad_cache import grad_cached_step
 from vlcontrast.train.metrics_log import MetricsLogger
-from vlcontrast.train.optim import apply_settings, build_optimizer, build_scheduler
+from vlcontrast.train.optim import build_optimizer, build_scheduler
 from vlcontrast.train.precision import Precision
+from vlcontrast.train.resume import resolve_resume, resume, save_checkpoint
 
 
 class TrainingDiverged(RuntimeError):
@@ -271,43 +273,6 @@ def check_vocab(model, tokenizer) -> None:
             f"text.config.vocab_size: the tokenizer has {len(tokenizer)} tokens but the text "
             f"tower embeds only {rows}; set text.config.vocab_size={len(tokenizer)}"
         )
-
-
-def resolve_resume(resume: str, ckpt_root: Path) -> Path | None:
-    if not resume:
-        return None
-    if resume == "latest":
-        return checkpoint.latest(ckpt_root)  # None: nothing saved yet, start fresh
-    path = Path(resume)
-    if not (path / checkpoint.WEIGHTS).is_file():
-        raise ConfigError(f"train.resume: {path} is not a checkpoint directory")
-    return path
-
-
-def resume(path: Path, model, parts: dict[str, Any], cfg: Config) -> int:
-    """Restore every part; changed ``optim.*`` settings take effect (the schedule is rebuilt
-    from the current config at the saved step) and are listed."""
-    step = checkpoint.restore(path, model, parts)
-    print0(f"resumed from {path} at step {step}")
-    before = checkpoint.read_config(path).optim
-    changed = [
-        f"optim.{key} {getattr(before, key)} -> {value}"
-        for key, value in vars(cfg.optim).items()
-        if getattr(before, key) != value
-    ]
-    apply_settings(parts["optimizer"], parts["scheduler"], cfg.optim, step)
-    if changed:
-        print0("resuming with changed settings (applied from this step): " + ", ".join(changed))
-    return step
-
-
-def save_checkpoint(accelerator, root, model, parts: dict[str, Any], step, cfg, tokenizer) -> None:
-    """Every rank takes its parts' state (the RNG part gathers all ranks); rank 0 writes."""
-    accelerator.wait_for_everyone()
-    states = {name: part.state_dict() for name, part in parts.items()}
-    if accelerator.is_main_process:
-        checkpoint.save(root, step, model, states, cfg, tokenizer, cfg.train.keep_checkpoints)
-    accelerator.wait_for_everyone()
 
 
 def eval_due(cfg: Config, step: int) -> bool:
