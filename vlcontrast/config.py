@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +24,16 @@ from vlcontrast.data.image import IMAGE_EXTENSIONS, MAX_PIXELS
 from vlcontrast.objectives.clip import CLIPConfig
 from vlcontrast.objectives.siglip import SigLIPConfig
 from vlcontrast.presets import PRESETS
-from vlcontrast.schema import NON_NEGATIVE, POSITIVE, ConfigError, between, check_value, choices
+from vlcontrast.schema import (
+    NON_NEGATIVE,
+    POSITIVE,
+    ConfigError,
+    between,
+    choices,
+    describe,
+    fields_of,
+    set_value,
+)
 
 __all__ = ["Config", "ConfigError"]
 
@@ -271,98 +277,6 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def _optional_of(typ: Any) -> Any:
-    """``X`` for ``X | None``, else None."""
-    if typing.get_origin(typ) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(typ) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(typ)) == 2:
-            return args[0]
-    return None
-
-
-def _list_item_type(typ: Any) -> Any:
-    """``X`` for ``list[X]``; ``None`` for a bare ``list``."""
-    args = typing.get_args(typ) if typing.get_origin(typ) is list else ()
-    return args[0] if args else None
-
-
-def _coerce(key: str, value: Any, typ: Any) -> Any:
-    """Convert ``value`` to ``typ`` or raise a ConfigError that names ``key``. ``list[X]``
-    fields are converted element by element (``key[i]``); dataclass elements key by key."""
-    optional = _optional_of(typ)
-    if optional is not None:
-        if value is None or (isinstance(value, str) and value.lower() in {"none", "null"}):
-            return None
-        return _coerce(key, value, optional)
-    if typing.get_origin(typ) is list or typ is list:
-        return _coerce_list(key, value, _list_item_type(typ))
-    if dataclasses.is_dataclass(typ):
-        return _item(key, typ, value)
-    expected = getattr(typ, "__name__", str(typ))
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in {"true", "false", "1", "0", "yes", "no"}:
-            return value.lower() in {"true", "1", "yes"}
-    elif typ is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-    elif typ is float:
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-        if number is not None:
-            if not math.isfinite(number) or abs(number) > 1e30:
-                raise ConfigError(f"{key}: expected a finite number, got {value!r}")
-            return number
-    elif typ is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-    elif typ is dict:
-        value = _parse_yaml(value)
-        if isinstance(value, dict):
-            return value
-    raise ConfigError(f"{key}: expected {expected}, got {value!r} ({type(value).__name__})")
-
-
-def _parse_yaml(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return yaml.safe_load(value)
-        except yaml.YAMLError:
-            pass
-    return value
-
-
-def _coerce_list(key: str, value: Any, item_type: Any) -> list:
-    value = _parse_yaml(value)
-    if isinstance(value, tuple):
-        value = list(value)
-    if not isinstance(value, list):
-        kind = f"list[{getattr(item_type, '__name__', item_type)}]" if item_type else "list"
-        raise ConfigError(f"{key}: expected {kind}, got {value!r} ({type(value).__name__})")
-    if item_type is None:
-        return value
-    return [_coerce(f"{key}[{i}]", item, item_type) for i, item in enumerate(value)]
-
-
-def _fields(cls: type) -> dict[str, tuple[dataclasses.Field, Any]]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: (f, hints[f.name]) for f in dataclasses.fields(cls)}
-
-
 # Keys renamed since earlier versions: old run files, command lines and checkpoints still load.
 RENAMED = {"loss.name": "objective.name"}
 RENAMED.update(
@@ -378,52 +292,14 @@ def _renamed(path: list[str]) -> list[str]:
     return path
 
 
-def _set(obj: Any, path: list[str], value: Any, prefix: str = "") -> None:
-    if not prefix:
-        path = _renamed(path)
-        if path == ["loss"] and isinstance(value, dict):  # an old run file's loss: section
-            for sub, sub_value in value.items():
-                _set(obj, ["loss", str(sub)], sub_value)
-            return
-    name, rest = path[0], path[1:]
-    key = f"{prefix}{name}"
-    fields = _fields(type(obj))
-    if name not in fields:
-        valid = ", ".join(f"{prefix}{n}" for n in fields)
-        raise ConfigError(f"unknown config key '{key}'; valid keys here: {valid}")
-    f, typ = fields[name]
-    if dataclasses.is_dataclass(typ):
-        if rest:
-            _set(getattr(obj, name), rest, value, prefix=f"{key}.")
-            return
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of {typ.__name__} keys, got {value!r}")
+def _set(cfg: Config, path: list[str], value: Any) -> None:
+    """Set a dotted key of ``cfg``, old names migrated (an old run file's ``loss:`` section)."""
+    path = _renamed(path)
+    if path == ["loss"] and isinstance(value, dict):
         for sub, sub_value in value.items():
-            _set(getattr(obj, name), [str(sub)], sub_value, prefix=f"{key}.")
+            _set(cfg, ["loss", str(sub)], sub_value)
         return
-    if rest:
-        if typ is dict:  # model_kwargs.depth=2 sets one entry of a free-form dict
-            entry = getattr(obj, name)
-            for part in rest[:-1]:
-                entry = entry.setdefault(part, {})
-            entry[rest[-1]] = yaml.safe_load(value) if isinstance(value, str) else value
-            return
-        raise ConfigError(f"unknown config key '{key}.{'.'.join(rest)}': {key} has no sub-keys")
-    value = _coerce(key, value, typ)
-    check_value(key, f.metadata, value)
-    setattr(obj, name, value)
-
-
-def _item(key: str, cls: type, value: Any) -> Any:
-    """A list entry of dataclass ``cls`` from a mapping, checked key by key."""
-    if isinstance(value, cls):
-        return value
-    if not isinstance(value, dict):
-        raise ConfigError(f"{key}: expected a mapping of {cls.__name__} keys, got {value!r}")
-    item = cls()
-    for sub, sub_value in value.items():
-        _set(item, [str(sub)], sub_value, prefix=f"{key}.")
-    return item
+    set_value(cfg, path, value)
 
 
 def apply(cfg: Config, values: dict[str, Any]) -> Config:
@@ -548,53 +424,6 @@ def diff(cfg: Config) -> dict[str, Any]:
 def keys() -> list[str]:
     """Every dotted key of the schema with its type and default, for --help."""
     out = []
-    for section, (_, typ) in _fields(Config).items():
-        out.extend(_describe(f"{section}.", typ))
+    for section, (_, typ) in fields_of(Config).items():
+        out.extend(describe(f"{section}.", typ))
     return out
-
-
-def _describe(prefix: str, cls: type) -> list[str]:
-    out = []
-    reasons = field_comments(cls)
-    for name, (f, typ) in _fields(cls).items():
-        if dataclasses.is_dataclass(typ):
-            out.extend(_describe(f"{prefix}{name}.", typ))
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        item = _list_item_type(typ)
-        kind = typ.__name__ if isinstance(typ, type) else str(typ).replace("typing.", "")
-        if dataclasses.is_dataclass(item):
-            kind = f"list[{item.__name__}]"
-        reason = f.metadata.get("help") or reasons.get(name, "")
-        out.append(
-            f"{prefix}{name} ({kind}, default {default!r})" + (f": {reason}" if reason else "")
-        )
-        if dataclasses.is_dataclass(item):
-            out.extend(_describe(f"{prefix}{name}[i].", item))
-    return out
-
-
-def field_comments(cls: type) -> dict[str, str]:
-    """Each field's comment in the schema's source (the lines just above it and the one at its
-    end), as one line: the reason ``vlcontrast config --keys`` prints beside the default."""
-    import inspect
-    import re
-
-    try:
-        lines = inspect.getsource(cls).splitlines()
-    except (OSError, TypeError):
-        return {}
-    comments: dict[str, str] = {}
-    pending: list[str] = []
-    for line in lines:
-        text = line.strip()
-        if text.startswith("#"):
-            pending.append(text.lstrip("# ").strip())
-            continue
-        match = re.match(r"^    (\w+): ", line)
-        if match:
-            trailing = line.split("  # ", 1)[1].strip() if "  # " in line else ""
-            comments[match.group(1)] = " ".join([*pending, trailing]).strip()
-        if match or not text:
-            pending = []
-    return comments
