@@ -53,15 +53,16 @@ def check_evaluators(cfg: Config, tokenizer=None) -> None:
             raise ConfigError(f"{key}.data: set the evaluation set of {name!r}")
         if spec.kind in ("knn", "linear_probe") and not spec.train_data:
             raise ConfigError(f"{key}.train_data: {spec.kind} needs a labelled training set")
+        sources = {}
+        splits = {"data": spec.split, "train_data": spec.train_split}
         for field in ("data", "train_data") if spec.train_data else ("data",):
             try:
-                source = open_source(spec, getattr(spec, field), spec.split)
+                sources[field] = open_source(spec, getattr(spec, field), splits[field])
             except (ValueError, OSError) as err:
                 raise ConfigError(f"{key}.{field} ({name}): {err}") from None
         if spec.kind == "zeroshot":
             try:
-                source = open_source(spec, spec.data, spec.split)
-                classnames, file_templates = class_info(spec, source)
+                classnames, file_templates = class_info(spec, sources["data"])
                 templates = resolve_templates(spec.templates, fallback=file_templates)
             except (ValueError, OSError) as err:
                 raise ConfigError(f"{key} ({name}): {err}") from None

@@ -19,14 +19,14 @@ from vlcontrast.config import ConfigError, ImageTowerConfig
 from vlcontrast.data.image import normalize_uint8
 from vlcontrast.models.heads import mlp
 
-HUB_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
+HUB_PREFIXES = ("hf-hub:", "hf_hub:")  # timm names resolved on the Hugging Face hub
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # Radford et al. 2021
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def check_model_name(name: str) -> None:
     """An unknown timm name is one message with the closest names timm knows."""
-    if name.startswith(HUB_PREFIXES) or timm.is_model(name):
+    if name.startswith((*HUB_PREFIXES, "local-dir:")) or timm.is_model(name):
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""

@@ -21,12 +21,12 @@ from torch import nn
 from vlcontrast import config as config_lib
 from vlcontrast.config import Config
 from vlcontrast.models.build import build_model, has_text
+from vlcontrast.models.image_tower import HUB_PREFIXES
 from vlcontrast.models.text_tower import load_tokenizer
 from vlcontrast.schema import ConfigError
 
 WEIGHTS = "model.safetensors"
 TEXT_CONFIG = "text_config.json"  # the text encoder's transformers config, saved beside weights
-HUB_PREFIXES = ("hf-hub:", "hf_hub:")
 
 
 def architecture_files(model: nn.Module) -> dict[str, str]:
