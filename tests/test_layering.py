@@ -73,12 +73,20 @@ def test_the_import_graph_has_no_cycles():
     assert cycle is None, " -> ".join(cycle)
 
 
-def test_eval_and_inference_loading_import_nothing_from_train():
+def test_eval_search_and_inference_loading_import_nothing_from_train():
     graph = import_graph()
-    starts = [m for m in graph if m.startswith("vlcontrast.eval")]
+    starts = [m for m in graph if m.startswith(("vlcontrast.eval", "vlcontrast.search"))]
+    assert "vlcontrast.search.server" in starts
     starts += ["vlcontrast.models.load", "vlcontrast.embed", "vlcontrast.data.collection"]
     for start in starts:
         bad = sorted(m for m in reachable(graph, start) if m.startswith("vlcontrast.train"))
+        assert not bad, f"{start} reaches {bad}"
+
+
+def test_search_does_not_depend_on_evaluation():
+    graph = import_graph()
+    for start in (m for m in graph if m.startswith("vlcontrast.search")):
+        bad = sorted(m for m in reachable(graph, start) if m.startswith("vlcontrast.eval"))
         assert not bad, f"{start} reaches {bad}"
 
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,6 +117,9 @@ def test_demo_then_eval_reproduces_the_accuracy(tmp_path, capsys):
     assert summary["steps"] == 3 and summary["chance"] == pytest.approx(1 / 30)
     assert len(summary["query_top5"]) == 5
     assert (out / "query.png").stat().st_size > 1000
+    assert (Path(summary["index"]) / "index.json").is_file()  # the held-out images, searchable
+    assert 0 <= summary["search_class_top1"] <= 1
+    assert f"vlcontrast serve {summary['index']}" in capsys.readouterr().out
     held = sorted((out / "data" / "heldout").glob("*.tar"))
     pattern = str(held[0].parent / f"{{00000..{len(held) - 1:05d}}}.tar")
     report = tmp_path / "eval.json"

@@ -1,4 +1,5 @@
-"""``vlcontrast demo``: generate the embedded corpus, train a tiny CLIP, evaluate it zero-shot.
+"""``vlcontrast demo``: generate the embedded corpus, train a tiny CLIP, evaluate it zero-shot,
+and index the held-out images for text-to-image search (``vlcontrast serve`` shows them).
 
 Everything is local: coloured-shape images with captions (``data.synthetic``), a word-level
 tokenizer trained on them, timm's ``test_resnet`` image tower and a 2-layer BERT text tower
@@ -20,14 +21,14 @@ from accelerate import PartialState
 
 from vlcontrast import config as config_lib
 from vlcontrast.config import Config, EvaluatorConfig
-from vlcontrast.data.captions import read_caption
 from vlcontrast.data.inspect import contact_sheet
-from vlcontrast.data.sources import expand_urls
 from vlcontrast.data.synthetic import make_corpus
-from vlcontrast.data.tar_reader import iter_samples
 from vlcontrast.embed import Embedder
 from vlcontrast.eval.zeroshot import evaluate_zeroshot
 from vlcontrast.models.load import load_model
+from vlcontrast.search.build import BuildOptions, build_index
+from vlcontrast.search.engine import SearchIndex
+from vlcontrast.search.units import SourceSpec
 from vlcontrast.train.loop import train
 from vlcontrast.train.metrics_log import read_jsonl
 
@@ -63,14 +64,15 @@ def ensure_corpus(data_dir: Path) -> dict[str, str]:
     }
 
 
-def text_query(result: dict[str, Any], embedder: Embedder, query: str, k: int = 5):
-    txt_emb = embedder.texts([query])  # (1, D)
-    scores = (result["img_emb"] @ txt_emb.T).squeeze(1)  # (N,)
-    top = scores.topk(k)
-    return [
-        {"score": float(s), "key": result["keys"][i]}
-        for s, i in zip(top.values, top.indices, strict=True)
-    ]
+def class_search(index: SearchIndex, classnames: list[str]) -> dict[str, Any]:
+    """Search the index for each class's caption ("a red circle"): the fraction of classes whose
+    first result is an image of that class, and the classes that missed."""
+    missed = []
+    for label, name in enumerate(classnames):
+        (first,) = index.search_text(f"a {name}", k=1)
+        if first.get("label") != label:
+            missed.append(name)
+    return {"top1": 1 - len(missed) / len(classnames), "missed": missed}
 
 
 def run_demo(out_dir: str | Path = "vlcontrast_demo", overrides: list[str] | None = None) -> dict:
@@ -87,8 +89,16 @@ def run_demo(out_dir: str | Path = "vlcontrast_demo", overrides: list[str] | Non
     embedder = Embedder.from_model(model.to(device), tokenizer, saved_cfg, device)
     result = evaluate_zeroshot(embedder, EvaluatorConfig(kind="zeroshot", data=heldout))
     metrics = result["metrics"]
-    hits = text_query(result, embedder, QUERY)
-    save_query_sheet(QUERY, hits, heldout, out_dir / "query.png")
+    index_dir = out_dir / "index"  # the held-out images, searchable: `vlcontrast serve DIR`
+    options = BuildOptions(num_workers=1, overwrite=True, progress=False, device=device)
+    build_index(index_dir, [SourceSpec(heldout)], run["checkpoint"], options)
+    index = SearchIndex(index_dir, device=device)
+    search = class_search(index, result["classnames"])
+    hits = [
+        {"score": h["score"], "key": h["key"], "row": h["row"]}
+        for h in index.search_text(QUERY, k=5)
+    ]
+    save_query_sheet(QUERY, hits, index, out_dir / "query.png")
     summary = {
         "zeroshot_top1": metrics["top1"],
         "zeroshot_top5": metrics["top5"],
@@ -100,6 +110,9 @@ def run_demo(out_dir: str | Path = "vlcontrast_demo", overrides: list[str] | Non
         "checkpoint": run["checkpoint"],
         "query": QUERY,
         "query_top5": hits,
+        "index": str(index_dir),
+        "search_class_top1": search["top1"],
+        "search_missed_classes": search["missed"],
         "eval_command": f"vlcontrast eval zeroshot --checkpoint {run['checkpoint']} "
         f"--data '{heldout}'",
     }
@@ -108,19 +121,13 @@ def run_demo(out_dir: str | Path = "vlcontrast_demo", overrides: list[str] | Non
     return summary
 
 
-def save_query_sheet(query: str, hits: list[dict], shards: str, path: Path) -> None:
-    """A PNG of the retrieved held-out images, each with its score and true caption; the
-    captions are also added to ``hits``."""
-    wanted = {hit["key"] for hit in hits}
-    found = {}
-    for url in expand_urls(shards):
-        for raw in iter_samples(url, lambda reason: None):
-            if raw["__key__"] in wanted:
-                found[raw["__key__"]] = (raw["jpg"], read_caption(raw, "txt")[0])
+def save_query_sheet(query: str, hits: list[dict], index: SearchIndex, path: Path) -> None:
+    """A PNG of the retrieved held-out images, each with its score and true caption (read back
+    from the shards by the index); the captions are also added to ``hits``."""
     examples = []
     for hit in hits:
-        data, hit["caption"] = found[hit["key"]]
-        examples.append((f"{hit['score']:.3f}", data, hit["caption"]))
+        hit["caption"] = index.record(hit["row"])["caption"]
+        examples.append((f"{hit['score']:.3f}", index.image_bytes(hit["row"])[0], hit["caption"]))
     contact_sheet(examples, path, columns=len(examples), title=f"query: {query}")
 
 
@@ -142,3 +149,9 @@ def print_report(summary: dict, n_classes: int) -> None:
     print(f"text -> image query: {summary['query']!r} (pictures in query.png)")
     for hit in summary["query_top5"]:
         print(f"  {hit['score']:.3f}  {hit['caption']}")
+    print(f"search index of the held-out images: {summary['index']}")
+    print(
+        f"  searching 'a {{class}}' puts an image of that class first for "
+        f"{summary['search_class_top1']:.0%} of the {n_classes} classes"
+    )
+    print(f"  browse it: vlcontrast serve {summary['index']}   (then open http://127.0.0.1:8000/)")

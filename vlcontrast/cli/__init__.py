@@ -7,11 +7,13 @@ vlcontrast data synthetic|captions|imagefolder|hf ... --out DIR   (make shards)
 vlcontrast shards inspect URLS [--sheet PNG]
 vlcontrast tokenizer train --shards URLS --out DIR [--vocab-size N] [--kind bpe|wordlevel]
 vlcontrast config [CONFIG] [section.key=value ...]   (print the resolved config)
+vlcontrast index build --checkpoint DIR --data URLS --out INDEX   (also: add, dedup, info)
+vlcontrast search INDEX "a red circle" [-k 10] [--image PATH] [--json]
+vlcontrast serve INDEX [--host 127.0.0.1] [--port 8000]
 
 One module per command group (``run``: demo, train, config; ``evaluate``; ``data``;
-``tokenizer``); each adds
-its sub-parsers and its ``cmd_*`` functions, which import the library lazily so ``--help`` is
-fast.
+``tokenizer``; ``search``: index, search, serve); each adds its sub-parsers and its ``cmd_*``
+functions, which import the library lazily so ``--help`` is fast.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vlcontrast.cli import data, evaluate, run, tokenizer
+from vlcontrast.cli import data, evaluate, run, search, tokenizer
 from vlcontrast.config import ConfigError
 
 
@@ -37,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_commands(sub)
     data.add_commands(sub)
     tokenizer.add_commands(sub)
+    search.add_commands(sub)
     return parser
 
 
@@ -48,6 +51,9 @@ COMMANDS = {
     "data": data.cmd_data,
     "shards": data.cmd_shards,
     "tokenizer": tokenizer.cmd_tokenizer,
+    "index": search.cmd_index,
+    "search": search.cmd_search,
+    "serve": search.cmd_serve,
 }
 
 

@@ -121,6 +121,15 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def known_size(urls: list[str]) -> int | None:
+    """The sample count from ``sizes.json`` or ``_stats.json`` metadata, without counting."""
+    for read in (_sizes_json, _stats_json):
+        size = read(urls)
+        if size is not None:
+            return size
+    return None
+
+
 def dataset_size(urls: list[str], num_samples: int = 0, progress: bool = True) -> tuple[int, str]:
     """(number of samples, where the number came from)."""
     if num_samples > 0:

@@ -69,15 +69,20 @@ def _skip(stream, n: int) -> None:
         n -= len(chunk)
 
 
-def iter_members(stream, wanted: Callable[[str], bool]) -> Iterator[tuple[str, bytes | None]]:
-    """(name, payload) of the regular files of a tar stream, read with one call per member;
-    the payload is None (and skipped, by seeking where possible) when ``wanted(name)`` is
-    false. GNU long names and pax paths are honoured. Raises :class:`Truncated` on a cut tar.
-    (Python's tarfile in stream mode copies each member through 10 KB reads and ends silently
-    on a header cut short.)"""
+def iter_members(
+    stream, wanted: Callable[[str], bool]
+) -> Iterator[tuple[str, bytes | None, int, int]]:
+    """(name, payload, offset, size) of the regular files of a tar stream, read with one call
+    per member; ``offset`` is where the member's data starts in the (uncompressed) tar, so
+    search can read one image back without unpacking the shard. The payload is None (and
+    skipped, by seeking where possible) when ``wanted(name)`` is false. GNU long names and pax
+    paths are honoured. Raises :class:`Truncated` on a cut tar. (Python's tarfile in stream mode
+    copies each member through 10 KB reads and ends silently on a header cut short.)"""
     long_name: str | None = None
+    position = 0  # bytes of the tar consumed so far
     while True:
         header = stream.read(BLOCK)
+        position += BLOCK
         if len(header) < BLOCK:
             if header.strip(b"\0") or not header:
                 raise Truncated()  # no end-of-archive blocks: cut short
@@ -90,18 +95,20 @@ def iter_members(stream, wanted: Callable[[str], bool]) -> Iterator[tuple[str, b
         padded = -(-size // BLOCK) * BLOCK
         if kind in (b"L", b"x"):  # the next member's name
             data = _read_exactly(stream, padded)[:size]
+            position += padded
             long_name = data.rstrip(b"\0").decode() if kind == b"L" else _pax_path(data)
             continue
         name = long_name or _header_name(header)
         long_name = None
+        offset, position = position, position + padded
         if kind not in (b"0", b"\0", b"7"):  # directories, links, global headers
             _skip(stream, padded)
             continue
         if wanted(name):
-            yield name, _read_exactly(stream, padded)[:size]
+            yield name, _read_exactly(stream, padded)[:size], offset, size
         else:
             _skip(stream, padded)
-            yield name, None
+            yield name, None, offset, size
 
 
 def _header_name(header: bytes) -> str:
@@ -113,12 +120,13 @@ def _header_name(header: bytes) -> str:
 
 
 def iter_samples(
-    url: str, skipped: Callable[[str], Any], skip: int = 0
+    url: str, skipped: Callable[[str], Any], skip: int = 0, offsets: bool = False
 ) -> Iterator[dict[str, Any]]:
     """Raw samples (``{"__key__", "__url__", ext: bytes}``) of the tar at ``url``, from the
     ``skip``-th on; the skipped samples' payloads are not read (local files: seeked over). A
     truncated or unreadable shard is reported through ``skipped(reason)``; the sample it cut
-    short is dropped, not passed on as a sample with missing fields."""
+    short is dropped, not passed on as a sample with missing fields. ``offsets``: each sample
+    also carries ``__offsets__`` ``{ext: (offset, size)}`` of its members in the tar."""
     try:
         stream = wds.gopen(url, "rb")
     except Exception:  # noqa: BLE001 - any opener failure is a bad shard, not a crash
@@ -139,7 +147,7 @@ def iter_samples(
         return index >= skip
 
     try:
-        for name, data in iter_members(stream, wanted):
+        for name, data, offset, size in iter_members(stream, wanted):
             key, ext = wds.tariterators.base_plus_ext(name)
             if key is None or data is None:
                 continue
@@ -148,7 +156,11 @@ def iter_samples(
                 current = None
             if current is None:
                 current = {"__key__": key, "__url__": url}
+                if offsets:
+                    current["__offsets__"] = {}
             current[ext.lower()] = data
+            if offsets:
+                current["__offsets__"][ext.lower()] = (offset, size)
     except (Truncated, OSError, EOFError, ValueError, MemoryError):
         skipped("truncated_shard")
         return
@@ -200,9 +212,22 @@ def count_samples(url: str) -> int:
     try:
         with wds.gopen(url, "rb") as stream:
             source = stream if url.endswith(".tar") else tarfile_stream(stream)
-            for name, _ in iter_members(source, lambda name: False):
+            for name, *_ in iter_members(source, lambda name: False):
                 keys.add(wds.tariterators.base_plus_ext(name)[0])
     except Exception:  # noqa: BLE001 - a cut or unreadable shard counts what was read
         pass
     keys.discard(None)
     return len(keys)
+
+
+def read_member(url: str, offset: int, size: int) -> bytes:
+    """The ``size`` bytes at ``offset`` of the (uncompressed) tar at ``url``: one seek and one
+    read for a local ``.tar``; other shards are streamed up to the member (compressed shards
+    have no random access). Raises ``OSError`` when the shard is shorter than that."""
+    with wds.gopen(url, "rb") as raw:
+        stream = raw if url.endswith(".tar") else tarfile_stream(raw)
+        _skip(stream, offset)
+        try:
+            return _read_exactly(stream, size)
+        except Truncated:
+            raise OSError(f"{url}: ends before byte {offset + size}") from None

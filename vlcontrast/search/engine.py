@@ -1,0 +1,173 @@
+"""The Python API of search: open an index, query it by text, by image or by an indexed item,
+and read an item's image back from its shard.
+
+    index = SearchIndex("vlcontrast_demo/index")
+    for hit in index.search_text("a red circle", k=10):
+        print(hit["score"], hit["key"], hit["caption"])
+
+The model is rebuilt from the checkpoint named in the index's manifest (``models.load``), only
+when a query needs it, so metadata look-ups and image-to-image search by row need no model.
+The CLI (``vlcontrast search``) and the web page (``vlcontrast serve``) return these same records.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vlcontrast.data.image import decode_image
+from vlcontrast.data.skip import SkipSample
+from vlcontrast.embed import eval_transform
+from vlcontrast.search.backends import open_backend
+from vlcontrast.search.layout import IndexFiles
+from vlcontrast.search.units import SourceSpec, read_image
+
+MAX_QUERY_CHARS = 1000
+MAX_K = 10_000
+CONTENT_TYPES = {
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "gif": "image/gif",
+    "bmp": "image/bmp",
+}
+
+
+class QueryError(ValueError):
+    """A query that cannot be answered: the message says why, for a person to read."""
+
+
+class SearchIndex:
+    """A built index, ready to query. ``backend``: auto (the saved faiss index when current,
+    else exact), exact or faiss. ``checkpoint`` overrides the manifest's (a moved run)."""
+
+    def __init__(
+        self,
+        index_dir: str | Path,
+        backend: str = "auto",
+        checkpoint: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        allow_download: bool = False,
+    ):
+        self.files = IndexFiles.open(index_dir)
+        self.backend = open_backend(self.files, backend)
+        self.checkpoint = Path(checkpoint or self.files.manifest["checkpoint"])
+        self.device, self.allow_download = torch.device(device), allow_download
+        self._model = None
+        self._lock = threading.Lock()  # the web server queries from several threads
+        self._collections: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    # -- queries -----------------------------------------------------------------------------
+    def search_text(self, text: str, k: int = 10) -> list[dict[str, Any]]:
+        text = (text or "").strip()
+        if not text:
+            raise QueryError("empty query: type a few words, e.g. 'a red circle'")
+        if len(text) > MAX_QUERY_CHARS:
+            raise QueryError(f"query too long ({len(text)} characters; at most {MAX_QUERY_CHARS})")
+        model, tokenizer, cfg = self.model()
+        if tokenizer is None or not hasattr(model, "encode_text"):
+            raise QueryError("this index's model has no text tower: search by image instead")
+        from vlcontrast.data.batching import Collate
+
+        tokens = Collate(tokenizer, cfg.text.context_length).tokenize([text])
+        with self._lock, torch.no_grad():
+            ids = tokens["input_ids"].to(self.device)
+            mask = tokens["attention_mask"].to(self.device)
+            txt_emb = model.encode_text(ids, mask).float().cpu().numpy()  # (1, D)
+        return self.search_vectors(txt_emb, k)[0]
+
+    def search_image(self, image: bytes | str | Path | Image.Image, k: int = 10) -> list[dict]:
+        """Images like ``image`` (bytes, a path or a PIL image)."""
+        model, _, cfg = self.model()
+        transform = eval_transform(cfg)
+        rng = random.Random(0)
+        try:
+            if isinstance(image, Image.Image):
+                pixels = transform(image, rng)
+            else:
+                data = Path(image).read_bytes() if isinstance(image, str | Path) else image
+                pixels = decode_image(data, transform, rng, cfg.data.max_pixels)
+        except SkipSample as skip:
+            raise QueryError(f"the upload is not an image we can read ({skip.reason})") from None
+        with self._lock, torch.no_grad():
+            img_emb = model.encode_image(pixels[None].to(self.device)).float().cpu().numpy()
+        return self.search_vectors(img_emb, k)[0]
+
+    def similar(self, row: int, k: int = 10) -> list[dict[str, Any]]:
+        """The neighbours of indexed item ``row`` (itself first), from its stored embedding."""
+        self._check_row(row)
+        return self.search_vectors(self.files.vectors([row]), k)[0]
+
+    def search_vectors(self, queries: np.ndarray, k: int = 10) -> list[list[dict[str, Any]]]:
+        """Records of the top ``k`` rows for each of the (Q, D) unit-norm ``queries``."""
+        if not 1 <= k <= MAX_K:
+            raise QueryError(f"k must be between 1 and {MAX_K}, got {k}")
+        if queries.shape[-1] != self.files.dim:
+            raise QueryError(
+                f"query dimension {queries.shape[-1]} != index dimension {self.files.dim}"
+            )
+        scores, rows = self.backend.search(queries, k)
+        out = []
+        for q_scores, q_rows in zip(scores, rows, strict=True):
+            keep = q_rows >= 0  # an approximate index may return fewer than k
+            records = self.files.records(q_rows[keep])
+            for rank, (record, score) in enumerate(zip(records, q_scores[keep], strict=True)):
+                record.update(rank=rank, score=float(score))
+            out.append(records)
+        return out
+
+    # -- items -------------------------------------------------------------------------------
+    def record(self, row: int) -> dict[str, Any]:
+        self._check_row(row)
+        return self.files.records([row])[0]
+
+    def image_bytes(self, row: int) -> tuple[bytes, str]:
+        """(the image member's bytes, exactly as in the shard, and its content type)."""
+        record = self.record(row)
+        unit = self.files.unit_of(row)
+        where = record["where"]
+        data = read_image(self._collection(unit["source"]), unit, where)
+        ext = (where.get("ext") or Path(where.get("path", "x.png")).suffix.lstrip(".")).lower()
+        return data, CONTENT_TYPES.get(ext, _sniff(data))
+
+    def model(self):
+        """(model, tokenizer, config) of the index's checkpoint, loaded on first use."""
+        if self._model is None:
+            from vlcontrast.models.load import load_model
+
+            model, tokenizer, cfg = load_model(self.checkpoint, self.allow_download)
+            self._model = (model.to(self.device).eval(), tokenizer, cfg)
+        return self._model
+
+    def _collection(self, source: int):
+        spec = SourceSpec(**self.files.manifest["sources"][source])
+        if spec.format != "hf":
+            return spec
+        if source not in self._collections:  # a dataset is opened once, not per image
+            from vlcontrast.search.units import open_collection
+
+            self._collections[source] = open_collection(spec)
+        return self._collections[source]
+
+    def _check_row(self, row: int) -> None:
+        if not 0 <= int(row) < len(self.files):
+            raise QueryError(f"no item {row}: the index has rows 0..{len(self.files) - 1}")
+
+
+def _sniff(data: bytes) -> str:
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return Image.MIME.get(img.format or "", "application/octet-stream")
+    except Exception:  # noqa: BLE001
+        return "application/octet-stream"

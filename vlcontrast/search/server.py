@@ -1,0 +1,155 @@
+"""``vlcontrast serve``: a search web page over an index, on the standard library's HTTP server.
+
+Routes (JSON unless said):
+    GET  /                      the page (``page.html``): query box, result grid, image upload
+    GET  /api/search?q=TEXT&k=N text-to-image search
+    GET  /api/similar?row=R&k=N the neighbours of indexed item R (a click on a thumbnail)
+    POST /api/image?k=N         image-to-image search; the body is the image file
+    GET  /api/info              items, dimension, checkpoint
+    GET  /image/R               item R's image, the member's bytes read by offset from its shard
+
+Bound to 127.0.0.1 by default: the page reads the collection's files, so exposing it is the
+user's choice (``--host 0.0.0.0``). A bad query gets status 400 and ``{"error": message}``
+that the page shows; an unexpected failure gets 500 with the message, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from urllib.parse import parse_qs, urlparse
+
+from vlcontrast.search.engine import MAX_K, QueryError, SearchIndex
+
+MAX_UPLOAD = 20 << 20  # bytes: a photo, not a collection
+
+
+def page(k: int) -> bytes:
+    html = resources.files("vlcontrast.search").joinpath("page.html").read_text()
+    return html.replace("__K__", str(int(k))).encode()
+
+
+def make_server(index: SearchIndex, host: str = "127.0.0.1", port: int = 8000, k: int = 24):
+    """The HTTP server (not started); ``port=0`` picks a free port (``server.server_port``)."""
+    body = page(k)
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format, *args):  # noqa: A002 - the base class's name
+            pass  # one line per thumbnail would drown the terminal
+
+        def do_GET(self):  # noqa: N802 - the base class's name
+            url = urlparse(self.path)
+            query = parse_qs(url.query)
+            if url.path in ("/", "/index.html"):
+                return self.send(200, body, "text/html; charset=utf-8")
+            if url.path.startswith("/image/"):
+                return self.answer(lambda: self.image(url.path.removeprefix("/image/")))
+            if url.path == "/api/info":
+                return self.json(200, info(index))
+            if url.path == "/api/search":
+                return self.results(lambda k: index.search_text(one(query, "q"), k), query)
+            if url.path == "/api/similar":
+                return self.results(lambda k: index.similar(number(query, "row"), k), query)
+            return self.json(404, {"error": f"no page {url.path}"})
+
+        def do_POST(self):  # noqa: N802
+            url = urlparse(self.path)
+            if url.path != "/api/image":
+                return self.json(404, {"error": f"no page {url.path}"})
+            size = int(self.headers.get("Content-Length") or 0)
+            if size > MAX_UPLOAD:
+                self.rfile.read(size)
+                return self.json(
+                    400, {"error": f"the upload is {size >> 20} MB; at most {MAX_UPLOAD >> 20} MB"}
+                )
+            data = self.rfile.read(size)
+            if not data:
+                return self.json(400, {"error": "the upload is empty: choose an image file"})
+            query = parse_qs(url.query)
+            return self.results(lambda k: index.search_image(data, k), query)
+
+        def results(self, run, query):
+            def search():
+                start = time.perf_counter()
+                hits = run(min(number(query, "k", 24), MAX_K))
+                ms = 1000 * (time.perf_counter() - start)
+                return {"results": [slim(h) for h in hits], "ms": ms, "items": len(index)}
+
+            self.answer(lambda: self.json(200, search()))
+
+        def image(self, row: str):
+            if not row.isdigit():
+                raise QueryError(f"no item {row!r}")
+            data, content_type = index.image_bytes(int(row))
+            self.send(200, data, content_type, cache=True)
+
+        def answer(self, respond):
+            try:
+                respond()
+            except QueryError as err:
+                self.json(400, {"error": str(err)})
+            except Exception as err:  # noqa: BLE001 - the page shows a message, not a trace
+                traceback.print_exc(file=sys.stderr)
+                self.json(500, {"error": f"internal error: {type(err).__name__}: {err}"})
+
+        def json(self, status: int, value) -> None:
+            self.send(status, json.dumps(value).encode(), "application/json")
+
+        def send(self, status: int, data: bytes, content_type: str, cache: bool = False) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            if cache:
+                self.send_header("Cache-Control", "max-age=3600")
+            self.end_headers()
+            self.wfile.write(data)
+
+    return ThreadingHTTPServer((host, port), Handler)
+
+
+def one(query: dict, name: str) -> str:
+    values = query.get(name, [""])
+    return values[0]
+
+
+def number(query: dict, name: str, default: int | None = None) -> int:
+    text = one(query, name)
+    if not text and default is not None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise QueryError(f"{name} must be a whole number, got {text!r}") from None
+
+
+def slim(hit: dict) -> dict:
+    """What the page shows of a record."""
+    return {name: hit.get(name) for name in ("rank", "row", "score", "key", "caption", "url")}
+
+
+def info(index: SearchIndex) -> dict:
+    return {
+        "items": len(index),
+        "dim": index.files.dim,
+        "checkpoint": str(index.checkpoint),
+        "backend": index.backend.name,
+    }
+
+
+def serve(index: SearchIndex, host: str = "127.0.0.1", port: int = 8000, k: int = 24) -> None:
+    server = make_server(index, host, port, k)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    print(
+        f"searching {len(index)} items ({index.backend.name} backend) at "
+        f"http://{shown}:{server.server_port}/  (Ctrl-C stops)"
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
