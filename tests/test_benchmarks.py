@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -39,3 +41,22 @@ def test_learning_benchmark_runs_both_recipes():
         top1 = float(rows[name].split("|")[1])
         assert 0.0 <= top1 <= 1.0
     assert "top-1 ratio default / previous" in done.stdout
+
+
+def test_search_benchmark_runs_every_backend():
+    pytest.importorskip("faiss")
+    command = [
+        sys.executable,
+        "benchmarks/search.py",
+        "--n",
+        "3000",
+        "--dim",
+        "32",
+        "--queries",
+        "10",
+    ]
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for kind in ("exact", "exact-stream", "flat", "hnsw", "ivfpq"):
+        assert f"{kind:>12} | " in out.stdout and "failed" not in out.stdout
+    assert "records of k = 3000 results looked up" in out.stdout

@@ -348,3 +348,47 @@ def test_an_image_folder_is_indexed_and_served_from_its_files(tmp_path, trained,
     assert record["key"].startswith("class0/") and record["label"] == 0
     data, _ = index.image_bytes(0)
     assert data == (tmp_path / "folder" / record["key"]).read_bytes()
+
+
+def test_two_ranks_build_the_single_process_index(tmp_path, trained, planted):
+    import torch
+    import torch.multiprocessing as mp
+
+    from tests import distributed_search_case as case
+
+    build(tmp_path, trained, planted["pattern"], "single")
+    out = tmp_path / "ranks"
+    args = (2, str(tmp_path / "init"), str(out), planted["pattern"], str(trained))
+    mp.spawn(case.worker, args=args, nprocs=2, join=True)
+    got = torch.load(out / "ranks.pt")
+    assert got["embedded"] == [24, 24]  # two shards each
+    assert got["summary"]["rows"] == 48
+    assert unit_bytes(out) == unit_bytes(tmp_path / "single")
+
+
+def test_a_hugging_face_dataset_is_indexed_and_its_images_read_back(tmp_path, trained, planted):
+    import datasets
+
+    items = planted["items"][:7]
+    rows = {
+        "image": [{"bytes": item["jpg"], "path": None} for item in items],
+        "caption": [item["txt"] for item in items],
+        "label": [int(item["cls"]) for item in items],
+    }
+    rows["image"][2] = {"bytes": b"corrupt", "path": None}
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "caption": datasets.Value("string"),
+            "label": datasets.Value("int64"),
+        }
+    )
+    data = datasets.Dataset.from_dict(rows, features=features)
+    datasets.DatasetDict({"train": data}).save_to_disk(str(tmp_path / "hf"))
+    summary = build(tmp_path, trained, str(tmp_path / "hf"))
+    assert summary["rows"] == 6 and summary["skipped"] == {"corrupt_image": 1}
+    index = SearchIndex(tmp_path / "index")
+    for row, item in zip(range(6), [i for n, i in enumerate(items) if n != 2], strict=True):
+        record = index.record(row)
+        assert record["caption"] == item["txt"] and record["label"] == int(item["cls"])
+        assert index.image_bytes(row) == (item["jpg"], "image/jpeg")

@@ -35,29 +35,44 @@ RECALL_QUERIES = 1000
 
 
 class ExactBackend:
+    """Exact inner-product search. The first ``cache_bytes`` of the collection are kept as
+    float32 blocks after the first query (a 1M x 512 index: 2 GiB, all of it), so repeated
+    queries read memory instead of converting the float16 map again; the rest is streamed from
+    the memory map a block at a time."""
+
     name = "exact"
 
-    def __init__(self, files: IndexFiles, block_rows: int = BLOCK_ROWS):
-        self.files, self.block_rows = files, block_rows
+    def __init__(self, files: IndexFiles, block_rows: int = BLOCK_ROWS, cache_bytes: int = 2 << 30):
+        self.files, self.block_rows, self.cache_bytes = files, block_rows, cache_bytes
+        self.cache: dict[tuple[int, int], torch.Tensor] = {}
+        self.cached = 0
+
+    def blocks(self):
+        """(first row, (b, D) float32 tensor) over the collection, cached up to the budget."""
+        for u, matrix in enumerate(self.files.matrices):
+            for start in range(0, len(matrix), self.block_rows):
+                block = self.cache.get((u, start))
+                if block is None:
+                    # a float32 copy: the memory map is read-only and may be float16
+                    rows = matrix[start : start + self.block_rows]
+                    block = torch.from_numpy(np.array(rows, dtype=np.float32))  # (b, D)
+                    if self.cached + block.nbytes <= self.cache_bytes:
+                        self.cache[(u, start)] = block
+                        self.cached += block.nbytes
+                yield int(self.files.starts[u]) + start, block
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = torch.from_numpy(np.array(queries, dtype=np.float32))  # (Q, D), a writable copy
         k = min(k, len(self.files))
         best = torch.full((len(q), 0), -math.inf)
         rows = torch.zeros((len(q), 0), dtype=torch.long)
-        for u, matrix in enumerate(self.files.matrices):
-            for start in range(0, len(matrix), self.block_rows):
-                # a float32 copy: the memory map is read-only and may be float16
-                block = torch.from_numpy(
-                    np.array(matrix[start : start + self.block_rows], dtype=np.float32)
-                )  # (b, D)
-                scores = q @ block.T  # (Q, b)
-                top = scores.topk(min(k, scores.shape[1]), dim=1)
-                best = torch.cat([best, top.values], dim=1)  # (Q, <= 2k)
-                offset = int(self.files.starts[u]) + start
-                rows = torch.cat([rows, top.indices + offset], dim=1)
-                keep = best.topk(min(k, best.shape[1]), dim=1)
-                best, rows = keep.values, rows.gather(1, keep.indices)
+        for first, block in self.blocks():
+            scores = q @ block.T  # (Q, b)
+            top = scores.topk(min(k, scores.shape[1]), dim=1)
+            best = torch.cat([best, top.values], dim=1)  # (Q, <= 2k)
+            rows = torch.cat([rows, top.indices + first], dim=1)
+            keep = best.topk(min(k, best.shape[1]), dim=1)
+            best, rows = keep.values, rows.gather(1, keep.indices)
         return best.numpy(), rows.numpy()
 
 

@@ -138,8 +138,8 @@ class SearchIndex:
         unit = self.files.unit_of(row)
         where = record["where"]
         data = read_image(self._collection(unit["source"]), unit, where)
-        ext = (where.get("ext") or Path(where.get("path", "x.png")).suffix.lstrip(".")).lower()
-        return data, CONTENT_TYPES.get(ext, _sniff(data))
+        ext = (where.get("ext") or Path(where.get("path", "")).suffix.lstrip(".")).lower()
+        return data, CONTENT_TYPES.get(ext) or _sniff(data)
 
     def model(self):
         """(model, tokenizer, config) of the index's checkpoint, loaded on first use."""
