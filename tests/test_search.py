@@ -392,3 +392,24 @@ def test_a_hugging_face_dataset_is_indexed_and_its_images_read_back(tmp_path, tr
         record = index.record(row)
         assert record["caption"] == item["txt"] and record["label"] == int(item["cls"])
         assert index.image_bytes(row) == (item["jpg"], "image/jpeg")
+
+
+def test_an_index_is_not_resumed_or_added_to_with_other_weights(tmp_path, trained, planted, capsys):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(trained, ckpt)
+    first = str(planted["dir"] / "{00000..00001}.tar")
+    build(tmp_path, ckpt, first)
+    weights = load_file(ckpt / "model.safetensors")
+    name = sorted(weights)[-1]
+    weights[name] = weights[name] + 1  # retrained in place
+    save_file(weights, ckpt / "model.safetensors")
+    add = ["index", "add", str(tmp_path / "index"), "--data", planted["pattern"], "--workers", "0"]
+    assert cli.main(add) == 2
+    assert "changed since" in capsys.readouterr().err
+    assert len(SearchIndex(tmp_path / "index")) == 24  # nothing was added
+    summary = build(tmp_path, ckpt, first, overwrite=True)
+    assert summary["embedded_now"] == 24

@@ -119,6 +119,9 @@ def add_commands(sub) -> None:
     search.add_argument("-k", type=int, default=10, help="results (default: %(default)s)")
     search.add_argument("--json", action="store_true", help="print the records as JSON")
     search.add_argument("--backend", default="auto", choices=["auto", "exact", "faiss"])
+    search.add_argument(
+        "--checkpoint", default="", help="the index's checkpoint, if it moved since the build"
+    )
 
     serve = sub.add_parser(
         "serve",
@@ -135,6 +138,9 @@ def add_commands(sub) -> None:
     serve.add_argument("--port", type=int, default=8000, help="default: %(default)s")
     serve.add_argument("-k", type=int, default=24, help="results per query (default: %(default)s)")
     serve.add_argument("--backend", default="auto", choices=["auto", "exact", "faiss"])
+    serve.add_argument(
+        "--checkpoint", default="", help="the index's checkpoint, if it moved since the build"
+    )
 
 
 def _specs(args):
@@ -247,11 +253,24 @@ def _info(index_dir: str) -> int:
     return 0
 
 
+def open_index(args: argparse.Namespace):
+    from vlcontrast.search.engine import SearchIndex
+
+    index = SearchIndex(args.index, backend=args.backend, checkpoint=args.checkpoint or None)
+    if index.files.pending:
+        print(
+            f"note: {len(index.files.pending)} unit(s) of {args.index} are not built yet; "
+            f"searching the {len(index)} items that are (rerun 'index build' to finish)",
+            file=sys.stderr,
+        )
+    return index
+
+
 def cmd_search(args: argparse.Namespace) -> int:
-    from vlcontrast.search.engine import QueryError, SearchIndex
+    from vlcontrast.search.engine import QueryError
 
     try:
-        index = SearchIndex(args.index, backend=args.backend)
+        index = open_index(args)
         if args.image:
             if not Path(args.image).is_file():
                 raise QueryError(f"--image: no file {args.image}")
@@ -271,11 +290,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from vlcontrast.search.engine import SearchIndex
     from vlcontrast.search.server import serve
 
     try:
-        index = SearchIndex(args.index, backend=args.backend)
+        index = open_index(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"vlcontrast serve: {err}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ counted by reason, as in training.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import shutil
 import time
@@ -167,10 +168,17 @@ def plan(
 
 
 def weights_stamp(checkpoint: Path) -> str:
-    """Size and modification time of the checkpoint's weights: a retrained checkpoint under the
-    same path is told apart without hashing gigabytes."""
-    stat = (checkpoint / WEIGHTS).stat()
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
+    """A fingerprint of the checkpoint's weights (size and a hash of their first and last MiB,
+    which hold the header and the last tensors): a retrained checkpoint under the same path is
+    told apart without hashing gigabytes, and a copied one is still recognised."""
+    path = checkpoint / WEIGHTS
+    size = path.stat().st_size
+    digest = hashlib.sha1(str(size).encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(1 << 20))
+        handle.seek(max(0, size - (1 << 20)))
+        digest.update(handle.read(1 << 20))
+    return digest.hexdigest()
 
 
 class UnitStream(IterableDataset):

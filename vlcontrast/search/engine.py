@@ -63,6 +63,7 @@ class SearchIndex:
         self.device, self.allow_download = torch.device(device), allow_download
         self._model = None
         self._lock = threading.Lock()  # the web server queries from several threads
+        self._search_lock = threading.Lock()
         self._collections: dict[int, Any] = {}
 
     def __len__(self) -> int:
@@ -117,7 +118,8 @@ class SearchIndex:
             raise QueryError(
                 f"query dimension {queries.shape[-1]} != index dimension {self.files.dim}"
             )
-        scores, rows = self.backend.search(queries, k)
+        with self._search_lock:  # the exact backend fills its block cache on first use
+            scores, rows = self.backend.search(queries, k)
         out = []
         for q_scores, q_rows in zip(scores, rows, strict=True):
             keep = q_rows >= 0  # an approximate index may return fewer than k
