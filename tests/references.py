@@ -53,3 +53,44 @@ def textbook_supcon(emb, labels, temperature):
         terms = [emb[i] @ emb[p] / temperature - log_norm for p in positives]
         losses.append(-sum(terms) / len(positives))
     return sum(losses) / len(losses)
+
+
+def textbook_moco_queue(q, k, queue, temperature):
+    """He et al. 2020, algorithm 1: logits [q.k+, q.queue] / T, the positive at index 0."""
+    total = 0.0
+    for i in range(len(q)):
+        logits = torch.cat([(q[i] @ k[i]).reshape(1), queue @ q[i]]) / temperature
+        total = total - torch.log_softmax(logits, 0)[0]
+    return total / len(q)
+
+
+def textbook_moco_v3(q_a, q_b, k_a, k_b, temperature):
+    """Chen et al. 2021, algorithm 1: ctr(q1, k2) + ctr(q2, k1), ctr = CE(q k^T / T) * 2T."""
+
+    def ctr(q, k):
+        total = 0.0
+        for i in range(len(q)):
+            total = total - torch.log_softmax(k @ q[i] / temperature, 0)[i]
+        return total / len(q) * 2 * temperature
+
+    return ctr(q_a, k_b.detach()) + ctr(q_b, k_a.detach())
+
+
+def textbook_barlow_twins(z_a, z_b, lambda_offdiag):
+    """Zbontar et al. 2021, algorithm 1: batch-normalised (affine-free) projections, c = the
+    (D, D) cross-correlation over the batch, on-diagonal (1 - c)^2 + lambda off-diagonal c^2."""
+    n, d = z_a.shape
+    bn = lambda z: torch.nn.functional.batch_norm(z, None, None, training=True, eps=1e-5)
+    c = bn(z_a).T @ bn(z_b) / n
+    loss = 0.0
+    for i in range(d):
+        for j in range(d):
+            loss = loss + ((1 - c[i, j]) ** 2 if i == j else lambda_offdiag * c[i, j] ** 2)
+    return loss
+
+
+def textbook_byol(p_a, p_b, z_a, z_b):
+    """Grill et al. 2020, eq. 2, symmetrised: ||p - z||^2 of unit vectors, both directions."""
+    a = ((p_a - z_b.detach()) ** 2).sum(1).mean()
+    b = ((p_b - z_a.detach()) ** 2).sum(1).mean()
+    return a + b

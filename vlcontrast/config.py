@@ -20,9 +20,15 @@ from typing import Any
 
 import yaml
 
+from vlcontrast.data.augment import PRESETS as VIEW_PRESETS
+from vlcontrast.data.augment import ViewConfig
 from vlcontrast.data.image import IMAGE_EXTENSIONS, MAX_PIXELS
+from vlcontrast.objectives.barlow import BarlowTwinsConfig
+from vlcontrast.objectives.byol import BYOLConfig
 from vlcontrast.objectives.clip import CLIPConfig
+from vlcontrast.objectives.moco import MoCoConfig, MoCoV3Config
 from vlcontrast.objectives.siglip import SigLIPConfig
+from vlcontrast.objectives.simclr import SimCLRConfig
 from vlcontrast.presets import PRESETS
 from vlcontrast.schema import (
     NON_NEGATIVE,
@@ -140,12 +146,29 @@ class ModelConfig:
 
 
 @dataclass
+class ViewsConfig:
+    """The two augmented views of each image that the image-only objectives compare
+    (vlcontrast/data/augment.py; SLIP adds them to CLIP's plain crop). ``preset`` fills
+    ``first`` and ``second`` from a paper's recipe before the run file and the command line,
+    so ``views.second.solarize=0.1`` changes one parameter of it."""
+
+    preset: str = field(default="", metadata=_choices("", *VIEW_PRESETS))
+    first: ViewConfig = field(default_factory=ViewConfig)
+    second: ViewConfig = field(default_factory=ViewConfig)
+
+
+@dataclass
 class ObjectiveConfig:
     """What the model is trained for; each objective's own settings live beside it."""
 
     name: str = "clip"  # a key of vlcontrast.objectives.OBJECTIVES
     clip: CLIPConfig = field(default_factory=CLIPConfig)
     siglip: SigLIPConfig = field(default_factory=SigLIPConfig)
+    simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
+    moco: MoCoConfig = field(default_factory=MoCoConfig)
+    mocov3: MoCoV3Config = field(default_factory=MoCoV3Config)
+    byol: BYOLConfig = field(default_factory=BYOLConfig)
+    barlow_twins: BarlowTwinsConfig = field(default_factory=BarlowTwinsConfig)
 
 
 @dataclass
@@ -272,6 +295,7 @@ class Config:
     text: TextTowerConfig = field(default_factory=TextTowerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -345,6 +369,11 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
     if preset:
         apply(cfg, {"model": {"preset": preset}})  # checks the name
         apply(cfg, PRESETS[preset])
+    views = _preset_named(values, overrides or [], "views")
+    if views:
+        apply(cfg, {"views": {"preset": views}})  # checks the name
+        first, second = VIEW_PRESETS[views]
+        apply(cfg, {"views": {"first": first, "second": second}})
     apply(cfg, values)
     apply_overrides(cfg, overrides or [])
     if preset and cfg.text.model and not _sets(values, overrides or [], "text", "config"):
@@ -363,13 +392,13 @@ def _sets(values: Any, overrides: list[str], section: str, key: str) -> bool:
     return isinstance(part, dict) and key in part
 
 
-def _preset_named(values: Any, overrides: list[str]) -> str:
-    """The preset of the command line (last one wins), else of the run file, else none."""
+def _preset_named(values: Any, overrides: list[str], section: str = "model") -> str:
+    """The ``section.preset`` of the command line (last one wins), else of the run file."""
     for text in reversed(overrides):
-        if text.startswith("model.preset="):
+        if text.startswith(f"{section}.preset="):
             return text.split("=", 1)[1]
-    model = values.get("model") if isinstance(values, dict) else None
-    return str(model.get("preset") or "") if isinstance(model, dict) else ""
+    part = values.get(section) if isinstance(values, dict) else None
+    return str(part.get("preset") or "") if isinstance(part, dict) else ""
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -83,6 +83,29 @@ def all_gather_with_grad(x: torch.Tensor, sizes: list[int] | None = None) -> tor
     return _AllGather.apply(x, sizes)
 
 
+class _AllReduce(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out = x.contiguous().clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)  # every rank's loss depends on every rank's term
+        return grad
+
+
+def all_reduce_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """The sum of ``x`` over ranks, differentiable. For a loss that every rank computes
+    identically from the sum (Barlow Twins' cross-correlation), the backward all-reduces the
+    gradient, so after DDP's average each rank holds the gradient of that one loss."""
+    if world_size() == 1:
+        return x
+    return _AllReduce.apply(x)
+
+
 def all_gather_no_grad(x: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
     """Like :func:`all_gather_with_grad` for tensors that carry no gradient (labels)."""
     if world_size() == 1:

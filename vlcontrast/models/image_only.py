@@ -3,7 +3,8 @@
 
 Same tower and head modules as the dual encoder, same contract:
 ``forward(images=None, input_ids=None, attention_mask=None)`` -> dict with ``img_feat``
-(backbone features, what linear probes and kNN evaluate), ``img_emb`` (unit-norm projection)
+(backbone features, what linear probes and kNN evaluate), ``img_proj`` (the projection),
+``img_emb`` (unit-norm projection)
 and, with a predictor, ``img_pred`` (unit-norm prediction). It has no text tower: text input is
 refused with a message.
 """
@@ -46,7 +47,11 @@ class ImageEncoder(nn.Module):
             return {}
         features = self.image.features(images)  # (B, F)
         projection = self.image.proj(features)  # (B, D)
-        out = {"img_feat": features, "img_emb": F.normalize(projection, dim=-1)}
+        out = {
+            "img_feat": features,
+            "img_proj": projection,  # before normalisation (Barlow Twins standardises it)
+            "img_emb": F.normalize(projection, dim=-1),
+        }
         if self.predictor is not None:
             out["img_pred"] = F.normalize(self.predictor(projection), dim=-1)
         return out

@@ -10,12 +10,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from vlcontrast.objectives.barlow import BarlowTwinsObjective
 from vlcontrast.objectives.base import Objective
+from vlcontrast.objectives.byol import BYOLObjective, SimSiamObjective
 from vlcontrast.objectives.clip import CLIPObjective
+from vlcontrast.objectives.moco import MoCoObjective, MoCoV3Objective
 from vlcontrast.objectives.siglip import SigLIPObjective
+from vlcontrast.objectives.simclr import SimCLRObjective
 from vlcontrast.schema import ConfigError
 
-OBJECTIVES: dict[str, type[Objective]] = {"clip": CLIPObjective, "siglip": SigLIPObjective}
+OBJECTIVES: dict[str, type[Objective]] = {
+    "clip": CLIPObjective,
+    "siglip": SigLIPObjective,
+    "simclr": SimCLRObjective,
+    "moco": MoCoObjective,
+    "mocov3": MoCoV3Objective,
+    "byol": BYOLObjective,
+    "simsiam": SimSiamObjective,
+    "barlow_twins": BarlowTwinsObjective,
+}
 
 
 def objective_class(name: str) -> type[Objective]:

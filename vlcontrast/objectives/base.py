@@ -15,6 +15,10 @@ optimizer step (clamping a temperature, updating a momentum encoder or a queue).
 
 ``modalities`` says what a batch must hold: ``("image", "text")`` for image-text objectives,
 ``("image",)`` for image-only ones, so the data pipeline reads captions only when they are used.
+``views`` is how many augmented views of each image it compares (``views.first``/``second``;
+0: the one training crop), and ``setup(model, cfg, global_batch)`` runs once before a resume
+restores the objective's state, so state shaped by the model (a momentum encoder) exists by
+then.
 """
 
 from __future__ import annotations
@@ -31,6 +35,12 @@ class Objective(nn.Module):
     modalities: ClassVar[tuple[str, ...]] = ("image", "text")
     # Model settings the objective needs (``model.logit_bias`` when that key is left at None).
     uses_logit_bias: ClassVar[bool] = False
+    # Augmented views per image (data/augment.py); 0: the one training crop
+    views: ClassVar[int] = 0
+
+    def setup(self, model: nn.Module, cfg: Any, global_batch: int) -> None:
+        """Runs once, after the model is built and before a resume; the default does nothing."""
+        return None
 
     def outputs(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -64,3 +74,26 @@ def model_inputs(batch: dict[str, Any], modalities: tuple[str, ...]) -> dict[str
 
 def detached(value: torch.Tensor) -> float:
     return float(value.detach().float())
+
+
+def two_views(batch: dict[str, Any]) -> torch.Tensor:
+    """The batch's two augmented views stacked view-major: (2B, 3, S, S), the first view's B
+    images then the second's, for one forward pass of both."""
+    images = batch["images"]  # (B, K, 3, S, S)
+    if images.dim() < 3 or images.shape[1] < 2:
+        raise ValueError(
+            f"this objective compares two views per image; the batch has images of shape "
+            f"{tuple(images.shape)} (the data pipeline makes them when the objective asks)"
+        )
+    return torch.cat([images[:, -2], images[:, -1]])  # (2B, 3, S, S): the last two views
+
+
+def halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first view's rows, second view's rows) of a view-major (2B, ...) tensor."""
+    n = x.shape[0] // 2
+    return x[:n], x[n:]
+
+
+def full(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision outputs (autocast) in float32 for the loss; float32/64 as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x

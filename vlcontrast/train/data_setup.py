@@ -9,12 +9,15 @@ from typing import Any
 
 from vlcontrast import distributed
 from vlcontrast.config import Config, ConfigError
+from vlcontrast.data.augment import Augment, check_view
 from vlcontrast.data.batching import Collate, make_loader
 from vlcontrast.data.decode import Decoder
 from vlcontrast.data.image import CropResize
 from vlcontrast.data.shards import DataPosition, ShardDataset
 from vlcontrast.data.sources import dataset_size, missing_shards, parse_sources
+from vlcontrast.data.transforms import MultiView
 from vlcontrast.distributed import print0
+from vlcontrast.objectives import objective_class
 
 
 def build_train_data(cfg: Config, tokenizer) -> tuple[ShardDataset, Any]:
@@ -37,9 +40,7 @@ def build_train_data(cfg: Config, tokenizer) -> tuple[ShardDataset, Any]:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     check_shards_exist([url for source in sources for url in source.urls])
-    transform = CropResize(
-        cfg.image.image_size, data.crop, tuple(data.crop_scale), draft=data.draft
-    )
+    transform = train_transform(cfg)
     caption_key = data.caption_key if tokenizer is not None else ""
     decoder = Decoder(transform, tuple(data.image_keys.split(";")), caption_key, data.max_pixels)
     dataset = ShardDataset(
@@ -52,6 +53,30 @@ def build_train_data(cfg: Config, tokenizer) -> tuple[ShardDataset, Any]:
         shuffle_buffer=data.shuffle_buffer,
     )
     return dataset, make_loader(dataset, data.num_workers)
+
+
+def train_transform(cfg: Config) -> CropResize | MultiView:
+    """The training crop, or the objective's augmented views (``views.first``/``second``) cut
+    from one decode; an objective with a text side keeps the plain crop as view 0 (SLIP)."""
+    data = cfg.data
+    plain = CropResize(cfg.image.image_size, data.crop, tuple(data.crop_scale), draft=data.draft)
+    cls = objective_class(cfg.objective.name)
+    if not cls.views:
+        return plain
+    chosen = [cfg.views.first, cfg.views.second][: cls.views]
+    for name, view in zip(("views.first", "views.second"), chosen, strict=False):
+        try:
+            check_view(view, name)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    crops = [
+        CropResize(cfg.image.image_size, "random_resized", tuple(v.scale), draft=data.draft)
+        for v in chosen
+    ]
+    augments: list = [Augment(v) for v in chosen]
+    if "text" in cls.modalities:
+        crops, augments = [plain, *crops], [None, *augments]
+    return MultiView(crops, augments)
 
 
 def check_shards_exist(urls: list[str]) -> None:

@@ -71,9 +71,11 @@ def train(cfg: Config) -> dict[str, Any]:
     check_evaluators(cfg, tokenizer)  # a mistake stops the run now, not after the last step
     model = build_model(cfg)
     check_vocab(model, tokenizer)
-    objective = build_objective(cfg.objective).to(accelerator.device)
+    objective = build_objective(cfg.objective)
     dataset, loader = build_train_data(cfg, tokenizer)
     resolve_steps(cfg, dataset, cfg.data.batch_size * accelerator.num_processes)
+    objective.setup(model, cfg, cfg.data.batch_size * accelerator.num_processes)
+    objective.to(accelerator.device)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
     bad = BadData(cfg.data.max_bad_fraction, cfg.data.bad_min_samples)
@@ -196,13 +198,18 @@ def resolve_model_settings(cfg: Config) -> None:
             f"model.kind: objective {cfg.objective.name!r} trains on image-text pairs; "
             f"set model.kind=dual (model.kind={cfg.model.kind} has no text tower)"
         )
+    if "text" not in cls.modalities and cfg.model.kind != "image":
+        raise ConfigError(
+            f"model.kind: objective {cfg.objective.name!r} trains on images only; set "
+            f"model.kind=image (a text tower would take no gradient)"
+        )
 
 
 def log_line(step: int, metrics: dict[str, Any]) -> str:
     skipped = sum(metrics["skipped"].values())
+    scale = f"scale {metrics['logit_scale']:.1f} " if "logit_scale" in metrics else ""
     return (
-        f"step {step} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
-        f"scale {metrics.get('logit_scale', float('nan')):.1f} "
+        f"step {step} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} {scale}"
         f"{metrics['samples_per_s']:.0f} samples/s epoch {metrics['epoch']:.3g} skipped {skipped}"
     )
 

@@ -1,0 +1,234 @@
+"""Image-only objectives (SimCLR, MoCo v2/v3, BYOL, SimSiam, Barlow Twins): each loss against a
+reference written in tests/references.py, the momentum update and schedule against their
+formulas, MoCo's queue semantics, exact kill + resume through ``cli.main``, and 2- and 4-process
+gloo steps against one process on the concatenated batch (loss and gradients)."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from tests import distributed_ssl_case as case
+from tests.conftest import crash_after, run_file, tiny_overrides
+from tests.references import (
+    textbook_barlow_twins,
+    textbook_byol,
+    textbook_moco_queue,
+    textbook_moco_v3,
+    textbook_nt_xent,
+)
+from vlcontrast import cli
+from vlcontrast.losses.ssl import (
+    barlow_twins_loss,
+    cosine_momentum,
+    moco_queue_loss,
+    momentum_update,
+)
+from vlcontrast.objectives.byol import SimSiamObjective
+from vlcontrast.objectives.moco import MoCoConfig, MoCoObjective
+from vlcontrast.schema import ConfigError
+from vlcontrast.train import checkpoint
+from vlcontrast.train.metrics_log import read_jsonl
+
+
+def unit(*shape, seed=0, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(*shape, generator=gen, dtype=dtype), dim=-1)
+
+
+def test_moco_queue_loss_matches_the_paper_pseudocode():
+    q, k, queue = unit(6, 8, seed=1), unit(6, 8, seed=2), unit(20, 8, seed=3)
+    want = textbook_moco_queue(q, k, queue, 0.2)
+    torch.testing.assert_close(moco_queue_loss(q, k, queue, 0.2), want, rtol=1e-12, atol=1e-12)
+    # a key equal to its query with an orthogonal-ish queue: loss near log(1 + K e^{(c-1)/T})
+    assert moco_queue_loss(q, q, queue, 0.05) < moco_queue_loss(q, k, queue, 0.05)
+
+
+def test_barlow_twins_loss_matches_the_paper_pseudocode_and_its_closed_form():
+    gen = torch.Generator().manual_seed(4)
+    z_a, z_b = (
+        torch.randn(16, 5, generator=gen, dtype=torch.float64),
+        torch.randn(16, 5, generator=gen, dtype=torch.float64),
+    )
+    want = textbook_barlow_twins(z_a, z_b, 5e-3)
+    torch.testing.assert_close(barlow_twins_loss(z_a, z_b, 5e-3), want, rtol=1e-10, atol=1e-12)
+    # identical views with decorrelated (whitened) dimensions: c = I, loss 0
+    white = torch.linalg.qr(torch.randn(16, 5, generator=gen, dtype=torch.float64))[0]
+    white = white - white.mean(0)
+    assert float(barlow_twins_loss(white, white, 5e-3)) < 0.05
+
+
+def test_the_momentum_update_is_the_formula_and_the_schedule_runs_from_start_to_end():
+    online, target = torch.nn.Linear(4, 3).double(), torch.nn.Linear(4, 3).double()
+    before = {n: p.detach().clone() for n, p in target.named_parameters()}
+    momentum_update(target, online, 0.9)
+    for name, p in target.named_parameters():
+        want = 0.9 * before[name] + 0.1 * dict(online.named_parameters())[name].detach()
+        torch.testing.assert_close(p.detach(), want, rtol=0, atol=1e-15)
+    assert cosine_momentum(0.99, 1.0, 0, 100) == pytest.approx(0.99)
+    assert cosine_momentum(0.99, 1.0, 50, 100) == pytest.approx(0.995)
+    assert cosine_momentum(0.99, 1.0, 100, 100) == pytest.approx(1.0)
+    assert cosine_momentum(0.99, 1.0, 25, 100) == pytest.approx(
+        1 - 0.01 * (math.cos(math.pi / 4) + 1) / 2
+    )
+
+
+def moco_setup(queue_size=8, global_batch=4):
+    model = case.TinyImageModel(predictor=False)
+    objective = MoCoObjective(MoCoConfig(queue_size=queue_size, temperature=0.2))
+    cfg = SimpleNamespace(
+        objective=SimpleNamespace(name="moco"), train=SimpleNamespace(steps=10, seed=0)
+    )
+    objective.setup(model, cfg, global_batch)
+    return model, objective
+
+
+def test_moco_queue_order_wraparound_and_the_current_keys_are_never_negatives():
+    model, objective = moco_setup(queue_size=8, global_batch=3 * 0 + 4)
+    start = objective.queue.clone()
+    batches = [{"images": torch.randn(4, 2, 6, dtype=torch.float64)} for _ in range(3)]
+    keys = []
+    for step, batch in enumerate(batches, 1):
+        queue_before = objective.queue.clone()
+        out = objective.outputs(model, batch)
+        result = objective.loss(out, batch)
+        # the loss used the queue as it was before this step: its own keys are not negatives
+        want = textbook_moco_queue(out["q_a"], out["k_b"], queue_before, 0.2)
+        torch.testing.assert_close(result["loss"], want, rtol=1e-10, atol=1e-12)
+        assert not any(torch.allclose(row, k) for row in queue_before for k in out["k_b"])
+        objective.after_step(model, step)
+        keys.append(out["k_b"].detach())
+    # 3 x 4 keys into 8 slots: slots 0-3 hold batch 3 (wrapped), 4-7 batch 2; pointer at 4
+    torch.testing.assert_close(objective.queue[:4], keys[2])
+    torch.testing.assert_close(objective.queue[4:], keys[1])
+    assert int(objective.queue_ptr) == 4 and not torch.equal(objective.queue, start)
+
+
+def test_moco_refuses_a_queue_that_is_not_a_multiple_of_the_global_batch():
+    with pytest.raises(ConfigError, match="objective.moco.queue_size: 10 is not a multiple"):
+        moco_setup(queue_size=10, global_batch=4)
+
+
+def test_the_symmetric_moco_enqueues_once_per_step():
+    model, objective = moco_setup(queue_size=8, global_batch=4)
+    objective.cfg.symmetric = True
+    batch = {"images": torch.randn(4, 2, 6, dtype=torch.float64)}
+    out = objective.outputs(model, batch)
+    objective.loss(out, batch)
+    objective.after_step(model, 1)
+    assert int(objective.queue_ptr) == 4  # 4 keys, not 8
+
+
+def test_byol_and_simsiam_losses_are_the_papers():
+    p_a, p_b, z_a, z_b = (unit(5, 4, seed=s) for s in range(4))
+    from vlcontrast.objectives.byol import _symmetric
+
+    torch.testing.assert_close(_symmetric(p_a, p_b, z_a, z_b), textbook_byol(p_a, p_b, z_a, z_b))
+    simsiam = SimSiamObjective()
+    loss = simsiam.loss({"p_a": p_a, "p_b": p_b, "z_a": z_a, "z_b": z_b}, {})["loss"]
+    want = -((p_a * z_b).sum(1).mean() + (p_b * z_a).sum(1).mean()) / 2
+    torch.testing.assert_close(loss, want)
+
+
+@pytest.fixture(scope="module", params=[2, 4], ids=["world2", "world4"])
+def distributed_results(request, tmp_path_factory):
+    world = request.param
+    tmp = tmp_path_factory.mktemp(f"ssl{world}")
+    out = tmp / "results.pt"
+    mp.spawn(case.worker, args=(world, str(tmp / "init"), str(out)), nprocs=world, join=True)
+    return torch.load(out)
+
+
+def reference(name: str):
+    """One process, the whole batch, the textbook loss of ``name``."""
+    model = case.model_for(name)
+    images = case.global_batch()["images"]
+    a, b = model(images=images[:, 0]), model(images=images[:, 1])
+    if name == "simclr":
+        loss = textbook_nt_xent(a["img_emb"], b["img_emb"], 0.5)
+    elif name == "mocov3":  # the momentum encoder starts as a copy: keys = detached embeddings
+        loss = textbook_moco_v3(a["img_pred"], b["img_pred"], a["img_emb"], b["img_emb"], 0.2)
+    elif name == "byol":
+        loss = textbook_byol(a["img_pred"], b["img_pred"], a["img_emb"], b["img_emb"])
+    else:
+        loss = textbook_barlow_twins(a["img_proj"], b["img_proj"], 5e-3)
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name", case.CASES)
+def test_distributed_steps_equal_the_single_process_step(distributed_results, name):
+    got = distributed_results[name]
+    want_loss, want_grads = reference(name)
+    torch.testing.assert_close(got["loss"], want_loss, rtol=1e-10, atol=1e-12)
+    assert set(got["grads"]) == set(want_grads)
+    for param, want in want_grads.items():
+        torch.testing.assert_close(got["grads"][param], want, rtol=1e-9, atol=1e-12, msg=param)
+
+
+def image_run(corpus, out_dir, objective="moco", steps=4):
+    overrides = tiny_overrides(corpus, out_dir, steps)
+    overrides = [o for o in overrides if not o.startswith(("text.", "model.embed_dim"))]
+    overrides += [
+        "model.kind=image",
+        "model.embed_dim=16",
+        "model.proj_layers=2",
+        f"objective.name={objective}",
+        "objective.moco.queue_size=32",
+        "views.preset=small",
+    ]
+    return ["train", run_file(out_dir), *overrides]
+
+
+def test_moco_queue_and_momentum_encoder_are_bit_identical_after_kill_and_resume(
+    corpus, tmp_path, monkeypatch
+):
+    full, parted = tmp_path / "full", tmp_path / "parted"
+    assert cli.main(image_run(corpus, full)) == 0
+    restore = crash_after(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(image_run(corpus, parted))
+    restore()
+    assert cli.main([*image_run(corpus, parted), "train.resume=latest"]) == 0
+
+    def losses(run):
+        return {
+            r["step"]: r["train/loss"]
+            for r in read_jsonl(run / "metrics.jsonl")
+            if "train/loss" in r
+        }
+
+    assert losses(parted) == losses(full) and sorted(losses(full)) == [1, 2, 3, 4]
+    a, b = (checkpoint.latest(run / "checkpoints") for run in (full, parted))
+    state_a = checkpoint.load_state(a)["parts"]["objective"]
+    state_b = checkpoint.load_state(b)["parts"]["objective"]
+    assert {"queue", "queue_ptr"} <= set(state_a) and any(k.startswith("target.") for k in state_a)
+    for name in state_a:
+        assert torch.equal(state_a[name], state_b[name]), name
+    assert int(state_a["queue_ptr"]) == (4 * 16) % 32
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert all(torch.equal(wa[n], wb[n]) for n in wa)
+
+
+@pytest.mark.parametrize("objective", ["simclr", "mocov3", "byol", "simsiam", "barlow_twins"])
+def test_every_image_objective_trains_through_the_cli(corpus, tmp_path, objective, capsys):
+    args = [*image_run(corpus, tmp_path, objective, steps=2), "model.predictor_hidden=32"]
+    assert cli.main(args) == 0
+    rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "train/loss" in r]
+    assert len(rows) == 2 and all(math.isfinite(r["train/loss"]) for r in rows)
+
+
+def test_predictor_objectives_without_a_predictor_and_image_objectives_on_a_dual_model(
+    corpus, tmp_path, capsys
+):
+    assert cli.main(image_run(corpus, tmp_path / "a", "byol")) == 2
+    assert "model.predictor_hidden: objective 'byol'" in capsys.readouterr().err
+    dual = [o for o in image_run(corpus, tmp_path / "b", "simclr") if o != "model.kind=image"]
+    assert cli.main([*dual, f"text.tokenizer={corpus['tokenizer']}"]) == 2
+    assert "set model.kind=image" in capsys.readouterr().err

@@ -1,0 +1,42 @@
+"""SimCLR objective (Chen et al. 2020): two augmented views per image -> NT-Xent over the 2N
+views gathered from all ranks, each view's positive its twin and the other 2N - 2 its
+negatives (``losses/supcon.py:nt_xent_loss``, exact across ranks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlcontrast.losses.supcon import nt_xent_loss
+from vlcontrast.objectives.base import Objective, full, halves, two_views
+from vlcontrast.schema import POSITIVE
+
+
+@dataclass
+class SimCLRConfig:
+    """``objective.simclr.*``"""
+
+    # SimCLR paper, table 5: 0.1 is best at its batch sizes (0.5 for CIFAR-10's in appendix B.9)
+    temperature: float = field(default=0.1, metadata=POSITIVE)
+
+
+class SimCLRObjective(Objective):
+    modalities = ("image",)
+    views = 2
+
+    def __init__(self, cfg: SimCLRConfig | None = None):
+        super().__init__()
+        self.cfg = cfg if cfg is not None else SimCLRConfig()
+
+    def outputs(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        emb_a, emb_b = halves(model(images=two_views(batch))["img_emb"])
+        return {"emb_a": emb_a, "emb_b": emb_b}
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, Any]:
+        emb_a, emb_b = full(outputs["emb_a"]), full(outputs["emb_b"])
+        loss = nt_xent_loss(emb_a, emb_b, self.cfg.temperature)
+        positive = float((emb_a * emb_b).sum(dim=1).mean().detach())
+        return {"loss": loss, "metrics": {"positive_cosine": positive}}
