@@ -169,7 +169,7 @@ def recall_at_10(files: IndexFiles, backend, queries: int = RECALL_QUERIES) -> f
     if not len(files):
         return 1.0
     q = training_sample(files, queries, seed=1)
-    _, exact = ExactBackend(files).search(q, 10)
+    _, exact = ExactBackend(files, cache_bytes=0).search(q, 10)  # one streamed pass, no cache
     _, approx = backend.search(q, 10)
     hits = [
         len(set(a.tolist()) & set(e.tolist())) / max(1, len(e))
