@@ -39,3 +39,34 @@ def test_cosine_schedule_with_warmup():
         scheduler.step()
     want = [0.5, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
     assert lrs == pytest.approx(want)
+
+
+def test_lars_steps_follow_the_formula_and_leave_biases_unadapted():
+    torch.manual_seed(0)
+    layer = nn.Linear(4, 3).double()
+    cfg = OptimConfig(name="lars", lr=0.5, weight_decay=0.1, momentum=0.9, trust_coefficient=0.01)
+    optimizer = build_optimizer(layer, cfg)
+    w0, b0 = layer.weight.detach().clone(), layer.bias.detach().clone()
+    velocity_w = velocity_b = None
+    for _ in range(2):
+        optimizer.zero_grad()
+        layer(torch.randn(5, 4, dtype=torch.float64)).pow(2).sum().backward()
+        g_w, g_b = layer.weight.grad.clone(), layer.bias.grad.clone()
+        u_w = g_w + 0.1 * w0  # weight decay, then the trust ratio eta ||w|| / ||u||
+        u_w = u_w * (0.01 * w0.norm() / u_w.norm())
+        u_b = g_b  # a bias: no decay, no adaptation
+        velocity_w = u_w if velocity_w is None else 0.9 * velocity_w + u_w
+        velocity_b = u_b if velocity_b is None else 0.9 * velocity_b + u_b
+        optimizer.step()
+        w0, b0 = w0 - 0.5 * velocity_w, b0 - 0.5 * velocity_b
+        torch.testing.assert_close(layer.weight.detach(), w0, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(layer.bias.detach(), b0, rtol=1e-12, atol=1e-12)
+
+
+def test_the_optimizer_is_chosen_by_name():
+    layer = nn.Linear(4, 3)
+    assert isinstance(build_optimizer(layer, OptimConfig()), torch.optim.AdamW)
+    sgd = build_optimizer(layer, OptimConfig(name="sgd", momentum=0.8))
+    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["momentum"] == 0.8
+    assert [g["weight_decay"] for g in sgd.param_groups] == [0.2, 0.0]
+    assert type(build_optimizer(layer, OptimConfig(name="lars"))).__name__ == "LARS"

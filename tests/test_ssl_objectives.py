@@ -216,9 +216,22 @@ def test_moco_queue_and_momentum_encoder_are_bit_identical_after_kill_and_resume
     assert all(torch.equal(wa[n], wb[n]) for n in wa)
 
 
-@pytest.mark.parametrize("objective", ["simclr", "mocov3", "byol", "simsiam", "barlow_twins"])
-def test_every_image_objective_trains_through_the_cli(corpus, tmp_path, objective, capsys):
-    args = [*image_run(corpus, tmp_path, objective, steps=2), "model.predictor_hidden=32"]
+@pytest.mark.parametrize(
+    "objective, optimizer",
+    [
+        ("simclr", "lars"),
+        ("mocov3", "adamw"),
+        ("byol", "lars"),
+        ("simsiam", "sgd"),
+        ("barlow_twins", "lars"),
+    ],
+)
+def test_every_image_objective_trains_through_the_cli(corpus, tmp_path, objective, optimizer):
+    args = [
+        *image_run(corpus, tmp_path, objective, steps=2),
+        "model.predictor_hidden=32",
+        f"optim.name={optimizer}",
+    ]
     assert cli.main(args) == 0
     rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "train/loss" in r]
     assert len(rows) == 2 and all(math.isfinite(r["train/loss"]) for r in rows)

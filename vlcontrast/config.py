@@ -173,6 +173,8 @@ class ObjectiveConfig:
 
 @dataclass
 class OptimConfig:
+    # adamw (CLIP, OpenCLIP), sgd (momentum; MoCo, SimSiam) or lars (SimCLR, BYOL, Barlow Twins)
+    name: str = field(default="adamw", metadata=_choices("adamw", "sgd", "lars"))
     lr: float = field(default=5e-4, metadata=POSITIVE)  # OpenCLIP's B/32 recipe
     weight_decay: float = field(default=0.2, metadata=NON_NEGATIVE)  # CLIP paper, OpenCLIP
     # CLIP paper: beta2 0.98 and eps 1e-6 keep large-batch contrastive training stable
@@ -183,6 +185,9 @@ class OptimConfig:
     # cosine decays to lr * min_lr_ratio
     min_lr_ratio: float = field(default=0.0, metadata=between(0.0, 1.0))
     grad_clip: float = field(default=1.0, metadata=NON_NEGATIVE)  # max global grad norm; 0 disables
+    momentum: float = field(default=0.9, metadata=between(0.0, 1.0, high_open=True))  # sgd, lars
+    # lars: trust ratio eta (You et al. 2017; SimCLR and BYOL use 1e-3)
+    trust_coefficient: float = field(default=1e-3, metadata=POSITIVE)
 
 
 @dataclass

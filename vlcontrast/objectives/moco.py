@@ -63,7 +63,8 @@ class MoCoObjective(MomentumObjective):
                 f"objective.moco.queue_size: {self.cfg.queue_size} is not a multiple of the "
                 f"global batch {global_batch}; use e.g. {fit}"
             )
-        dim = self.unwrap(model).embed_dim
+        bare = self.unwrap(model)
+        dim = getattr(bare, "proj_dim", bare.embed_dim)  # keys are projections
         generator = torch.Generator().manual_seed(cfg.train.seed)
         dtype = next(self.unwrap(model).parameters()).dtype
         queue = torch.randn(self.cfg.queue_size, dim, generator=generator).to(dtype)

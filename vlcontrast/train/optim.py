@@ -1,8 +1,10 @@
-"""AdamW with CLIP's parameter groups, and a linear-warmup cosine schedule.
+"""The optimizer (``optim.name``: AdamW, SGD with momentum, or LARS) with CLIP's parameter
+groups, and a linear-warmup cosine schedule.
 
 No weight decay on gains, biases and ``logit_scale`` (every parameter with fewer than two
 dimensions), as in CLIP and OpenCLIP: decaying a temperature or a LayerNorm gain towards zero
-has no regularising meaning.
+has no regularising meaning. LARS also leaves that group out of its trust-ratio adaptation
+(SimCLR, BYOL, Barlow Twins).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 from torch import nn
 
 from vlcontrast.config import OptimConfig
+from vlcontrast.train.lars import LARS
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -23,14 +26,23 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         (no_decay if param.ndim < 2 or "logit_scale" in name else decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": no_decay, "weight_decay": 0.0, "lars_adapt": False},
     ]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps
-    )
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.name == "sgd":
+        for group in groups:
+            group.pop("lars_adapt", None)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.name == "lars":
+        return LARS(
+            groups, lr=cfg.lr, momentum=cfg.momentum, trust_coefficient=cfg.trust_coefficient
+        )
+    for group in groups:
+        group.pop("lars_adapt", None)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
 
 
 def cosine_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -64,4 +76,7 @@ def apply_settings(
     factor = scheduler.lr_lambdas[0](step)
     for group, weight_decay in zip(optimizer.param_groups, decay, strict=True):
         group.update(initial_lr=cfg.lr, lr=cfg.lr * factor, weight_decay=weight_decay)
-        group.update(betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+        if "betas" in group:  # AdamW
+            group.update(betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+        if "momentum" in group:  # SGD, LARS
+            group.update(momentum=cfg.momentum)

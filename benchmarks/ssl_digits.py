@@ -1,0 +1,124 @@
+#!/usr/bin/env python
+"""Do the image-only objectives learn? kNN top-1 on held-out digits after SimCLR / MoCo
+pretraining, against the same backbone at random initialisation, in one run.
+
+    python benchmarks/ssl_digits.py [--methods simclr,moco] [--epochs 60] [--batch 128]
+
+Data that needs no download: the 8x8 handwritten digits inside scikit-learn (1797 images),
+upscaled to 32 px and written as caption-less shards with their ``.cls`` labels (the split of
+``benchmarks/learning.py``: 20% of each class held out). Each method trains the same small
+ViT (4 layers, width 128, 4-px patches at 32 px: the ``tiny`` preset's tower) with its own
+objective and the ``small`` view preset
+(SimCLR's CIFAR recipe: no blur) without flips (a mirrored 2 or 5 is another digit); then the
+kNN evaluator (k=20, T=0.1, on unit-norm backbone features, as ``vlcontrast eval knn``) labels
+the held-out images from the training images. The random-initialisation row evaluates the
+untrained backbone the same way. Prints top-1, the gain over random init and wall time.
+
+A ResNet is a poor yardstick here: random convolutions with batch norm already give 0.87 kNN
+top-1 on these digits (``--model resnet10t --model-kwargs {}``), a random ViT 0.43.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from learning import write_digits  # noqa: E402
+
+from vlcontrast import config as config_lib  # noqa: E402
+from vlcontrast.eval.runner import run_evaluators  # noqa: E402
+from vlcontrast.models import build_model  # noqa: E402
+from vlcontrast.train.loop import train  # noqa: E402
+
+METHODS = {
+    # MoCo v2's queue: 8 batches of keys (the dataset has 1,437 training images)
+    "moco": ["objective.moco.queue_size=1024", "objective.moco.temperature=0.2"],
+    "simclr": ["objective.simclr.temperature=0.2"],
+    "byol": ["model.predictor_hidden=256"],
+    "simsiam": ["model.predictor_hidden=256"],
+    "mocov3": ["model.predictor_hidden=256"],
+    "barlow_twins": ["model.embed_dim=512", "model.proj_hidden=512"],
+}
+
+
+def overrides(method: str, data: dict, out: Path, args) -> list[str]:
+    evaluator = f"[{{kind: knn, data: '{data['heldout']}', train_data: '{data['train']}', k: 20}}]"
+    return [
+        "model.kind=image",
+        f"objective.name={method}",
+        f"image.model={args.model}",
+        f"image.model_kwargs={args.model_kwargs}",
+        "image.image_size=32",
+        "model.embed_dim=128",
+        "model.proj_layers=2",
+        "model.proj_hidden=256",
+        "model.proj_bn=true",
+        "views.preset=small",
+        "views.first.flip=0",
+        "views.second.flip=0",
+        f"data.train_shards={data['train']}",
+        f"data.batch_size={args.batch}",
+        "data.num_workers=1",
+        "data.shuffle_buffer=2000",
+        f"optim.lr={args.lr}",
+        "optim.weight_decay=1e-4",
+        "optim.warmup_steps=20",
+        f"train.epochs={args.epochs}",
+        f"train.seed={args.seed}",
+        "train.log_every=100",
+        "train.save_every=100000",
+        "train.progress=false",
+        "train.tensorboard=false",
+        f"train.output_dir={out / method}",
+        f"eval.evaluators={evaluator}",
+        "eval.num_workers=0",
+        *METHODS[method],
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", default="simclr,moco")
+    parser.add_argument("--epochs", type=float, default=60)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--model", default="vit_tiny_patch16_224")
+    parser.add_argument(
+        "--model-kwargs", default="{patch_size: 4, embed_dim: 128, depth: 4, num_heads: 4}"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = write_digits(tmp / "digits", args.seed)
+        methods = args.methods.split(",")
+        cfg = config_lib.load(None, overrides(methods[0], data, tmp, args))
+        config_lib.resolve(cfg)
+        torch.manual_seed(args.seed)
+        start = time.perf_counter()
+        random_init = run_evaluators(build_model(cfg).eval(), None, cfg)["knn"]["metrics"]["top1"]
+        rows.append(("random init", random_init, time.perf_counter() - start))
+        for method in methods:
+            start = time.perf_counter()
+            summary = train(config_lib.load(None, overrides(method, data, tmp, args)))
+            rows.append((method, summary["eval"]["knn/top1"], time.perf_counter() - start))
+    print(
+        f"\nsklearn digits at 32 px: {data['train_size']} training, {data['heldout_size']} "
+        f"held-out images; {args.model}, {args.epochs:g} epochs, batch {args.batch}, lr "
+        f"{args.lr:g}, seed {args.seed}; kNN k=20 on backbone features"
+    )
+    print(f"{'backbone':>14} | kNN top-1 | vs random init | wall s")
+    for name, top1, seconds in rows:
+        print(f"{name:>14} | {top1:9.3f} | {top1 - random_init:+13.3f} | {seconds:6.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
