@@ -150,8 +150,10 @@ def test_faiss_agrees_with_exact_search(tmp_path):
     assert hnsw["recall_at_10"] >= 0.95 and hnsw["params"]["M"] == 16
     _, rows = open_backend(files, "faiss").search(queries, 10)
     assert np.array_equal(rows[:, 0], exact_rows[:, 0])  # each query's own vector comes first
+    coarse = build_faiss(files, "ivfpq", {"nlist": 16, "pq_m": 8, "nprobe": 16, "rerank": 1})
     ivfpq = build_faiss(files, "ivfpq", {"nlist": 16, "pq_m": 8, "nprobe": 16})
-    assert ivfpq["recall_at_10"] > 0.3  # 8 bytes per 32-d vector: coarse but well above chance
+    # 8 bytes per 32-d vector order close neighbours coarsely; re-scoring 10 x k candidates fixes it
+    assert 0.3 < coarse["recall_at_10"] < 0.9 and ivfpq["recall_at_10"] >= 0.97
     with pytest.raises(ValueError, match="unknown parameter"):
         build_faiss(files, "hnsw", {"nprobe": 4})
 

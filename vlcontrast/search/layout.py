@@ -168,8 +168,9 @@ class IndexFiles:
         """(len(rows), D) float32 embeddings of ``rows``."""
         units, local = self.locate(rows)
         out = np.empty((len(units), self.dim), dtype=np.float32)
-        for n, (u, i) in enumerate(zip(units.tolist(), local.tolist(), strict=True)):
-            out[n] = self.matrices[u][i]
+        for u in np.unique(units).tolist():  # one fancy-indexed read per unit
+            mask = units == u
+            out[mask] = self.matrices[u][local[mask]]
         return out
 
     def unit_of(self, row: int) -> dict[str, Any]:
