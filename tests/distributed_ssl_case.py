@@ -18,6 +18,7 @@ from vlcontrast.objectives.barlow import BarlowTwinsObjective
 from vlcontrast.objectives.byol import BYOLObjective
 from vlcontrast.objectives.moco import MoCoV3Objective
 from vlcontrast.objectives.simclr import SimCLRConfig, SimCLRObjective
+from vlcontrast.objectives.supcon import SupConObjective
 
 GLOBAL_BATCH = 12
 
@@ -54,18 +55,22 @@ def make_objective(name: str, model: nn.Module):
         "mocov3": MoCoV3Objective,
         "barlow_twins": BarlowTwinsObjective,
         "byol": BYOLObjective,
+        "supcon": SupConObjective,
     }[name]()
     cfg = SimpleNamespace(objective=SimpleNamespace(name=name), train=SimpleNamespace(steps=10))
     objective.setup(model, cfg, GLOBAL_BATCH)
     return objective
 
 
-CASES = ["simclr", "mocov3", "barlow_twins", "byol"]
+CASES = ["simclr", "mocov3", "barlow_twins", "byol", "supcon"]
 
 
 def global_batch() -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(1)
-    return {"images": torch.randn(GLOBAL_BATCH, 2, 6, generator=gen, dtype=torch.float64)}
+    return {
+        "images": torch.randn(GLOBAL_BATCH, 2, 6, generator=gen, dtype=torch.float64),
+        "labels": torch.tensor([0, 1, 2, 0, 1, 2, 3, 0, 3, 1, 2, 2]),
+    }
 
 
 def worker(rank: int, world: int, init_file: str, out_path: str) -> None:
@@ -74,7 +79,7 @@ def worker(rank: int, world: int, init_file: str, out_path: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         per = GLOBAL_BATCH // world
-        batch = {"images": global_batch()["images"][rank * per : (rank + 1) * per]}
+        batch = {k: v[rank * per : (rank + 1) * per] for k, v in global_batch().items()}
         results = {}
         for name in CASES:
             model = DistributedDataParallel(model_for(name))

@@ -28,4 +28,4 @@ def test_every_run_file_loads_and_is_consistent(path):
 
 def test_the_ssl_run_files_cover_every_image_objective():
     names = {config_lib.load(p).objective.name for p in RUN_FILES if "ssl" in p.parts}
-    assert names == {"simclr", "moco", "mocov3", "byol", "simsiam", "barlow_twins"}
+    assert names >= {"simclr", "moco", "mocov3", "byol", "simsiam", "barlow_twins"}

@@ -22,6 +22,7 @@ from tests.references import (
     textbook_moco_queue,
     textbook_moco_v3,
     textbook_nt_xent,
+    textbook_supcon,
 )
 from vlcontrast import cli
 from vlcontrast.losses.ssl import (
@@ -148,12 +149,15 @@ def distributed_results(request, tmp_path_factory):
 def reference(name: str):
     """One process, the whole batch, the textbook loss of ``name``."""
     model = case.model_for(name)
-    images = case.global_batch()["images"]
+    images, labels = case.global_batch()["images"], case.global_batch()["labels"]
     a, b = model(images=images[:, 0]), model(images=images[:, 1])
     if name == "simclr":
         loss = textbook_nt_xent(a["img_emb"], b["img_emb"], 0.5)
     elif name == "mocov3":  # the momentum encoder starts as a copy: keys = detached embeddings
         loss = textbook_moco_v3(a["img_pred"], b["img_pred"], a["img_emb"], b["img_emb"], 0.2)
+    elif name == "supcon":
+        emb = torch.cat([a["img_emb"], b["img_emb"]])
+        loss = textbook_supcon(emb, torch.cat([labels, labels]), 0.1)
     elif name == "byol":
         loss = textbook_byol(a["img_pred"], b["img_pred"], a["img_emb"], b["img_emb"])
     else:
@@ -245,3 +249,21 @@ def test_predictor_objectives_without_a_predictor_and_image_objectives_on_a_dual
     dual = [o for o in image_run(corpus, tmp_path / "b", "simclr") if o != "model.kind=image"]
     assert cli.main([*dual, f"text.tokenizer={corpus['tokenizer']}"]) == 2
     assert "set model.kind=image" in capsys.readouterr().err
+
+
+def test_labels_for_supcon_are_read_from_the_shards_and_bad_ones_counted():
+    import random
+
+    from tests.test_views import jpeg
+    from vlcontrast.data.decode import Decoder
+    from vlcontrast.data.image import CropResize
+    from vlcontrast.data.skip import SkipSample
+
+    decoder = Decoder(CropResize(8), caption_key="", label_key="cls")
+    raw = {"__key__": "a", "__url__": "u", "jpg": jpeg(), "cls": b"7\n"}
+    assert decoder(raw, random.Random(0))["label"] == 7
+    for broken, reason in (({}, "missing_label"), ({"cls": b"seven"}, "bad_label")):
+        sample = {k: v for k, v in raw.items() if k != "cls"} | broken
+        with pytest.raises(SkipSample) as caught:
+            decoder(sample, random.Random(0))
+        assert caught.value.reason == reason

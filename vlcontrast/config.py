@@ -29,6 +29,7 @@ from vlcontrast.objectives.clip import CLIPConfig
 from vlcontrast.objectives.moco import MoCoConfig, MoCoV3Config
 from vlcontrast.objectives.siglip import SigLIPConfig
 from vlcontrast.objectives.simclr import SimCLRConfig
+from vlcontrast.objectives.supcon import SupConConfig
 from vlcontrast.presets import PRESETS
 from vlcontrast.schema import (
     NON_NEGATIVE,
@@ -80,6 +81,7 @@ class DataConfig:
     shuffle_buffer: int = field(default=1000, metadata=POSITIVE)  # samples per shuffle window
     image_keys: str = ";".join(IMAGE_EXTENSIONS)  # first present extension wins
     caption_key: str = "txt"  # or json.FIELD; a JSON list gives several captions, one is picked
+    label_key: str = "cls"  # class index for objectives that use labels (supcon), or json.FIELD
     # Training crop: random_resized with scale (0.9, 1.0), OpenCLIP's default; evaluation always
     # takes the centre crop. With OpenAI's mean/std and the CLIP text tower it took a real-corpus
     # run from about 32% to 83.6% zero-shot top-1 (issue: defaults that learn). center: for
@@ -169,6 +171,7 @@ class ObjectiveConfig:
     mocov3: MoCoV3Config = field(default_factory=MoCoV3Config)
     byol: BYOLConfig = field(default_factory=BYOLConfig)
     barlow_twins: BarlowTwinsConfig = field(default_factory=BarlowTwinsConfig)
+    supcon: SupConConfig = field(default_factory=SupConConfig)
 
 
 @dataclass

@@ -46,6 +46,8 @@ class Collate:
             texts = [s["text"] for s in samples]
             batch.update(self.tokenize(texts))
             batch["texts"] = texts
+        if "label" in samples[0]:
+            batch["labels"] = torch.tensor([s["label"] for s in samples], dtype=torch.long)
         batch["keys"] = [s["key"] for s in samples]
         return batch
 

@@ -1,4 +1,5 @@
-"""Raw tar sample -> {"image": uint8 tensor, "text": str, "key": str}, or a counted skip.
+"""Raw tar sample -> {"image": uint8 tensor, "text": str, "key": str[, "label": int]}, or a
+counted skip.
 
 Second stage of the data flow (after ``tar_reader``, before batching). The image goes through
 the one image module (``data.image``: any mode to RGB, DCT-scaled JPEG decoding, crop and
@@ -13,7 +14,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from vlcontrast.data.captions import read_caption
+from vlcontrast.data.captions import member_value, read_caption
 from vlcontrast.data.image import IMAGE_EXTENSIONS, MAX_PIXELS, CropResize, decode_image
 from vlcontrast.data.skip import SkipSample
 from vlcontrast.data.transforms import MultiView
@@ -27,19 +28,33 @@ class Decoder:
     image_keys: tuple[str, ...] = IMAGE_EXTENSIONS
     caption_key: str = "txt"  # "": image-only
     max_pixels: int = MAX_PIXELS  # larger images are skipped as too_large before decoding
+    label_key: str = ""  # "": no label read; "cls": the class index member (supcon)
 
     def __call__(self, raw: dict[str, Any], rng: random.Random) -> dict[str, Any]:
         image_key = next((k for k in self.image_keys if k in raw), None)
         if image_key is None:
             raise SkipSample("missing_image")
         captions = read_caption(raw, self.caption_key) if self.caption_key else None
+        label = read_label(raw, self.label_key) if self.label_key else None
         sample = {
             "image": decode_image(raw[image_key], self.transform, rng, self.max_pixels),
             "key": raw["__key__"],
             "url": raw["__url__"],
         }
+        if label is not None:
+            sample["label"] = label
         if captions is not None:
             sample["text"] = (
                 captions[rng.randrange(len(captions))] if len(captions) > 1 else captions[0]
             )
         return sample
+
+
+def read_label(raw: dict[str, Any], key: str) -> int:
+    """The integer class of a raw sample (``cls`` member or ``json.FIELD``), or a counted skip
+    (``missing_label``, ``bad_label``)."""
+    value = member_value(raw, key, "label")
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise SkipSample("bad_label") from None

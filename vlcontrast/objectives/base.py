@@ -37,6 +37,8 @@ class Objective(nn.Module):
     uses_logit_bias: ClassVar[bool] = False
     # Augmented views per image (data/augment.py); 0: the one training crop
     views: ClassVar[int] = 0
+    # Whether batches carry ``labels`` (the class index, ``data.label_key``): supcon
+    needs_labels: ClassVar[bool] = False
 
     def setup(self, model: nn.Module, cfg: Any, global_batch: int) -> None:
         """Runs once, after the model is built and before a resume; the default does nothing."""

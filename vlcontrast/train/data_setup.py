@@ -42,7 +42,10 @@ def build_train_data(cfg: Config, tokenizer) -> tuple[ShardDataset, Any]:
     check_shards_exist([url for source in sources for url in source.urls])
     transform = train_transform(cfg)
     caption_key = data.caption_key if tokenizer is not None else ""
-    decoder = Decoder(transform, tuple(data.image_keys.split(";")), caption_key, data.max_pixels)
+    label_key = data.label_key if objective_class(cfg.objective.name).needs_labels else ""
+    decoder = Decoder(
+        transform, tuple(data.image_keys.split(";")), caption_key, data.max_pixels, label_key
+    )
     dataset = ShardDataset(
         sources,
         decoder,

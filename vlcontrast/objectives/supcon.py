@@ -1,0 +1,42 @@
+"""Supervised contrastive objective (Khosla et al. 2020): two augmented views of labelled images;
+every other view of the same class in the global batch is a positive (several per anchor), the
+rest negatives (``losses/supcon.py:supcon_loss``, exact across ranks). Labels come from the
+shards' ``{key}.cls`` member (``data.label_key``), as ImageFolder conversion writes them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlcontrast.losses.supcon import supcon_loss
+from vlcontrast.objectives.base import Objective, full, halves, two_views
+from vlcontrast.schema import POSITIVE
+
+
+@dataclass
+class SupConConfig:
+    """``objective.supcon.*``"""
+
+    temperature: float = field(default=0.1, metadata=POSITIVE)  # Khosla et al., 0.1
+
+
+class SupConObjective(Objective):
+    modalities = ("image",)
+    views = 2
+    needs_labels = True
+
+    def __init__(self, cfg: SupConConfig | None = None):
+        super().__init__()
+        self.cfg = cfg if cfg is not None else SupConConfig()
+
+    def outputs(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        emb_a, emb_b = halves(model(images=two_views(batch))["img_emb"])
+        return {"emb_a": emb_a, "emb_b": emb_b, "labels": batch["labels"]}
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, Any]:
+        emb = torch.cat([full(outputs["emb_a"]), full(outputs["emb_b"])])  # (2B, D)
+        labels = torch.cat([outputs["labels"], outputs["labels"]])  # (2B,)
+        return {"loss": supcon_loss(emb, labels, self.cfg.temperature), "metrics": {}}
