@@ -17,6 +17,13 @@ be at least 35 dB, so a cheaper, worse resize cannot count as a win.
 
     python benchmarks/loader.py            # both image sizes, scale (0.9, 1.0) as OpenCLIP trains
     python benchmarks/loader.py --scale 0.08 1.0   # torchvision's default crop scale
+    python benchmarks/loader.py --views simclr     # two augmented views per image (SSL)
+
+``--views PRESET`` times the image-only objectives' loaders instead, captions unread: the
+baseline decodes with PIL and runs a lightly/solo-learn style torchvision ``Compose`` twice per
+image (RandomResizedCrop, flip, ColorJitter, grayscale, GaussianBlur, solarize, ToTensor,
+Normalize, with the preset's parameters); vlcontrast decodes once and cuts both views from it
+(``data.transforms.MultiView`` + ``data.augment``), uint8 until the device.
 """
 
 from __future__ import annotations
@@ -95,6 +102,56 @@ def baseline_loader(pattern: str, tokenizer, workers: int, scale) -> DataLoader:
         .map_tuple(transform, tokenize)
     )
     return DataLoader(dataset, batch_size=BATCH, num_workers=workers)
+
+
+def view_compose(view) -> T.Compose:
+    """One view as lightly's and solo-learn's torchvision pipelines build it."""
+    side = max(3, int(view.blur_kernel * SIZE) // 2 * 2 + 1)
+    b, c, s, h = view.jitter
+    return T.Compose(
+        [
+            T.RandomResizedCrop(
+                SIZE, scale=tuple(view.scale), interpolation=T.InterpolationMode.BICUBIC
+            ),
+            T.RandomHorizontalFlip(view.flip),
+            T.RandomApply([T.ColorJitter(b, c, s, h)], p=view.jitter_p),
+            T.RandomGrayscale(view.grayscale),
+            T.RandomApply([T.GaussianBlur(side, tuple(view.blur_sigma))], p=view.blur),
+            T.RandomSolarize(128, p=view.solarize),
+            T.ToTensor(),
+            T.Normalize(MEAN, STD),
+        ]
+    )
+
+
+def preset_views(preset: str):
+    from vlcontrast.data.augment import PRESETS, ViewConfig
+
+    return [ViewConfig(**spec) for spec in PRESETS[preset]]
+
+
+def baseline_views_loader(pattern: str, preset: str, workers: int) -> DataLoader:
+    first, second = (view_compose(v) for v in preset_views(preset))
+    dataset = (
+        wds.WebDataset(pattern, shardshuffle=False, nodesplitter=None, empty_check=False)
+        .decode("pilrgb")
+        .to_tuple("jpg")
+        .map(lambda sample: (first(sample[0]), second(sample[0])))
+    )
+    return DataLoader(dataset, batch_size=BATCH, num_workers=workers)
+
+
+def vlcontrast_views_loader(pattern: str, preset: str, workers: int) -> DataLoader:
+    from vlcontrast.data.augment import Augment
+    from vlcontrast.data.transforms import MultiView
+
+    views = preset_views(preset)
+    crops = [CropResize(SIZE, "random_resized", tuple(v.scale)) for v in views]
+    decoder = Decoder(MultiView(crops, [Augment(v) for v in views]), caption_key="")
+    dataset = ShardDataset(parse_sources(pattern), decoder, Collate(), BATCH, shuffle_buffer=1)
+    dataset.position = DataPosition()
+    dataset.position.reset(max(1, workers))
+    return make_loader(dataset, workers)
 
 
 def train_and_save(captions: list[str], out: Path) -> Path:
@@ -196,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", type=int, default=1536, help="384x256 samples (0: skip)")
     parser.add_argument("--large", type=int, default=384, help="1600x1067 samples (0: skip)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure, best kept")
+    parser.add_argument("--views", default="", help="a view preset: time two-view loaders")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,10 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = load_tokenizer(
             TextTowerConfig(tokenizer=str(train_and_save(captions, tmp / "tok")))
         )
-        print(
-            f"crop scale {tuple(args.scale)}, batch {BATCH}, torch threads 1 per process, "
-            f"best of {args.repeats} runs"
+        what = (
+            f"two views, preset {args.views}" if args.views else f"crop scale {tuple(args.scale)}"
         )
+        print(f"{what}, batch {BATCH}, torch threads 1 per process, best of {args.repeats} runs")
         for name, pattern in sets.items():
             print(f"{name}: {bits_per_pixel(pattern):.2f} bits per pixel (JPEG quality 90)")
         print(
@@ -224,8 +282,12 @@ def main(argv: list[str] | None = None) -> int:
         for name, pattern in sets.items():
             for workers in args.workers:
                 setting = (pattern, tokenizer, workers, args.scale)
+                builders = [baseline_loader, vlcontrast_loader]
+                if args.views:
+                    setting = (pattern, args.views, workers)
+                    builders = [baseline_views_loader, vlcontrast_views_loader]
                 (base, base_cpu), (ours, ours_cpu) = best_samples_per_s(
-                    [baseline_loader, vlcontrast_loader], setting, args.repeats
+                    builders, setting, args.repeats
                 )
                 print(
                     f"{name:>10} {workers:>7} {base:>11.1f} {ours:>13.1f} {ours / base:>5.2f}x"

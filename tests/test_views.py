@@ -153,3 +153,20 @@ def test_a_bad_view_setting_names_its_key(corpus, tmp_path):
         config_lib.load(None, ["views.preset=dino"])
     with pytest.raises(config_lib.ConfigError, match="views.first.flip"):
         config_lib.load(None, ["views.first.flip=1.5"])
+
+
+@pytest.mark.parametrize("side, sigma", [(23, 1.0), (23, 2.0), (9, 0.5), (3, 0.1)])
+def test_the_separable_blur_equals_torchvisions_gaussian_blur(side, sigma):
+    from torchvision.transforms.v2 import functional as TF
+
+    from vlcontrast.data.augment import gaussian_blur
+
+    gen = torch.Generator().manual_seed(side)
+    image = torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8, generator=gen)
+    ours, theirs = (
+        gaussian_blur(image, side, sigma),
+        TF.gaussian_blur(image, [side] * 2, [sigma] * 2),
+    )
+    assert ours.dtype == torch.uint8 and ours.shape == image.shape
+    assert (ours.int() - theirs.int()).abs().max() <= 1  # float rounding of the same sums
+    assert (ours != theirs).float().mean() < 1e-3
