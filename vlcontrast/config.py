@@ -138,6 +138,9 @@ class ModelConfig:
     proj_bn: bool = False  # batch norm after each hidden layer of the MLP head
     # Image models: a predictor MLP on the projection (BYOL, SimSiam, MoCo v3); 0 = none
     predictor_hidden: int = field(default=0, metadata=NON_NEGATIVE)
+    # Batch norm over the global batch under DDP (torch's SyncBatchNorm, CUDA only): SimCLR and
+    # BYOL use it so that BN statistics cannot leak which views pair up on one device
+    sync_bn: bool = False
     # A learnable logit bias (SigLIP paper, section 3.3). None: on for objectives that use one.
     logit_bias: bool | None = None
     # ln of the initial logit scale; None: ln(1/0.07) (CLIP paper) without a bias, ln(10) with

@@ -32,7 +32,7 @@ from vlcontrast.eval.runner import check_evaluators, run_evaluators, scalar_metr
 from vlcontrast.models import build_model
 from vlcontrast.models.build import has_text
 from vlcontrast.models.text_tower import follow_tokenizer, load_tokenizer
-from vlcontrast.objectives import build_objective, objective_class
+from vlcontrast.objectives import build_objective
 from vlcontrast.train import checkpoint
 from vlcontrast.train import run_dir as run_dir_lib
 from vlcontrast.train.data_setup import (
@@ -44,6 +44,7 @@ from vlcontrast.train.data_setup import (
 )
 from vlcontrast.train.grad_cache import grad_cached_step
 from vlcontrast.train.metrics_log import MetricsLogger
+from vlcontrast.train.model_setup import resolve_model_settings, sync_batch_norm
 from vlcontrast.train.optim import build_optimizer, build_scheduler
 from vlcontrast.train.precision import Precision
 from vlcontrast.train.resume import resolve_resume, resume, save_checkpoint
@@ -69,7 +70,7 @@ def train(cfg: Config) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg.text) if has_text(cfg) else None
     follow_tokenizer(cfg.text, tokenizer)
     check_evaluators(cfg, tokenizer)  # a mistake stops the run now, not after the last step
-    model = build_model(cfg)
+    model = sync_batch_norm(build_model(cfg), cfg, accelerator)
     check_vocab(model, tokenizer)
     objective = build_objective(cfg.objective)
     dataset, loader = build_train_data(cfg, tokenizer)
@@ -185,24 +186,6 @@ def make_accelerator() -> Accelerator:
     """Devices and process groups come from accelerate; mixed precision does not (see
     ``train/precision.py``), so runs with different precisions can share a process."""
     return Accelerator(cpu=not torch.cuda.is_available())
-
-
-def resolve_model_settings(cfg: Config) -> None:
-    """Fill the model keys the objective decides (``model.logit_bias`` left at None), so the
-    saved config rebuilds the same model without knowing the objective; check the model has
-    the towers the objective feeds."""
-    cls = objective_class(cfg.objective.name)
-    config_lib.resolve(cfg)
-    if "text" in cls.modalities and not has_text(cfg):
-        raise ConfigError(
-            f"model.kind: objective {cfg.objective.name!r} trains on image-text pairs; "
-            f"set model.kind=dual (model.kind={cfg.model.kind} has no text tower)"
-        )
-    if "text" not in cls.modalities and cfg.model.kind != "image":
-        raise ConfigError(
-            f"model.kind: objective {cfg.objective.name!r} trains on images only; set "
-            f"model.kind=image (a text tower would take no gradient)"
-        )
 
 
 def log_line(step: int, metrics: dict[str, Any]) -> str:

@@ -1,0 +1,38 @@
+"""Model-side setup of a training run: the model keys the objective decides, the check that
+the model has the towers the objective feeds, and synchronised batch norm under DDP."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from vlcontrast import config as config_lib
+from vlcontrast.config import Config, ConfigError
+from vlcontrast.models.build import has_text
+from vlcontrast.objectives import objective_class
+
+
+def resolve_model_settings(cfg: Config) -> None:
+    """Fill the model keys the objective decides (``model.logit_bias`` left at None), so the
+    saved config rebuilds the same model without knowing the objective; check the model has
+    the towers the objective feeds."""
+    cls = objective_class(cfg.objective.name)
+    config_lib.resolve(cfg)
+    if "text" in cls.modalities and not has_text(cfg):
+        raise ConfigError(
+            f"model.kind: objective {cfg.objective.name!r} trains on image-text pairs; "
+            f"set model.kind=dual (model.kind={cfg.model.kind} has no text tower)"
+        )
+    if "text" not in cls.modalities and cfg.model.kind != "image":
+        raise ConfigError(
+            f"model.kind: objective {cfg.objective.name!r} trains on images only; set "
+            f"model.kind=image (a text tower would take no gradient)"
+        )
+
+
+def sync_batch_norm(model: nn.Module, cfg: Config, accelerator) -> nn.Module:
+    """``model.sync_bn``: batch-norm layers that normalise over the global batch."""
+    if not cfg.model.sync_bn or accelerator.num_processes == 1:
+        return model
+    if accelerator.device.type != "cuda":
+        raise ConfigError("model.sync_bn: torch's SyncBatchNorm runs on CUDA devices only")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
