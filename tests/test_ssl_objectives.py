@@ -267,3 +267,45 @@ def test_labels_for_supcon_are_read_from_the_shards_and_bad_ones_counted():
         with pytest.raises(SkipSample) as caught:
             decoder(sample, random.Random(0))
         assert caught.value.reason == reason
+
+
+def test_slip_is_clip_plus_simclr_on_the_image_head_and_trains_through_the_cli(
+    corpus, tmp_path, capsys
+):
+    from tests.references import textbook_clip_loss
+    from vlcontrast import config as config_lib
+    from vlcontrast.models import build_model
+    from vlcontrast.objectives.slip import SLIPObjective
+
+    overrides = [
+        *tiny_overrides(corpus, tmp_path, steps=2),
+        "objective.name=slip",
+        "views.preset=simclr",
+        "model.ssl_head_hidden=32",
+        "model.ssl_head_dim=8",
+    ]
+    cfg = config_lib.resolve(config_lib.load(None, overrides))
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()  # no dropout: two forwards must agree
+    objective = SLIPObjective()
+    objective.setup(model, cfg, 4)
+    gen = torch.Generator().manual_seed(0)
+    batch = {
+        "images": torch.randint(0, 256, (4, 3, 3, 32, 32), generator=gen, dtype=torch.uint8),
+        "input_ids": torch.randint(5, 60, (4, 7), generator=gen),
+        "attention_mask": torch.ones(4, 7, dtype=torch.long),
+    }
+    out = objective.outputs(model, batch)
+    got = objective.loss(out, batch)
+    crops = torch.cat([batch["images"][:, k] for k in range(3)])
+    full = model(images=crops, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    want = textbook_clip_loss(full["img_emb"][:4], full["txt_emb"], full["logit_scale"])
+    want = want + textbook_nt_xent(full["img_ssl"][4:8], full["img_ssl"][8:], 0.1)
+    torch.testing.assert_close(got["loss"], want, rtol=1e-5, atol=1e-6)
+
+    assert cli.main(["train", run_file(tmp_path), *overrides]) == 0
+    rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "train/loss" in r]
+    assert len(rows) == 2 and all("train/ssl_loss" in r and "train/clip_loss" in r for r in rows)
+    no_head = [o for o in overrides if not o.startswith("model.ssl_head")]
+    assert cli.main(["train", run_file(tmp_path), *no_head, f"train.output_dir={tmp_path}/b"]) == 2
+    assert "model.ssl_head_hidden: objective 'slip'" in capsys.readouterr().err

@@ -29,6 +29,7 @@ from vlcontrast.objectives.clip import CLIPConfig
 from vlcontrast.objectives.moco import MoCoConfig, MoCoV3Config
 from vlcontrast.objectives.siglip import SigLIPConfig
 from vlcontrast.objectives.simclr import SimCLRConfig
+from vlcontrast.objectives.slip import SLIPConfig
 from vlcontrast.objectives.supcon import SupConConfig
 from vlcontrast.presets import PRESETS
 from vlcontrast.schema import (
@@ -138,6 +139,10 @@ class ModelConfig:
     proj_bn: bool = False  # batch norm after each hidden layer of the MLP head
     # Image models: a predictor MLP on the projection (BYOL, SimSiam, MoCo v3); 0 = none
     predictor_hidden: int = field(default=0, metadata=NON_NEGATIVE)
+    # Dual models: an image MLP head for SLIP's SimCLR term (3 layers of this width, batch norm,
+    # output ssl_head_dim; SLIP: 4096 -> 256); 0 = none
+    ssl_head_hidden: int = field(default=0, metadata=NON_NEGATIVE)
+    ssl_head_dim: int = field(default=256, metadata=POSITIVE)
     # Batch norm over the global batch under DDP (torch's SyncBatchNorm, CUDA only): SimCLR and
     # BYOL use it so that BN statistics cannot leak which views pair up on one device
     sync_bn: bool = False
@@ -175,6 +180,7 @@ class ObjectiveConfig:
     byol: BYOLConfig = field(default_factory=BYOLConfig)
     barlow_twins: BarlowTwinsConfig = field(default_factory=BarlowTwinsConfig)
     supcon: SupConConfig = field(default_factory=SupConConfig)
+    slip: SLIPConfig = field(default_factory=SLIPConfig)
 
 
 @dataclass

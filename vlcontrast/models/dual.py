@@ -13,9 +13,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vlcontrast.config import Config
+from vlcontrast.models.heads import mlp
 from vlcontrast.models.image_tower import ImageTower
 from vlcontrast.models.text_tower import TextTower
 
@@ -26,7 +28,8 @@ SIGLIP_LOGIT_SCALE = math.log(10.0)  # SigLIP paper
 class DualEncoder(nn.Module):
     """``forward(images=None, input_ids=None, attention_mask=None)`` -> dict with ``img_emb``,
     ``img_feat`` (given images), ``txt_emb``, ``txt_feat`` (given text), ``logit_scale``
-    (exp'd) and, with a bias, ``logit_bias``."""
+    (exp'd), with a bias ``logit_bias`` and, with ``model.ssl_head_hidden``, ``img_ssl`` (the
+    unit-norm output of SLIP's image head)."""
 
     def __init__(self, cfg: Config):
         super().__init__()
@@ -41,6 +44,11 @@ class DualEncoder(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(float(init)))
         self.logit_bias = nn.Parameter(torch.tensor(float(m.init_logit_bias))) if bias else None
         self.max_logit_scale = m.max_logit_scale
+        self.ssl_head = (
+            mlp(self.image.num_features, m.ssl_head_dim, 3, m.ssl_head_hidden, bn=True)
+            if m.ssl_head_hidden
+            else None
+        )
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.image(images)[1]
@@ -57,6 +65,8 @@ class DualEncoder(nn.Module):
         out: dict[str, torch.Tensor] = {}
         if images is not None:
             out["img_feat"], out["img_emb"] = self.image(images)
+            if self.ssl_head is not None:  # SLIP's image-only term, through forward for DDP
+                out["img_ssl"] = F.normalize(self.ssl_head(out["img_feat"]), dim=-1)
         if input_ids is not None:
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)

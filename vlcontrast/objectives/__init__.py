@@ -17,6 +17,7 @@ from vlcontrast.objectives.clip import CLIPObjective
 from vlcontrast.objectives.moco import MoCoObjective, MoCoV3Objective
 from vlcontrast.objectives.siglip import SigLIPObjective
 from vlcontrast.objectives.simclr import SimCLRObjective
+from vlcontrast.objectives.slip import SLIPObjective
 from vlcontrast.objectives.supcon import SupConObjective
 from vlcontrast.schema import ConfigError
 
@@ -30,6 +31,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "simsiam": SimSiamObjective,
     "barlow_twins": BarlowTwinsObjective,
     "supcon": SupConObjective,
+    "slip": SLIPObjective,
 }
 
 

@@ -1,0 +1,75 @@
+"""SLIP (Mu et al. 2021): CLIP plus SimCLR on the image tower of the same model, in one batch.
+
+Each image gives three crops from one decode: the plain training crop for the CLIP term and two
+augmented views (``views.first``/``second``) for the SimCLR term, which runs on a separate MLP
+head over the image tower's features (``model.ssl_head_hidden``). The loss is
+``clip + ssl_scale * nt_xent`` (the paper's weight is 1). All three crops go through one forward
+pass, so DDP sees every parameter used; both terms are exact across ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlcontrast.losses.clip import gathered_clip_loss
+from vlcontrast.losses.supcon import nt_xent_loss
+from vlcontrast.objectives.base import Objective, detached, full
+from vlcontrast.schema import NON_NEGATIVE, POSITIVE, ConfigError
+
+
+@dataclass
+class SLIPConfig:
+    """``objective.slip.*``"""
+
+    ssl_scale: float = field(default=1.0, metadata=NON_NEGATIVE)  # SLIP: 1.0
+    temperature: float = field(default=0.1, metadata=POSITIVE)  # SLIP's SimCLR term: 0.1
+
+
+class SLIPObjective(Objective):
+    modalities = ("image", "text")
+    views = 2
+
+    def __init__(self, cfg: SLIPConfig | None = None):
+        super().__init__()
+        self.cfg = cfg if cfg is not None else SLIPConfig()
+
+    def setup(self, model: nn.Module, cfg, global_batch: int) -> None:
+        if getattr(self.unwrap(model), "ssl_head", None) is None:
+            raise ConfigError(
+                "model.ssl_head_hidden: objective 'slip' trains SimCLR on an image MLP head; set "
+                "its width, e.g. model.ssl_head_hidden=4096 (SLIP)"
+            )
+
+    def outputs(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        images = batch["images"]  # (B, 3, 3, S, S): the plain crop, then the two views
+        n = images.shape[0]
+        crops = torch.cat([images[:, 0], images[:, 1], images[:, 2]])  # (3B, 3, S, S)
+        out = model(
+            images=crops, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        )
+        return {
+            "img_emb": out["img_emb"][:n],
+            "txt_emb": out["txt_emb"],
+            "logit_scale": out["logit_scale"],
+            "ssl_a": out["img_ssl"][n : 2 * n],
+            "ssl_b": out["img_ssl"][2 * n :],
+        }
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, Any]:
+        clip = gathered_clip_loss(
+            full(outputs["img_emb"]), full(outputs["txt_emb"]), full(outputs["logit_scale"])
+        )
+        ssl = nt_xent_loss(full(outputs["ssl_a"]), full(outputs["ssl_b"]), self.cfg.temperature)
+        metrics = {
+            "clip_loss": detached(clip),
+            "ssl_loss": detached(ssl),
+            "logit_scale": detached(outputs["logit_scale"]),
+        }
+        return {"loss": clip + self.cfg.ssl_scale * ssl, "metrics": metrics}
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        self.unwrap(model).clamp_logit_scale()
