@@ -27,11 +27,12 @@ class TinyImageModel(nn.Module):
     """The image-only model contract on flat 6-d 'images' in float64: projection, unit-norm
     embedding and prediction."""
 
-    def __init__(self, predictor: bool = True):
+    def __init__(self, predictor: bool = True, bn: bool = False):
         super().__init__()
         torch.manual_seed(0)
         self.embed_dim = 5
-        self.net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 5))
+        norm = nn.BatchNorm1d(8) if bn else nn.Identity()  # per device, as DDP leaves it
+        self.net = nn.Sequential(nn.Linear(6, 8), norm, nn.Tanh(), nn.Linear(8, 5))
         self.predictor = (
             nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 5)) if predictor else None
         )  # only where the objective uses it: DDP's buckets wait for every parameter
@@ -46,12 +47,13 @@ class TinyImageModel(nn.Module):
 
 
 def model_for(name: str) -> TinyImageModel:
-    return TinyImageModel(predictor=name in ("mocov3", "byol"))
+    return TinyImageModel(predictor=name in ("mocov3", "byol"), bn=name.endswith("_bn"))
 
 
 def make_objective(name: str, model: nn.Module):
     objective = {
         "simclr": lambda: SimCLRObjective(SimCLRConfig(temperature=0.5)),
+        "simclr_bn": lambda: SimCLRObjective(SimCLRConfig(temperature=0.5)),
         "mocov3": MoCoV3Objective,
         "barlow_twins": BarlowTwinsObjective,
         "byol": BYOLObjective,
@@ -62,7 +64,7 @@ def make_objective(name: str, model: nn.Module):
     return objective
 
 
-CASES = ["simclr", "mocov3", "barlow_twins", "byol", "supcon"]
+CASES = ["simclr", "mocov3", "barlow_twins", "byol", "supcon", "simclr_bn"]
 
 
 def global_batch() -> dict[str, torch.Tensor]:
@@ -93,6 +95,6 @@ def worker(rank: int, world: int, init_file: str, out_path: str) -> None:
             }
             results[name] = {"loss": loss / world, "grads": grads}
         if rank == 0:
-            torch.save(results, out_path)
+            torch.save({"world": world, **results}, out_path)
     finally:
         dist.destroy_process_group()

@@ -146,6 +146,19 @@ def distributed_results(request, tmp_path_factory):
     return torch.load(out)
 
 
+def split_bn_reference(world: int):
+    """One process with ``model.bn_split=world``: the library's SimCLR objective on the whole
+    batch, batch norm split into the groups that ``world`` devices would normalise."""
+    from vlcontrast.models.split_bn import split_batch_norm
+
+    model = split_batch_norm(case.model_for("simclr_bn"), world)
+    objective = case.make_objective("simclr_bn", model)
+    objective.bn_groups = world
+    loss = objective(model, case.global_batch())["loss"]
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
 def reference(name: str):
     """One process, the whole batch, the textbook loss of ``name``."""
     model = case.model_for(name)
@@ -168,8 +181,11 @@ def reference(name: str):
 
 @pytest.mark.parametrize("name", case.CASES)
 def test_distributed_steps_equal_the_single_process_step(distributed_results, name):
+    """Every objective; and ``simclr_bn``: per-device batch norm under DDP equals one process
+    with split batch norm (``model.bn_split``), so a CPU run reproduces multi-GPU statistics."""
     got = distributed_results[name]
-    want_loss, want_grads = reference(name)
+    world = distributed_results["world"]
+    want_loss, want_grads = split_bn_reference(world) if name == "simclr_bn" else reference(name)
     torch.testing.assert_close(got["loss"], want_loss, rtol=1e-10, atol=1e-12)
     assert set(got["grads"]) == set(want_grads)
     for param, want in want_grads.items():
@@ -309,3 +325,31 @@ def test_slip_is_clip_plus_simclr_on_the_image_head_and_trains_through_the_cli(
     no_head = [o for o in overrides if not o.startswith("model.ssl_head")]
     assert cli.main(["train", run_file(tmp_path), *no_head, f"train.output_dir={tmp_path}/b"]) == 2
     assert "model.ssl_head_hidden: objective 'slip'" in capsys.readouterr().err
+
+
+def test_split_batch_norm_normalises_each_slice_apart_and_averages_the_statistics():
+    from torch import nn
+
+    from vlcontrast.models.split_bn import split_batch_norm
+
+    torch.manual_seed(0)
+    plain = nn.BatchNorm2d(3)
+    with torch.no_grad():
+        plain.weight.uniform_(0.5, 1.5)
+        plain.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(8, 3, 4, 4) * 3 + 1
+    groups = [nn.BatchNorm2d(3) for _ in range(2)]
+    for g in groups:
+        g.load_state_dict(plain.state_dict())
+    split = split_batch_norm(nn.Sequential(plain), 2)[0]
+    out = split(x)
+    want = torch.cat([groups[0](x[:4]), groups[1](x[4:])])
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+    mean = (groups[0].running_mean + groups[1].running_mean) / 2
+    torch.testing.assert_close(split.running_mean, mean)
+    split.eval()
+    groups[0].eval()
+    groups[0].running_mean.copy_(split.running_mean)
+    groups[0].running_var.copy_(split.running_var)
+    torch.testing.assert_close(split(x), groups[0](x))  # eval: ordinary batch norm
+    assert set(split.state_dict()) == set(plain.state_dict())  # checkpoints load either way

@@ -146,6 +146,9 @@ class ModelConfig:
     # Batch norm over the global batch under DDP (torch's SyncBatchNorm, CUDA only): SimCLR and
     # BYOL use it so that BN statistics cannot leak which views pair up on one device
     sync_bn: bool = False
+    # One process normalising each of N slices of its batch apart, as N devices would (MoCo's
+    # SplitBatchNorm), so a CPU run reproduces a multi-GPU run's batch-norm statistics; 0 = off
+    bn_split: int = field(default=0, metadata=NON_NEGATIVE)
     # A learnable logit bias (SigLIP paper, section 3.3). None: on for objectives that use one.
     logit_bias: bool | None = None
     # ln of the initial logit scale; None: ln(1/0.07) (CLIP paper) without a bias, ln(10) with

@@ -31,7 +31,9 @@ class BarlowTwinsObjective(Objective):
         self.cfg = cfg if cfg is not None else BarlowTwinsConfig()
 
     def outputs(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        z_a, z_b = halves(model(images=two_views(batch))["img_proj"])
+        z_a, z_b = halves(
+            model(images=two_views(batch, self.bn_groups))["img_proj"], self.bn_groups
+        )
         return {"z_a": z_a, "z_b": z_b}
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, Any]:

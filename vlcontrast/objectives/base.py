@@ -40,9 +40,11 @@ class Objective(nn.Module):
     # Whether batches carry ``labels`` (the class index, ``data.label_key``): supcon
     needs_labels: ClassVar[bool] = False
 
+    bn_groups: int = 1  # model.bn_split: rows are ordered device by device (two_views)
+
     def setup(self, model: nn.Module, cfg: Any, global_batch: int) -> None:
-        """Runs once, after the model is built and before a resume; the default does nothing."""
-        return None
+        """Runs once, after the model is built and before a resume; subclasses call it first."""
+        self.bn_groups = max(1, int(getattr(getattr(cfg, "model", None), "bn_split", 0) or 0))
 
     def outputs(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -78,22 +80,30 @@ def detached(value: torch.Tensor) -> float:
     return float(value.detach().float())
 
 
-def two_views(batch: dict[str, Any]) -> torch.Tensor:
-    """The batch's two augmented views stacked view-major: (2B, 3, S, S), the first view's B
-    images then the second's, for one forward pass of both."""
+def two_views(batch: dict[str, Any], groups: int = 1) -> torch.Tensor:
+    """The batch's last two augmented views stacked for one forward pass: (2B, 3, S, S). With
+    one group, the first view's B images then the second's; with ``groups`` (``model.bn_split``)
+    group by group, both views of each B/groups images together, as each device would hold
+    them, so split batch norm sees what that many devices would."""
     images = batch["images"]  # (B, K, 3, S, S)
     if images.dim() < 3 or images.shape[1] < 2:
         raise ValueError(
             f"this objective compares two views per image; the batch has images of shape "
             f"{tuple(images.shape)} (the data pipeline makes them when the objective asks)"
         )
-    return torch.cat([images[:, -2], images[:, -1]])  # (2B, 3, S, S): the last two views
+    pair = torch.stack([images[:, -2], images[:, -1]])  # (2, B, 3, S, S)
+    b = images.shape[0]
+    if b % groups:
+        raise ValueError(f"model.bn_split: a batch of {b} does not split into {groups} groups")
+    pair = pair.reshape(2, groups, b // groups, *images.shape[2:]).transpose(0, 1)
+    return pair.reshape(2 * b, *images.shape[2:])  # (2B, 3, S, S)
 
 
-def halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(first view's rows, second view's rows) of a view-major (2B, ...) tensor."""
-    n = x.shape[0] // 2
-    return x[:n], x[n:]
+def halves(x: torch.Tensor, groups: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first view's rows, second view's rows) of a :func:`two_views`-ordered (2B, ...) tensor."""
+    b = x.shape[0] // 2
+    grouped = x.reshape(groups, 2, b // groups, *x.shape[1:])
+    return grouped[:, 0].reshape(b, *x.shape[1:]), grouped[:, 1].reshape(b, *x.shape[1:])
 
 
 def full(x: torch.Tensor) -> torch.Tensor:

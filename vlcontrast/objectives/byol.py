@@ -43,10 +43,10 @@ class BYOLObjective(MomentumObjective):
         self.cfg = cfg if cfg is not None else BYOLConfig()
 
     def outputs(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        images = two_views(batch)
-        p_a, p_b = halves(model(images=images)["img_pred"])
+        images = two_views(batch, self.bn_groups)
+        p_a, p_b = halves(model(images=images)["img_pred"], self.bn_groups)
         with torch.no_grad():
-            z_a, z_b = halves(self.target(images=images)["img_emb"])
+            z_a, z_b = halves(self.target(images=images)["img_emb"], self.bn_groups)
         return {"p_a": p_a, "p_b": p_b, "z_a": z_a, "z_b": z_b}
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, Any]:
@@ -66,6 +66,7 @@ class SimSiamObjective(Objective):
         super().__init__()
 
     def setup(self, model: nn.Module, cfg, global_batch: int) -> None:
+        super().setup(model, cfg, global_batch)
         if getattr(self.unwrap(model), "predictor", None) is None:
             raise ConfigError(
                 "model.predictor_hidden: objective 'simsiam' needs a predictor MLP; set its "
@@ -73,9 +74,9 @@ class SimSiamObjective(Objective):
             )
 
     def outputs(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        out = model(images=two_views(batch))
-        p_a, p_b = halves(out["img_pred"])
-        z_a, z_b = halves(out["img_emb"])
+        out = model(images=two_views(batch, self.bn_groups))
+        p_a, p_b = halves(out["img_pred"], self.bn_groups)
+        z_a, z_b = halves(out["img_emb"], self.bn_groups)
         return {"p_a": p_a, "p_b": p_b, "z_a": z_a, "z_b": z_b}
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, Any]:

@@ -71,13 +71,27 @@ class MoCoObjective(MomentumObjective):
         queue = F.normalize(queue, dim=1)
         self.register_buffer("queue", queue)  # (K, D) as MoCo: random unit vectors to start
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # seeds shuffle BN
+        self.seed = int(cfg.train.seed)
 
     def outputs(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        images = two_views(batch)
-        q_a, q_b = halves(model(images=images)["img_emb"])
+        images = two_views(batch, self.bn_groups)
+        q_a, q_b = halves(model(images=images)["img_emb"], self.bn_groups)
         with torch.no_grad():
-            k_a, k_b = halves(self.target(images=images)["img_emb"])
+            k_a, k_b = halves(self.keys(images), self.bn_groups)
         return {"q_a": q_a, "q_b": q_b, "k_a": k_a, "k_b": k_b}
+
+    def keys(self, images: torch.Tensor) -> torch.Tensor:
+        """The momentum encoder's embeddings of ``images``. With split batch norm, MoCo's
+        shuffle BN: the rows go through the key encoder in a random order (seeded by the step),
+        so a query and its key are normalised in different groups and cannot share batch
+        statistics; the output is put back in order."""
+        if self.bn_groups == 1:
+            return self.target(images=images)["img_emb"]
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.steps))
+        order = torch.randperm(len(images), generator=generator).to(images.device)
+        shuffled = self.target(images=images[order])["img_emb"]
+        return shuffled[torch.argsort(order)]
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, Any]:
         q_a, k_b = full(outputs["q_a"]), full(outputs["k_b"])
@@ -92,6 +106,7 @@ class MoCoObjective(MomentumObjective):
 
     def after_step(self, model: nn.Module, step: int) -> None:
         self.update_target(model, step)
+        self.steps.add_(1)
         if self.pending is not None:
             self.enqueue(self.pending)
             self.pending = None
@@ -115,10 +130,10 @@ class MoCoV3Objective(MomentumObjective):
         self.cfg = cfg if cfg is not None else MoCoV3Config()
 
     def outputs(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        images = two_views(batch)
-        q_a, q_b = halves(model(images=images)["img_pred"])
+        images = two_views(batch, self.bn_groups)
+        q_a, q_b = halves(model(images=images)["img_pred"], self.bn_groups)
         with torch.no_grad():
-            k_a, k_b = halves(self.target(images=images)["img_emb"])
+            k_a, k_b = halves(self.target(images=images)["img_emb"], self.bn_groups)
         return {"q_a": q_a, "q_b": q_b, "k_a": k_a, "k_b": k_b}
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, Any]:

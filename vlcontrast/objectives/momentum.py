@@ -24,6 +24,7 @@ class MomentumObjective(Objective):
     needs_predictor = False
 
     def setup(self, model: nn.Module, cfg, global_batch: int) -> None:
+        super().setup(model, cfg, global_batch)
         bare = self.unwrap(model)
         if self.needs_predictor and getattr(bare, "predictor", None) is None:
             raise ConfigError(

@@ -32,7 +32,9 @@ class SimCLRObjective(Objective):
         self.cfg = cfg if cfg is not None else SimCLRConfig()
 
     def outputs(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        emb_a, emb_b = halves(model(images=two_views(batch))["img_emb"])
+        emb_a, emb_b = halves(
+            model(images=two_views(batch, self.bn_groups))["img_emb"], self.bn_groups
+        )
         return {"emb_a": emb_a, "emb_b": emb_b}
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, Any]:

@@ -38,6 +38,7 @@ class SLIPObjective(Objective):
         self.cfg = cfg if cfg is not None else SLIPConfig()
 
     def setup(self, model: nn.Module, cfg, global_batch: int) -> None:
+        super().setup(model, cfg, global_batch)
         if getattr(self.unwrap(model), "ssl_head", None) is None:
             raise ConfigError(
                 "model.ssl_head_hidden: objective 'slip' trains SimCLR on an image MLP head; set "

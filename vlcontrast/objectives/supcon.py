@@ -33,7 +33,9 @@ class SupConObjective(Objective):
         self.cfg = cfg if cfg is not None else SupConConfig()
 
     def outputs(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        emb_a, emb_b = halves(model(images=two_views(batch))["img_emb"])
+        emb_a, emb_b = halves(
+            model(images=two_views(batch, self.bn_groups))["img_emb"], self.bn_groups
+        )
         return {"emb_a": emb_a, "emb_b": emb_b, "labels": batch["labels"]}
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, Any]:

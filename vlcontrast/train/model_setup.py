@@ -1,5 +1,6 @@
 """Model-side setup of a training run: the model keys the objective decides, the check that
-the model has the towers the objective feeds, and synchronised batch norm under DDP."""
+the model has the towers the objective feeds, and synchronised (DDP) or split (one process)
+batch norm."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from torch import nn
 from vlcontrast import config as config_lib
 from vlcontrast.config import Config, ConfigError
 from vlcontrast.models.build import has_text
+from vlcontrast.models.split_bn import split_batch_norm
 from vlcontrast.objectives import objective_class
 
 
@@ -30,7 +32,17 @@ def resolve_model_settings(cfg: Config) -> None:
 
 
 def sync_batch_norm(model: nn.Module, cfg: Config, accelerator) -> nn.Module:
-    """``model.sync_bn``: batch-norm layers that normalise over the global batch."""
+    """``model.sync_bn``: batch-norm layers that normalise over the global batch;
+    ``model.bn_split``: over slices of this process's batch, as that many devices would."""
+    if cfg.model.bn_split > 1:
+        if cfg.model.sync_bn:
+            raise ConfigError("model.bn_split: splits batch norm; model.sync_bn joins it: pick one")
+        if cfg.data.batch_size % cfg.model.bn_split:
+            raise ConfigError(
+                f"model.bn_split: data.batch_size={cfg.data.batch_size} does not split into "
+                f"{cfg.model.bn_split} groups"
+            )
+        return split_batch_norm(model, cfg.model.bn_split)
     if not cfg.model.sync_bn or accelerator.num_processes == 1:
         return model
     if accelerator.device.type != "cuda":
