@@ -143,6 +143,10 @@ class ModelConfig:
     # output ssl_head_dim; SLIP: 4096 -> 256); 0 = none
     ssl_head_hidden: int = field(default=0, metadata=NON_NEGATIVE)
     ssl_head_dim: int = field(default=256, metadata=POSITIVE)
+    # Start from these weights: a vlcontrast checkpoint (``vlcontrast import hf`` makes one from
+    # a released CLIP) or a Hugging Face CLIPModel directory; the towers configured here must
+    # have its shapes (start the run file from CKPT/config.json). Optimizer state starts fresh.
+    init_from: str = ""
     # Batch norm over the global batch under DDP (torch's SyncBatchNorm, CUDA only): SimCLR and
     # BYOL use it so that BN statistics cannot leak which views pair up on one device
     sync_bn: bool = False
@@ -381,10 +385,13 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        try:  # JSON by its own parser: YAML 1.1 reads 1e-05 (no dot) as a string
+            text = path.read_text()
+            values = (json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)) or {}
+        except (yaml.YAMLError, ValueError) as err:
+            raise ConfigError(
+                f"{path} is not valid {path.suffix[1:].upper() or 'YAML'}: {err}"
+            ) from None
     preset = _preset_named(values, overrides or [])
     if preset:
         apply(cfg, {"model": {"preset": preset}})  # checks the name

@@ -10,10 +10,11 @@ vlcontrast config [CONFIG] [section.key=value ...]   (print the resolved config)
 vlcontrast index build --checkpoint DIR --data URLS --out INDEX   (also: add, dedup, info)
 vlcontrast search INDEX "a red circle" [-k 10] [--image PATH] [--json]
 vlcontrast serve INDEX [--host 127.0.0.1] [--port 8000]
+vlcontrast import hf HF_CLIP_DIR --out CKPT;  vlcontrast export CKPT --to hf|safetensors OUT
 
 One module per command group (``run``: demo, train, config; ``evaluate``; ``data``;
-``tokenizer``; ``search``: index, search, serve); each adds its sub-parsers and its ``cmd_*``
-functions, which import the library lazily so ``--help`` is fast.
+``tokenizer``; ``search``: index, search, serve; ``weights``: import, export); each adds its
+sub-parsers and its ``cmd_*`` functions, which import the library lazily so ``--help`` is fast.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vlcontrast.cli import data, evaluate, run, search, tokenizer
+from vlcontrast.cli import data, evaluate, run, search, tokenizer, weights
 from vlcontrast.config import ConfigError
 
 
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_commands(sub)
     tokenizer.add_commands(sub)
     search.add_commands(sub)
+    weights.add_commands(sub)
     return parser
 
 
@@ -54,6 +56,8 @@ COMMANDS = {
     "index": search.cmd_index,
     "search": search.cmd_search,
     "serve": search.cmd_serve,
+    "import": weights.cmd_import,
+    "export": weights.cmd_export,
 }
 
 

@@ -128,3 +128,34 @@ def load_model(path: str | Path, allow_download: bool = False) -> tuple[nn.Modul
                 ) from None
             raise
     return model.eval(), tokenizer, cfg
+
+
+def save_model_dir(model: nn.Module, tokenizer: Any, cfg: Config, out: str | Path) -> Path:
+    """Write ``out`` as :func:`load_model` reads it (config, weights, text config, tokenizer),
+    through a temporary directory renamed into place: an imported or exported model is never
+    half written."""
+    import os
+    import shutil
+
+    from safetensors.torch import save_model
+
+    out = Path(out)
+    if out.exists():
+        raise ConfigError(f"--out: {out} exists; choose a new directory")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_model(model, str(tmp / WEIGHTS))
+        if tokenizer is not None:  # a run file started from this config finds the tokenizer
+            cfg.text.tokenizer = str(out.resolve() / "tokenizer")
+        config_lib.save(cfg, tmp / "config.json")
+        for name, text in architecture_files(model).items():
+            (tmp / name).write_text(text)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp / "tokenizer"))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    tmp.rename(out)
+    return out

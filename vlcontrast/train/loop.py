@@ -44,7 +44,7 @@ from vlcontrast.train.data_setup import (
 )
 from vlcontrast.train.grad_cache import grad_cached_step
 from vlcontrast.train.metrics_log import MetricsLogger
-from vlcontrast.train.model_setup import resolve_model_settings, sync_batch_norm
+from vlcontrast.train.model_setup import init_weights, resolve_model_settings, sync_batch_norm
 from vlcontrast.train.optim import build_optimizer, build_scheduler
 from vlcontrast.train.precision import Precision
 from vlcontrast.train.resume import resolve_resume, resume, save_checkpoint
@@ -70,7 +70,9 @@ def train(cfg: Config) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg.text) if has_text(cfg) else None
     follow_tokenizer(cfg.text, tokenizer)
     check_evaluators(cfg, tokenizer)  # a mistake stops the run now, not after the last step
-    model = sync_batch_norm(build_model(cfg), cfg, accelerator)
+    model = build_model(cfg)
+    init_weights(model, cfg)
+    model = sync_batch_norm(model, cfg, accelerator)
     check_vocab(model, tokenizer)
     objective = build_objective(cfg.objective)
     dataset, loader = build_train_data(cfg, tokenizer)

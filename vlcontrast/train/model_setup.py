@@ -48,3 +48,45 @@ def sync_batch_norm(model: nn.Module, cfg: Config, accelerator) -> nn.Module:
     if accelerator.device.type != "cuda":
         raise ConfigError("model.sync_bn: torch's SyncBatchNorm runs on CUDA devices only")
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def init_weights(model: nn.Module, cfg: Config) -> None:
+    """``model.init_from``: load a checkpoint's or a Hugging Face CLIP's weights, every tensor
+    with its shape checked, before training (a resume then overrides them)."""
+    from pathlib import Path
+
+    from vlcontrast.models.load import is_checkpoint, load_weights
+
+    source = cfg.model.init_from
+    if not source:
+        return
+    from vlcontrast.models.hf_clip import is_hf_clip
+
+    path = Path(source)
+    if is_checkpoint(path) and not is_hf_clip(path):
+        try:
+            load_weights(path, model)
+        except RuntimeError as err:
+            raise ConfigError(f"model.init_from: {err}") from None
+        return
+    if is_hf_clip(path):
+        from transformers import CLIPConfig
+
+        from vlcontrast.models.hf_clip import check_shapes, hf_to_ours, read_hf_state, text_prefix
+
+        depth = CLIPConfig.from_pretrained(path).vision_config.num_hidden_layers
+        wanted = model.state_dict()
+        state = hf_to_ours(read_hf_state(path), depth, text_prefix(wanted))
+        try:
+            check_shapes(state, wanted, f"model.init_from: {path}")
+        except ValueError as err:
+            raise ConfigError(
+                f"{err}; start the run file from the config that 'vlcontrast import "
+                f"hf {path} --out CKPT' writes"
+            ) from None
+        model.load_state_dict(state)
+        return
+    raise ConfigError(
+        f"model.init_from: {path} is neither a vlcontrast checkpoint nor a Hugging "
+        f"Face model directory"
+    )

@@ -1,0 +1,192 @@
+"""Released CLIP weights in and out (Hugging Face ``CLIPModel`` layout), offline: a randomly
+initialised ``CLIPModel`` saved locally imports with the same embeddings and logits as
+``transformers`` computes, and an exported vlcontrast model reloads in ``transformers`` with the
+same embeddings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vlcontrast import config as config_lib
+from vlcontrast.models import build_model
+from vlcontrast.models.hf_clip import export_hf, import_hf
+
+MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+
+
+def tiny_clip_config(act: str = "quick_gelu"):
+    from transformers import CLIPConfig
+
+    text = dict(
+        vocab_size=99,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=16,
+        bos_token_id=97,
+        eos_token_id=98,
+        pad_token_id=0,
+        hidden_act=act,
+    )
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=80,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+        hidden_act=act,
+    )
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+
+
+def inputs(seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    ids = torch.randint(1, 97, (3, 9), generator=gen)
+    mask = torch.ones_like(ids)
+    for row, length in enumerate((9, 6, 4)):  # eos at the end of each text, then padding
+        ids[row, length - 1] = 98
+        ids[row, length:] = 0
+        mask[row, length:] = 0
+    return images, ids, mask
+
+
+def hf_outputs(hf_model, images, ids, mask):
+    pixels = (images.float() / 255 - MEAN) / STD
+    with torch.no_grad():
+        out = hf_model(input_ids=ids, attention_mask=mask, pixel_values=pixels)
+    return F.normalize(out.image_embeds, dim=-1), F.normalize(out.text_embeds, dim=-1), out
+
+
+@pytest.mark.parametrize("act", ["quick_gelu", "gelu"])
+def test_an_imported_hf_clip_gives_the_embeddings_and_logits_transformers_computes(tmp_path, act):
+    from transformers import CLIPModel
+
+    torch.manual_seed(0)
+    hf_model = CLIPModel(tiny_clip_config(act)).eval()
+    with torch.no_grad():
+        hf_model.logit_scale.fill_(2.7)
+    hf_model.save_pretrained(tmp_path / "hf")
+    model, _, cfg = import_hf(tmp_path / "hf")
+    images, ids, mask = inputs()
+    want_img, want_txt, out = hf_outputs(hf_model, images, ids, mask)
+    with torch.no_grad():
+        ours = model(images=images, input_ids=ids, attention_mask=mask)
+    torch.testing.assert_close(ours["img_emb"], want_img, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours["txt_emb"], want_txt, rtol=1e-5, atol=1e-5)
+    logits = ours["logit_scale"] * ours["img_emb"] @ ours["txt_emb"].T
+    torch.testing.assert_close(logits, out.logits_per_image, rtol=1e-5, atol=1e-5)
+    assert cfg.image.model.endswith("quickgelu_224") == (act == "quick_gelu")
+
+
+def test_an_exported_model_reloads_in_transformers_with_the_same_embeddings(tmp_path):
+    from transformers import CLIPModel
+
+    overrides = [
+        "image.model=vit_base_patch16_clip_quickgelu_224",
+        "image.image_size=32",
+        "image.model_kwargs={patch_size: 8, embed_dim: 32, depth: 2, num_heads: 4, mlp_ratio: 2.5}",
+        "text.config={model_type: clip_text_model, vocab_size: 99, hidden_size: 32, "
+        "intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4, "
+        "max_position_embeddings: 16, bos_token_id: 97, eos_token_id: 98, pad_token_id: 0}",
+        "text.context_length=16",
+        "model.embed_dim=16",
+    ]
+    cfg = config_lib.resolve(config_lib.load(None, overrides))
+    torch.manual_seed(1)
+    model = build_model(cfg).eval()
+    export_hf(model, None, cfg, tmp_path / "out")
+    hf_model = CLIPModel.from_pretrained(tmp_path / "out").eval()
+    images, ids, mask = inputs(1)
+    want_img, want_txt, out = hf_outputs(hf_model, images, ids, mask)
+    with torch.no_grad():
+        ours = model(images=images, input_ids=ids, attention_mask=mask)
+    torch.testing.assert_close(want_img, ours["img_emb"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(want_txt, ours["txt_emb"], rtol=1e-5, atol=1e-5)
+    assert (tmp_path / "out" / "preprocessor_config.json").is_file()
+    # and back: the round trip is exact
+    again, _, _ = import_hf(tmp_path / "out")
+    for name, value in model.state_dict().items():
+        assert torch.equal(again.state_dict()[name], value), name
+
+
+def test_a_model_that_is_not_clip_shaped_is_refused_with_the_alternative(tmp_path, corpus):
+    from tests.conftest import tiny_overrides
+
+    cfg = config_lib.resolve(config_lib.load(None, tiny_overrides(corpus, tmp_path)))
+    with pytest.raises(ValueError, match="not CLIP-shaped.*--to safetensors"):
+        export_hf(build_model(cfg), None, cfg, tmp_path / "out")
+
+
+def test_import_then_fine_tune_and_export_through_the_cli(tmp_path, corpus, capsys):
+    from safetensors.torch import load_file
+    from transformers import CLIPModel
+
+    from vlcontrast import cli
+    from vlcontrast.config import TextTowerConfig
+    from vlcontrast.models.load import load_model
+    from vlcontrast.models.text_tower import load_tokenizer
+    from vlcontrast.train import checkpoint
+
+    tokenizer = load_tokenizer(TextTowerConfig(tokenizer=corpus["tokenizer"]))
+    hf_cfg = tiny_clip_config()
+    hf_cfg.text_config.vocab_size = len(tokenizer)
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if getattr(tokenizer, name) is not None:  # this word-level tokenizer has no eos
+            setattr(hf_cfg.text_config, name, getattr(tokenizer, name))
+    torch.manual_seed(0)
+    CLIPModel(hf_cfg).save_pretrained(tmp_path / "hf")
+    tokenizer.save_pretrained(tmp_path / "hf")
+
+    ckpt = tmp_path / "imported"
+    assert cli.main(["import", "hf", str(tmp_path / "hf"), "--out", str(ckpt)]) == 0
+    model, tok, cfg = load_model(ckpt)
+    reference, _, _ = import_hf(tmp_path / "hf")
+    for name, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+
+    run = tmp_path / "run"
+    args = [
+        "train",
+        str(ckpt / "config.json"),
+        f"model.init_from={ckpt}",
+        f"data.train_shards={corpus['train_shards']}",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "data.shuffle_buffer=16",
+        "text.context_length=16",
+        "optim.lr=1e-12",
+        "optim.warmup_steps=1",
+        "train.steps=1",
+        "train.save_every=1",
+        "train.progress=false",
+        "train.tensorboard=false",
+        f"train.output_dir={run}",
+    ]
+    assert cli.main(args) == 0
+    tuned = load_file(checkpoint.latest(run / "checkpoints") / "model.safetensors")
+    for name, value in reference.state_dict().items():  # one step at lr 1e-12: the import
+        torch.testing.assert_close(tuned[name], value, rtol=0, atol=1e-6, msg=name)
+    hf_start = [
+        *args[:2],
+        f"model.init_from={tmp_path / 'hf'}",
+        *args[3:-1],
+        f"train.output_dir={tmp_path / 'run2'}",
+    ]
+    assert cli.main(hf_start) == 0  # straight from the Hugging Face directory
+
+    out = tmp_path / "exported"
+    assert cli.main(["export", str(ckpt), "--to", "hf", str(out)]) == 0
+    assert CLIPModel.from_pretrained(out).config.projection_dim == 16
+    assert (out / "tokenizer.json").is_file() or (out / "vocab.json").is_file()
+    flat = tmp_path / "weights.safetensors"
+    assert cli.main(["export", str(ckpt), "--to", "safetensors", str(flat)]) == 0
+    assert set(load_file(flat)) == set(model.state_dict())
+    bad = [*args[:2], f"model.init_from={tmp_path}", *args[3:-1], f"train.output_dir={tmp_path}/x"]
+    assert cli.main(bad) == 2
+    assert "model.init_from" in capsys.readouterr().err

@@ -1,0 +1,69 @@
+"""``vlcontrast import hf DIR --out CKPT`` and ``vlcontrast export CKPT --to hf|safetensors OUT``:
+released CLIP weights in, our checkpoints out (a thin layer over ``models.hf_clip``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_commands(sub) -> None:
+    imp = sub.add_parser(
+        "import",
+        help="a released CLIP (Hugging Face CLIPModel directory) as a vlcontrast checkpoint",
+        description="Read a CLIPModel save_pretrained directory (config.json, model.safetensors "
+        "or pytorch_model.bin, tokenizer and preprocessor files) and write a vlcontrast "
+        "checkpoint directory that eval, search and training (train.resume or as the start of "
+        "fine-tuning) read. The vision tower becomes timm's CLIP ViT, the text tower "
+        "transformers' CLIPTextModel.",
+    )
+    imp.add_argument("format", choices=["hf"], help="hf: a transformers CLIPModel directory")
+    imp.add_argument("source", help="the directory (download it first: nothing is fetched)")
+    imp.add_argument("--out", required=True, help="new checkpoint directory")
+    exp = sub.add_parser(
+        "export",
+        help="a vlcontrast checkpoint as a transformers CLIPModel directory or plain safetensors",
+        description="--to hf writes a directory that transformers.CLIPModel.from_pretrained and "
+        "CLIPProcessor load (CLIP-shaped towers: a timm CLIP ViT and a clip_text_model text "
+        "tower); --to safetensors writes the plain state dict.",
+    )
+    exp.add_argument("checkpoint", help="checkpoint directory (step_*)")
+    exp.add_argument("--to", required=True, choices=["hf", "safetensors"])
+    exp.add_argument("out", help="output directory (hf) or file (safetensors)")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from vlcontrast.models.hf_clip import import_hf
+    from vlcontrast.models.load import save_model_dir
+
+    try:
+        model, tokenizer, cfg = import_hf(args.source)
+        out = save_model_dir(model, tokenizer, cfg, args.out)
+    except (ValueError, OSError) as err:
+        print(f"vlcontrast import: {err}", file=sys.stderr)
+        return 2
+    print(f"imported {args.source} -> {out}")
+    print(f"  evaluate: vlcontrast eval zeroshot --checkpoint {out} --data DATA")
+    print(f"  fine-tune: vlcontrast train RUN.yaml model.init_from={out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from safetensors.torch import save_model
+
+    from vlcontrast.models.hf_clip import export_hf
+    from vlcontrast.models.load import load_model
+
+    try:
+        model, tokenizer, cfg = load_model(Path(args.checkpoint))
+        if args.to == "hf":
+            export_hf(model, tokenizer, cfg, args.out)
+        else:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            save_model(model, args.out)
+    except (ValueError, OSError) as err:
+        print(f"vlcontrast export: {err}", file=sys.stderr)
+        return 2
+    print(f"exported {args.checkpoint} -> {args.out} ({args.to})")
+    return 0

@@ -1,0 +1,299 @@
+"""Released CLIP weights in and out: a Hugging Face ``CLIPModel`` directory <-> vlcontrast.
+
+The vision tower becomes timm's CLIP-layout ViT (``vit_base_patch16_clip_quickgelu_224`` when
+the release uses QuickGELU, as OpenAI's do, else ``vit_base_patch16_clip_224``, resized to the
+release's patch, width, depth, heads and MLP ratio): class token, pre-norm, fused qkv. The text
+tower is ``transformers``' own ``CLIPTextModel``, so its weights carry over under their names;
+both projections and ``logit_scale`` too. The mapping is an explicit table with a shape check on
+every tensor (torchtitan's state-dict adapters, nanoGPT's ``from_pretrained``), used in both
+directions: ``import_hf`` builds a vlcontrast checkpoint, ``export_hf`` a directory that
+``transformers.CLIPModel.from_pretrained`` loads without vlcontrast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from vlcontrast import config as config_lib
+from vlcontrast.config import Config
+from vlcontrast.schema import ConfigError
+
+TIMM_CLIP_VIT = {
+    "quick_gelu": "vit_base_patch16_clip_quickgelu_224",
+    "gelu": "vit_base_patch16_clip_224",
+}
+
+
+def config_from_hf(hf_config) -> Config:
+    """Our config for a ``transformers.CLIPConfig``: towers of the same shape, eos pooling."""
+    v, t = hf_config.vision_config, hf_config.text_config
+    if v.hidden_act not in TIMM_CLIP_VIT:
+        raise ConfigError(
+            f"model.init_from: vision hidden_act {v.hidden_act!r} has no timm CLIP ViT"
+        )
+    if abs(v.layer_norm_eps - 1e-5) > 1e-12:
+        raise ConfigError(
+            f"model.init_from: vision layer_norm_eps {v.layer_norm_eps} (timm's CLIP ViT: 1e-5)"
+        )
+    text = {
+        "model_type": "clip_text_model",
+        **{
+            k: getattr(t, k)
+            for k in (
+                "vocab_size",
+                "hidden_size",
+                "intermediate_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "max_position_embeddings",
+                "hidden_act",
+                "layer_norm_eps",
+                "bos_token_id",
+                "eos_token_id",
+                "pad_token_id",
+            )
+        },
+    }
+    values = {
+        "image": {
+            "model": TIMM_CLIP_VIT[v.hidden_act],
+            "image_size": v.image_size,
+            "model_kwargs": {
+                "patch_size": v.patch_size,
+                "embed_dim": v.hidden_size,
+                "depth": v.num_hidden_layers,
+                "num_heads": v.num_attention_heads,
+                "mlp_ratio": v.intermediate_size / v.hidden_size,
+            },
+        },
+        "text": {"config": text, "pooling": "eos", "context_length": t.max_position_embeddings},
+        "model": {"embed_dim": hf_config.projection_dim, "proj_layers": 1, "logit_bias": False},
+    }
+    return config_lib.apply(Config(), values)
+
+
+def _vision_pairs(depth: int) -> list[tuple[str, str]]:
+    """(ours, Hugging Face's) names of the vision tensors that map one to one."""
+    pairs = [
+        ("image.trunk.patch_embed.proj.weight", "vision_model.embeddings.patch_embedding.weight"),
+        ("image.trunk.norm_pre.weight", "vision_model.pre_layrnorm.weight"),
+        ("image.trunk.norm_pre.bias", "vision_model.pre_layrnorm.bias"),
+        ("image.trunk.norm.weight", "vision_model.post_layernorm.weight"),
+        ("image.trunk.norm.bias", "vision_model.post_layernorm.bias"),
+        ("image.proj.weight", "visual_projection.weight"),
+    ]
+    for i in range(depth):
+        ours, hf = f"image.trunk.blocks.{i}.", f"vision_model.encoder.layers.{i}."
+        for a, b in (
+            ("norm1", "layer_norm1"),
+            ("norm2", "layer_norm2"),
+            ("attn.proj", "self_attn.out_proj"),
+            ("mlp.fc1", "mlp.fc1"),
+            ("mlp.fc2", "mlp.fc2"),
+        ):
+            pairs += [
+                (f"{ours}{a}.weight", f"{hf}{b}.weight"),
+                (f"{ours}{a}.bias", f"{hf}{b}.bias"),
+            ]
+    return pairs
+
+
+def text_prefix(ours: dict[str, torch.Tensor]) -> str:
+    """Where ``CLIPModel``'s ``text_model.`` tensors sit in our state dict: the encoder is the
+    ``transformers`` text model itself, whose own names gained or lost the ``text_model.``
+    level between versions."""
+    nested = any(k.startswith("text.encoder.text_model.") for k in ours)
+    return "text.encoder.text_model." if nested else "text.encoder."
+
+
+def hf_to_ours(
+    hf: dict[str, torch.Tensor], depth: int, prefix: str = "text.encoder."
+) -> dict[str, torch.Tensor]:
+    """A ``CLIPModel`` state dict -> ours (vision re-laid for timm, text under ``prefix``)."""
+    out = {ours: hf[name] for ours, name in _vision_pairs(depth)}
+    out["image.trunk.cls_token"] = hf["vision_model.embeddings.class_embedding"].reshape(1, 1, -1)
+    out["image.trunk.pos_embed"] = hf["vision_model.embeddings.position_embedding.weight"][None]
+    for i in range(depth):
+        attn = f"vision_model.encoder.layers.{i}.self_attn."
+        for kind in ("weight", "bias"):
+            qkv = [hf[f"{attn}{p}_proj.{kind}"] for p in "qkv"]
+            out[f"image.trunk.blocks.{i}.attn.qkv.{kind}"] = torch.cat(qkv)  # (3D, D) / (3D,)
+    for name, value in hf.items():
+        if name.startswith("text_model.") and not name.endswith("position_ids"):
+            out[prefix + name.removeprefix("text_model.")] = value
+    out["text.proj.weight"] = hf["text_projection.weight"]
+    out["logit_scale"] = hf["logit_scale"].reshape(())
+    return out
+
+
+def ours_to_hf(ours: dict[str, torch.Tensor], depth: int) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`hf_to_ours`."""
+    out = {name: ours[mine] for mine, name in _vision_pairs(depth)}
+    out["vision_model.embeddings.class_embedding"] = ours["image.trunk.cls_token"].reshape(-1)
+    out["vision_model.embeddings.position_embedding.weight"] = ours["image.trunk.pos_embed"][0]
+    for i in range(depth):
+        attn = f"vision_model.encoder.layers.{i}.self_attn."
+        for kind in ("weight", "bias"):
+            q, k, v = ours[f"image.trunk.blocks.{i}.attn.qkv.{kind}"].chunk(3)
+            out.update(
+                {f"{attn}q_proj.{kind}": q, f"{attn}k_proj.{kind}": k, f"{attn}v_proj.{kind}": v}
+            )
+    prefix = text_prefix(ours)
+    for name, value in ours.items():
+        if name.startswith(prefix):
+            out["text_model." + name.removeprefix(prefix)] = value
+    out["text_projection.weight"] = ours["text.proj.weight"]
+    out["logit_scale"] = ours["logit_scale"].reshape(())
+    return out
+
+
+def check_shapes(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], what: str) -> None:
+    """Every tensor of ``want`` present in ``got`` with its shape; nothing extra."""
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    if missing or extra:
+        raise ValueError(f"{what}: missing {missing[:5]}, unexpected {extra[:5]}")
+    for name, tensor in want.items():
+        if tuple(got[name].shape) != tuple(tensor.shape):
+            raise ValueError(
+                f"{what}: {name} has shape {tuple(got[name].shape)}, expected {tuple(tensor.shape)}"
+            )
+
+
+def is_hf_clip(path: str | Path) -> bool:
+    """A ``CLIPModel.save_pretrained`` directory (its config.json names a model type; ours
+    holds run sections)."""
+    try:
+        values = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(values, dict) and "vision_config" in values and "text_config" in values
+
+
+def read_hf_state(path: Path) -> dict[str, torch.Tensor]:
+    files = sorted(path.glob("*.safetensors"))
+    if files:
+        state: dict[str, torch.Tensor] = {}
+        for file in files:
+            state.update(load_file(str(file)))
+        return state
+    bins = sorted(path.glob("pytorch_model*.bin"))
+    if not bins:
+        raise ConfigError(f"model.init_from: {path} has no model.safetensors or pytorch_model.bin")
+    state = {}
+    for file in bins:
+        state.update(torch.load(file, map_location="cpu", weights_only=True))
+    return state
+
+
+def import_hf(path: str | Path):
+    """(model, tokenizer or None, config) from a ``CLIPModel.save_pretrained`` directory."""
+    from transformers import AutoTokenizer, CLIPConfig
+
+    from vlcontrast.models.build import build_model
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"model.init_from: {path} is not a Hugging Face model directory")
+    hf_config = CLIPConfig.from_pretrained(path)
+    cfg = config_from_hf(hf_config)
+    processor = path / "preprocessor_config.json"
+    if processor.is_file():
+        values = json.loads(processor.read_text())
+        cfg.image.mean = list(values.get("image_mean", cfg.image.mean))
+        cfg.image.std = list(values.get("image_std", cfg.image.std))
+    tokenizer = None
+    if any((path / f).is_file() for f in ("tokenizer.json", "vocab.json")):
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        cfg.text.tokenizer = str(path)
+    model = build_model(config_lib.resolve(cfg))
+    depth = hf_config.vision_config.num_hidden_layers
+    state = hf_to_ours(read_hf_state(path), depth, text_prefix(model.state_dict()))
+    check_shapes(state, model.state_dict(), f"{path}")
+    model.load_state_dict(state)
+    return model.eval(), tokenizer, cfg
+
+
+def clip_shaped(cfg: Config) -> bool:
+    return (
+        cfg.model.kind == "dual"
+        and cfg.image.model in TIMM_CLIP_VIT.values()
+        and (cfg.text.config or {}).get("model_type") == "clip_text_model"
+        and cfg.model.proj_layers == 1
+        and not cfg.model.logit_bias
+    )
+
+
+def hf_config_of(model, cfg: Config):
+    """The ``transformers.CLIPConfig`` of a CLIP-shaped vlcontrast model."""
+    from transformers import CLIPConfig
+
+    trunk = model.image.trunk
+    text = {
+        k: v
+        for k, v in model.text.encoder.config.to_dict().items()
+        if k
+        in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "max_position_embeddings",
+            "hidden_act",
+            "layer_norm_eps",
+            "bos_token_id",
+            "eos_token_id",
+            "pad_token_id",
+        )
+    }
+    width = trunk.embed_dim
+    vision = {
+        "hidden_size": width,
+        "intermediate_size": trunk.blocks[0].mlp.fc1.out_features,
+        "num_hidden_layers": len(trunk.blocks),
+        "num_attention_heads": trunk.blocks[0].attn.num_heads,
+        "image_size": cfg.image.image_size,
+        "patch_size": trunk.patch_embed.patch_size[0],
+        "hidden_act": "quick_gelu" if "quickgelu" in cfg.image.model else "gelu",
+        "layer_norm_eps": 1e-5,
+    }
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=model.embed_dim)
+
+
+def export_hf(model, tokenizer, cfg: Config, out: str | Path) -> Path:
+    """Write ``out`` so that ``transformers.CLIPModel.from_pretrained(out)`` (and
+    ``CLIPProcessor``) give this model; refuses models that are not CLIP-shaped."""
+    from transformers import CLIPImageProcessor, CLIPModel
+
+    if not clip_shaped(cfg):
+        raise ValueError(
+            "export --to hf: the towers are not CLIP-shaped (a timm CLIP ViT and a "
+            "clip_text_model text tower, a linear projection, no logit bias); use --to "
+            "safetensors for the plain state dict"
+        )
+    out = Path(out)
+    hf_config = hf_config_of(model, cfg)
+    hf_model = CLIPModel(hf_config)
+    state = ours_to_hf(
+        {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        hf_config.vision_config.num_hidden_layers,
+    )
+    wanted = {k: v for k, v in hf_model.state_dict().items() if not k.endswith("position_ids")}
+    check_shapes(state, wanted, "export")
+    hf_model.load_state_dict(state, strict=False)
+    hf_model.save_pretrained(out)
+    size = cfg.image.image_size
+    CLIPImageProcessor(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_mean=list(model.image.mean),
+        image_std=list(model.image.std),
+    ).save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out
