@@ -163,6 +163,19 @@ class ModelConfig:
 
 
 @dataclass
+class LockConfig:
+    """Locked towers (LiT; vlcontrast/train/locking.py): frozen weights out of the optimizer and
+    DDP, locked parts in eval mode."""
+
+    image: bool = False  # LiT: a pretrained image tower, locked, and a text tower trained to it
+    image_unlocked: int = field(default=0, metadata=NON_NEGATIVE)  # last N blocks still train
+    text: bool = False
+    text_unlocked: int = field(default=0, metadata=NON_NEGATIVE)
+    norms_trainable: bool = False  # layer/batch-norm gains and biases of locked parts train
+    freeze_bn_stats: bool = False  # image tower: batch-norm running statistics stay fixed
+
+
+@dataclass
 class ViewsConfig:
     """The two augmented views of each image that the image-only objectives compare
     (vlcontrast/data/augment.py; SLIP adds them to CLIP's plain crop). ``preset`` fills
@@ -320,6 +333,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     views: ViewsConfig = field(default_factory=ViewsConfig)
+    lock: LockConfig = field(default_factory=LockConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -43,6 +43,7 @@ from vlcontrast.train.data_setup import (
     set_streams,
 )
 from vlcontrast.train.grad_cache import grad_cached_step
+from vlcontrast.train.locking import apply_locks
 from vlcontrast.train.metrics_log import MetricsLogger
 from vlcontrast.train.model_setup import init_weights, resolve_model_settings, sync_batch_norm
 from vlcontrast.train.optim import build_optimizer, build_scheduler
@@ -72,6 +73,7 @@ def train(cfg: Config) -> dict[str, Any]:
     check_evaluators(cfg, tokenizer)  # a mistake stops the run now, not after the last step
     model = build_model(cfg)
     init_weights(model, cfg)
+    apply_locks(model, cfg.lock)
     model = sync_batch_norm(model, cfg, accelerator)
     check_vocab(model, tokenizer)
     objective = build_objective(cfg.objective)
