@@ -106,6 +106,11 @@ class ImageTowerConfig:
     pretrained: bool = False  # timm weights by name (downloads them); False: random init
     image_size: int = field(default=224, metadata=POSITIVE)  # CLIP B/32 and B/16 resolution
     model_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model
+    # Weights from a local file (a timm/torch state dict, .safetensors or .pth) instead of the hub
+    checkpoint_path: str = ""
+    # FLIP (Li et al. 2023): drop this fraction of patch tokens in training (ViTs); 0.5 trains
+    # about 2x faster per sample at a small accuracy cost, evaluation sees every patch
+    patch_dropout: float = field(default=0.0, metadata=between(0.0, 1.0, high_open=True))
     # Normalisation; empty: a pretrained tower's own (timm's pretrained_cfg), else OpenAI CLIP's
     # mean/std (Radford et al. 2021), the statistics CLIP-style training uses from scratch.
     mean: list[float] = field(default_factory=list)
@@ -239,6 +244,12 @@ class TrainConfig:
     # Gradient caching: split each batch into this many micro-batches for the forward/backward
     # passes (activation memory of one micro-batch); the loss still sees the whole batch.
     grad_cache_steps: int = field(default=1, metadata=POSITIVE)
+    # Recompute activations in the backward pass of both towers: memory for time
+    grad_checkpointing: bool = False
+    # torch.compile the model (off: compile time is minutes, and not every model compiles)
+    compile: bool = False
+    # NHWC memory layout for CNN image towers (faster convolutions on GPUs with tensor cores)
+    channels_last: bool = False
     resume: str = ""  # "" (fresh), "latest" (newest in output_dir) or a checkpoint directory
     # A fresh run in a directory that holds another run moves that run aside instead of refusing
     overwrite: bool = False

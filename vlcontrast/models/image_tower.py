@@ -9,6 +9,7 @@ takes it (ViT-like, fixed position embeddings); CNNs reject it and accept any re
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 
 import timm
 import torch
@@ -39,13 +40,27 @@ def create_trunk(cfg: ImageTowerConfig) -> nn.Module:
     """timm model with its classifier removed; ``img_size`` goes only where it is accepted."""
     check_model_name(cfg.model)
     kwargs = {"img_size": cfg.image_size, **cfg.model_kwargs}
+    if cfg.patch_dropout:
+        kwargs["patch_drop_rate"] = cfg.patch_dropout
+    if cfg.checkpoint_path:
+        if not Path(cfg.checkpoint_path).is_file():
+            raise ConfigError(f"image.checkpoint_path: no file {cfg.checkpoint_path}")
+        kwargs["checkpoint_path"] = cfg.checkpoint_path
+    common = {"pretrained": cfg.pretrained and not cfg.checkpoint_path, "num_classes": 0}
     try:
-        return timm.create_model(cfg.model, pretrained=cfg.pretrained, num_classes=0, **kwargs)
+        try:
+            return timm.create_model(cfg.model, **common, **kwargs)
+        except TypeError as err:
+            if "img_size" not in str(err) or "img_size" in cfg.model_kwargs:
+                raise
+        kwargs.pop("img_size")
+        return timm.create_model(cfg.model, **common, **kwargs)
     except TypeError as err:
-        if "img_size" not in str(err) or "img_size" in cfg.model_kwargs:
-            raise
-    kwargs.pop("img_size")
-    return timm.create_model(cfg.model, pretrained=cfg.pretrained, num_classes=0, **kwargs)
+        if "patch_drop_rate" in str(err):
+            raise ConfigError(
+                f"image.patch_dropout: {cfg.model!r} has no patch dropout (a timm ViT does)"
+            ) from None
+        raise
 
 
 class ImageTower(nn.Module):
@@ -61,6 +76,7 @@ class ImageTower(nn.Module):
     ):
         super().__init__()
         self.trunk = create_trunk(cfg)
+        self.channels_last = False
         self.num_features = self.trunk.num_features
         self.proj = mlp(self.num_features, embed_dim, proj_layers, proj_hidden, proj_bn)
         # A pretrained trunk keeps the statistics it was trained with; from scratch: CLIP's.
@@ -73,6 +89,8 @@ class ImageTower(nn.Module):
         pipeline's) are normalised here, on the device; float images must be normalised."""
         if images.dtype == torch.uint8:
             images = normalize_uint8(images, self.mean, self.std)
+        if self.channels_last:  # train.channels_last
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.trunk(images)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,6 @@ from vlcontrast.data.vocab import unknown_warning
 from vlcontrast.distributed import print0
 from vlcontrast.eval import report
 from vlcontrast.eval.runner import check_evaluators, run_evaluators, scalar_metrics
-from vlcontrast.models import build_model
 from vlcontrast.models.build import has_text
 from vlcontrast.models.text_tower import follow_tokenizer, load_tokenizer
 from vlcontrast.objectives import build_objective
@@ -43,9 +42,8 @@ from vlcontrast.train.data_setup import (
     set_streams,
 )
 from vlcontrast.train.grad_cache import grad_cached_step
-from vlcontrast.train.locking import apply_locks
 from vlcontrast.train.metrics_log import MetricsLogger
-from vlcontrast.train.model_setup import init_weights, resolve_model_settings, sync_batch_norm
+from vlcontrast.train.model_setup import build_training_model, resolve_model_settings
 from vlcontrast.train.optim import build_optimizer, build_scheduler
 from vlcontrast.train.precision import Precision
 from vlcontrast.train.resume import resolve_resume, resume, save_checkpoint
@@ -71,10 +69,7 @@ def train(cfg: Config) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg.text) if has_text(cfg) else None
     follow_tokenizer(cfg.text, tokenizer)
     check_evaluators(cfg, tokenizer)  # a mistake stops the run now, not after the last step
-    model = build_model(cfg)
-    init_weights(model, cfg)
-    apply_locks(model, cfg.lock)
-    model = sync_batch_norm(model, cfg, accelerator)
+    model = build_training_model(cfg, accelerator)
     check_vocab(model, tokenizer)
     objective = build_objective(cfg.objective)
     dataset, loader = build_train_data(cfg, tokenizer)

@@ -1,6 +1,6 @@
 """Model-side setup of a training run: the model keys the objective decides, the check that
-the model has the towers the objective feeds, and synchronised (DDP) or split (one process)
-batch norm."""
+the model has the towers the objective feeds, initial weights (``model.init_from``), locking,
+the efficiency switches, and synchronised (DDP) or split (one process) batch norm."""
 
 from __future__ import annotations
 
@@ -90,3 +90,44 @@ def init_weights(model: nn.Module, cfg: Config) -> None:
         f"model.init_from: {path} is neither a vlcontrast checkpoint nor a Hugging "
         f"Face model directory"
     )
+
+
+def efficiency_switches(model: nn.Module, cfg: Config) -> nn.Module:
+    """``train.grad_checkpointing`` (both towers), ``train.channels_last`` (the image tower's
+    weights and inputs in NHWC) and ``train.compile`` (``nn.Module.compile`` in place, so the
+    weights keep their names in checkpoints). Patch dropout is built into the tower
+    (``image.patch_dropout``)."""
+    import torch
+
+    t = cfg.train
+    if t.grad_checkpointing:
+        trunk = model.image.trunk
+        if not hasattr(trunk, "set_grad_checkpointing"):
+            raise ConfigError(f"train.grad_checkpointing: timm {cfg.image.model!r} cannot")
+        trunk.set_grad_checkpointing(True)
+        text = getattr(model, "text", None)
+        if text is not None:
+            if not getattr(text.encoder, "supports_gradient_checkpointing", False):
+                raise ConfigError("train.grad_checkpointing: the text encoder does not support it")
+            text.encoder.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+    if t.channels_last:
+        model.image.to(memory_format=torch.channels_last)
+        model.image.channels_last = True
+    if t.compile:
+        model.compile()
+    return model
+
+
+def build_training_model(cfg: Config, accelerator) -> nn.Module:
+    """The model to train: built, started from ``model.init_from``, locked (``lock.*``), with
+    the efficiency switches and the batch-norm mode applied."""
+    from vlcontrast.models.build import build_model
+    from vlcontrast.train.locking import apply_locks
+
+    model = build_model(cfg)
+    init_weights(model, cfg)
+    apply_locks(model, cfg.lock)
+    efficiency_switches(model, cfg)
+    return sync_batch_norm(model, cfg, accelerator)
