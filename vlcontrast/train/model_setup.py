@@ -109,9 +109,11 @@ def efficiency_switches(model: nn.Module, cfg: Config) -> nn.Module:
         if text is not None:
             if not getattr(text.encoder, "supports_gradient_checkpointing", False):
                 raise ConfigError("train.grad_checkpointing: the text encoder does not support it")
-            text.encoder.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            kwargs = {"use_reentrant": False}
+            if hasattr(text.encoder, "activation_checkpointing_enable"):  # transformers >= 5
+                text.encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                text.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if t.channels_last:
         model.image.to(memory_format=torch.channels_last)
         model.image.channels_last = True
