@@ -11,6 +11,12 @@ peaks are matmul FLOP/s measured in the same run for PyTorch's default fp32 path
 MKL on x86), oneDNN fp32 (``mkldnn_linear`` on mkldnn tensors) and bf16 (``F.linear`` on bf16
 tensors), each with the best of a few square sizes.
 
+``--switches`` measures the efficiency switches instead, each in a fresh process against the
+same config with every switch off, in the same run: samples/s and the peak memory the training
+steps add (RSS on CPU, ``torch.cuda.max_memory_allocated`` on a GPU), with their ratios.
+``grad_checkpointing``, ``patch_dropout`` (0.5) and ``compile`` run on ``small`` (ViT);
+``channels_last`` on ``tiny`` (a ResNet, which it is for).
+
 Configs: ``tiny`` is the demo (64 px timm ``test_resnet`` + 2-layer BERT, batch 128); ``small`` is a
 ViT-S/32-class image tower at 224 px with a 6-layer, 384-wide BERT, batch 32.
 """
@@ -93,12 +99,26 @@ def make_batch(cfg: Config, vocab: int) -> dict:
     }
 
 
-def bench_config(name: str, precision: str, seconds: float) -> dict[str, float]:
+SWITCHES = {
+    "grad_checkpointing": ("small", {"train": {"grad_checkpointing": True}}),
+    "patch_dropout": ("small", {"image": {"patch_dropout": 0.5}}),
+    "compile": ("small", {"train": {"compile": True}}),
+    "channels_last": ("tiny", {"train": {"channels_last": True}}),
+}
+
+
+def bench_config(
+    name: str, precision: str, seconds: float, switch: dict | None = None
+) -> dict[str, float]:
+    from vlcontrast.train.model_setup import efficiency_switches
+
     cfg = config_lib.apply(Config(), CONFIGS[name])
+    if switch:
+        config_lib.apply(cfg, switch)
     cfg.train.precision = precision
     accelerator = make_accelerator()
     amp = Precision(precision, accelerator.device)
-    model = build_model(cfg)
+    model = efficiency_switches(build_model(cfg), cfg)
     objective = build_objective(cfg.objective)
     optimizer = build_optimizer(model, cfg.optim)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -108,7 +128,18 @@ def bench_config(name: str, precision: str, seconds: float) -> dict[str, float]:
     def step():
         train_step(accelerator, amp, model, objective, optimizer, batch, cfg, state)
 
-    step()  # warm-up, allocator and oneDNN primitive caches
+    step()  # warm-up, allocator and oneDNN primitive caches (and compilation)
+    if switch is not None:  # memory and speed only
+        import measure
+
+        cuda = accelerator.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        measure.reset_peak()
+        base = torch.cuda.memory_allocated() if cuda else measure.rss_bytes()
+        seconds_per_step = timed(step, seconds)
+        peak = torch.cuda.max_memory_allocated() if cuda else measure.peak_bytes()
+        return {"samples_per_s": cfg.data.batch_size / seconds_per_step, "added_bytes": peak - base}
     with FlopCounterMode(display=False) as counter:
         step()
     seconds_per_step = timed(step, seconds)
@@ -119,12 +150,55 @@ def bench_config(name: str, precision: str, seconds: float) -> dict[str, float]:
     }
 
 
+def run_switches(seconds: float, precision: str, names: list[str]) -> None:
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from measure import GIB, run_isolated
+
+    print(f"efficiency switches, {precision} precision, each against all-off in a fresh process")
+    print(
+        f"{'switch':<19} {'config':<6} {'off samples/s':>13} {'on':>8} {'speed':>7} "
+        f"{'off GiB':>8} {'on GiB':>8} {'memory':>7}"
+    )
+    for name in names:
+        config, switch = SWITCHES[name]
+        common = ["--seconds", str(seconds), "--precisions", precision, "--configs", config]
+        off = run_isolated(__file__, [*common, "--one", "{}"])
+        on = run_isolated(__file__, [*common, "--one", json.dumps(switch)])
+        print(
+            f"{name:<19} {config:<6} {off['samples_per_s']:13.1f} {on['samples_per_s']:8.1f} "
+            f"{on['samples_per_s'] / off['samples_per_s']:6.2f}x "
+            f"{off['added_bytes'] / GIB:8.3f} {on['added_bytes'] / GIB:8.3f} "
+            f"{on['added_bytes'] / max(off['added_bytes'], 1):6.2f}x",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", default="tiny,small")
     parser.add_argument("--precisions", default="no,bf16")
     parser.add_argument("--seconds", type=float, default=15.0, help="timing budget per case")
+    parser.add_argument(
+        "--switches",
+        nargs="*",
+        default=None,
+        help="switches to measure (none named: all of " + ", ".join(SWITCHES) + ")",
+    )
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one is not None:
+        import json
+
+        switch = json.loads(args.one)
+        print(json.dumps(bench_config(args.configs, args.precisions, args.seconds, switch)))
+        return
+    if args.switches is not None:
+        run_switches(args.seconds, args.precisions.split(",")[0], args.switches or list(SWITCHES))
+        return
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"cpu capability {torch.backends.cpu.get_cpu_capability()}"

@@ -190,3 +190,55 @@ def test_import_then_fine_tune_and_export_through_the_cli(tmp_path, corpus, caps
     bad = [*args[:2], f"model.init_from={tmp_path}", *args[3:-1], f"train.output_dir={tmp_path}/x"]
     assert cli.main(bad) == 2
     assert "model.init_from" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("quick_gelu", [True, False])
+def test_a_random_openclip_checkpoint_imports_with_openclips_embeddings(tmp_path, quick_gelu):
+    open_clip = pytest.importorskip("open_clip")
+    import json
+
+    from safetensors.torch import save_file
+
+    from vlcontrast.models.openclip import import_openclip
+
+    model_cfg = {
+        "embed_dim": 16,
+        "quick_gelu": quick_gelu,
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 2,
+            "width": 32,
+            "patch_size": 8,
+            "head_width": 8,
+        },
+        "text_cfg": {"context_length": 16, "vocab_size": 99, "width": 32, "heads": 4, "layers": 2},
+    }
+    torch.manual_seed(0)
+    reference = open_clip.CLIP(**model_cfg).eval()
+    save_file(
+        {k: v.contiguous() for k, v in reference.state_dict().items()},
+        str(tmp_path / "open_clip_model.safetensors"),
+    )
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
+    model, _, _ = import_openclip(
+        tmp_path / "open_clip_model.safetensors", tmp_path / "open_clip_config.json"
+    )
+    images, ids, mask = inputs(2)
+    pad = torch.zeros(ids.shape[0], 16 - ids.shape[1], dtype=ids.dtype)
+    ids, mask = torch.cat([ids, pad], 1), torch.cat([mask, pad], 1)  # OpenCLIP: full context
+    pixels = (images.float() / 255 - MEAN) / STD
+    with torch.no_grad():
+        want_img = reference.encode_image(pixels, normalize=True)
+        want_txt = reference.encode_text(ids, normalize=True)  # eos (98) is the highest id
+        ours = model(images=images, input_ids=ids, attention_mask=mask)
+    torch.testing.assert_close(ours["img_emb"], want_img, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours["txt_emb"], want_txt, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours["logit_scale"], reference.logit_scale.exp())
+
+
+def test_the_openclip_import_command_needs_its_config(tmp_path, capsys):
+    from vlcontrast import cli
+
+    args = ["import", "openclip", str(tmp_path / "x.bin"), "--out", str(tmp_path / "o")]
+    assert cli.main(args) == 2
+    assert "--config: an OpenCLIP import needs the model config JSON" in capsys.readouterr().err

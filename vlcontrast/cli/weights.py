@@ -1,5 +1,6 @@
-"""``vlcontrast import hf DIR --out CKPT`` and ``vlcontrast export CKPT --to hf|safetensors OUT``:
-released CLIP weights in, our checkpoints out (a thin layer over ``models.hf_clip``)."""
+"""``vlcontrast import hf DIR --out CKPT`` (or ``import openclip FILE --config JSON``) and
+``vlcontrast export CKPT --to hf|safetensors OUT``: released CLIP weights in, our checkpoints out
+(a thin layer over ``models.hf_clip`` and ``models.openclip``)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,25 @@ def add_commands(sub) -> None:
         "fine-tuning) read. The vision tower becomes timm's CLIP ViT, the text tower "
         "transformers' CLIPTextModel.",
     )
-    imp.add_argument("format", choices=["hf"], help="hf: a transformers CLIPModel directory")
-    imp.add_argument("source", help="the directory (download it first: nothing is fetched)")
+    imp.add_argument(
+        "format",
+        choices=["hf", "openclip"],
+        help="hf: a transformers CLIPModel directory; openclip: an OpenCLIP "
+        "checkpoint file (.bin/.pt/.safetensors) with --config",
+    )
+    imp.add_argument("source", help="the directory or file (download it first: nothing is fetched)")
     imp.add_argument("--out", required=True, help="new checkpoint directory")
+    imp.add_argument(
+        "--config",
+        default="",
+        help="openclip: open_clip_config.json or the model config JSON (ViT-B-32.json)",
+    )
+    imp.add_argument(
+        "--tokenizer",
+        default="",
+        help="openclip: a tokenizer directory (e.g. "
+        "a CLIPTokenizer saved with save_pretrained); hf: the directory's own",
+    )
     exp = sub.add_parser(
         "export",
         help="a vlcontrast checkpoint as a transformers CLIPModel directory or plain safetensors",
@@ -38,7 +55,14 @@ def cmd_import(args: argparse.Namespace) -> int:
     from vlcontrast.models.load import save_model_dir
 
     try:
-        model, tokenizer, cfg = import_hf(args.source)
+        if args.format == "openclip":
+            from vlcontrast.models.openclip import import_openclip
+
+            if not args.config:
+                raise ValueError("--config: an OpenCLIP import needs the model config JSON")
+            model, tokenizer, cfg = import_openclip(args.source, args.config, args.tokenizer)
+        else:
+            model, tokenizer, cfg = import_hf(args.source)
         out = save_model_dir(model, tokenizer, cfg, args.out)
     except (ValueError, OSError) as err:
         print(f"vlcontrast import: {err}", file=sys.stderr)
