@@ -41,6 +41,10 @@ def test_a_fully_locked_image_tower_is_frozen_and_stays_in_eval_mode(corpus, tmp
     )
     model.train()
     assert not model.image.training and model.text.training
+    cfg = cfg_for(corpus, tmp_path, "lock.image=true", "lock.projections_trainable=true")
+    model = build_model(cfg)
+    apply_locks(model, cfg.lock)
+    assert {n for n in trainable(model) if n.startswith("image.")} == {"image.proj.weight"}
 
 
 def test_all_but_the_last_blocks_and_trainable_norms(corpus, tmp_path):

@@ -177,6 +177,9 @@ class LockConfig:
     text: bool = False
     text_unlocked: int = field(default=0, metadata=NON_NEGATIVE)
     norms_trainable: bool = False  # layer/batch-norm gains and biases of locked parts train
+    # the locked towers' projections still train: for a pretrained trunk with a new, random
+    # projection (LiT from a timm ViT); off for a locked pretrained CLIP tower
+    projections_trainable: bool = False
     freeze_bn_stats: bool = False  # image tower: batch-norm running statistics stay fixed
 
 

@@ -5,9 +5,11 @@
 with them). Locked parameters get ``requires_grad=False``, so the optimizer never sees them and
 DDP leaves them out of its buckets: no "unused parameters" error (OpenCLIP issue 283) and no
 need for ``find_unused_parameters``. ``lock.norms_trainable`` keeps the locked part's
-normalisation gains and biases trainable. A fully locked tower stays in eval mode when the loop
-calls ``train()`` (no dropout, batch-norm statistics frozen); in a partly locked one the locked
-blocks do, and ``lock.freeze_bn_stats`` freezes every batch-norm statistic of the image tower.
+normalisation gains and biases trainable, ``lock.projections_trainable`` the projections (a
+pretrained timm trunk comes with a random one). A fully locked tower stays in eval mode when
+the loop calls ``train()`` (no dropout, batch-norm statistics frozen); in a partly locked one
+the locked blocks do, and ``lock.freeze_bn_stats`` freezes every batch-norm statistic of the
+image tower.
 """
 
 from __future__ import annotations
@@ -41,8 +43,12 @@ def _stay_eval(module: nn.Module) -> None:
     module.train = lambda mode=True: nn.Module.train(module, False)  # type: ignore[method-assign]
 
 
-def lock_tower(tower: nn.Module, unlocked: int, norms_trainable: bool, what: str) -> None:
+def lock_tower(
+    tower: nn.Module, unlocked: int, norms_trainable: bool, what: str, proj_trainable: bool = False
+) -> None:
     tower.requires_grad_(False)
+    if proj_trainable:
+        tower.proj.requires_grad_(True)
     if unlocked <= 0:
         if norms_trainable:
             for module in tower.modules():
@@ -87,7 +93,13 @@ def _after(tower: nn.Module, blocks: nn.ModuleList) -> list[nn.Module]:
 def apply_locks(model: nn.Module, lock) -> None:
     """Lock what ``lock`` (``config.LockConfig``) says; a no-op by default."""
     if lock.image:
-        lock_tower(model.image, lock.image_unlocked, lock.norms_trainable, "image")
+        lock_tower(
+            model.image,
+            lock.image_unlocked,
+            lock.norms_trainable,
+            "image",
+            lock.projections_trainable,
+        )
     if lock.freeze_bn_stats:
         for module in model.image.modules():
             if isinstance(module, _BatchNorm):
@@ -95,4 +107,6 @@ def apply_locks(model: nn.Module, lock) -> None:
     if lock.text:
         if getattr(model, "text", None) is None:
             raise ConfigError("lock.text: this model has no text tower")
-        lock_tower(model.text, lock.text_unlocked, lock.norms_trainable, "text")
+        lock_tower(
+            model.text, lock.text_unlocked, lock.norms_trainable, "text", lock.projections_trainable
+        )
