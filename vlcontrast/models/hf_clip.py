@@ -27,6 +27,21 @@ TIMM_CLIP_VIT = {
     "gelu": "vit_base_patch16_clip_224",
 }
 
+# The CLIPTextConfig fields that fix the text tower's shape and tokens, both directions
+TEXT_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "max_position_embeddings",
+    "hidden_act",
+    "layer_norm_eps",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+)
+
 
 def config_from_hf(hf_config) -> Config:
     """Our config for a ``transformers.CLIPConfig``: towers of the same shape, eos pooling."""
@@ -41,22 +56,7 @@ def config_from_hf(hf_config) -> Config:
         )
     text = {
         "model_type": "clip_text_model",
-        **{
-            k: getattr(t, k)
-            for k in (
-                "vocab_size",
-                "hidden_size",
-                "intermediate_size",
-                "num_hidden_layers",
-                "num_attention_heads",
-                "max_position_embeddings",
-                "hidden_act",
-                "layer_norm_eps",
-                "bos_token_id",
-                "eos_token_id",
-                "pad_token_id",
-            )
-        },
+        **{k: getattr(t, k) for k in TEXT_KEYS},
     }
     values = {
         "image": {
@@ -233,24 +233,7 @@ def hf_config_of(model, cfg: Config):
     from transformers import CLIPConfig
 
     trunk = model.image.trunk
-    text = {
-        k: v
-        for k, v in model.text.encoder.config.to_dict().items()
-        if k
-        in (
-            "vocab_size",
-            "hidden_size",
-            "intermediate_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "max_position_embeddings",
-            "hidden_act",
-            "layer_norm_eps",
-            "bos_token_id",
-            "eos_token_id",
-            "pad_token_id",
-        )
-    }
+    text = {k: v for k, v in model.text.encoder.config.to_dict().items() if k in TEXT_KEYS}
     width = trunk.embed_dim
     vision = {
         "hidden_size": width,
