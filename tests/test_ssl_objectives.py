@@ -353,3 +353,17 @@ def test_split_batch_norm_normalises_each_slice_apart_and_averages_the_statistic
     groups[0].running_var.copy_(split.running_var)
     torch.testing.assert_close(split(x), groups[0](x))  # eval: ordinary batch norm
     assert set(split.state_dict()) == set(plain.state_dict())  # checkpoints load either way
+
+
+def test_a_knn_monitor_runs_during_image_only_training(corpus, tmp_path):
+    heldout = corpus["heldout_shards"]
+    monitor = f"[{{kind: knn, data: '{heldout}', train_data: '{heldout}', k: 5}}]"
+    args = [
+        *image_run(corpus, tmp_path, "simclr", steps=4),
+        "eval.every=2",
+        f"eval.evaluators={monitor}",
+        "eval.num_workers=0",
+    ]
+    assert cli.main(args) == 0
+    rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "eval/knn/top1" in r]
+    assert [r["step"] for r in rows] == [2, 4] and all(0 <= r["eval/knn/top1"] <= 1 for r in rows)
