@@ -146,5 +146,6 @@ def worker(rank: int, world: int, init_file: str, out_path: str) -> None:
             results[case] = {"loss": loss / world, "grads": grads, "ranks_agree": same}
         if rank == 0:
             torch.save(results, out_path)
+        dist.barrier()  # no rank tears gloo down while another still talks
     finally:
         dist.destroy_process_group()

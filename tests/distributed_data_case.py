@@ -18,6 +18,7 @@ def process_group(rank: int, world: int, init_file: str):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         yield
+        dist.barrier()  # no rank tears gloo down while another still talks
     finally:
         dist.destroy_process_group()
 

@@ -41,5 +41,6 @@ def worker(rank: int, world: int, init_file: str, cfg_path: str, weights: str, o
         results["ranks_agree"] = all(g == results["zeroshot"] for g in gathered)
         if rank == 0:
             torch.save(results, out)
+        dist.barrier()  # no rank tears gloo down while another still talks
     finally:
         dist.destroy_process_group()

@@ -47,5 +47,6 @@ def worker(rank: int, world: int, init_file: str, cfg_path: str, out: str) -> No
         after = {k: v.clone() for k, v in model.state_dict().items()}
         if rank == 0:
             torch.save({"before": before, "after": after, "modes": modes}, out)
+        dist.barrier()  # no rank tears gloo down while another still talks
     finally:
         dist.destroy_process_group()

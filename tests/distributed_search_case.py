@@ -23,5 +23,6 @@ def worker(rank: int, world: int, init_file: str, out: str, pattern: str, checkp
         dist.all_gather_object(embedded, summary["embedded_now"])
         if rank == 0:
             torch.save({"summary": summary, "embedded": embedded}, f"{out}/ranks.pt")
+        dist.barrier()  # no rank tears gloo down while another still talks
     finally:
         dist.destroy_process_group()

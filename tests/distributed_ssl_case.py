@@ -96,5 +96,6 @@ def worker(rank: int, world: int, init_file: str, out_path: str) -> None:
             results[name] = {"loss": loss / world, "grads": grads}
         if rank == 0:
             torch.save({"world": world, **results}, out_path)
+        dist.barrier()  # no rank tears gloo down while another still talks
     finally:
         dist.destroy_process_group()

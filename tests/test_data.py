@@ -6,10 +6,9 @@ import tarfile
 from collections import Counter
 
 import pytest
-import torch.multiprocessing as mp
 
 from tests import distributed_data_case as case
-from tests.conftest import run_file, tiny_overrides
+from tests.conftest import run_file, spawn_gloo, tiny_overrides
 from tests.data_helpers import batches, dataset, good, jpeg, one_epoch, run, saved
 from vlcontrast import cli
 from vlcontrast.config import TextTowerConfig
@@ -101,7 +100,7 @@ def test_resampled_mode_is_deterministic_by_seed_and_weighted(tmp_path, tokenize
 def test_coverage_is_exact_across_two_ranks_and_two_workers(shards, corpus, tmp_path, monkeypatch):
     monkeypatch.setenv("VLC_TEST_TOKENIZER", corpus["tokenizer"])
     out = tmp_path / "keys.json"
-    mp.spawn(case.worker, args=(2, str(tmp_path / "init"), shards, str(out)), nprocs=2)
+    spawn_gloo(case.worker, 2, tmp_path, shards, str(out))
     per_rank = json.loads(out.read_text())
     everything = [k for keys in per_rank for k in keys]
     assert sorted(everything) == [f"k{i:04d}" for i in range(64)]
@@ -235,5 +234,5 @@ def test_img2dataset_output_trains_without_conversion(corpus, tmp_path, capsys):
 
 def test_the_failure_stop_is_decided_on_all_ranks_counts(tmp_path):
     out = tmp_path / "outcomes.json"
-    mp.spawn(case.bad_data_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2)
+    spawn_gloo(case.bad_data_worker, 2, tmp_path, str(out))
     assert json.loads(out.read_text()) == [["ok", "stop"], ["ok", "stop"]]

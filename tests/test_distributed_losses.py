@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from tests import distributed_cases as cases
+from tests.conftest import spawn_gloo
 from tests.references import (
     textbook_clip_loss,
     textbook_nt_xent,
@@ -50,7 +50,7 @@ def distributed_results(request, tmp_path_factory):
     world = request.param
     tmp = tmp_path_factory.mktemp(f"world{world}")
     out = tmp / "results.pt"
-    mp.spawn(cases.worker, args=(world, str(tmp / "init"), str(out)), nprocs=world, join=True)
+    spawn_gloo(cases.worker, world, tmp, str(out))
     return world, torch.load(out)
 
 

@@ -5,10 +5,9 @@ import json
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from tests import distributed_eval_case as case
-from tests.conftest import tiny_overrides
+from tests.conftest import spawn_gloo, tiny_overrides
 from vlcontrast import config as config_lib
 from vlcontrast.eval.runner import run_evaluators
 from vlcontrast.models import build_model
@@ -50,8 +49,7 @@ def test_two_ranks_give_the_single_process_numbers(corpus, tmp_path):
     want = case.scalars_and_embeddings(run_evaluators(model, tokenizer, cfg))
 
     out = tmp_path / "results.pt"
-    args = (2, str(tmp_path / "init"), str(cfg_path), str(weights), str(out))
-    mp.spawn(case.worker, args=args, nprocs=2, join=True)
+    spawn_gloo(case.worker, 2, tmp_path, str(cfg_path), str(weights), str(out))
     got = torch.load(out)
 
     assert got["ranks_agree"], "ranks ended with different metrics"

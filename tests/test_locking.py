@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from tests import distributed_lock_case as case
-from tests.conftest import tiny_overrides
+from tests.conftest import spawn_gloo, tiny_overrides
 from vlcontrast import config as config_lib
 from vlcontrast.models import build_model
 from vlcontrast.schema import ConfigError
@@ -81,9 +80,7 @@ def test_locked_weights_stay_bit_identical_under_two_process_ddp(corpus, tmp_pat
     cfg_path = tmp_path / "cfg.json"
     config_lib.save(cfg, cfg_path)
     out = tmp_path / "out.pt"
-    mp.spawn(
-        case.worker, args=(2, str(tmp_path / "init"), str(cfg_path), str(out)), nprocs=2, join=True
-    )
+    spawn_gloo(case.worker, 2, tmp_path, str(cfg_path), str(out))
     got = torch.load(out)
     for name, before in got["before"].items():
         same = torch.equal(before, got["after"][name])

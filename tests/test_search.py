@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import run_file, tiny_overrides
+from tests.conftest import run_file, spawn_gloo, tiny_overrides
 from vlcontrast import cli
 from vlcontrast.data.shard_writer import write_shards
 from vlcontrast.data.synthetic import samples
@@ -354,14 +354,12 @@ def test_an_image_folder_is_indexed_and_served_from_its_files(tmp_path, trained,
 
 def test_two_ranks_build_the_single_process_index(tmp_path, trained, planted):
     import torch
-    import torch.multiprocessing as mp
 
     from tests import distributed_search_case as case
 
     build(tmp_path, trained, planted["pattern"], "single")
     out = tmp_path / "ranks"
-    args = (2, str(tmp_path / "init"), str(out), planted["pattern"], str(trained))
-    mp.spawn(case.worker, args=args, nprocs=2, join=True)
+    spawn_gloo(case.worker, 2, tmp_path, str(out), planted["pattern"], str(trained))
     got = torch.load(out / "ranks.pt")
     assert got["embedded"] == [24, 24]  # two shards each
     assert got["summary"]["rows"] == 48

@@ -10,12 +10,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from tests import distributed_ssl_case as case
-from tests.conftest import crash_after, run_file, tiny_overrides
+from tests.conftest import crash_after, run_file, spawn_gloo, tiny_overrides
 from tests.references import (
     textbook_barlow_twins,
     textbook_byol,
@@ -142,7 +141,7 @@ def distributed_results(request, tmp_path_factory):
     world = request.param
     tmp = tmp_path_factory.mktemp(f"ssl{world}")
     out = tmp / "results.pt"
-    mp.spawn(case.worker, args=(world, str(tmp / "init"), str(out)), nprocs=world, join=True)
+    spawn_gloo(case.worker, world, tmp, str(out))
     return torch.load(out)
 
 
