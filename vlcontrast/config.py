@@ -23,6 +23,7 @@ import yaml
 from vlcontrast.data.augment import PRESETS as VIEW_PRESETS
 from vlcontrast.data.augment import ViewConfig
 from vlcontrast.data.image import IMAGE_EXTENSIONS, MAX_PIXELS
+from vlcontrast.eval_config import EvalConfig, EvaluatorConfig
 from vlcontrast.objectives.barlow import BarlowTwinsConfig
 from vlcontrast.objectives.byol import BYOLConfig
 from vlcontrast.objectives.clip import CLIPConfig
@@ -43,19 +44,10 @@ from vlcontrast.schema import (
     set_value,
 )
 
-__all__ = ["Config", "ConfigError"]
+__all__ = ["Config", "ConfigError", "EvalConfig", "EvaluatorConfig"]
 
 
 _choices = choices
-
-ALL_EVAL = ("zeroshot", "retrieval", "linear_probe", "knn")
-LABELLED = ("zeroshot", "linear_probe", "knn")
-FITTED = ("linear_probe", "knn")
-
-
-def _doc(text: str, kinds: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Field metadata: help text and the evaluator kinds that use the field (CLI flags)."""
-    return {"help": text, "kinds": kinds}
 
 
 @dataclass
@@ -258,85 +250,6 @@ class TrainConfig:
     overwrite: bool = False
     progress: bool = True  # a progress bar on the terminal
     tensorboard: bool = True  # scalars in {output_dir}/tensorboard as well as metrics.jsonl
-
-
-@dataclass
-class EvaluatorConfig:
-    """One entry of ``eval.evaluators``: what to evaluate, on which data (see vlcontrast.eval).
-
-    Each field's metadata says which kinds use it and its help text; ``vlcontrast eval KIND``
-    generates its flags from them, so the CLI's defaults are these defaults."""
-
-    kind: str = field(
-        default="zeroshot", metadata=_choices("zeroshot", "retrieval", "linear_probe", "knn")
-    )
-    name: str = field(default="", metadata=_doc("prefix of the logged metrics; default: kind"))
-    data: str = field(default="", metadata=_doc("the evaluation set", ALL_EVAL))
-    train_data: str = field(
-        default="", metadata=_doc("the labelled set the classifier is fitted on", FITTED)
-    )
-    format: str = field(
-        default="auto",
-        metadata={**_choices("auto", "wds", "imagefolder", "hf"), **_doc("data format", ALL_EVAL)},
-    )
-    split: str = field(default="test", metadata=_doc("HF datasets: split of --data", ALL_EVAL))
-    train_split: str = field(
-        default="train", metadata=_doc("HF datasets: split of --train-data", FITTED)
-    )
-    image_field: str = field(
-        default="", metadata=_doc("shards: extensions (jpg;png); HF: column (image)", ALL_EVAL)
-    )
-    label_field: str = field(
-        default="", metadata=_doc("shards: cls or json.KEY; HF: column (label)", LABELLED)
-    )
-    caption_field: str = field(
-        default="",
-        metadata=_doc(
-            "shards: txt or json.KEY; HF: column (caption); a list = several", ("retrieval",)
-        ),
-    )
-    classes: str = field(
-        default="",
-        metadata=_doc("class names: JSON or one per line (default: the data's own)", LABELLED),
-    )
-    templates: list[str] = field(
-        default_factory=list,
-        metadata=_doc(
-            "prompt templates: openai_imagenet, generic, a file, or templates with {} (default: "
-            "the classes file's, else generic)",
-            ("zeroshot",),
-        ),
-    )
-    max_samples: int = field(
-        default=0, metadata={**NON_NEGATIVE, **_doc("only the first N samples (0 = all)", ALL_EVAL)}
-    )
-    k: int = field(
-        default=200, metadata={**POSITIVE, **_doc("neighbours (Wu et al. 2018)", ("knn",))}
-    )
-    temperature: float = field(default=0.1, metadata=_doc("similarity temperature", ("knn",)))
-    val_fraction: float = field(
-        default=0.2,
-        metadata={
-            **between(0.0, 0.9),
-            **_doc("held out from the train data to pick the L2 penalty", ("linear_probe",)),
-        },
-    )
-    weight_decays: list[float] = field(
-        default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
-        metadata=_doc("L2 penalties swept", ("linear_probe",)),
-    )
-
-
-@dataclass
-class EvalConfig:
-    # Evaluators run every `every` steps and at the end of training, e.g.
-    #   evaluators: [{kind: zeroshot, data: "heldout/{00000..00001}.tar"}]
-    evaluators: list[EvaluatorConfig] = field(default_factory=list)
-    # steps between evaluations; 0 = only at the end
-    every: int = field(default=0, metadata=NON_NEGATIVE)
-    batch_size: int = field(default=256, metadata=POSITIVE)  # images per forward when embedding
-    # dataloader workers per rank while embedding
-    num_workers: int = field(default=0, metadata=NON_NEGATIVE)
 
 
 @dataclass
