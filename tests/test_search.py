@@ -413,3 +413,23 @@ def test_an_index_is_not_resumed_or_added_to_with_other_weights(tmp_path, traine
     assert len(SearchIndex(tmp_path / "index")) == 24  # nothing was added
     summary = build(tmp_path, ckpt, first, overwrite=True)
     assert summary["embedded_now"] == 24
+
+
+def test_index_add_rebuilds_a_saved_faiss_index_with_its_own_settings(tmp_path, trained, planted):
+    pytest.importorskip("faiss")
+    root = planted["dir"]
+    build(
+        tmp_path,
+        trained,
+        str(root / "{00000..00001}.tar"),
+        "ix",
+        faiss="hnsw",
+        faiss_params={"M": 8},
+    )
+    options = BuildOptions(**OPTIONS)
+    summary = build_index(
+        tmp_path / "ix", [SourceSpec(planted["pattern"])], None, options, add=True
+    )
+    assert summary["rows"] == 48
+    assert summary["faiss"]["kind"] == "hnsw" and summary["faiss"]["params"]["M"] == 8
+    assert open_backend(layout.IndexFiles.open(tmp_path / "ix")).name == "faiss"  # current again

@@ -105,8 +105,13 @@ def build_index(
     if distributed.is_main() and (options.faiss != "none" or _has_faiss(out_dir)):
         from vlcontrast.search.backends import build_faiss
 
-        kind = options.faiss if options.faiss != "none" else "auto"
-        summary["faiss"] = build_faiss(files, kind, options.faiss_params)
+        kind, params = options.faiss, options.faiss_params
+        if kind == "none":  # rows were added: rebuild the saved index with its own settings
+            import json
+
+            saved = json.loads((out_dir / "faiss.json").read_text())
+            kind, params = saved["kind"], {**saved["params"], **params}
+        summary["faiss"] = build_faiss(files, kind, params)
     _barrier()
     return summary
 
