@@ -100,8 +100,9 @@ class ImageTowerConfig:
     model_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model
     # Weights from a local file (a timm/torch state dict, .safetensors or .pth) instead of the hub
     checkpoint_path: str = ""
-    # FLIP (Li et al. 2023): drop this fraction of patch tokens in training (ViTs); 0.5 trains
-    # about 2x faster per sample at a small accuracy cost, evaluation sees every patch
+    # FLIP (Li et al. 2023): drop this fraction of patch tokens in training (ViTs; evaluation
+    # sees every patch). 0.5: 1.50x the samples/s and 0.64x the memory of a ViT-S/32 step on
+    # CPU (benchmarks/train_step.py --switches), at a small accuracy cost (FLIP, table 1)
     patch_dropout: float = field(default=0.0, metadata=between(0.0, 1.0, high_open=True))
     # Normalisation; empty: a pretrained tower's own (timm's pretrained_cfg), else OpenAI CLIP's
     # mean/std (Radford et al. 2021), the statistics CLIP-style training uses from scratch.
