@@ -242,6 +242,9 @@ class TrainConfig:
     grad_cache_steps: int = field(default=1, metadata=POSITIVE)
     # Recompute activations in the backward pass of both towers: memory for time
     grad_checkpointing: bool = False
+    # FSDP2 (torch's fully_shard, one unit per transformer block) instead of DDP, for towers that
+    # do not fit one device; checkpoints stay single files (vlcontrast/train/fsdp.py)
+    fsdp: bool = False
     # torch.compile the model (off: compile time is minutes, and not every model compiles)
     compile: bool = False
     # NHWC memory layout for CNN image towers (faster convolutions on GPUs with tensor cores)

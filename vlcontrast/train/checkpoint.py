@@ -153,10 +153,12 @@ def save(
     cfg: config_lib.Config,
     tokenizer: Any = None,
     keep: int = 2,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically; keep the newest ``keep``.
 
-    ``parts`` maps names to state dicts (already taken, so collectives ran on every rank)."""
+    ``parts`` maps names to state dicts (already taken, so collectives ran on every rank);
+    ``weights``, the gathered weights of a sharded (FSDP) model, replace ``model``'s own."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".tmp-*"):
@@ -167,7 +169,10 @@ def save(
     encoded = {name: encode(state, name, tensors) for name, state in parts.items()}
     try:
         tmp.mkdir()
-        save_model(model, str(tmp / WEIGHTS))
+        if weights is not None:
+            save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
+        else:
+            save_model(model, str(tmp / WEIGHTS))
         save_file(tensors, str(tmp / STATE_TENSORS))
         manifest = {"format": FORMAT, "step": step, "parts": encoded}
         (tmp / STATE_JSON).write_text(json.dumps(manifest) + "\n")
@@ -254,7 +259,12 @@ def _legacy_state(file: Path) -> dict[str, Any]:
 
 def restore(path: str | Path, model: nn.Module, parts: dict[str, Stateful]) -> int:
     """Load the model and every part that the checkpoint holds; returns the step."""
-    load_weights(path, model)
+    from vlcontrast.train import fsdp
+
+    if fsdp.is_sharded(model):
+        fsdp.load_full_model_state(model, Path(path) / WEIGHTS)
+    else:
+        load_weights(path, model)
     saved = load_state(path)
     for name, part in parts.items():
         if name in saved["parts"]:

@@ -32,7 +32,7 @@ from vlcontrast.eval.runner import check_evaluators, run_evaluators, scalar_metr
 from vlcontrast.models.build import has_text
 from vlcontrast.models.text_tower import follow_tokenizer, load_tokenizer
 from vlcontrast.objectives import build_objective
-from vlcontrast.train import checkpoint
+from vlcontrast.train import checkpoint, fsdp
 from vlcontrast.train import run_dir as run_dir_lib
 from vlcontrast.train.data_setup import (
     build_train_data,
@@ -76,13 +76,16 @@ def train(cfg: Config) -> dict[str, Any]:
     resolve_steps(cfg, dataset, cfg.data.batch_size * accelerator.num_processes)
     objective.setup(model, cfg, cfg.data.batch_size * accelerator.num_processes)
     objective.to(accelerator.device)
+    sharded = cfg.train.fsdp and accelerator.num_processes > 1
+    if sharded:
+        model = fsdp.shard(model, accelerator.device)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
     bad = BadData(cfg.data.max_bad_fraction, cfg.data.bad_min_samples)
     state = {"step": 0, "position": DataPosition(), "bad": bad}
     parts = {
         "objective": objective,
-        "optimizer": optimizer,
+        "optimizer": fsdp.ShardedOptimizer(model, optimizer) if sharded else optimizer,
         "scheduler": scheduler,
         "data": state["position"],
         "bad_data": bad,
@@ -97,7 +100,10 @@ def train(cfg: Config) -> dict[str, Any]:
     set_streams(cfg, state["position"])
     dataset.check(state["position"].streams)
     bare_model = model
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if sharded:  # FSDP2 already holds the model; DDP must not wrap it
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
 
     main, size = accelerator.is_main_process, 0
     if main:
@@ -273,7 +279,8 @@ def eval_due(cfg: Config, step: int) -> bool:
 def run_evals(accelerator, model, tokenizer, cfg: Config, step: int) -> dict[str, float]:
     """Every rank embeds its share of each evaluation set; the main process also writes the
     full results (per-class accuracies, confusion matrices) to ``eval/step_XXXXXXXX.json``."""
-    results = run_evaluators(accelerator.unwrap_model(model), tokenizer, cfg, accelerator.device)
+    with fsdp.unsharded(accelerator.unwrap_model(model)) as bare:
+        results = run_evaluators(bare, tokenizer, cfg, accelerator.device)
     if accelerator.is_main_process:
         report.write_json(results, Path(cfg.train.output_dir) / "eval" / f"step_{step:08d}.json")
     return scalar_metrics(results)

@@ -46,8 +46,13 @@ def resume(path: Path, model, parts: dict[str, Any], cfg: Config) -> int:
 
 def save_checkpoint(accelerator, root, model, parts: dict[str, Any], step, cfg, tokenizer) -> None:
     """Every rank takes its parts' state (the RNG part gathers all ranks); rank 0 writes."""
+    from vlcontrast.train import fsdp
+
     accelerator.wait_for_everyone()
     states = {name: part.state_dict() for name, part in parts.items()}
+    weights = fsdp.full_model_state(model) if fsdp.is_sharded(model) else None  # a collective
     if accelerator.is_main_process:
-        checkpoint.save(root, step, model, states, cfg, tokenizer, cfg.train.keep_checkpoints)
+        checkpoint.save(
+            root, step, model, states, cfg, tokenizer, cfg.train.keep_checkpoints, weights
+        )
     accelerator.wait_for_everyone()
