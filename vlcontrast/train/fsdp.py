@@ -21,8 +21,7 @@ import torch
 from torch import nn
 
 from vlcontrast import distributed
-
-BLOCK_LISTS = ("blocks", "layers", "layer")
+from vlcontrast.models.blocks import block_lists
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -38,12 +37,9 @@ def shard(model: nn.Module, device: torch.device) -> nn.Module:
 
     model.to(device)
     mesh = init_device_mesh(device.type, (distributed.world_size(),))
-    for name, module in list(model.named_modules()):
-        if name.rsplit(".", 1)[-1] in BLOCK_LISTS and isinstance(
-            module, nn.ModuleList | nn.Sequential
-        ):
-            for block in module:
-                fully_shard(block, mesh=mesh)
+    for blocks in list(block_lists(model)):
+        for block in blocks:
+            fully_shard(block, mesh=mesh)
     # fully_shard takes no 0-d parameters (logit_scale, logit_bias): they stay whole on every
     # rank, and their gradient is averaged over ranks as DDP would
     scalars = {p for p in model.parameters() if p.ndim == 0}

@@ -17,6 +17,7 @@ from __future__ import annotations
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from vlcontrast.models.blocks import block_lists
 from vlcontrast.schema import ConfigError
 
 NORMS = (nn.LayerNorm, nn.GroupNorm, _BatchNorm)
@@ -25,12 +26,8 @@ NORMS = (nn.LayerNorm, nn.GroupNorm, _BatchNorm)
 def _blocks(tower: nn.Module, what: str) -> nn.Module:
     """The tower's sequence of transformer blocks: timm's ``blocks`` (ViTs), transformers'
     ``layers`` (CLIP) or ``layer`` (BERT)."""
-    for name, module in tower.named_modules():
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf in ("blocks", "layers", "layer") and isinstance(
-            module, nn.ModuleList | nn.Sequential
-        ):
-            return module
+    for blocks in block_lists(tower):
+        return blocks
     raise ConfigError(
         f"lock.{what}_unlocked: the {what} tower has no transformer blocks to unlock (timm "
         f"'blocks', transformers 'layers'); lock the whole tower (lock.{what}_unlocked=0)"
