@@ -1,5 +1,7 @@
-"""FSDP2 through the real loop on 2 gloo processes: the losses equal DDP's, the checkpoint is
-the usual single file (loadable for eval), and a killed FSDP run resumes exactly."""
+"""FSDP2 through the real loop on 2 gloo processes: the losses equal DDP's, each rank writes its
+shards of the checkpoint (which eval loads in one process and `vlcontrast checkpoint
+consolidate` turns into single files), and a killed FSDP run resumes exactly, from its shards
+and from the consolidated files."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from safetensors.torch import load_file
 
 from tests import distributed_train_case as case
 from tests.conftest import tiny_overrides
+from vlcontrast.cli import main
 from vlcontrast.models.load import load_model
 from vlcontrast.train import checkpoint
 from vlcontrast.train.metrics_log import read_jsonl
@@ -74,16 +77,48 @@ def test_fsdp_trains_like_ddp_and_resumes_exactly(corpus, tmp_path):
     for step, loss in want.items():
         assert got[step] == pytest.approx(loss, rel=1e-5, abs=1e-6), step
     a = load_file(checkpoint.latest(ddp / "checkpoints") / "model.safetensors")
-    b = load_file(checkpoint.latest(sharded / "checkpoints") / "model.safetensors")
+    saved = checkpoint.latest(sharded / "checkpoints")
+    assert sorted(p.name for p in (saved / "sharded").iterdir()) == [
+        ".metadata",
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]  # one file per rank, and no rank wrote the whole model
+    assert not (saved / "model.safetensors").exists()
+    b = weights(saved)  # read in this process, without a process group
     assert set(a) == set(b)
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
-    load_model(checkpoint.latest(sharded / "checkpoints"))  # a single-file checkpoint
+    single = tmp_path / "single"
+    assert main(["checkpoint", "consolidate", str(saved), "--out", str(single)]) == 0
+    consolidated = load_file(single / "model.safetensors")
+    assert set(consolidated) == set(a) and all(torch.equal(consolidated[k], b[k]) for k in b)
 
     run(corpus, parted, "train.fsdp=true", crash=3)  # killed after the step-2 checkpoint
-    assert checkpoint.latest(parted / "checkpoints").name == "step_00000002"
+    step2 = checkpoint.latest(parted / "checkpoints")
+    assert step2.name == "step_00000002" and (step2 / "sharded").is_dir()
     run(corpus, parted, "train.fsdp=true", "train.resume=latest")
     assert losses(parted) == got  # bit-exact: weights, optimizer, data and RNG restored
-    c = load_file(checkpoint.latest(parted / "checkpoints") / "model.safetensors")
+    c = weights(checkpoint.latest(parted / "checkpoints"))
     for name in b:
         assert torch.equal(c[name], b[name]), name
+
+    # the consolidated step 2 resumes the same way, into full single-file checkpoints
+    joined = tmp_path / "joined"
+    assert main(["checkpoint", "consolidate", str(step2), "--out", str(joined)]) == 0
+    again = tmp_path / "again"
+    run(
+        corpus,
+        again,
+        "train.fsdp=true",
+        "train.sharded_checkpoints=false",
+        f"train.resume={joined}",
+    )
+    assert losses(again) == {3: got[3], 4: got[4]}
+    d = load_file(checkpoint.latest(again / "checkpoints") / "model.safetensors")
+    for name in b:
+        assert torch.equal(d[name], b[name]), name
+
+
+def weights(saved) -> dict[str, torch.Tensor]:
+    model, _, _ = load_model(saved)
+    return model.state_dict()

@@ -243,8 +243,13 @@ class TrainConfig:
     # Recompute activations in the backward pass of both towers: memory for time
     grad_checkpointing: bool = False
     # FSDP2 (torch's fully_shard, one unit per transformer block) instead of DDP, for towers that
-    # do not fit one device; checkpoints stay single files (vlcontrast/train/fsdp.py)
+    # do not fit one device (vlcontrast/train/fsdp.py)
     fsdp: bool = False
+    # Under train.fsdp, each rank writes its own shards with torch.distributed.checkpoint (no
+    # rank gathers the whole model; the layout reshards onto any world size, and
+    # 'vlcontrast checkpoint consolidate' makes single files of it); false gathers the full
+    # state on rank 0 into the usual single files
+    sharded_checkpoints: bool = True
     # torch.compile the model (off: compile time is minutes, and not every model compiles)
     compile: bool = False
     # NHWC memory layout for CNN image towers (faster convolutions on GPUs with tensor cores)

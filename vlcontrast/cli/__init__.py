@@ -11,10 +11,12 @@ vlcontrast index build --checkpoint DIR --data URLS --out INDEX   (also: add, de
 vlcontrast search INDEX "a red circle" [-k 10] [--image PATH] [--json]
 vlcontrast serve INDEX [--host 127.0.0.1] [--port 8000]
 vlcontrast import hf HF_CLIP_DIR --out CKPT;  vlcontrast export CKPT --to hf|safetensors OUT
+vlcontrast checkpoint consolidate CKPT [--out DIR]   (an FSDP run's shards -> single files)
 
 One module per command group (``run``: demo, train, config; ``evaluate``; ``data``;
-``tokenizer``; ``search``: index, search, serve; ``weights``: import, export); each adds its
-sub-parsers and its ``cmd_*`` functions, which import the library lazily so ``--help`` is fast.
+``tokenizer``; ``search``: index, search, serve; ``weights``: import, export, checkpoint); each
+adds its sub-parsers and its ``cmd_*`` functions, which import the library lazily so ``--help``
+is fast.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ COMMANDS = {
     "serve": search.cmd_serve,
     "import": weights.cmd_import,
     "export": weights.cmd_export,
+    "checkpoint": weights.cmd_checkpoint,
 }
 
 

@@ -1,6 +1,8 @@
 """``vlcontrast import hf DIR --out CKPT`` (or ``import openclip FILE --config JSON``) and
 ``vlcontrast export CKPT --to hf|safetensors OUT``: released CLIP weights in, our checkpoints out
-(a thin layer over ``models.hf_clip`` and ``models.openclip``)."""
+(a thin layer over ``models.hf_clip`` and ``models.openclip``); ``vlcontrast checkpoint
+consolidate CKPT`` turns an FSDP run's sharded checkpoint into single files
+(``train.consolidate``)."""
 
 from __future__ import annotations
 
@@ -48,6 +50,19 @@ def add_commands(sub) -> None:
     exp.add_argument("checkpoint", help="checkpoint directory (step_*)")
     exp.add_argument("--to", required=True, choices=["hf", "safetensors"])
     exp.add_argument("out", help="output directory (hf) or file (safetensors)")
+    ckpt = sub.add_parser(
+        "checkpoint",
+        help="consolidate an FSDP run's sharded checkpoint into single files",
+        description="consolidate: read the shards that every rank of a train.fsdp run wrote "
+        "(sharded/, torch.distributed.checkpoint) in one process and write the checkpoint "
+        "with model.safetensors and the full optimizer state in state.safetensors, the layout "
+        "of a DDP run, which any run resumes. Eval, search and export read sharded "
+        "checkpoints as they are; this is for sharing one file or resuming without FSDP. It "
+        "needs host memory for the whole model and optimizer state.",
+    )
+    ckpt.add_argument("action", choices=["consolidate"])
+    ckpt.add_argument("checkpoint", help="a sharded checkpoint directory (step_*)")
+    ckpt.add_argument("--out", default="", help="new directory (default: replace in place)")
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -90,4 +105,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"vlcontrast export: {err}", file=sys.stderr)
         return 2
     print(f"exported {args.checkpoint} -> {args.out} ({args.to})")
+    return 0
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    from vlcontrast.train.consolidate import consolidate
+
+    try:
+        out = consolidate(args.checkpoint, args.out or None)
+    except OSError as err:
+        print(f"vlcontrast checkpoint: {err}", file=sys.stderr)
+        return 2
+    print(f"consolidated {args.checkpoint} -> {out} (model.safetensors, state.safetensors)")
     return 0

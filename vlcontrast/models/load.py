@@ -2,8 +2,9 @@
 
 Lives with the models and imports nothing from ``train/`` or ``eval/``: evaluation, search and
 export rebuild a model from the checkpoint alone. A checkpoint directory holds ``config.json``
-(the resolved run config), ``model.safetensors`` (the weights, never a pickle) and, for models
-with a text tower, ``tokenizer/``; the training state beside them is the trainer's business
+(the resolved run config), ``model.safetensors`` (the weights, never a pickle; an FSDP run's
+checkpoint holds ``sharded/`` instead, read by ``sharded_weights.py``) and, for models with a
+text tower, ``tokenizer/``; the training state beside them is the trainer's business
 (``train/checkpoint.py``).
 """
 
@@ -20,6 +21,7 @@ from torch import nn
 
 from vlcontrast import config as config_lib
 from vlcontrast.config import Config
+from vlcontrast.models import sharded_weights
 from vlcontrast.models.build import build_model, has_text
 from vlcontrast.models.image_tower import HUB_PREFIXES
 from vlcontrast.models.text_tower import load_tokenizer
@@ -66,7 +68,11 @@ def self_contained(cfg: Config, path: Path, allow_download: bool) -> Config:
 
 
 def is_checkpoint(path: str | Path) -> bool:
-    return (Path(path) / WEIGHTS).is_file() and (Path(path) / "config.json").is_file()
+    """A directory with a config and weights: ``model.safetensors`` or the shards of an FSDP
+    run (``models/sharded_weights.py``)."""
+    path = Path(path)
+    weights = (path / WEIGHTS).is_file() or sharded_weights.is_sharded(path)
+    return weights and (path / "config.json").is_file()
 
 
 def read_config(path: str | Path) -> Config:
@@ -96,10 +102,14 @@ def load_weights(path: str | Path, model: nn.Module) -> None:
     """Load ``model.safetensors`` strictly, except for the text encoder's pooler, which
     checkpoints written before it was dropped (it never gets a gradient) still hold."""
     file = Path(path) / WEIGHTS
-    try:
-        missing, unexpected = load_safetensors(model, str(file), strict=False)
-    except (SafetensorError, OSError) as err:
-        raise ConfigError(f"this checkpoint is damaged: {file} ({err})") from None
+    if not file.is_file() and sharded_weights.is_sharded(path):
+        state = sharded_weights.read_tensors(path, sharded_weights.MODEL)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    else:
+        try:
+            missing, unexpected = load_safetensors(model, str(file), strict=False)
+        except (SafetensorError, OSError) as err:
+            raise ConfigError(f"this checkpoint is damaged: {file} ({err})") from None
     unexpected = [k for k in unexpected if not k.startswith("text.encoder.pooler.")]
     if missing or unexpected:
         raise RuntimeError(

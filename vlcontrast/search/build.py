@@ -36,6 +36,7 @@ from vlcontrast.data.image import MAX_PIXELS, decode_image
 from vlcontrast.data.skip import SkipSample
 from vlcontrast.data.sources import known_size
 from vlcontrast.embed import eval_transform
+from vlcontrast.models import sharded_weights
 from vlcontrast.models.load import WEIGHTS, load_model
 from vlcontrast.search import layout
 from vlcontrast.search.units import (
@@ -140,7 +141,7 @@ def plan(
             )
         if manifest.get("weights") != weights_stamp(checkpoint):
             raise ValueError(
-                f"{checkpoint}/{WEIGHTS} changed since {out_dir} was built: its embeddings are of "
+                f"{checkpoint}'s weights changed since {out_dir} was built: its embeddings are of "
                 f"other weights; pass --overwrite to build it again"
             )
         if not add and manifest["sources"] != [s.to_dict() for s in sources]:
@@ -173,16 +174,21 @@ def plan(
 
 
 def weights_stamp(checkpoint: Path) -> str:
-    """A fingerprint of the checkpoint's weights (size and a hash of their first and last MiB,
-    which hold the header and the last tensors): a retrained checkpoint under the same path is
-    told apart without hashing gigabytes, and a copied one is still recognised."""
-    path = checkpoint / WEIGHTS
-    size = path.stat().st_size
-    digest = hashlib.sha1(str(size).encode())
-    with open(path, "rb") as handle:
-        digest.update(handle.read(1 << 20))
-        handle.seek(max(0, size - (1 << 20)))
-        digest.update(handle.read(1 << 20))
+    """A fingerprint of the checkpoint's weights (size and a hash of the first and last MiB of
+    each weights file, which hold the header and the last tensors): a retrained checkpoint
+    under the same path is told apart without hashing gigabytes, and a copied one is still
+    recognised. A sharded (FSDP) checkpoint's files are its ranks' shards."""
+    files = [checkpoint / WEIGHTS]
+    if not files[0].is_file() and sharded_weights.is_sharded(checkpoint):
+        files = sorted((checkpoint / sharded_weights.SHARDS).glob("*.distcp"))
+    digest = hashlib.sha1()
+    for path in files:
+        size = path.stat().st_size
+        digest.update(str(size).encode())
+        with open(path, "rb") as handle:
+            digest.update(handle.read(1 << 20))
+            handle.seek(max(0, size - (1 << 20)))
+            digest.update(handle.read(1 << 20))
     return digest.hexdigest()
 
 

@@ -5,7 +5,9 @@ scheduler, data position, bad-data counts, RNG of every rank), as torchtitan's c
 does: adding a part is one entry, not a new key in a save function. Layout of
 ``{output_dir}/checkpoints/step_{step:08d}/``:
 
-* ``model.safetensors``: the model's weights (what inference loads, ``models/load.py``);
+* ``model.safetensors``: the model's weights (what inference loads, ``models/load.py``); under
+  FSDP, ``sharded/`` instead: every rank's shards of the weights and the optimizer's tensors
+  (``train/sharded_checkpoint.py``), written by all ranks into the staging directory;
 * ``state.safetensors``: every tensor of every other part, keyed ``part/path``;
 * ``state.json``: the step and every part's state with its tensors replaced by references
   (tuples, non-string keys and numpy arrays are tagged so they come back as they were);
@@ -154,24 +156,27 @@ def save(
     tokenizer: Any = None,
     keep: int = 2,
     weights: dict[str, torch.Tensor] | None = None,
+    staged: Path | None = None,
 ) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically; keep the newest ``keep``.
 
     ``parts`` maps names to state dicts (already taken, so collectives ran on every rank);
-    ``weights``, the gathered weights of a sharded (FSDP) model, replace ``model``'s own."""
+    ``weights``, the gathered weights of a sharded (FSDP) model, replace ``model``'s own;
+    ``staged`` is the :func:`staging_dir` into which every rank already wrote its shards of
+    the weights (``train/sharded_checkpoint.py``), which then replace ``model.safetensors``."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    if staged is None:
+        _remove_stale(root)
     final = root / f"step_{step:08d}"
-    tmp = root / f".tmp-step_{step:08d}-{os.getpid()}"
+    tmp = staged or root / f".tmp-step_{step:08d}-{os.getpid()}"
     tensors: dict[str, torch.Tensor] = {}
     encoded = {name: encode(state, name, tensors) for name, state in parts.items()}
     try:
-        tmp.mkdir()
+        tmp.mkdir(exist_ok=staged is not None)
         if weights is not None:
             save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / WEIGHTS))
-        else:
+        elif staged is None:
             save_model(model, str(tmp / WEIGHTS))
         save_file(tensors, str(tmp / STATE_TENSORS))
         manifest = {"format": FORMAT, "step": step, "parts": encoded}
@@ -181,20 +186,47 @@ def save(
             (tmp / name).write_text(text)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        _fsync_tree(tmp)
+        commit(tmp, final)
     except (OSError, RuntimeError, SafetensorError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise write_error(err, step, root, model, tensors) from None
-    if final.exists():  # re-saving a step (after a resume): move the old one aside first
-        old = root / f".tmp-old-{final.name}-{os.getpid()}"
+    for stale in all_checkpoints(root)[:-keep]:
+        shutil.rmtree(stale)
+    return final
+
+
+def _remove_stale(root: Path) -> None:
+    for stale in root.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def staging_dir(root: str | Path, step: int) -> Path:
+    """Where every rank of an FSDP run writes its shards of checkpoint ``step`` (one name that
+    all ranks know; a run directory has one writer)."""
+    return Path(root) / f".tmp-step_{step:08d}-shards"
+
+
+def begin_staging(root: str | Path, step: int) -> Path:
+    """Rank 0, before the ranks write their shards: a fresh :func:`staging_dir`."""
+    Path(root).mkdir(parents=True, exist_ok=True)
+    _remove_stale(Path(root))
+    staged = staging_dir(root, step)
+    staged.mkdir()
+    return staged
+
+
+def commit(tmp: Path, final: Path) -> None:
+    """fsync everything in ``tmp``, then rename it to ``final`` (the commit); an existing
+    ``final`` (a step saved again after a resume, a checkpoint consolidated in place) is moved
+    aside first and removed only after."""
+    _fsync_tree(tmp)
+    if final.exists():
+        old = final.with_name(f".tmp-old-{final.name}-{os.getpid()}")
         final.rename(old)
         tmp.rename(final)
         shutil.rmtree(old)
     else:
         tmp.rename(final)
-    for stale in all_checkpoints(root)[:-keep]:
-        shutil.rmtree(stale)
-    return final
 
 
 def write_error(err: Exception, step: int, root: Path, model: nn.Module, tensors) -> Exception:
@@ -259,13 +291,19 @@ def _legacy_state(file: Path) -> dict[str, Any]:
 
 def restore(path: str | Path, model: nn.Module, parts: dict[str, Stateful]) -> int:
     """Load the model and every part that the checkpoint holds; returns the step."""
-    from vlcontrast.train import fsdp
+    from vlcontrast.models import sharded_weights
+    from vlcontrast.train import fsdp, sharded_checkpoint
 
-    if fsdp.is_sharded(model):
+    saved = load_state(path)
+    if sharded_weights.is_sharded(path):  # weights and optimizer tensors come from the shards
+        optimizer = parts["optimizer"]
+        optimizer = getattr(optimizer, "optimizer", optimizer)  # fsdp.ShardedOptimizer's own
+        sharded_checkpoint.load_shards(Path(path), model, optimizer, saved["parts"]["optimizer"])
+        parts = {name: part for name, part in parts.items() if name != "optimizer"}
+    elif fsdp.is_sharded(model):
         fsdp.load_full_model_state(model, Path(path) / WEIGHTS)
     else:
         load_weights(path, model)
-    saved = load_state(path)
     for name, part in parts.items():
         if name in saved["parts"]:
             part.load_state_dict(saved["parts"][name])

@@ -3,10 +3,11 @@ device. One FSDP unit per transformer block of each tower (timm ``blocks``, tran
 ``layers``/``layer``) plus the root for the rest, so parameters, gradients and optimizer state
 are sharded across ranks and gathered one block at a time.
 
-Checkpoints hold the full state in the usual files (weights in ``model.safetensors``, the
-optimizer in ``state.safetensors``), gathered with ``torch.distributed.checkpoint``'s state-dict
-functions and loaded back onto the shards, so a checkpoint of an FSDP run is the same single
-file as a DDP run's: eval, search, export and a DDP resume read it unchanged. Evaluation
+Checkpoints are sharded by default (``train/sharded_checkpoint.py``). With
+``train.sharded_checkpoints=false`` they hold the full state in the usual files (weights in
+``model.safetensors``, the optimizer in ``state.safetensors``), gathered here with
+``torch.distributed.checkpoint``'s state-dict functions and loaded back onto the shards: the
+same single files as a DDP run's. Evaluation
 gathers every unit first (ranks embed different numbers of batches, so a forward must not
 issue collectives) and shards them again after.
 """

@@ -2,7 +2,8 @@
 (changed ``optim.*`` settings applied from the saved step), and saving the parts.
 
 Every rank takes its parts' state (the RNG part gathers all ranks); rank 0 writes the directory
-(``train/checkpoint.py``).
+(``train/checkpoint.py``), after every rank wrote its shards under FSDP
+(``train/sharded_checkpoint.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any
 
 from vlcontrast.config import Config, ConfigError
 from vlcontrast.distributed import print0
+from vlcontrast.models.load import is_checkpoint
+from vlcontrast.models.sharded_weights import SHARDS
 from vlcontrast.train import checkpoint
 from vlcontrast.train.optim import apply_settings
 
@@ -22,7 +25,7 @@ def resolve_resume(resume: str, ckpt_root: Path) -> Path | None:
     if resume == "latest":
         return checkpoint.latest(ckpt_root)  # None: nothing saved yet, start fresh
     path = Path(resume)
-    if not (path / checkpoint.WEIGHTS).is_file():
+    if not is_checkpoint(path):
         raise ConfigError(f"train.resume: {path} is not a checkpoint directory")
     return path
 
@@ -45,14 +48,29 @@ def resume(path: Path, model, parts: dict[str, Any], cfg: Config) -> int:
 
 
 def save_checkpoint(accelerator, root, model, parts: dict[str, Any], step, cfg, tokenizer) -> None:
-    """Every rank takes its parts' state (the RNG part gathers all ranks); rank 0 writes."""
-    from vlcontrast.train import fsdp
+    """Every rank takes its parts' state (the RNG part gathers all ranks); rank 0 writes. Under
+    FSDP with ``train.sharded_checkpoints`` every rank first writes its shards of the weights
+    and optimizer state into the staging directory that rank 0 then commits."""
+    from vlcontrast.train import fsdp, sharded_checkpoint
 
     accelerator.wait_for_everyone()
+    sharded = fsdp.is_sharded(model)
+    staged, weights = None, None
+    if sharded and cfg.train.sharded_checkpoints:
+        if accelerator.is_main_process:
+            checkpoint.begin_staging(root, step)
+        accelerator.wait_for_everyone()
+        staged = checkpoint.staging_dir(root, step)
+        optimizer = parts["optimizer"].optimizer
+        shards = sharded_checkpoint.save_shards(model, optimizer, staged / SHARDS)
+        parts = {name: part for name, part in parts.items() if name != "optimizer"}
+    elif sharded:
+        weights = fsdp.full_model_state(model)  # a collective
     states = {name: part.state_dict() for name, part in parts.items()}
-    weights = fsdp.full_model_state(model) if fsdp.is_sharded(model) else None  # a collective
+    if staged is not None:
+        states["optimizer"] = shards
     if accelerator.is_main_process:
         checkpoint.save(
-            root, step, model, states, cfg, tokenizer, cfg.train.keep_checkpoints, weights
+            root, step, model, states, cfg, tokenizer, cfg.train.keep_checkpoints, weights, staged
         )
     accelerator.wait_for_everyone()
