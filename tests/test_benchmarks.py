@@ -60,3 +60,15 @@ def test_search_benchmark_runs_every_backend():
     for kind in ("exact", "exact-stream", "flat", "hnsw", "ivfpq"):
         assert f"{kind:>12} | " in out.stdout and "failed" not in out.stdout
     assert "records of k = 3000 results looked up" in out.stdout
+
+
+def test_checkpoint_benchmark_runs_both_ways():
+    """Both ways save and restore exactly (the script asserts the restored weights) and print
+    their rows and ratios."""
+    command = [sys.executable, "benchmarks/checkpoint_save.py", "--preset", "tiny"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = [line.split("|")[1:3] for line in done.stdout.splitlines() if line.startswith("| ")]
+    pairs = {(phase.strip(), way.strip()) for phase, way in rows}
+    assert pairs >= {(p, w) for p in ("save", "restore") for w in ("full", "sharded")}
+    assert "save: sharded / full: time" in done.stdout

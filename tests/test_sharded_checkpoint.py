@@ -112,3 +112,12 @@ def test_search_fingerprints_the_shards(saved):
     data[-1] ^= 1  # other weights, same size
     shard.write_bytes(bytes(data))
     assert weights_stamp(path) != stamp
+
+
+def test_a_shard_that_cannot_be_written_is_one_clear_error(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    blocker = tmp_path / "not_a_directory"
+    blocker.write_text("")
+    with pytest.raises(sharded_checkpoint.ShardWriteError):
+        sharded_checkpoint.save_shards(model, optimizer, blocker / SHARDS)

@@ -62,7 +62,14 @@ def save_checkpoint(accelerator, root, model, parts: dict[str, Any], step, cfg, 
         accelerator.wait_for_everyone()
         staged = checkpoint.staging_dir(root, step)
         optimizer = parts["optimizer"].optimizer
-        shards = sharded_checkpoint.save_shards(model, optimizer, staged / SHARDS)
+        try:
+            shards = sharded_checkpoint.save_shards(model, optimizer, staged / SHARDS)
+        except sharded_checkpoint.ShardWriteError as err:
+            raise checkpoint.CheckpointError(
+                f"could not write checkpoint step {step} in {root}: {err}; the previous "
+                f"checkpoint is intact. Free space if the disk is full, then resume with "
+                f"train.resume=latest"
+            ) from None
         parts = {name: part for name, part in parts.items() if name != "optimizer"}
     elif sharded:
         weights = fsdp.full_model_state(model)  # a collective

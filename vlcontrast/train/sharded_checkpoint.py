@@ -25,6 +25,11 @@ from vlcontrast.models.sharded_weights import MODEL, OPTIM, SHARDS
 from vlcontrast.schema import ConfigError
 
 
+class ShardWriteError(RuntimeError):
+    """A rank could not write its shards (the staging directory is left for the next save to
+    remove; the previous checkpoint is intact)."""
+
+
 def _flat(model_state: dict[str, Any], optim_state: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """One flat dict of the sharded tensors (keys ``model/{name}``, ``optim/{name}/{state}``);
     the values are the state dicts' own tensors, so loading into it loads into them."""
@@ -49,11 +54,14 @@ def save_shards(model: nn.Module, optimizer: torch.optim.Optimizer, directory: P
     import torch.distributed.checkpoint as dcp
 
     model_state, optim_state = _sharded_states(model, optimizer)
-    with sharded_weights.single_process_ok():
-        dcp.save(
-            _flat(model_state, optim_state["state"]),
-            storage_writer=dcp.FileSystemWriter(str(directory)),
-        )
+    try:
+        with sharded_weights.single_process_ok():
+            dcp.save(
+                _flat(model_state, optim_state["state"]),
+                storage_writer=dcp.FileSystemWriter(str(directory)),
+            )
+    except dcp.CheckpointException as err:  # one rank's error (a full disk), on every rank
+        raise ShardWriteError(str(err).strip().splitlines()[-1][:300]) from None
     return {"param_groups": optim_state["param_groups"]}
 
 
