@@ -1,7 +1,7 @@
 """FSDP2 through the real loop on 2 gloo processes: the losses equal DDP's, each rank writes its
 shards of the checkpoint (which eval loads in one process and `vlcontrast checkpoint
 consolidate` turns into single files), and a killed FSDP run resumes exactly, from its shards
-and from the consolidated files."""
+and from the consolidated files; a DDP run resumes from the shards as well."""
 
 from __future__ import annotations
 
@@ -101,6 +101,11 @@ def test_fsdp_trains_like_ddp_and_resumes_exactly(corpus, tmp_path):
     c = weights(checkpoint.latest(parted / "checkpoints"))
     for name in b:
         assert torch.equal(c[name], b[name]), name
+
+    # a DDP run resumes from the shards too (DDP's sums differ from FSDP's in the last bits)
+    plain = tmp_path / "plain"
+    run(corpus, plain, f"train.resume={step2}")
+    assert losses(plain) == pytest.approx({3: got[3], 4: got[4]}, rel=1e-5)
 
     # the consolidated step 2 resumes the same way, into full single-file checkpoints
     joined = tmp_path / "joined"

@@ -56,9 +56,10 @@ def add_commands(sub) -> None:
         description="consolidate: read the shards that every rank of a train.fsdp run wrote "
         "(sharded/, torch.distributed.checkpoint) in one process and write the checkpoint "
         "with model.safetensors and the full optimizer state in state.safetensors, the layout "
-        "of a DDP run, which any run resumes. Eval, search and export read sharded "
-        "checkpoints as they are; this is for sharing one file or resuming without FSDP. It "
-        "needs host memory for the whole model and optimizer state.",
+        "of a DDP run. Training (on any number of ranks), eval, search and export read "
+        "sharded checkpoints as they are; this is for sharing the weights as one file or "
+        "for tools that expect it. It needs host memory for the whole model and optimizer "
+        "state.",
     )
     ckpt.add_argument("action", choices=["consolidate"])
     ckpt.add_argument("checkpoint", help="a sharded checkpoint directory (step_*)")

@@ -9,7 +9,7 @@ renames it into place.
 
 Loading reshards: a run resumes on any number of ranks, and evaluation, search and export read
 the weights in one process (``models/sharded_weights.py``). ``train/consolidate.py`` turns a
-sharded checkpoint into the single-file layout, which any run, DDP or FSDP, resumes.
+sharded checkpoint into the single-file layout.
 """
 
 from __future__ import annotations
