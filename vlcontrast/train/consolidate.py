@@ -1,8 +1,8 @@
 """``vlcontrast checkpoint consolidate``: a sharded checkpoint of an FSDP run
 (``train/sharded_checkpoint.py``) rewritten as the single-file layout of ``train/checkpoint.py``
 (``model.safetensors``, the optimizer's full state in ``state.safetensors``), to share the
-weights as one file (training, eval and search read the shards as they are). Reads the shards in one process, so it needs host memory for the
-whole model and optimizer state.
+weights as one file (training, eval and search read the shards as they are). Reads the shards
+in one process, so it needs host memory for the whole model and optimizer state.
 """
 
 from __future__ import annotations
