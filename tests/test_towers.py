@@ -123,3 +123,12 @@ def test_logit_scale_init_and_clamp():
     assert out["txt_feat"].shape == (2, 32)
     image_only = model(images=torch.randn(2, 3, 32, 32))
     assert set(image_only) == {"img_feat", "img_emb", "logit_scale"}
+
+
+def test_model_kwargs_the_model_does_not_take_name_the_key():
+    # a ViT preset's kwargs left under a ResNet (the preset applies under the run file)
+    cfg = ImageTowerConfig(model="test_resnet", pretrained=False, model_kwargs={"patch_size": 4})
+    with pytest.raises(
+        ConfigError, match="image.model_kwargs: 'test_resnet' takes no 'patch_size'"
+    ):
+        ImageTower(cfg, 16)

@@ -52,6 +52,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from vlcontrast.data.shards import DataError
+    from vlcontrast.distributed import print0
     from vlcontrast.train.checkpoint import CheckpointError
     from vlcontrast.train.loop import TrainingDiverged, train
 
@@ -72,8 +73,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 4
     final = summary["final_loss"]
     loss = f", final loss {final:.4f}" if final is not None else " (nothing left to train)"
-    print(f"done: {summary['steps']} steps{loss}")
-    print(f"checkpoint: {summary['checkpoint']}")
+    print0(f"done: {summary['steps']} steps{loss}")  # the mean over ranks, printed once
+    print0(f"checkpoint: {summary['checkpoint']}")
     return 0
 
 

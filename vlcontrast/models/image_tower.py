@@ -9,6 +9,7 @@ takes it (ViT-like, fixed position embeddings); CNNs reject it and accept any re
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 
 import timm
@@ -59,6 +60,13 @@ def create_trunk(cfg: ImageTowerConfig) -> nn.Module:
         if "patch_drop_rate" in str(err):
             raise ConfigError(
                 f"image.patch_dropout: {cfg.model!r} has no patch dropout (a timm ViT does)"
+            ) from None
+        bad = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+        if bad and bad.group(1) in cfg.model_kwargs:
+            raise ConfigError(
+                f"image.model_kwargs: {cfg.model!r} takes no {bad.group(1)!r} (a model.preset "
+                f"sets the kwargs of its own ViT; set image.model_kwargs={{}} with another "
+                f"image.model)"
             ) from None
         raise
 

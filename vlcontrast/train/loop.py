@@ -134,7 +134,6 @@ def train(cfg: Config) -> dict[str, Any]:
         scheduler.step()
         state["step"] += 1
         window_steps += 1
-        last_loss = loss
         step = state["step"]
         bar.update(1)
 
@@ -149,6 +148,7 @@ def train(cfg: Config) -> dict[str, Any]:
                 samples_read=bad.seen,
             )
             logger.log(step, {"train": metrics})
+            last_loss = metrics["loss"]  # the last step always logs: the run's final loss
             print0(log_line(step, metrics))
             bar.set_postfix(
                 loss=f"{metrics['loss']:.4f}",
