@@ -84,19 +84,34 @@ def test_an_imported_hf_clip_gives_the_embeddings_and_logits_transformers_comput
     assert cfg.image.model.endswith("quickgelu_224") == (act == "quick_gelu")
 
 
-def test_an_exported_model_reloads_in_transformers_with_the_same_embeddings(tmp_path):
+TEXT_OVERRIDES = [
+    "text.config={model_type: clip_text_model, vocab_size: 99, hidden_size: 32, "
+    "intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4, "
+    "max_position_embeddings: 16, bos_token_id: 97, eos_token_id: 98, pad_token_id: 0}",
+    "text.context_length=16",
+]
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        [
+            "image.model=vit_base_patch16_clip_quickgelu_224",
+            "image.model_kwargs={patch_size: 8, embed_dim: 32, depth: 2, num_heads: 4, "
+            "mlp_ratio: 2.5}",
+        ],
+        # the presets' ViT (model.preset=b32 trains this one), GELU
+        [
+            "model.preset=tiny",
+            "image.model_kwargs={patch_size: 8, embed_dim: 32, depth: 2, num_heads: 4}",
+        ],
+    ],
+    ids=["quickgelu-b16-name", "preset"],
+)
+def test_an_exported_model_reloads_in_transformers_with_the_same_embeddings(tmp_path, image):
     from transformers import CLIPModel
 
-    overrides = [
-        "image.model=vit_base_patch16_clip_quickgelu_224",
-        "image.image_size=32",
-        "image.model_kwargs={patch_size: 8, embed_dim: 32, depth: 2, num_heads: 4, mlp_ratio: 2.5}",
-        "text.config={model_type: clip_text_model, vocab_size: 99, hidden_size: 32, "
-        "intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4, "
-        "max_position_embeddings: 16, bos_token_id: 97, eos_token_id: 98, pad_token_id: 0}",
-        "text.context_length=16",
-        "model.embed_dim=16",
-    ]
+    overrides = [*image, "image.image_size=32", *TEXT_OVERRIDES, "model.embed_dim=16"]
     cfg = config_lib.resolve(config_lib.load(None, overrides))
     torch.manual_seed(1)
     model = build_model(cfg).eval()

@@ -13,6 +13,7 @@ directions: ``import_hf`` builds a vlcontrast checkpoint, ``export_hf`` a direct
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -219,12 +220,38 @@ def import_hf(path: str | Path):
 
 
 def clip_shaped(cfg: Config) -> bool:
+    """Towers that ``CLIPModel`` holds: a timm CLIP ViT of any size (``vit_*_clip_*``, the
+    presets' and the imports' alike; :func:`clip_vit` checks the built trunk), a
+    ``clip_text_model`` text tower, linear projections and no logit bias."""
     return (
         cfg.model.kind == "dual"
-        and cfg.image.model in TIMM_CLIP_VIT.values()
+        and re.fullmatch(r"vit_\w+_clip_(quickgelu_)?\d+", cfg.image.model.split(".")[0])
+        is not None
         and (cfg.text.config or {}).get("model_type") == "clip_text_model"
         and cfg.model.proj_layers == 1
         and not cfg.model.logit_bias
+    )
+
+
+def clip_vit(trunk) -> bool:
+    """A timm ViT laid out as CLIP's vision transformer: class token read out after the final
+    norm, a norm before the blocks (CLIP's ``ln_pre``), fused qkv with biases, no layer scale,
+    no query/key norms, LayerNorm eps 1e-5, GELU or QuickGELU."""
+    from torch import nn
+
+    block = trunk.blocks[0]
+    act = type(block.mlp.act).__name__
+    return (
+        trunk.cls_token is not None
+        and trunk.global_pool == "token"
+        and isinstance(trunk.norm_pre, nn.LayerNorm)
+        and isinstance(trunk.fc_norm, nn.Identity)
+        and getattr(trunk, "attn_pool", None) is None
+        and isinstance(block.ls1, nn.Identity)
+        and isinstance(getattr(block.attn, "q_norm", nn.Identity()), nn.Identity)
+        and block.attn.qkv.bias is not None
+        and abs(trunk.norm.eps - 1e-5) < 1e-12
+        and act in ("GELU", "QuickGELU")
     )
 
 
@@ -242,7 +269,9 @@ def hf_config_of(model, cfg: Config):
         "num_attention_heads": trunk.blocks[0].attn.num_heads,
         "image_size": cfg.image.image_size,
         "patch_size": trunk.patch_embed.patch_size[0],
-        "hidden_act": "quick_gelu" if "quickgelu" in cfg.image.model else "gelu",
+        "hidden_act": "quick_gelu"
+        if type(trunk.blocks[0].mlp.act).__name__ == "QuickGELU"
+        else "gelu",
         "layer_norm_eps": 1e-5,
     }
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=model.embed_dim)
@@ -253,9 +282,9 @@ def export_hf(model, tokenizer, cfg: Config, out: str | Path) -> Path:
     ``CLIPProcessor``) give this model; refuses models that are not CLIP-shaped."""
     from transformers import CLIPImageProcessor, CLIPModel
 
-    if not clip_shaped(cfg):
+    if not (clip_shaped(cfg) and clip_vit(model.image.trunk)):
         raise ValueError(
-            "export --to hf: the towers are not CLIP-shaped (a timm CLIP ViT and a "
+            "export --to hf: the towers are not CLIP-shaped (a timm CLIP ViT, vit_*_clip_*, and a "
             "clip_text_model text tower, a linear projection, no logit bias); use --to "
             "safetensors for the plain state dict"
         )
