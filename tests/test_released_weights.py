@@ -134,8 +134,56 @@ def test_a_model_that_is_not_clip_shaped_is_refused_with_the_alternative(tmp_pat
     from tests.conftest import tiny_overrides
 
     cfg = config_lib.resolve(config_lib.load(None, tiny_overrides(corpus, tmp_path)))
-    with pytest.raises(ValueError, match="not CLIP-shaped.*--to safetensors"):
+    with pytest.raises(ValueError, match="transformers has no model.*--to safetensors"):
         export_hf(build_model(cfg), None, cfg, tmp_path / "out")
+
+
+def test_a_clip_vit_with_a_bert_tower_exports_as_a_vision_text_dual_encoder(tmp_path, corpus):
+    """text.pooling=pooler (BERT's own pooler, which VisionTextDualEncoderModel reads): the
+    exported directory gives our embeddings in transformers, with its processor."""
+    from transformers import VisionTextDualEncoderModel, VisionTextDualEncoderProcessor
+
+    from vlcontrast.models.text_tower import load_tokenizer
+
+    overrides = [
+        "model.preset=tiny",
+        "image.model_kwargs={patch_size: 8, embed_dim: 32, depth: 2, num_heads: 4}",
+        "image.image_size=32",
+        "text.config={model_type: bert, hidden_size: 32, num_hidden_layers: 2, "
+        "num_attention_heads: 4, intermediate_size: 64, max_position_embeddings: 32}",
+        f"text.tokenizer={corpus['tokenizer']}",
+        "text.pooling=pooler",
+        "text.context_length=16",
+        "model.embed_dim=16",
+    ]
+    cfg = config_lib.load(None, overrides)
+    tokenizer = load_tokenizer(cfg.text)
+    cfg.text.config["vocab_size"] = len(tokenizer)
+    cfg = config_lib.resolve(cfg)
+    torch.manual_seed(2)
+    model = build_model(cfg).eval()
+    assert model.text.encoder.pooler is not None  # kept, and trained, under this pooling
+    export_hf(model, tokenizer, cfg, tmp_path / "out")
+    hf_model = VisionTextDualEncoderModel.from_pretrained(tmp_path / "out").eval()
+    processor = VisionTextDualEncoderProcessor.from_pretrained(tmp_path / "out")
+    captions = ["a red circle", "a small blue square on the left"]
+    batch = processor.tokenizer(captions, padding=True, return_tensors="pt")
+    images, _, _ = inputs(2)
+    pixels = (images.float() / 255 - MEAN) / STD
+    with torch.no_grad():
+        out = hf_model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=pixels,
+        )
+        ours_img = model(images=images)["img_emb"]
+        ours_txt = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    torch.testing.assert_close(
+        F.normalize(out.image_embeds, dim=-1), ours_img, rtol=1e-5, atol=1e-5
+    )
+    torch.testing.assert_close(
+        F.normalize(out.text_embeds, dim=-1), ours_txt["txt_emb"], rtol=1e-5, atol=1e-5
+    )
 
 
 def test_import_then_fine_tune_and_export_through_the_cli(tmp_path, corpus, capsys):

@@ -132,3 +132,21 @@ def test_model_kwargs_the_model_does_not_take_name_the_key():
         ConfigError, match="image.model_kwargs: 'test_resnet' takes no 'patch_size'"
     ):
         ImageTower(cfg, 16)
+
+
+def test_pooler_pooling_needs_a_tower_with_a_pooler():
+    cfg = TextTowerConfig(
+        config={
+            "model_type": "distilbert",
+            "vocab_size": 64,
+            "dim": 32,
+            "n_layers": 1,
+            "n_heads": 2,
+            "hidden_dim": 64,
+            "max_position_embeddings": 32,
+        },
+        pooling="pooler",
+        context_length=16,
+    )
+    with pytest.raises(ConfigError, match="text.pooling: pooler, but the distilbert"):
+        TextTower(cfg, 16)

@@ -118,7 +118,9 @@ class TextTowerConfig:
     tokenizer: str = ""  # hub name, local dir or tokenizer.json; defaults to `model`
     # eos: the last real token's state, CLIP's pooling for its causal text transformer (the
     # default text tower); cls or mean for BERT-style encoders.
-    pooling: str = field(default="eos", metadata=_choices("cls", "mean", "eos"))
+    # pooler: the encoder's own pooler_output (BERT's tanh layer on [CLS]; eos for CLIP's), what
+    # transformers' VisionTextDualEncoderModel reads, so such a model exports to it
+    pooling: str = field(default="eos", metadata=_choices("cls", "mean", "eos", "pooler"))
     context_length: int = field(default=77, metadata=POSITIVE)  # CLIP's caption length
 
 

@@ -43,9 +43,11 @@ def add_commands(sub) -> None:
     exp = sub.add_parser(
         "export",
         help="a vlcontrast checkpoint as a transformers CLIPModel directory or plain safetensors",
-        description="--to hf writes a directory that transformers.CLIPModel.from_pretrained and "
-        "CLIPProcessor load (CLIP-shaped towers: a timm CLIP ViT and a clip_text_model text "
-        "tower); --to safetensors writes the plain state dict.",
+        description="--to hf writes a directory that transformers loads without vlcontrast: "
+        "CLIPModel.from_pretrained and CLIPProcessor for CLIP-shaped towers (a timm CLIP ViT, "
+        "vit_*_clip_*, and a clip_text_model text tower), VisionTextDualEncoderModel and its "
+        "processor for a timm CLIP ViT with another text tower (BERT, ...) trained with "
+        "text.pooling=pooler; --to safetensors writes the plain state dict of any model.",
     )
     exp.add_argument("checkpoint", help="checkpoint directory (step_*)")
     exp.add_argument("--to", required=True, choices=["hf", "safetensors"])

@@ -7,7 +7,10 @@ tower is ``transformers``' own ``CLIPTextModel``, so its weights carry over unde
 both projections and ``logit_scale`` too. The mapping is an explicit table with a shape check on
 every tensor (torchtitan's state-dict adapters, nanoGPT's ``from_pretrained``), used in both
 directions: ``import_hf`` builds a vlcontrast checkpoint, ``export_hf`` a directory that
-``transformers.CLIPModel.from_pretrained`` loads without vlcontrast.
+``transformers.CLIPModel.from_pretrained`` loads without vlcontrast. A timm CLIP ViT with another
+transformers text tower (BERT, ...) exports as a ``VisionTextDualEncoderModel`` when the text
+tower was trained on its own pooler output (``text.pooling=pooler``), the feature that model
+projects; cls or mean pooling have no transformers counterpart, so those are refused.
 """
 
 from __future__ import annotations
@@ -255,15 +258,11 @@ def clip_vit(trunk) -> bool:
     )
 
 
-def hf_config_of(model, cfg: Config):
-    """The ``transformers.CLIPConfig`` of a CLIP-shaped vlcontrast model."""
-    from transformers import CLIPConfig
-
+def vision_config_of(model, cfg: Config) -> dict:
+    """The ``CLIPVisionConfig`` values of a timm CLIP ViT image tower."""
     trunk = model.image.trunk
-    text = {k: v for k, v in model.text.encoder.config.to_dict().items() if k in TEXT_KEYS}
-    width = trunk.embed_dim
-    vision = {
-        "hidden_size": width,
+    return {
+        "hidden_size": trunk.embed_dim,
         "intermediate_size": trunk.blocks[0].mlp.fc1.out_features,
         "num_hidden_layers": len(trunk.blocks),
         "num_attention_heads": trunk.blocks[0].attn.num_heads,
@@ -274,38 +273,89 @@ def hf_config_of(model, cfg: Config):
         else "gelu",
         "layer_norm_eps": 1e-5,
     }
+
+
+def hf_config_of(model, cfg: Config):
+    """The ``transformers.CLIPConfig`` of a CLIP-shaped vlcontrast model."""
+    from transformers import CLIPConfig
+
+    text = {k: v for k, v in model.text.encoder.config.to_dict().items() if k in TEXT_KEYS}
+    vision = vision_config_of(model, cfg)
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=model.embed_dim)
 
 
 def export_hf(model, tokenizer, cfg: Config, out: str | Path) -> Path:
-    """Write ``out`` so that ``transformers.CLIPModel.from_pretrained(out)`` (and
-    ``CLIPProcessor``) give this model; refuses models that are not CLIP-shaped."""
-    from transformers import CLIPImageProcessor, CLIPModel
+    """Write ``out`` so that ``transformers`` loads this model without vlcontrast:
+    ``CLIPModel.from_pretrained`` (and ``CLIPProcessor``) for CLIP-shaped towers,
+    ``VisionTextDualEncoderModel.from_pretrained`` (and its processor) for a timm CLIP ViT with
+    any other transformers text tower pooled by its own pooler (``text.pooling=pooler``).
+    Refuses the rest, which transformers would not compute the same way."""
+    from transformers import CLIPModel
 
-    if not (clip_shaped(cfg) and clip_vit(model.image.trunk)):
+    out = Path(out)
+    clip_vision = cfg.model.kind == "dual" and clip_vit(model.image.trunk)
+    plain = cfg.model.proj_layers == 1 and not cfg.model.logit_bias
+    dual = not clip_shaped(cfg) and cfg.text.pooling == "pooler"
+    if clip_vision and plain and (clip_shaped(cfg) or dual):
+        hf_model = dual_encoder_of(model, cfg) if dual else CLIPModel(hf_config_of(model, cfg))
+    else:
         raise ValueError(
-            "export --to hf: the towers are not CLIP-shaped (a timm CLIP ViT, vit_*_clip_*, and a "
-            "clip_text_model text tower, a linear projection, no logit bias); use --to "
+            "export --to hf: transformers has no model that computes these towers' embeddings "
+            "(CLIPModel: a timm CLIP ViT, vit_*_clip_*, with a clip_text_model text tower; "
+            "VisionTextDualEncoderModel: a timm CLIP ViT with any text tower trained with "
+            "text.pooling=pooler; both with linear projections and no logit bias); use --to "
             "safetensors for the plain state dict"
         )
-    out = Path(out)
-    hf_config = hf_config_of(model, cfg)
-    hf_model = CLIPModel(hf_config)
     state = ours_to_hf(
         {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        hf_config.vision_config.num_hidden_layers,
+        len(model.image.trunk.blocks),
     )
     wanted = {k: v for k, v in hf_model.state_dict().items() if not k.endswith("position_ids")}
+    if any(k.startswith("vision_model.vision_model.") for k in wanted):
+        # a dual encoder's CLIPVisionModel holds its own vision_model (in some versions)
+        state = {
+            f"vision_model.{k}" if k.startswith("vision_model.") else k: v for k, v in state.items()
+        }
     check_shapes(state, wanted, "export")
     hf_model.load_state_dict(state, strict=False)
     hf_model.save_pretrained(out)
+    write_processor(model, cfg, tokenizer, out, dual)
+    return out
+
+
+def dual_encoder_of(model, cfg: Config):
+    """An empty ``VisionTextDualEncoderModel`` of this model's shapes (a CLIP vision tower)."""
+    from transformers import (
+        CLIPVisionConfig,
+        VisionTextDualEncoderConfig,
+        VisionTextDualEncoderModel,
+    )
+
+    config = VisionTextDualEncoderConfig.from_vision_text_configs(
+        CLIPVisionConfig(**vision_config_of(model, cfg)),
+        model.text.encoder.config,
+        projection_dim=model.embed_dim,
+    )
+    return VisionTextDualEncoderModel(config)
+
+
+def write_processor(model, cfg: Config, tokenizer, out: Path, dual: bool) -> None:
+    """The image processor (our evaluation crop and normalisation) and the tokenizer, as
+    ``CLIPProcessor`` or ``VisionTextDualEncoderProcessor`` reads them."""
+    from transformers import CLIPImageProcessor, VisionTextDualEncoderProcessor
+
     size = cfg.image.image_size
-    CLIPImageProcessor(
+    images = CLIPImageProcessor(
         size={"shortest_edge": size},
         crop_size={"height": size, "width": size},
         image_mean=list(model.image.mean),
         image_std=list(model.image.std),
-    ).save_pretrained(out)
+    )
+    if dual and tokenizer is not None:
+        VisionTextDualEncoderProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(
+            out
+        )
+        return
+    images.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
-    return out

@@ -149,11 +149,20 @@ class TextTower(nn.Module):
     def __init__(self, cfg: TextTowerConfig, embed_dim: int):
         super().__init__()
         self.encoder = build_encoder(cfg)
-        if getattr(self.encoder, "pooler", None) is not None:
-            # We pool last_hidden_state ourselves; BERT-style poolers would be parameters that
-            # never get a gradient, which DDP's reducer rejects (and which waste memory).
-            self.encoder.pooler = None
-        self.pool = POOLINGS[cfg.pooling]
+        has_pooler = getattr(self.encoder, "pooler", None) is not None
+        if cfg.pooling == "pooler":
+            if not has_pooler and self.encoder.config.model_type != "clip_text_model":
+                raise ConfigError(
+                    f"text.pooling: pooler, but the {self.encoder.config.model_type} text "
+                    f"tower has no pooler; use cls or mean"
+                )
+            self.pool = None  # the encoder's pooler_output
+        else:
+            if has_pooler:
+                # We pool last_hidden_state ourselves; BERT-style poolers would be parameters
+                # that never get a gradient, which DDP's reducer rejects (and waste memory).
+                self.encoder.pooler = None
+            self.pool = POOLINGS[cfg.pooling]
         self.num_features = self.encoder.config.hidden_size
         self.proj = nn.Linear(self.num_features, embed_dim, bias=False)
 
@@ -164,8 +173,10 @@ class TextTower(nn.Module):
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, L) token ids and mask -> (B, H) pooled features."""
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.pool(hidden, attention_mask)
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        if self.pool is None:
+            return out.pooler_output
+        return self.pool(out.last_hidden_state, attention_mask)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
