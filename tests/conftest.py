@@ -46,6 +46,25 @@ def tiny_overrides(corpus, out_dir, steps: int = 4) -> list[str]:
     ]
 
 
+def tiny_vit(depth: int = 2) -> list[str]:
+    """Overrides that swap tiny_overrides' image tower for a CLIP-layout ViT of ``depth``
+    blocks at 32 px (patch 8, width 32, 2 heads): for what only ViTs have (blocks to lock or
+    shard, patch dropout)."""
+    return [
+        "image.model=vit_base_patch16_clip_224",
+        "image.image_size=32",
+        f"image.model_kwargs={{patch_size: 8, embed_dim: 32, depth: {depth}, num_heads: 2}}",
+    ]
+
+
+def tiny_vit_config(corpus, out_dir, *extra: str, depth: int = 2):
+    """The resolved config of tiny_overrides with :func:`tiny_vit` and ``extra`` on top."""
+    from vlcontrast import config as config_lib
+
+    overrides = [*tiny_overrides(corpus, out_dir), *tiny_vit(depth), *extra]
+    return config_lib.resolve(config_lib.load(None, overrides))
+
+
 def run_file(directory) -> str:
     """An empty run file: every setting comes from the command-line overrides."""
     directory.mkdir(parents=True, exist_ok=True)

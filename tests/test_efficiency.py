@@ -8,23 +8,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import tiny_overrides
+from tests.conftest import tiny_vit_config
 from vlcontrast import config as config_lib
 from vlcontrast.models import build_model
 from vlcontrast.objectives import build_objective
 from vlcontrast.train.model_setup import efficiency_switches
 
-VIT = [
-    "image.model=vit_base_patch16_clip_224",
-    "image.image_size=32",
-    "image.model_kwargs={patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}",
-]
-
 
 def cfg_for(corpus, tmp_path, *extra):
-    return config_lib.resolve(
-        config_lib.load(None, [*tiny_overrides(corpus, tmp_path), *VIT, *extra])
-    )
+    return tiny_vit_config(corpus, tmp_path, *extra)
 
 
 def batch(seed=0):

@@ -13,17 +13,11 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from tests import distributed_train_case as case
-from tests.conftest import tiny_overrides
+from tests.conftest import tiny_overrides, tiny_vit
 from vlcontrast.cli import main
 from vlcontrast.models.load import load_model
 from vlcontrast.train import checkpoint
 from vlcontrast.train.metrics_log import read_jsonl
-
-VIT = [
-    "image.model=vit_base_patch16_clip_224",
-    "image.image_size=32",
-    "image.model_kwargs={patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}",
-]
 
 
 def free_port() -> int:
@@ -35,7 +29,7 @@ def free_port() -> int:
 def run(corpus, out, *extra, crash: int = 0) -> None:
     overrides = [
         *tiny_overrides(corpus, out, steps=4),
-        *VIT,
+        *tiny_vit(),
         "data.batch_size=8",
         "optim.warmup_steps=1",
         *extra,

@@ -7,23 +7,15 @@ import pytest
 import torch
 
 from tests import distributed_lock_case as case
-from tests.conftest import spawn_gloo, tiny_overrides
+from tests.conftest import spawn_gloo, tiny_vit_config
 from vlcontrast import config as config_lib
 from vlcontrast.models import build_model
 from vlcontrast.schema import ConfigError
 from vlcontrast.train.locking import apply_locks
 
-VIT = [
-    "image.model=vit_base_patch16_clip_224",
-    "image.image_size=32",
-    "image.model_kwargs={patch_size: 8, embed_dim: 32, depth: 3, num_heads: 2}",
-]
-
 
 def cfg_for(corpus, tmp_path, *extra):
-    return config_lib.resolve(
-        config_lib.load(None, [*tiny_overrides(corpus, tmp_path), *VIT, *extra])
-    )
+    return tiny_vit_config(corpus, tmp_path, *extra, depth=3)
 
 
 def trainable(model) -> set[str]:
