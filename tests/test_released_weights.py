@@ -130,10 +130,12 @@ def test_an_exported_model_reloads_in_transformers_with_the_same_embeddings(tmp_
         assert torch.equal(again.state_dict()[name], value), name
 
 
-def test_a_model_that_is_not_clip_shaped_is_refused_with_the_alternative(tmp_path, corpus):
+@pytest.mark.parametrize("image", ["test_vit", "test_resnet"])
+def test_a_model_that_is_not_clip_shaped_is_refused_with_the_alternative(tmp_path, corpus, image):
     from tests.conftest import tiny_overrides
 
-    cfg = config_lib.resolve(config_lib.load(None, tiny_overrides(corpus, tmp_path)))
+    overrides = [*tiny_overrides(corpus, tmp_path), f"image.model={image}", "image.model_kwargs={}"]
+    cfg = config_lib.resolve(config_lib.load(None, overrides))
     with pytest.raises(ValueError, match="transformers has no model.*--to safetensors"):
         export_hf(build_model(cfg), None, cfg, tmp_path / "out")
 

@@ -242,18 +242,20 @@ def clip_vit(trunk) -> bool:
     no query/key norms, LayerNorm eps 1e-5, GELU or QuickGELU."""
     from torch import nn
 
-    block = trunk.blocks[0]
-    act = type(block.mlp.act).__name__
+    blocks = getattr(trunk, "blocks", None)
+    if not blocks or getattr(trunk, "cls_token", None) is None:  # a CNN, or no class token
+        return False
+    block = blocks[0]
+    act = type(getattr(getattr(block, "mlp", None), "act", None)).__name__
     return (
-        trunk.cls_token is not None
-        and trunk.global_pool == "token"
-        and isinstance(trunk.norm_pre, nn.LayerNorm)
-        and isinstance(trunk.fc_norm, nn.Identity)
+        getattr(trunk, "global_pool", None) == "token"
+        and isinstance(getattr(trunk, "norm_pre", None), nn.LayerNorm)
+        and isinstance(getattr(trunk, "fc_norm", nn.Identity()), nn.Identity)
         and getattr(trunk, "attn_pool", None) is None
-        and isinstance(block.ls1, nn.Identity)
+        and isinstance(getattr(block, "ls1", nn.Identity()), nn.Identity)
         and isinstance(getattr(block.attn, "q_norm", nn.Identity()), nn.Identity)
-        and block.attn.qkv.bias is not None
-        and abs(trunk.norm.eps - 1e-5) < 1e-12
+        and getattr(getattr(block.attn, "qkv", None), "bias", None) is not None
+        and abs(getattr(trunk.norm, "eps", 0.0) - 1e-5) < 1e-12
         and act in ("GELU", "QuickGELU")
     )
 
