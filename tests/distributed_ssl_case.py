@@ -59,7 +59,9 @@ def make_objective(name: str, model: nn.Module):
         "byol": BYOLObjective,
         "supcon": SupConObjective,
     }[name]()
-    cfg = SimpleNamespace(objective=SimpleNamespace(name=name), train=SimpleNamespace(steps=10))
+    cfg = SimpleNamespace(
+        objective=SimpleNamespace(name=name), train=SimpleNamespace(steps=10, fsdp=False)
+    )
     objective.setup(model, cfg, GLOBAL_BATCH)
     return objective
 

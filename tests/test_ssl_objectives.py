@@ -79,14 +79,24 @@ def test_the_momentum_update_is_the_formula_and_the_schedule_runs_from_start_to_
     )
 
 
-def moco_setup(queue_size=8, global_batch=4):
+def moco_setup(queue_size=8, global_batch=4, fsdp=False):
     model = case.TinyImageModel(predictor=False)
     objective = MoCoObjective(MoCoConfig(queue_size=queue_size, temperature=0.2))
     cfg = SimpleNamespace(
-        objective=SimpleNamespace(name="moco"), train=SimpleNamespace(steps=10, seed=0)
+        objective=SimpleNamespace(name="moco"),
+        train=SimpleNamespace(steps=10, seed=0, fsdp=fsdp),
     )
     objective.setup(model, cfg, global_batch)
     return model, objective
+
+
+def test_a_momentum_objective_under_fsdp_is_refused_with_the_alternative(monkeypatch):
+    from vlcontrast import distributed
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)  # as under torchrun
+    with pytest.raises(ConfigError, match="train.fsdp: objective 'moco' keeps a momentum copy"):
+        moco_setup(fsdp=True)
+    moco_setup(fsdp=False)  # DDP is fine
 
 
 def test_moco_queue_order_wraparound_and_the_current_keys_are_never_negatives():

@@ -13,6 +13,7 @@ import copy
 
 from torch import nn
 
+from vlcontrast import distributed
 from vlcontrast.losses.ssl import cosine_momentum, momentum_update
 from vlcontrast.objectives.base import Objective
 from vlcontrast.schema import ConfigError
@@ -25,6 +26,12 @@ class MomentumObjective(Objective):
 
     def setup(self, model: nn.Module, cfg, global_batch: int) -> None:
         super().setup(model, cfg, global_batch)
+        if cfg.train.fsdp and distributed.world_size() > 1:
+            raise ConfigError(
+                f"train.fsdp: objective {cfg.objective.name!r} keeps a momentum copy of the "
+                f"model, which FSDP does not shard here; train it with DDP (train.fsdp=false: "
+                f"the image towers of configs/ssl fit one device)"
+            )
         bare = self.unwrap(model)
         if self.needs_predictor and getattr(bare, "predictor", None) is None:
             raise ConfigError(
