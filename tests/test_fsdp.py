@@ -73,9 +73,9 @@ def test_fsdp_trains_like_ddp_and_resumes_exactly(corpus, tmp_path):
     a = load_file(checkpoint.latest(ddp / "checkpoints") / "model.safetensors")
     saved = checkpoint.latest(sharded / "checkpoints")
     assert sorted(p.name for p in (saved / "sharded").iterdir()) == [
-        ".metadata",
-        "__0_0.distcp",
-        "__1_0.distcp",
+        "index.json",
+        "rank00000.safetensors",
+        "rank00001.safetensors",
     ]  # one file per rank, and no rank wrote the whole model
     assert not (saved / "model.safetensors").exists()
     b = weights(saved)  # read in this process, without a process group

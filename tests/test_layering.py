@@ -100,3 +100,82 @@ def test_the_checker_sees_a_planted_cycle():
     assert find_cycle(graph) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
     assert "vlcontrast.train.loop" in reachable(import_graph(), "vlcontrast.cli")
+
+
+# the one module that may read a pickle: the earlier sharded format, on the user's explicit word
+TRUSTED_OPT_IN = PACKAGE / "train" / "legacy_shards.py"
+UNSAFE_NAMES = {
+    "pickle",
+    "_pickle",
+    "cPickle",
+    "dill",
+    "Unpickler",
+    "FileSystemReader",
+    "load_bytes",
+}
+DCP = "torch.distributed.checkpoint"
+
+
+def unsafe_lines(path: Path, root: Path = PACKAGE.parent) -> list[str]:
+    """Code in ``path`` that could unpickle: pickle itself, torch.load without
+    weights_only=True, or torch.distributed.checkpoint beyond its state-dict functions (its
+    reader unpickles the metadata, and its load planner reads items declared as bytes with
+    torch.load(weights_only=False))."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        bad = False
+        if isinstance(node, ast.Import):
+            bad = any(
+                a.name.split(".")[0] in UNSAFE_NAMES
+                or a.name.startswith(DCP)
+                and not a.name.startswith(f"{DCP}.state_dict")
+                for a in node.names
+            )
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            bad = (
+                node.module.split(".")[0] in UNSAFE_NAMES
+                or (node.module.startswith(DCP) and node.module != f"{DCP}.state_dict")
+                or any(a.name in UNSAFE_NAMES for a in node.names)
+            )
+        elif isinstance(node, (ast.Name, ast.Attribute)):
+            bad = (node.id if isinstance(node, ast.Name) else node.attr) in UNSAFE_NAMES
+        elif isinstance(node, ast.keyword) and node.arg == "weights_only":
+            bad = not (isinstance(node.value, ast.Constant) and node.value.value is True)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            call = ast.unparse(node.func)
+            bad = call == "torch.load" and not any(k.arg == "weights_only" for k in node.keywords)
+        if bad:
+            found.append(f"{path.relative_to(root)}:{node.lineno}")
+    return found
+
+
+def test_nothing_outside_the_one_opt_in_can_unpickle():
+    bad = [
+        line
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path != TRUSTED_OPT_IN
+        for line in unsafe_lines(path)
+    ]
+    assert not bad, "\n".join(bad)
+    assert unsafe_lines(TRUSTED_OPT_IN)  # the check sees what it looks for
+
+
+def test_the_unpickling_check_sees_each_kind(tmp_path):
+    cases = [
+        "import pickle",
+        "from pickle import Unpickler",
+        "import torch.distributed.checkpoint as dcp",
+        "from torch.distributed.checkpoint import FileSystemReader",
+        "torch.load(f)",
+        "torch.load(f, weights_only=False)",
+        "x.load_bytes(b)",
+    ]
+    for code in cases:
+        (tmp_path / "m.py").write_text(code + "\n")
+        assert unsafe_lines(tmp_path / "m.py", tmp_path), code
+    (tmp_path / "m.py").write_text(
+        "from torch.distributed.checkpoint.state_dict import get_model_state_dict\n"
+        "torch.load(f, map_location='cpu', weights_only=True)\n"
+        "text = 'a pickle is refused'\n"
+    )
+    assert not unsafe_lines(tmp_path / "m.py", tmp_path)

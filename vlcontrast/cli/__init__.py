@@ -12,6 +12,7 @@ vlcontrast search INDEX "a red circle" [-k 10] [--image PATH] [--json]
 vlcontrast serve INDEX [--host 127.0.0.1] [--port 8000]
 vlcontrast import hf HF_CLIP_DIR --out CKPT;  vlcontrast export CKPT --to hf|safetensors OUT
 vlcontrast checkpoint consolidate CKPT [--out DIR]   (an FSDP run's shards -> single files)
+vlcontrast checkpoint convert CKPT --trust-pickled-metadata   (the earlier sharded format)
 
 One module per command group (``run``: demo, train, config; ``evaluate``; ``data``;
 ``tokenizer``; ``search``: index, search, serve; ``weights``: import, export, checkpoint); each

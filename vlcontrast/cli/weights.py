@@ -2,7 +2,8 @@
 ``vlcontrast export CKPT --to hf|safetensors OUT``: released CLIP weights in, our checkpoints out
 (a thin layer over ``models.hf_clip`` and ``models.openclip``); ``vlcontrast checkpoint
 consolidate CKPT`` turns an FSDP run's sharded checkpoint into single files
-(``train.consolidate``)."""
+(``train.consolidate``), ``checkpoint convert`` one of the earlier, pickled sharded format, on
+the user's word (``train.legacy_shards``)."""
 
 from __future__ import annotations
 
@@ -54,18 +55,27 @@ def add_commands(sub) -> None:
     exp.add_argument("out", help="output directory (hf) or file (safetensors)")
     ckpt = sub.add_parser(
         "checkpoint",
-        help="consolidate an FSDP run's sharded checkpoint into single files",
+        help="consolidate an FSDP run's sharded checkpoint into single files, or convert one "
+        "of the earlier sharded format",
         description="consolidate: read the shards that every rank of a train.fsdp run wrote "
-        "(sharded/, torch.distributed.checkpoint) in one process and write the checkpoint "
-        "with model.safetensors and the full optimizer state in state.safetensors, the layout "
-        "of a DDP run. Training (on any number of ranks), eval, search and export read "
-        "sharded checkpoints as they are; this is for sharing the weights as one file or "
+        "(sharded/: safetensors files and a JSON index) in one process and write the "
+        "checkpoint with model.safetensors and the full optimizer state in state.safetensors, "
+        "the layout of a DDP run. Training (on any number of ranks), eval, search and export "
+        "read sharded checkpoints as they are; this is for sharing the weights as one file or "
         "for tools that expect it. It needs host memory for the whole model and optimizer "
-        "state.",
+        "state. convert: the same for a checkpoint of the earlier sharded format "
+        "(sharded/.metadata, a pickle that can run code), which nothing else reads; it asks "
+        "for --trust-pickled-metadata, your word that you trust where the file came from.",
     )
-    ckpt.add_argument("action", choices=["consolidate"])
+    ckpt.add_argument("action", choices=["consolidate", "convert"])
     ckpt.add_argument("checkpoint", help="a sharded checkpoint directory (step_*)")
     ckpt.add_argument("--out", default="", help="new directory (default: replace in place)")
+    ckpt.add_argument(
+        "--trust-pickled-metadata",
+        action="store_true",
+        help="convert: read the earlier format's pickled metadata (it can run code: only for "
+        "checkpoints you trust)",
+    )
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -112,12 +122,21 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
-    from vlcontrast.train.consolidate import consolidate
+    from vlcontrast.schema import ConfigError
 
     try:
-        out = consolidate(args.checkpoint, args.out or None)
-    except OSError as err:
+        if args.action == "convert":
+            from vlcontrast.train.legacy_shards import convert
+
+            out = convert(args.checkpoint, args.trust_pickled_metadata, args.out or None)
+        else:
+            from vlcontrast.train.consolidate import consolidate
+
+            out = consolidate(args.checkpoint, args.out or None)
+    except (ConfigError, OSError) as err:
         print(f"vlcontrast checkpoint: {err}", file=sys.stderr)
         return 2
-    print(f"consolidated {args.checkpoint} -> {out} (model.safetensors, state.safetensors)")
+    done = "converted" if args.action == "convert" else "consolidated"
+    print(f"{done} {args.checkpoint} -> {out} (model.safetensors, state.safetensors)")
+    print(f"  evaluate: vlcontrast eval zeroshot --checkpoint {out} --data DATA")
     return 0

@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 
 from vlcontrast import config as config_lib
 from vlcontrast.config import Config
+from vlcontrast.models.torch_format import load_tensors_only
 from vlcontrast.schema import ConfigError
 
 TIMM_CLIP_VIT = {
@@ -190,7 +191,7 @@ def read_hf_state(path: Path) -> dict[str, torch.Tensor]:
         raise ConfigError(f"model.init_from: {path} has no model.safetensors or pytorch_model.bin")
     state = {}
     for file in bins:
-        state.update(torch.load(file, map_location="cpu", weights_only=True))
+        state.update(load_tensors_only(file, "model.init_from"))
     return state
 
 

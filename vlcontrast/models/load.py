@@ -3,7 +3,8 @@
 Lives with the models and imports nothing from ``train/`` or ``eval/``: evaluation, search and
 export rebuild a model from the checkpoint alone. A checkpoint directory holds ``config.json``
 (the resolved run config), ``model.safetensors`` (the weights, never a pickle; an FSDP run's
-checkpoint holds ``sharded/`` instead, read by ``sharded_weights.py``) and, for models with a
+checkpoint holds ``sharded/`` instead, read by ``sharded_weights.py``), ``manifest.json`` (every
+file, and which of the two layouts the weights are in: ``manifest.py``) and, for models with a
 text tower, ``tokenizer/``; the training state beside them is the trainer's business
 (``train/checkpoint.py``).
 """
@@ -21,13 +22,13 @@ from torch import nn
 
 from vlcontrast import config as config_lib
 from vlcontrast.config import Config
-from vlcontrast.models import sharded_weights
+from vlcontrast.models import manifest, sharded_weights
 from vlcontrast.models.build import build_model, has_text
 from vlcontrast.models.image_tower import HUB_PREFIXES
 from vlcontrast.models.text_tower import load_tokenizer
 from vlcontrast.schema import ConfigError
 
-WEIGHTS = "model.safetensors"
+WEIGHTS = manifest.WEIGHTS
 TEXT_CONFIG = "text_config.json"  # the text encoder's transformers config, saved beside weights
 
 
@@ -69,7 +70,7 @@ def self_contained(cfg: Config, path: Path, allow_download: bool) -> Config:
 
 def is_checkpoint(path: str | Path) -> bool:
     """A directory with a config and weights: ``model.safetensors`` or the shards of an FSDP
-    run (``models/sharded_weights.py``)."""
+    run (``models/sharded_weights.py``); which of them is read is its manifest's business."""
     path = Path(path)
     weights = (path / WEIGHTS).is_file() or sharded_weights.is_sharded(path)
     return weights and (path / "config.json").is_file()
@@ -102,7 +103,7 @@ def load_weights(path: str | Path, model: nn.Module) -> None:
     """Load ``model.safetensors`` strictly, except for the text encoder's pooler, which
     checkpoints written before it was dropped (it never gets a gradient) still hold."""
     file = Path(path) / WEIGHTS
-    if not file.is_file() and sharded_weights.is_sharded(path):
+    if manifest.layout(path) == "sharded":
         state = sharded_weights.read_tensors(path, sharded_weights.MODEL)
         missing, unexpected = model.load_state_dict(state, strict=False)
     else:
@@ -164,6 +165,7 @@ def save_model_dir(model: nn.Module, tokenizer: Any, cfg: Config, out: str | Pat
             (tmp / name).write_text(text)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        manifest.write(tmp, "single")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from vlcontrast.models.torch_format import load_tensors_only
 from vlcontrast.schema import ConfigError
 
 
@@ -126,7 +127,7 @@ def read_state(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         state = load_file(str(path))
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_tensors_only(path, "vlcontrast import openclip")
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     return {k.removeprefix("module."): v for k, v in state.items()}  # saved from DDP
 

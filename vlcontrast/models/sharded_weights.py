@@ -1,21 +1,25 @@
-"""Reading a sharded checkpoint: the ``sharded/`` directory that ``torch.distributed.checkpoint``
-writes under ``train.fsdp`` (``train/sharded_checkpoint.py``), in one process and without a
-process group, so evaluation, search and export load an FSDP run's weights as they load any
-checkpoint's.
+"""Reading a sharded checkpoint: the ``sharded/`` directory that every rank of an FSDP run writes
+(``train/sharded_checkpoint.py``), in one process and without a process group, so evaluation,
+search and export load an FSDP run's weights as they load any checkpoint's, and a resumed run
+reads its own pieces onto any number of ranks.
 
-The shards hold flat keys: ``model/{name}`` for the weights and ``optim/{name}/{state}`` for the
-optimizer's tensors (names hold dots, never a slash). Each rank's ``__{rank}_0.distcp`` file holds
-its pieces (tensors written by ``torch.save``, read back with ``weights_only=True``); the
-``.metadata`` file is a plain pickle of where every piece lives. It is read here with an
-unpickler that admits only torch's checkpoint-metadata classes, shapes and dtypes, so a shared
-checkpoint cannot run code (``train/checkpoint.py`` keeps the same promise for its own files).
+The format holds nothing that can run code: each rank's pieces are one safetensors file
+(``rank00000.safetensors``, ...) and ``index.json`` says where every piece of every tensor lives
+(its global shape and dtype, then per piece the file, the offset in the full tensor and the
+piece's shape). Keys are flat: ``model/{name}`` for the weights and ``optim/{name}/{slot}`` for
+the optimizer's state (names hold dots, never a slash); a non-tensor optimizer value is a JSON
+number in the index. The index is checked before a byte of a tensor is read: every piece lies
+inside its tensor, no two overlap, together they cover it, and every file it names is a rank
+file of this directory whose header agrees with it. The earlier format (``.metadata``, a pickle
+that torch.distributed.checkpoint writes) is refused here; ``vlcontrast checkpoint convert
+--trust-pickled-metadata`` rewrites it once for a user who trusts it (``train/legacy_shards.py``).
 """
 
 from __future__ import annotations
 
-import pickle
-import warnings
-from contextlib import contextmanager
+import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,85 +28,220 @@ import torch
 from vlcontrast.schema import ConfigError
 
 SHARDS = "sharded"  # the directory inside a checkpoint
+INDEX = "index.json"
+LEGACY_METADATA = ".metadata"
 MODEL, OPTIM = "model/", "optim/"
-_METADATA_MODULES = (
-    "torch.distributed.checkpoint.metadata",
-    "torch.distributed.checkpoint.filesystem",
-    "torch.distributed.checkpoint.planner",
-)
-_ALLOWED = {
-    ("torch", "Size"),
-    ("torch.serialization", "_get_layout"),
-    ("collections", "OrderedDict"),
-}
-_ALLOWED |= {("pathlib", name) for name in ("Path", "PosixPath", "WindowsPath", "PurePosixPath")}
+FORMAT = 1
+_RANK_FILE = re.compile(r"^rank\d{5}\.safetensors$")
+DTYPES = {
+    str(dtype): dtype
+    for dtype in (
+        torch.float64, torch.float32, torch.float16, torch.bfloat16,
+        torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool,
+    )
+}  # fmt: skip
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint8: "U8", torch.bool: "BOOL",
+}  # fmt: skip
 
 
-@contextmanager
-def single_process_ok():
-    """Silences torch's warning that, without a process group, a checkpoint is read or written
-    by this process alone: that is what is meant here."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is .*single process")
-        yield
+def rank_file(rank: int) -> str:
+    return f"rank{rank:05d}.safetensors"
+
+
+@dataclass(frozen=True)
+class Piece:
+    file: str
+    offset: tuple[int, ...]
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Entry:
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    pieces: tuple[Piece, ...]
+
+
+@dataclass(frozen=True)
+class Index:
+    directory: Path
+    tensors: dict[str, Entry]
+    values: dict[str, float | int | bool]
 
 
 def is_sharded(path: str | Path) -> bool:
-    return (Path(path) / SHARDS / ".metadata").is_file()
+    """Whether ``path`` holds a ``sharded/`` directory (of either format)."""
+    return (Path(path) / SHARDS).is_dir()
 
 
-class _MetadataUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if module in _METADATA_MODULES or (module, name) in _ALLOWED:
-            return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not checkpoint metadata")
+def _damaged(directory: Path, why: str) -> ConfigError:
+    return ConfigError(f"this checkpoint is damaged: {directory} ({why})")
 
 
-def reader(directory: str | Path):
-    """A ``FileSystemReader`` of ``directory`` whose metadata passes :class:`_MetadataUnpickler`."""
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.metadata import StorageMeta
+def _ints(value: Any, what: str, directory: Path) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+    ):
+        raise _damaged(directory, f"{what} is not a list of sizes")
+    return tuple(value)
 
-    class SafeReader(FileSystemReader):
-        def read_metadata(self, *args: Any, **kwargs: Any):
-            file = Path(self.path) / ".metadata"
-            try:
-                with open(file, "rb") as handle:
-                    metadata = _MetadataUnpickler(handle).load()
-            except pickle.UnpicklingError as err:
-                raise ConfigError(
-                    f"refusing to load {file}: {err}, which could run code; resume from a "
-                    f"checkpoint you trust"
-                ) from None
-            except (OSError, EOFError, AttributeError, ValueError) as err:
-                raise ConfigError(f"this checkpoint is damaged: {file} ({err})") from None
-            if getattr(metadata, "storage_meta", None) is None:
-                metadata.storage_meta = StorageMeta()
-            metadata.storage_meta.load_id = self.load_id
-            return metadata
 
-    return SafeReader(str(directory))
+def _overlap(a: Piece, b: Piece) -> bool:
+    return all(
+        max(oa, ob) < min(oa + sa, ob + sb)
+        for oa, sa, ob, sb in zip(a.offset, a.shape, b.offset, b.shape, strict=True)
+    )
+
+
+def _entry(key: str, raw: Any, files: set[str], directory: Path) -> Entry:
+    if not isinstance(raw, dict) or raw.get("dtype") not in DTYPES:
+        raise _damaged(directory, f"{key}: no known dtype")
+    shape = _ints(raw.get("shape"), f"{key} shape", directory)
+    pieces = []
+    for item in raw.get("pieces") or []:
+        if not isinstance(item, dict) or item.get("file") not in files:
+            raise _damaged(directory, f"{key}: a piece names a file the index does not list")
+        piece = Piece(
+            item["file"],
+            _ints(item.get("offset"), f"{key} offset", directory),
+            _ints(item.get("shape"), f"{key} piece shape", directory),
+        )
+        if len(piece.offset) != len(shape) or len(piece.shape) != len(shape):
+            raise _damaged(directory, f"{key}: a piece has the wrong number of dimensions")
+        if any(o + s > n for o, s, n in zip(piece.offset, piece.shape, shape, strict=True)):
+            raise _damaged(directory, f"{key}: a piece lies outside the tensor")
+        if any(_overlap(piece, other) for other in pieces):
+            raise _damaged(directory, f"{key}: two pieces overlap")
+        pieces.append(piece)
+    covered = sum(torch.Size(p.shape).numel() for p in pieces)
+    if covered != torch.Size(shape).numel():  # disjoint and inside, so equal volume covers it
+        raise _damaged(directory, f"{key}: the pieces cover {covered} of its {shape} values")
+    return Entry(shape, DTYPES[raw["dtype"]], tuple(pieces))
+
+
+def read_index(directory: str | Path) -> Index:
+    """The validated index of a ``sharded/`` directory (no tensor is read)."""
+    directory = Path(directory)
+    if (directory / LEGACY_METADATA).exists():
+        raise ConfigError(
+            f"refusing to load {directory}: it is in the earlier sharded format, whose "
+            f"{LEGACY_METADATA} is a pickle that can run code. If you trust where it came from, "
+            f"convert it once: vlcontrast checkpoint convert {directory.parent} "
+            f"--trust-pickled-metadata"
+        )
+    try:
+        raw = json.loads((directory / INDEX).read_text())
+    except (OSError, ValueError) as err:
+        raise _damaged(directory, f"{INDEX}: {err}") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise _damaged(directory, f"{INDEX} is not a format-{FORMAT} shard index")
+    files = raw.get("files")
+    if not isinstance(files, list) or not all(
+        isinstance(f, str) and _RANK_FILE.match(f) for f in files
+    ):
+        raise _damaged(directory, f"{INDEX}: 'files' must list rankNNNNN.safetensors files")
+    tensors = {
+        key: _entry(key, value, set(files), directory)
+        for key, value in (raw.get("tensors") or {}).items()
+    }
+    values = raw.get("values") or {}
+    if not all(isinstance(v, (int, float, bool)) for v in values.values()):
+        raise _damaged(directory, f"{INDEX}: a value is not a number")
+    _check_headers(directory, files, tensors)
+    return Index(directory, tensors, values)
+
+
+def _check_headers(directory: Path, files: list[str], tensors: dict[str, Entry]) -> None:
+    """Every piece is in its file with the index's shape and dtype (headers only)."""
+    from safetensors import SafetensorError, safe_open
+
+    wanted: dict[str, dict[str, tuple[tuple[int, ...], torch.dtype]]] = {f: {} for f in files}
+    for key, entry in tensors.items():
+        for piece in entry.pieces:
+            if key in wanted[piece.file]:
+                raise _damaged(directory, f"{key}: two pieces in one file")
+            wanted[piece.file][key] = (piece.shape, entry.dtype)
+    for file, keys in wanted.items():
+        try:
+            with safe_open(str(directory / file), framework="pt") as handle:
+                for key, (shape, dtype) in keys.items():
+                    found = handle.get_slice(key)
+                    if tuple(found.get_shape()) != shape or (
+                        found.get_dtype() != _SAFETENSORS_DTYPES[dtype]
+                    ):
+                        raise _damaged(directory, f"{file}: {key} differs from the index")
+        except (OSError, SafetensorError) as err:
+            raise _damaged(directory, f"{file}: {err}") from None
+
+
+class Pieces:
+    """The rank files of an index, each opened once (memory-mapped by safetensors), closed on
+    exit."""
+
+    def __init__(self, index: Index):
+        self.index, self._open = index, {}
+
+    def __enter__(self) -> Pieces:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self._open.values():
+            handle.__exit__(None, None, None)
+        self._open.clear()
+
+    def _handle(self, file: str):
+        from safetensors import safe_open
+
+        if file not in self._open:
+            self._open[file] = safe_open(str(self.index.directory / file), framework="pt")
+            self._open[file].__enter__()
+        return self._open[file]
+
+    def read_into(self, key: str, target: torch.Tensor, offset: tuple[int, ...]) -> None:
+        """Fill ``target``, the region of tensor ``key`` that starts at ``offset``, from every
+        piece that overlaps it (a resharding read: pieces and region need not line up)."""
+        entry = self.index.tensors[key]
+        if target.ndim == 0:  # a 0-d tensor is one piece
+            target.copy_(self._handle(entry.pieces[0].file).get_tensor(key))
+            return
+        region = Piece("", tuple(offset), tuple(target.shape))
+        for piece in entry.pieces:
+            if not _overlap(region, piece):
+                continue
+            lo = [max(a, b) for a, b in zip(region.offset, piece.offset, strict=True)]
+            hi = [
+                min(a + s, b + z)
+                for a, s, b, z in zip(
+                    region.offset, region.shape, piece.offset, piece.shape, strict=True
+                )
+            ]
+            source = self._handle(piece.file).get_slice(key)[
+                tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, piece.offset, strict=True))
+            ]
+            inside = tuple(
+                slice(a - o, b - o) for a, b, o in zip(lo, hi, region.offset, strict=True)
+            )
+            target[inside].copy_(source)
 
 
 def read_tensors(path: str | Path, prefix: str = "") -> dict[str, torch.Tensor]:
     """Every full tensor of a sharded checkpoint whose key starts with ``prefix`` (the prefix
-    dropped), on the CPU. Reads in this process alone, under torchrun or not."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+    dropped), on the CPU, in this process alone."""
+    index = read_index(Path(path) / SHARDS)
+    tensors = {}
+    with Pieces(index) as pieces:
+        for key, entry in index.tensors.items():
+            if key.startswith(prefix):
+                tensor = torch.empty(entry.shape, dtype=entry.dtype)
+                pieces.read_into(key, tensor, (0,) * len(entry.shape))
+                tensors[key[len(prefix) :]] = tensor
+    return tensors
 
-    source = reader(Path(path) / SHARDS)
-    entries = source.read_metadata().state_dict_metadata
-    tensors = {
-        key: torch.empty(meta.size, dtype=meta.properties.dtype)
-        for key, meta in entries.items()
-        if key.startswith(prefix) and isinstance(meta, TensorStorageMetadata)
-    }
-    try:
-        with single_process_ok():
-            dcp.load(tensors, storage_reader=source, no_dist=True)
-    except (OSError, RuntimeError, EOFError, dcp.CheckpointException) as err:
-        first = str(err).strip().splitlines()[-1][:300]
-        raise ConfigError(f"this checkpoint is damaged: {Path(path) / SHARDS} ({first})") from None
-    return {key[len(prefix) :]: value for key, value in tensors.items()}
+
+def read_values(path: str | Path, prefix: str = "") -> dict[str, float | int | bool]:
+    """The non-tensor values (an optimizer's plain-number state) under ``prefix``."""
+    index = read_index(Path(path) / SHARDS)
+    return {k[len(prefix) :]: v for k, v in index.values.items() if k.startswith(prefix)}

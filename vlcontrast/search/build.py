@@ -36,7 +36,7 @@ from vlcontrast.data.image import MAX_PIXELS, decode_image
 from vlcontrast.data.skip import SkipSample
 from vlcontrast.data.sources import known_size
 from vlcontrast.embed import eval_transform
-from vlcontrast.models import sharded_weights
+from vlcontrast.models import manifest, sharded_weights
 from vlcontrast.models.load import WEIGHTS, load_model
 from vlcontrast.search import layout
 from vlcontrast.search.units import (
@@ -179,8 +179,8 @@ def weights_stamp(checkpoint: Path) -> str:
     under the same path is told apart without hashing gigabytes, and a copied one is still
     recognised. A sharded (FSDP) checkpoint's files are its ranks' shards."""
     files = [checkpoint / WEIGHTS]
-    if not files[0].is_file() and sharded_weights.is_sharded(checkpoint):
-        files = sorted((checkpoint / sharded_weights.SHARDS).glob("*.distcp"))
+    if manifest.layout(checkpoint) == "sharded":
+        files = sorted((checkpoint / sharded_weights.SHARDS).glob("*"))
     digest = hashlib.sha1()
     for path in files:
         size = path.stat().st_size
@@ -226,7 +226,8 @@ class UnitStream(IterableDataset):
                 records.append(item_record(raw))
                 if len(images) == self.batch_size:
                     yield batch(unit, images, records, errors, end=False)
-                    images, records, errors = [], [], Counter()
+                    images, records = [], []
+                    errors.clear()  # the same Counter: the shard reader counts into it
             yield batch(unit, images, records, errors, end=True)
 
     def decode(self, image: Any, rng: random.Random) -> torch.Tensor:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import pickle
 import random
 import re
 import shutil
@@ -44,12 +43,14 @@ from torch import nn
 
 from vlcontrast import config as config_lib
 from vlcontrast import distributed
+from vlcontrast.models import manifest
 from vlcontrast.models.load import (  # noqa: F401 (read_config re-exported for the trainer)
     WEIGHTS,
     architecture_files,
     load_weights,
     read_config,
 )
+from vlcontrast.models.torch_format import load_tensors_only
 from vlcontrast.schema import ConfigError
 
 _NAME = re.compile(r"^step_(\d{8})$")
@@ -179,13 +180,14 @@ def save(
         elif staged is None:
             save_model(model, str(tmp / WEIGHTS))
         save_file(tensors, str(tmp / STATE_TENSORS))
-        manifest = {"format": FORMAT, "step": step, "parts": encoded}
-        (tmp / STATE_JSON).write_text(json.dumps(manifest) + "\n")
+        state = {"format": FORMAT, "step": step, "parts": encoded}
+        (tmp / STATE_JSON).write_text(json.dumps(state) + "\n")
         config_lib.save(cfg, tmp / "config.json")
         for name, text in architecture_files(model).items():
             (tmp / name).write_text(text)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        manifest.write(tmp, "single" if staged is None else "sharded")
         commit(tmp, final)
     except (OSError, RuntimeError, SafetensorError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -251,11 +253,11 @@ def load_state(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if (path / STATE_JSON).is_file():
         try:
-            manifest = json.loads((path / STATE_JSON).read_text())
+            state = json.loads((path / STATE_JSON).read_text())
             tensors = load_file(str(path / STATE_TENSORS))
         except (OSError, ValueError, SafetensorError) as err:
             raise ConfigError(f"this checkpoint is damaged: {path} ({err})") from None
-        return {"step": manifest["step"], "parts": decode(manifest["parts"], tensors)}
+        return {"step": state["step"], "parts": decode(state["parts"], tensors)}
     if (path / LEGACY_STATE).is_file():
         return _legacy_state(path / LEGACY_STATE)
     raise ConfigError(f"train.resume: {path} holds no training state ({STATE_JSON})")
@@ -269,18 +271,7 @@ def _legacy_state(file: Path) -> dict[str, Any]:
         type(np.dtype(np.uint32)),
         getattr(np, "_core", np).multiarray._reconstruct,
     ]
-    try:
-        with torch.serialization.safe_globals(allowed):
-            saved = torch.load(file, weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0][:200]
-        raise ConfigError(
-            f"refusing to load {file}: it holds pickled objects other than tensors and plain "
-            f"data, which could run code ({first}). Resume from a checkpoint you trust, or "
-            f"start fresh; its weights (model.safetensors) still load for evaluation"
-        ) from None
-    except (OSError, RuntimeError, EOFError) as err:
-        raise ConfigError(f"this checkpoint is damaged: {file} ({err})") from None
+    saved = load_tensors_only(file, "train.resume", allowed)
     parts = {k: saved[k] for k in ("optimizer", "scheduler") if k in saved}
     parts["data"] = saved.get("position", {})
     parts["rng"] = saved["rng"]
@@ -291,11 +282,11 @@ def _legacy_state(file: Path) -> dict[str, Any]:
 
 def restore(path: str | Path, model: nn.Module, parts: dict[str, Stateful]) -> int:
     """Load the model and every part that the checkpoint holds; returns the step."""
-    from vlcontrast.models import sharded_weights
     from vlcontrast.train import fsdp, sharded_checkpoint
 
+    layout = manifest.layout(path)
     saved = load_state(path)
-    if sharded_weights.is_sharded(path):  # weights and optimizer tensors come from the shards
+    if layout == "sharded":  # weights and optimizer tensors come from the shards
         optimizer = parts["optimizer"]
         optimizer = getattr(optimizer, "optimizer", optimizer)  # fsdp.ShardedOptimizer's own
         sharded_checkpoint.load_shards(Path(path), model, optimizer, saved["parts"]["optimizer"])

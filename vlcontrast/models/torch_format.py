@@ -1,0 +1,34 @@
+"""Third-party weights that exist only in torch's own format (an OpenCLIP ``.pt``, a Hugging
+Face ``pytorch_model.bin``, this project's pre-safetensors ``train_state.pt``): the one place
+they are read, always with ``torch.load(weights_only=True)``, which rebuilds tensors and plain
+containers and refuses any other object instead of running its code. Safetensors files are
+preferred wherever both exist (``models/hf_clip.py``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlcontrast.schema import ConfigError
+
+
+def load_tensors_only(file: str | Path, what: str, allowed: list | tuple = ()) -> Any:
+    """``torch.load(file, weights_only=True)`` on the CPU, ``allowed`` extra globals admitted;
+    a file holding anything else, or a damaged one, is one ConfigError naming the file and what
+    to do (``what``: the option or command it was given to)."""
+    file = Path(file)
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        if "Weights only load failed" in str(err):
+            raise ConfigError(
+                f"{what}: refusing to load {file}: it holds pickled objects other than tensors "
+                f"and plain data, which could run code ({first}). Use a .safetensors copy of "
+                f"these weights, or re-save them from code you trust"
+            ) from None
+        raise ConfigError(f"{what}: {file} is not a readable torch file ({first})") from None
