@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from vlcontrast.search.uploads import MAX_UPLOAD_PIXELS
+
 DATA_HELP = (
     "what to index: a shard pattern ('shards/{00000..00099}.tar', a glob or a directory), an "
     "ImageFolder directory or a Hugging Face dataset (save_to_disk directory or 'hf:NAME'); "
@@ -140,6 +142,13 @@ def add_commands(sub) -> None:
     serve.add_argument("--backend", default="auto", choices=["auto", "exact", "faiss"])
     serve.add_argument(
         "--checkpoint", default="", help="the index's checkpoint, if it moved since the build"
+    )
+    serve.add_argument(
+        "--max-upload-pixels",
+        type=int,
+        default=MAX_UPLOAD_PIXELS,
+        help="uploaded images above this many pixels are refused from their header, before "
+        "decoding (default: %(default)s, a 12-megapixel photo passes)",
     )
 
 
@@ -297,5 +306,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"vlcontrast serve: {err}", file=sys.stderr)
         return 2
-    serve(index, args.host, args.port, args.k)
+    serve(index, args.host, args.port, args.k, args.max_upload_pixels)
     return 0

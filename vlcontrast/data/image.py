@@ -202,6 +202,8 @@ def decode_image(data: bytes, transform, rng: random.Random, max_pixels: int = M
             decoded = transform.read(img, rng)
     except SkipSample:
         raise
+    except Image.DecompressionBombError:  # PIL's own guard, past twice its pixel limit
+        raise SkipSample("too_large") from None
     except Exception:  # noqa: BLE001 - PIL raises many types for corrupt files
         raise SkipSample("corrupt_image") from None
     try:

@@ -88,8 +88,11 @@ class SearchIndex:
             txt_emb = model.encode_text(ids, mask).float().cpu().numpy()  # (1, D)
         return self.search_vectors(txt_emb, k)[0]
 
-    def search_image(self, image: bytes | str | Path | Image.Image, k: int = 10) -> list[dict]:
-        """Images like ``image`` (bytes, a path or a PIL image)."""
+    def search_image(
+        self, image: bytes | str | Path | Image.Image, k: int = 10, max_pixels: int | None = None
+    ) -> list[dict]:
+        """Images like ``image`` (bytes, a path or a PIL image); an image over ``max_pixels``
+        (default: the run's ``data.max_pixels``) is refused from its header."""
         model, _, cfg = self.model()
         transform = eval_transform(cfg)
         rng = random.Random(0)
@@ -98,8 +101,14 @@ class SearchIndex:
                 pixels = transform(image, rng)
             else:
                 data = Path(image).read_bytes() if isinstance(image, str | Path) else image
-                pixels = decode_image(data, transform, rng, cfg.data.max_pixels)
+                limit = cfg.data.max_pixels if max_pixels is None else max_pixels
+                pixels = decode_image(data, transform, rng, limit)
         except SkipSample as skip:
+            if skip.reason == "too_large":
+                raise QueryError(
+                    f"the image is too large (too_large: over {limit / 1e6:g} megapixels); "
+                    f"send a smaller one"
+                ) from None
             raise QueryError(f"the upload is not an image we can read ({skip.reason})") from None
         with self._lock, torch.no_grad():
             img_emb = model.encode_image(pixels[None].to(self.device)).float().cpu().numpy()

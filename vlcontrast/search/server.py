@@ -4,19 +4,25 @@ Routes (JSON unless said):
     GET  /                      the page (``page.html``): query box, result grid, image upload
     GET  /api/search?q=TEXT&k=N text-to-image search
     GET  /api/similar?row=R&k=N the neighbours of indexed item R (a click on a thumbnail)
-    POST /api/image?k=N         image-to-image search; the body is the image file
+    POST /api/image?k=N         image-to-image search; the body is the image file, or a
+                                multipart form with it (``curl -F file=@x.png``)
     GET  /api/info              items, dimension, checkpoint
     GET  /image/R               item R's image, the member's bytes read by offset from its shard
 
 Bound to 127.0.0.1 by default: the page reads the collection's files, so exposing it is the
-user's choice (``--host 0.0.0.0``). A bad query gets status 400 and ``{"error": message}``
-that the page shows; an unexpected failure gets 500 with the message, never a stack trace.
+user's choice (``--host 0.0.0.0``). A bad query, and any malformed request, gets a 4xx status
+and ``{"error": message}`` that the page shows; an unexpected failure gets 500 with the message,
+never a stack trace. Uploads are bounded by what is read (``search/uploads.py``), an image over
+``max_upload_pixels`` is refused from its header (``too_large``), and uploads are decoded one at
+a time, so N hostile uploads cost one decode's memory, not N. A client that hangs up is one log
+line.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,8 +30,24 @@ from importlib import resources
 from urllib.parse import parse_qs, urlparse
 
 from vlcontrast.search.engine import MAX_K, QueryError, SearchIndex
+from vlcontrast.search.uploads import (
+    MAX_UPLOAD,
+    MAX_UPLOAD_PIXELS,
+    UploadError,
+    image_part,
+    read_body,
+)
 
-MAX_UPLOAD = 20 << 20  # bytes: a photo, not a collection
+TIMEOUT = 30  # seconds a client may take to send its request (slow-header sockets are closed)
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """One line, never a traceback: a client that hangs up early is routine."""
+        err = sys.exc_info()[1]
+        print(f"serve: {client_address[0]}: {type(err).__name__}: {err}", file=sys.stderr)
 
 
 def page(k: int) -> bytes:
@@ -33,13 +55,31 @@ def page(k: int) -> bytes:
     return html.replace("__K__", str(int(k))).encode()
 
 
-def make_server(index: SearchIndex, host: str = "127.0.0.1", port: int = 8000, k: int = 24):
+def make_server(
+    index: SearchIndex,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    k: int = 24,
+    max_upload_pixels: int = MAX_UPLOAD_PIXELS,
+):
     """The HTTP server (not started); ``port=0`` picks a free port (``server.server_port``)."""
     body = page(k)
+    decoding = threading.Lock()  # one upload decoded at a time
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = TIMEOUT
+        default_request_version = "HTTP/1.0"  # a garbled request line still gets a status line
+
         def log_message(self, format, *args):  # noqa: A002 - the base class's name
             pass  # one line per thumbnail would drown the terminal
+
+        def send_error(self, code, message=None, explain=None):
+            """The base class's malformed-request answers, as JSON like every other."""
+            self.close_connection = True
+            try:
+                self.json(code, {"error": message or self.responses.get(code, ("error",))[0]})
+            except OSError:
+                pass
 
         def do_GET(self):  # noqa: N802 - the base class's name
             url = urlparse(self.path)
@@ -59,18 +99,22 @@ def make_server(index: SearchIndex, host: str = "127.0.0.1", port: int = 8000, k
         def do_POST(self):  # noqa: N802
             url = urlparse(self.path)
             if url.path != "/api/image":
+                self.close_connection = True  # its body, if any, is never read
                 return self.json(404, {"error": f"no page {url.path}"})
-            size = int(self.headers.get("Content-Length") or 0)
-            if size > MAX_UPLOAD:
-                self.rfile.read(size)
-                return self.json(
-                    400, {"error": f"the upload is {size >> 20} MB; at most {MAX_UPLOAD >> 20} MB"}
-                )
-            data = self.rfile.read(size)
+            try:
+                data = read_body(self.headers, self.rfile, MAX_UPLOAD)
+                data = image_part(self.headers.get("Content-Type") or "", data)
+            except UploadError as err:
+                self.close_connection = True
+                return self.json(err.status, {"error": str(err)})
             if not data:
                 return self.json(400, {"error": "the upload is empty: choose an image file"})
-            query = parse_qs(url.query)
-            return self.results(lambda k: index.search_image(data, k), query)
+
+            def search(k):
+                with decoding:
+                    return index.search_image(data, k, max_pixels=max_upload_pixels)
+
+            return self.results(search, parse_qs(url.query))
 
         def results(self, run, query):
             def search():
@@ -108,7 +152,7 @@ def make_server(index: SearchIndex, host: str = "127.0.0.1", port: int = 8000, k
             self.end_headers()
             self.wfile.write(data)
 
-    return ThreadingHTTPServer((host, port), Handler)
+    return Server((host, port), Handler)
 
 
 def one(query: dict, name: str) -> str:
@@ -140,8 +184,14 @@ def info(index: SearchIndex) -> dict:
     }
 
 
-def serve(index: SearchIndex, host: str = "127.0.0.1", port: int = 8000, k: int = 24) -> None:
-    server = make_server(index, host, port, k)
+def serve(
+    index: SearchIndex,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    k: int = 24,
+    max_upload_pixels: int = MAX_UPLOAD_PIXELS,
+) -> None:
+    server = make_server(index, host, port, k, max_upload_pixels)
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     print(
         f"searching {len(index)} items ({index.backend.name} backend) at "
