@@ -163,7 +163,9 @@ def iter_samples(
                 current["__offsets__"][ext.lower()] = (offset, size)
     except (Truncated, OSError, EOFError, ValueError, MemoryError):
         skipped("truncated_shard")
-        return
+        # the cut fell in the next sample's members: the one before it is whole
+        if current is None or current["__key__"] == keys[0]:
+            return
     finally:
         stream.close()
     if current is not None:
