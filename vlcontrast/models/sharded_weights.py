@@ -70,6 +70,7 @@ class Index:
     directory: Path
     tensors: dict[str, Entry]
     values: dict[str, float | int | bool]
+    headers: dict[str, dict[str, tuple[str, tuple[int, ...], int, int]]]  # per file
 
 
 def is_sharded(path: str | Path) -> bool:
@@ -150,36 +151,58 @@ def read_index(directory: str | Path) -> Index:
     values = raw.get("values") or {}
     if not all(isinstance(v, (int, float, bool)) for v in values.values()):
         raise _damaged(directory, f"{INDEX}: a value is not a number")
-    _check_headers(directory, files, tensors)
-    return Index(directory, tensors, values)
+    return Index(directory, tensors, values, _check_headers(directory, files, tensors))
 
 
-def _check_headers(directory: Path, files: list[str], tensors: dict[str, Entry]) -> None:
-    """Every piece is in its file with the index's shape and dtype (headers only)."""
-    from safetensors import SafetensorError, safe_open
+def _header(file: Path) -> tuple[dict[str, tuple[str, tuple[int, ...], int, int]], int]:
+    """A safetensors file's header, checked: ``{key: (dtype, shape, begin, end)}`` with absolute
+    byte offsets, and the file's size. Read with plain file reads (no memory map), so reading a
+    rank's region costs only that region."""
+    size = file.stat().st_size
+    with open(file, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        if not 2 <= length <= min(size - 8, 100 << 20):
+            raise ValueError("not a safetensors file")
+        raw = json.loads(handle.read(length))
+    entries = {}
+    for key, item in raw.items():
+        if key == "__metadata__":
+            continue
+        begin, end = item["data_offsets"]
+        shape = tuple(int(n) for n in item["shape"])
+        entries[key] = (item["dtype"], shape, 8 + length + begin, 8 + length + end)
+        if not 0 <= begin <= end <= size - 8 - length:
+            raise ValueError(f"{key} lies outside the file")
+    return entries, size
 
-    wanted: dict[str, dict[str, tuple[tuple[int, ...], torch.dtype]]] = {f: {} for f in files}
-    for key, entry in tensors.items():
-        for piece in entry.pieces:
-            if key in wanted[piece.file]:
-                raise _damaged(directory, f"{key}: two pieces in one file")
-            wanted[piece.file][key] = (piece.shape, entry.dtype)
-    for file, keys in wanted.items():
+
+def _check_headers(directory: Path, files: list[str], tensors: dict[str, Entry]) -> dict:
+    """Every piece is in its file with the index's shape and dtype; returns ``{file: header}``."""
+    headers = {}
+    for file in files:
         try:
-            with safe_open(str(directory / file), framework="pt") as handle:
-                for key, (shape, dtype) in keys.items():
-                    found = handle.get_slice(key)
-                    if tuple(found.get_shape()) != shape or (
-                        found.get_dtype() != _SAFETENSORS_DTYPES[dtype]
-                    ):
-                        raise _damaged(directory, f"{file}: {key} differs from the index")
-        except (OSError, SafetensorError) as err:
+            headers[file], _ = _header(directory / file)
+        except (OSError, ValueError, KeyError, TypeError) as err:
             raise _damaged(directory, f"{file}: {err}") from None
+    for key, entry in tensors.items():
+        seen = set()
+        for piece in entry.pieces:
+            found = headers[piece.file].get(key)
+            itemsize = torch.empty((), dtype=entry.dtype).element_size()
+            want = (_SAFETENSORS_DTYPES[entry.dtype], piece.shape)
+            if (
+                piece.file in seen
+                or found is None
+                or found[:2] != want
+                or (found[3] - found[2] != torch.Size(piece.shape).numel() * itemsize)
+            ):
+                raise _damaged(directory, f"{piece.file}: {key} differs from the index")
+            seen.add(piece.file)
+    return headers
 
 
 class Pieces:
-    """The rank files of an index, each opened once (memory-mapped by safetensors), closed on
-    exit."""
+    """The rank files of an index, each opened once for plain reads, closed on exit."""
 
     def __init__(self, index: Index):
         self.index, self._open = index, {}
@@ -189,23 +212,31 @@ class Pieces:
 
     def __exit__(self, *exc: Any) -> None:
         for handle in self._open.values():
-            handle.__exit__(None, None, None)
+            handle.close()
         self._open.clear()
 
-    def _handle(self, file: str):
-        from safetensors import safe_open
-
+    def _read(self, file: str, start: int, out: torch.Tensor) -> None:
+        """``out.numel()`` values from byte ``start`` of ``file`` into contiguous ``out``."""
         if file not in self._open:
-            self._open[file] = safe_open(str(self.index.directory / file), framework="pt")
-            self._open[file].__enter__()
-        return self._open[file]
+            self._open[file] = open(self.index.directory / file, "rb")  # noqa: SIM115
+        handle = self._open[file]
+        handle.seek(start)
+        view = out.reshape(-1).view(torch.uint8).numpy()
+        if handle.readinto(memoryview(view)) != view.nbytes:
+            raise _damaged(self.index.directory, f"{file} is shorter than its header says")
 
     def read_into(self, key: str, target: torch.Tensor, offset: tuple[int, ...]) -> None:
         """Fill ``target``, the region of tensor ``key`` that starts at ``offset``, from every
-        piece that overlaps it (a resharding read: pieces and region need not line up)."""
+        piece that overlaps it (a resharding read: pieces and region need not line up). Each
+        piece's overlapping rows are one contiguous byte range, read straight into ``target``
+        when the columns line up too, else through a buffer of those rows."""
         entry = self.index.tensors[key]
+        headers = self.index.headers
         if target.ndim == 0:  # a 0-d tensor is one piece
-            target.copy_(self._handle(entry.pieces[0].file).get_tensor(key))
+            piece = entry.pieces[0]
+            buffer = torch.empty((), dtype=entry.dtype)
+            self._read(piece.file, headers[piece.file][key][2], buffer.reshape(1))
+            target.copy_(buffer)
             return
         region = Piece("", tuple(offset), tuple(target.shape))
         for piece in entry.pieces:
@@ -218,13 +249,23 @@ class Pieces:
                     region.offset, region.shape, piece.offset, piece.shape, strict=True
                 )
             ]
-            source = self._handle(piece.file).get_slice(key)[
-                tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, piece.offset, strict=True))
-            ]
+            row = torch.Size(piece.shape[1:]).numel() * target.element_size()
+            start = headers[piece.file][key][2] + (lo[0] - piece.offset[0]) * row
             inside = tuple(
                 slice(a - o, b - o) for a, b, o in zip(lo, hi, region.offset, strict=True)
             )
-            target[inside].copy_(source)
+            rows = (hi[0] - lo[0], *piece.shape[1:])
+            destination = target[inside]
+            if tuple(destination.shape) == rows and destination.is_contiguous():
+                self._read(piece.file, start, destination)
+                continue
+            buffer = torch.empty(rows, dtype=entry.dtype)
+            self._read(piece.file, start, buffer)
+            columns = tuple(
+                slice(a - o, b - o)
+                for a, b, o in zip(lo[1:], hi[1:], piece.offset[1:], strict=True)
+            )
+            destination.copy_(buffer[(slice(None), *columns)])
 
 
 def read_tensors(path: str | Path, prefix: str = "") -> dict[str, torch.Tensor]:
