@@ -220,6 +220,14 @@ def test_an_image_served_by_key_is_byte_identical_to_its_shard_member(tmp_path, 
         assert data == members[index.record(row)["key"]] and content_type == "image/jpeg"
 
 
+def test_a_directory_of_shards_is_indexed_as_shards(tmp_path, trained, planted, capsys):
+    """``--data DIR`` with tar files in DIR, as --help says (it was taken for an image-folder
+    tree: "no images in class sub-folders")."""
+    args = ["index", "build", "--checkpoint", str(trained), "--data", str(planted["dir"])]
+    assert cli.main([*args, "--out", str(tmp_path / "index"), "--workers", "0"]) == 0
+    assert len(SearchIndex(tmp_path / "index")) == 48
+
+
 def test_dedup_finds_the_planted_duplicates(tmp_path, capsys):
     rng = np.random.default_rng(2)
     index_dir = tmp_path / "synthetic"

@@ -31,7 +31,7 @@ from vlcontrast.data.captions import member_value, parse_captions
 from vlcontrast.data.convert import class_names, scan_class_folder
 from vlcontrast.data.image import IMAGE_EXTENSIONS, MAX_PIXELS, decode_image
 from vlcontrast.data.skip import SkipSample
-from vlcontrast.data.sources import dataset_size, expand_urls, missing_shards
+from vlcontrast.data.sources import dataset_size, expand_local, expand_urls, missing_shards
 from vlcontrast.data.tar_reader import iter_samples
 
 HF_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
@@ -215,6 +215,8 @@ def detect_format(data: str) -> str:
     if path.is_dir():
         if any((path / marker).is_file() for marker in HF_MARKERS):
             return "hf"
+        if expand_local(data):  # a directory of shards (its *.tar files)
+            return "wds"
         return "imagefolder"
     return "wds"
 
