@@ -137,6 +137,19 @@ def test_resume_applies_a_changed_lr_and_logs_each_step_once(corpus, tmp_path, m
         assert row["train/lr"] == pytest.approx(want, rel=1e-6), row["step"]
 
 
+def test_a_restart_killed_before_its_first_checkpoint_logs_each_step_once(
+    corpus, tmp_path, monkeypatch
+):
+    overrides = [*tiny_overrides(corpus, tmp_path, steps=4), "train.save_every=10"]
+    restore = crash_after(monkeypatch, 3)  # steps 1-3 logged, no checkpoint yet
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["train", run_file(tmp_path), *overrides])
+    restore()
+    assert [r["step"] for r in train_rows(tmp_path)] == [1, 2, 3]
+    assert cli.main(["train", run_file(tmp_path), *overrides, "train.resume=latest"]) == 0
+    assert [r["step"] for r in train_rows(tmp_path)] == [1, 2, 3, 4]  # not 1, 2, 3, 1, ...
+
+
 def test_resuming_an_older_checkpoint_retires_the_newer_timeline(corpus, tmp_path, monkeypatch):
     overrides = tiny_overrides(corpus, tmp_path, steps=6)
     assert cli.main(["train", run_file(tmp_path), *overrides]) == 0  # checkpoints 4 and 6 kept

@@ -2,6 +2,7 @@
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,56 @@ def test_epochs_give_the_step_count_from_the_dataset_size(corpus, tmp_path, caps
     both = [*overrides, "train.epochs=1", "train.steps=3", f"train.output_dir={tmp_path}/b"]
     assert cli.main(["train", run_file(tmp_path), *both]) == 2
     assert "set exactly one of train.steps and train.epochs" in capsys.readouterr().err
+
+
+def ctrl_c_after(monkeypatch, batches: int, times: int = 1):
+    """Send this process SIGINT ``times`` times when the ``batches``-th batch is fetched, as a
+    user's Ctrl-C would arrive mid-step."""
+    import os
+    import signal
+
+    from vlcontrast.train import loop
+
+    real = loop.iterate_epochs
+
+    def interrupted(*args, **kwargs):
+        for index, batch in enumerate(real(*args, **kwargs)):
+            if index == batches:
+                for _ in range(times):
+                    os.kill(os.getpid(), signal.SIGINT)
+            yield batch
+
+    monkeypatch.setattr(loop, "iterate_epochs", interrupted)
+    return lambda: monkeypatch.setattr(loop, "iterate_epochs", real)
+
+
+def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(corpus, tmp_path, monkeypatch, capsys):
+    base = [*tiny_overrides(corpus, tmp_path / "whole", steps=5), "train.save_every=10"]
+    assert cli.main(["train", run_file(tmp_path / "whole"), *base]) == 0
+    whole = losses(tmp_path / "whole")
+
+    cut = tmp_path / "cut"
+    overrides = [*tiny_overrides(corpus, cut, steps=5), "train.save_every=10"]
+    restore = ctrl_c_after(monkeypatch, 2)  # during step 3
+    capsys.readouterr()
+    began = time.perf_counter()
+    assert cli.main(["train", run_file(cut), *overrides]) == 130
+    assert time.perf_counter() - began < 30
+    restore()
+    out = capsys.readouterr()
+    assert "stopped by Ctrl-C after step 3" in out.out and "train.resume=latest" in out.out
+    assert "Traceback" not in out.err
+    assert checkpoint.latest(cut / "checkpoints").name == "step_00000003"
+    assert cli.main(["train", run_file(cut), *overrides, "train.resume=latest"]) == 0
+    assert losses(cut) == whole  # bit-exact
+
+    again = tmp_path / "again"
+    ctrl_c_after(monkeypatch, 1, times=2)  # a second Ctrl-C: out at once, no checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["train", run_file(again), *tiny_overrides(corpus, again, steps=5)])
+    assert checkpoint.latest(again / "checkpoints") is None
+
+
+def losses(run_dir) -> dict[int, float]:
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}

@@ -65,6 +65,18 @@ COMMANDS = {
 }
 
 
+def entry() -> None:
+    """The ``vlcontrast`` console script: :func:`main`, with a Ctrl-C that got past a command's
+    own handling (a second one during training, one during evaluation) as one line and exit
+    status 130 instead of a traceback."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print("\nvlcontrast: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -71,6 +71,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         message = str(err).strip().splitlines()[-1].removeprefix(f"{DataError.__module__}.")
         print(f"vlcontrast: data error: {message.removeprefix('DataError: ')}", file=sys.stderr)
         return 4
+    if summary["interrupted"]:
+        print0(
+            f"stopped by Ctrl-C after step {summary['steps']}; checkpoint: "
+            f"{summary['checkpoint']}. Resume with the same command plus train.resume=latest"
+        )
+        return 130
     final = summary["final_loss"]
     loss = f", final loss {final:.4f}" if final is not None else " (nothing left to train)"
     print0(f"done: {summary['steps']} steps{loss}")  # the mean over ranks, printed once

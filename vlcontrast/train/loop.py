@@ -42,6 +42,7 @@ from vlcontrast.train.data_setup import (
     set_streams,
 )
 from vlcontrast.train.grad_cache import grad_cached_step
+from vlcontrast.train.interrupt import StopRequest
 from vlcontrast.train.metrics_log import MetricsLogger
 from vlcontrast.train.model_setup import build_training_model, resolve_model_settings
 from vlcontrast.train.optim import build_optimizer, build_scheduler
@@ -95,8 +96,8 @@ def train(cfg: Config) -> dict[str, Any]:
         parts["grad_scaler"] = precision.scaler
     if resume_from is not None:
         state["step"] = resume(resume_from, model, parts, cfg)
-        if accelerator.is_main_process:
-            run_dir_lib.roll_back(run_dir, state["step"])
+    if accelerator.is_main_process:  # also a restart killed before its first checkpoint
+        run_dir_lib.roll_back(run_dir, state["step"])
     set_streams(cfg, state["position"])
     dataset.check(state["position"].streams)
     bare_model = model
@@ -123,48 +124,55 @@ def train(cfg: Config) -> dict[str, Any]:
     window_start, window_steps, last_loss = time.perf_counter(), 0, None
     evals: dict[str, float] = {}
 
-    while state["step"] < cfg.train.steps:
-        batch = next(batches)
-        if state["step"] == 0 and tokenizer is not None:
-            warn_unknown_captions(tokenizer, batch.get("texts", []))
-        bad.check_all_ranks(accelerator.device)
-        loss, metrics = train_step(
-            accelerator, precision, model, objective, optimizer, batch, cfg, state
-        )
-        scheduler.step()
-        state["step"] += 1
-        window_steps += 1
-        step = state["step"]
-        bar.update(1)
+    stop, interrupted = StopRequest(), False
+    with stop:
+        while state["step"] < cfg.train.steps:
+            batch = next(batches)
+            if state["step"] == 0 and tokenizer is not None:
+                warn_unknown_captions(tokenizer, batch.get("texts", []))
+            bad.check_all_ranks(accelerator.device)
+            loss, metrics = train_step(
+                accelerator, precision, model, objective, optimizer, batch, cfg, state
+            )
+            scheduler.step()
+            state["step"] += 1
+            window_steps += 1
+            step = state["step"]
+            bar.update(1)
 
-        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-            elapsed = time.perf_counter() - window_start
-            metrics.update(
-                loss=global_mean(accelerator, loss),
-                lr=scheduler.get_last_lr()[0],
-                epoch=epoch_of(state, cfg, global_batch, size),
-                samples_per_s=window_steps * global_batch / elapsed,
-                skipped=dict(bad.by_reason),
-                samples_read=bad.seen,
-            )
-            logger.log(step, {"train": metrics})
-            last_loss = metrics["loss"]  # the last step always logs: the run's final loss
-            print0(log_line(step, metrics))
-            bar.set_postfix(
-                loss=f"{metrics['loss']:.4f}",
-                samples_s=f"{metrics['samples_per_s']:.0f}",
-                skipped=bad.skipped,
-            )
-            window_start, window_steps = time.perf_counter(), 0
-        if step % cfg.train.save_every == 0 or step == cfg.train.steps:
-            save_checkpoint(
-                accelerator, ckpt_root, bare_model, parts, state["step"], cfg, tokenizer
-            )
-        if eval_due(cfg, step):
-            evals = run_evals(accelerator, model, tokenizer, cfg, step)
-            logger.log(step, {"eval": evals})
-            if evals:
-                print0(eval_line(step, evals))
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                elapsed = time.perf_counter() - window_start
+                metrics.update(
+                    loss=global_mean(accelerator, loss),
+                    lr=scheduler.get_last_lr()[0],
+                    epoch=epoch_of(state, cfg, global_batch, size),
+                    samples_per_s=window_steps * global_batch / elapsed,
+                    skipped=dict(bad.by_reason),
+                    samples_read=bad.seen,
+                )
+                logger.log(step, {"train": metrics})
+                last_loss = metrics["loss"]  # the last step always logs: the run's final loss
+                print0(log_line(step, metrics))
+                bar.set_postfix(
+                    loss=f"{metrics['loss']:.4f}",
+                    samples_s=f"{metrics['samples_per_s']:.0f}",
+                    skipped=bad.skipped,
+                )
+                window_start, window_steps = time.perf_counter(), 0
+            if step % cfg.train.save_every == 0 or step == cfg.train.steps:
+                save_checkpoint(
+                    accelerator, ckpt_root, bare_model, parts, state["step"], cfg, tokenizer
+                )
+            if eval_due(cfg, step):
+                evals = run_evals(accelerator, model, tokenizer, cfg, step)
+                logger.log(step, {"eval": evals})
+                if evals:
+                    print0(eval_line(step, evals))
+            if stop.agreed(accelerator.device):  # Ctrl-C: this step is done and saved
+                if step % cfg.train.save_every != 0 and step != cfg.train.steps:
+                    save_checkpoint(accelerator, ckpt_root, bare_model, parts, step, cfg, tokenizer)
+                interrupted = True
+                break
 
     bar.close()
     logger.close()
@@ -175,6 +183,7 @@ def train(cfg: Config) -> dict[str, Any]:
         "samples_read": bad.seen,
         "eval": evals,
         "checkpoint": str(checkpoint.latest(ckpt_root)),
+        "interrupted": interrupted,
     }
     print0(bad.summary())
     return summary
