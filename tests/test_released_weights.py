@@ -307,3 +307,46 @@ def test_the_openclip_import_command_needs_its_config(tmp_path, capsys):
     args = ["import", "openclip", str(tmp_path / "x.bin"), "--out", str(tmp_path / "o")]
     assert cli.main(args) == 2
     assert "--config: an OpenCLIP import needs the model config JSON" in capsys.readouterr().err
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_import_errors_are_one_line_and_run_nothing(tmp_path, capsys):
+    """A pickled pytorch_model.bin that would run code, and a config.json far wider than its
+    weights: each one message naming the file, rc 2, no traceback, nothing run or allocated."""
+    import json
+    import pickle
+
+    from transformers import CLIPModel
+
+    from vlcontrast import cli
+
+    hostile = tmp_path / "hostile"
+    tiny_clip_config().save_pretrained(hostile)
+    marker = tmp_path / "pwned"
+    with open(hostile / "pytorch_model.bin", "wb") as handle:
+        pickle.dump({"weights": _Payload(str(marker))}, handle)
+    assert cli.main(["import", "hf", str(hostile), "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to load" in err and "pytorch_model.bin" in err, err
+    assert err.strip().count("\n") == 0 and not marker.exists()
+
+    wide = tmp_path / "wide"
+    torch.manual_seed(0)
+    CLIPModel(tiny_clip_config()).save_pretrained(wide)
+    values = json.loads((wide / "config.json").read_text())
+    values["vision_config"].update(hidden_size=2**20 * 64, intermediate_size=2**30)
+    (wide / "config.json").write_text(json.dumps(values))
+    capsys.readouterr()  # save_pretrained's progress bar
+    assert cli.main(["import", "hf", str(wide), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "do not match its config.json" in err and err.strip().count("\n") == 0, err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -95,6 +95,14 @@ def cmd_import(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as err:
         print(f"vlcontrast import: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 - a stranger's files: one line, never a traceback
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        print(
+            f"vlcontrast import: could not read {args.source} ({type(err).__name__}: {first}); "
+            f"check that it is a complete, unmodified {args.format} release",
+            file=sys.stderr,
+        )
+        return 2
     print(f"imported {args.source} -> {out}")
     print(f"  evaluate: vlcontrast eval zeroshot --checkpoint {out} --data DATA")
     print(f"  fine-tune: vlcontrast train RUN.yaml model.init_from={out}")

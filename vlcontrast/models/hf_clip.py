@@ -215,10 +215,13 @@ def import_hf(path: str | Path):
     if any((path / f).is_file() for f in ("tokenizer.json", "vocab.json")):
         tokenizer = AutoTokenizer.from_pretrained(path)
         cfg.text.tokenizer = str(path)
-    model = build_model(config_lib.resolve(cfg))
+    resolved = config_lib.resolve(cfg)
+    with torch.device("meta"):  # shapes only: a config that its weights do not match (an
+        skeleton = build_model(resolved).state_dict()  # absurd width) stops before allocating
     depth = hf_config.vision_config.num_hidden_layers
-    state = hf_to_ours(read_hf_state(path), depth, text_prefix(model.state_dict()))
-    check_shapes(state, model.state_dict(), f"{path}")
+    state = hf_to_ours(read_hf_state(path), depth, text_prefix(skeleton))
+    check_shapes(state, skeleton, f"{path}: its weights do not match its config.json")
+    model = build_model(resolved)
     model.load_state_dict(state)
     return model.eval(), tokenizer, cfg
 
