@@ -350,3 +350,37 @@ def test_import_errors_are_one_line_and_run_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "do not match its config.json" in err and err.strip().count("\n") == 0, err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_an_imported_clip_sees_the_pixels_of_its_own_processor(tmp_path):
+    """Non-square images through evaluation's decode and transform equal transformers'
+    CLIPImageProcessor (shortest side resized, then centre-cropped); a checkpoint trained here
+    keeps its largest-square crop."""
+    import io
+    import random
+
+    import numpy as np
+    from PIL import Image
+    from transformers import CLIPImageProcessor, CLIPModel
+
+    from vlcontrast.data.image import decode_image, normalize_uint8
+    from vlcontrast.embed import eval_transform
+
+    torch.manual_seed(0)
+    CLIPModel(tiny_clip_config()).save_pretrained(tmp_path / "hf")
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32)
+    processor.save_pretrained(tmp_path / "hf")
+    _, _, cfg = import_hf(tmp_path / "hf")
+    assert cfg.image.eval_resize == "shortest"
+    transform = eval_transform(cfg)
+    rng = np.random.default_rng(0)
+    for height, width in [(36, 40), (40, 36), (97, 50), (32, 32), (20, 70)]:
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        png = io.BytesIO()
+        image.save(png, "PNG")
+        pixels = decode_image(png.getvalue(), transform, random.Random(0))
+        ours = normalize_uint8(pixels[None], cfg.image.mean, cfg.image.std)[0]
+        theirs = processor(images=image, return_tensors="pt")["pixel_values"][0]
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    trained_here = config_lib.resolve(config_lib.load(None, []))
+    assert not eval_transform(trained_here).shortest_side

@@ -108,6 +108,12 @@ class ImageTowerConfig:
     # mean/std (Radford et al. 2021), the statistics CLIP-style training uses from scratch.
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)  # as mean
+    # Evaluation and search preprocessing. crop: the largest centred square, resized to
+    # image_size (what training's centre crop does here). shortest: the shortest side resized to
+    # image_size (bicubic, antialiased), then a centred square cut: CLIP's and OpenCLIP's
+    # preprocessing, which `vlcontrast import` sets so that an imported model sees the pixels of
+    # transformers' CLIPImageProcessor (they differ on non-square images).
+    eval_resize: str = field(default="crop", metadata=_choices("crop", "shortest"))
 
 
 @dataclass

@@ -97,15 +97,22 @@ class CropResize:
     scale: tuple[float, float] = (0.9, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     draft: bool = True
+    # center crop only: False cuts the largest square, then resizes it; True resizes the whole
+    # image so its shortest side is ``size``, then cuts the centred square (CLIP's order; full
+    # decode, so the pixels equal transformers' CLIPImageProcessor)
+    shortest_side: bool = False
 
     def __post_init__(self):
         if self.crop not in ("center", "random_resized"):
             raise ValueError(f"data.crop: unknown crop {self.crop!r}; use center or random_resized")
+        self.shortest = self.crop == "center" and self.shortest_side
 
     def box(self, width: int, height: int, rng: random.Random) -> Box:
         """The crop in source pixels; random_resized samples as torchvision's RandomResizedCrop
         (area fraction in ``scale``, log-uniform aspect ratio in ``ratio``, 10 tries, then the
         largest centred box within the ratio range) but from ``rng``, seeded per sample."""
+        if self.shortest:
+            return 0, 0, width, height
         if self.crop == "center":
             side = min(width, height)
             return (width - side) // 2, (height - side) // 2, side, side
@@ -129,7 +136,7 @@ class CropResize:
 
     def reduction(self, img: Image.Image, box: Box) -> int:
         """The largest DCT scale-down (1, 2, 4, 8) that keeps the box at least ``size``."""
-        if not self.draft or img.format != "JPEG":
+        if not self.draft or img.format != "JPEG" or self.shortest:
             return 1
         fits = (s for s in (8, 4, 2) if min(snap(box, s)[2:]) // s >= self.size)
         return next(fits, 1)
@@ -151,6 +158,13 @@ class CropResize:
         left, top, w, h = box
         pixels = torch.from_numpy(array)[top : top + h, left : left + w]  # (h, w, 3)
         pixels = pixels.permute(2, 0, 1).unsqueeze(0)  # (1, 3, h, w), channels-last strides
+        if self.shortest:  # as transformers computes it: the long side truncated
+            short, long = sorted((w, h))
+            new_long = int(self.size * long / short)
+            size = (new_long, self.size) if w <= h else (self.size, new_long)
+            out = F.interpolate(pixels, size=size, mode="bicubic", antialias=True)
+            top, left = (size[0] - self.size) // 2, (size[1] - self.size) // 2
+            return out[0, :, top : top + self.size, left : left + self.size]  # (3, S, S)
         size = (self.size, self.size)
         out = F.interpolate(pixels, size=size, mode="bicubic", antialias=True)
         return out[0]  # (3, S, S) uint8, channels-last strides (the batch stack copies anyway)

@@ -67,6 +67,7 @@ def config_from_hf(hf_config) -> Config:
         "image": {
             "model": TIMM_CLIP_VIT[v.hidden_act],
             "image_size": v.image_size,
+            "eval_resize": "shortest",  # CLIP's own preprocessing (CLIPImageProcessor)
             "model_kwargs": {
                 "patch_size": v.patch_size,
                 "embed_dim": v.hidden_size,
