@@ -35,19 +35,25 @@ def moco_queue_loss(
 def moco_v3_loss(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tensor:
     """MoCo v3 contrastive loss: this rank's queries ``q`` (B, D) against the keys ``k`` (B, D,
     no grad) of every rank; the positive of query i is its own key. Scaled by 2T as in the
-    paper's pseudocode; mean over this rank's queries."""
+    paper's pseudocode. Returns this rank's share of the mean over all ranks' queries (the
+    shares average to it, and DDP's gradient average is its gradient, also when ranks hold
+    different numbers of queries)."""
     sizes = dist_lib.batch_sizes(len(k), k.device)
     k_all = dist_lib.all_gather_no_grad(k.detach(), sizes)  # (N, D)
     start = sum(sizes[: dist_lib.rank()])
     logits = q @ k_all.T / temperature  # (B, N)
     labels = torch.arange(start, start + len(q), device=q.device)
-    return F.cross_entropy(logits, labels) * (2 * temperature)
+    summed = F.cross_entropy(logits, labels, reduction="sum")
+    return summed * (len(sizes) / sum(sizes)) * (2 * temperature)
 
 
 def regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """BYOL's ``2 - 2 cos(p, z)`` for unit-norm prediction ``p`` and target ``z`` (no grad),
-    mean over the batch (SimSiam's negative cosine is this minus 2, halved)."""
-    return (2 - 2 * (p * z.detach()).sum(dim=1)).mean()
+    mean over the global batch as this rank's share, exact on uneven splits as above
+    (SimSiam's negative cosine is this minus 2, halved)."""
+    sizes = dist_lib.batch_sizes(len(p), p.device)
+    summed = (2 - 2 * (p * z.detach()).sum(dim=1)).sum()
+    return summed * (len(sizes) / sum(sizes))
 
 
 def _global_sum(x: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,10 @@ other's, with no negatives; the target carries no gradient (stop-gradient).
 
 BYOL's target is a momentum copy of the model (momentum on a cosine schedule from 0.996 to 1);
 SimSiam's is the model itself under stop-gradient. Both are symmetric over the two views and
-both need a predictor (``model.predictor_hidden``). The loss is a mean over this rank's images,
-so DDP's gradient average is the gradient of the global mean.
+both need a predictor (``model.predictor_hidden``). The loss is this rank's share of the mean
+over the global batch, so DDP's gradient average is the gradient of the global mean, also when
+ranks hold different numbers of images. The momentum after step ``s`` of ``K`` is the schedule
+at ``(s - 1) / K``, as BYOL's code indexes it: the first update uses 0.996.
 """
 
 from __future__ import annotations

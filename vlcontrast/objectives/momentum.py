@@ -47,4 +47,6 @@ class MomentumObjective(Objective):
         return start if end is None else cosine_momentum(start, end, step, self.total_steps)
 
     def update_target(self, model: nn.Module, step: int) -> None:
-        momentum_update(self.target, self.unwrap(model), self.momentum(step))
+        """After optimizer step ``step`` (1-based): the schedule at ``step - 1`` steps done, as
+        BYOL's and MoCo v3's code index it (the first update uses ``momentum`` itself)."""
+        momentum_update(self.target, self.unwrap(model), self.momentum(step - 1))
