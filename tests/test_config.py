@@ -42,7 +42,7 @@ def test_dotted_overrides_are_coerced_to_the_schema_types():
         ("optim.lr=fast", "optim.lr: expected float, got 'fast'"),
         ("data.batch_size=1.5", "data.batch_size: expected int"),
         ("data.batch_size=0", "data.batch_size: expected a positive number"),
-        ("train.precision=fp8", "train.precision: expected one of no, bf16, fp16"),
+        ("train.precision=fp8", "train.precision: expected one of auto, no, bf16, fp16"),
         ("train.progress=maybe", "train.progress: expected bool"),
         ("optim.lr.value=1", "optim.lr has no sub-keys"),
         ("lr=1", "must name a section and a key"),

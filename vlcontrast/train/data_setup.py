@@ -18,6 +18,7 @@ from vlcontrast.data.sources import dataset_size, missing_shards, parse_sources
 from vlcontrast.data.transforms import MultiView
 from vlcontrast.distributed import print0
 from vlcontrast.objectives import objective_class
+from vlcontrast.train.fit import fit_workers
 
 
 def build_train_data(cfg: Config, tokenizer) -> tuple[ShardDataset, Any]:
@@ -39,7 +40,9 @@ def build_train_data(cfg: Config, tokenizer) -> tuple[ShardDataset, Any]:
         sources = parse_sources(data.train_shards, data.weights)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    check_shards_exist([url for source in sources for url in source.urls])
+    urls = [url for source in sources for url in source.urls]
+    check_shards_exist(urls)
+    fit_workers(cfg, len(urls))
     transform = train_transform(cfg)
     caption_key = data.caption_key if tokenizer is not None else ""
     label_key = data.label_key if objective_class(cfg.objective.name).needs_labels else ""
@@ -106,9 +109,17 @@ def set_streams(cfg: Config, position: DataPosition) -> None:
         )
 
 
-def report_data(cfg: Config, dataset: ShardDataset, position: DataPosition) -> int:
-    """Print what the run reads; returns the dataset size (samples)."""
-    size, how = dataset_size(dataset.urls, cfg.data.num_samples, cfg.train.progress)
+def data_size(cfg: Config, dataset: ShardDataset) -> tuple[int, str]:
+    """The dataset size in samples and where it came from (``sizes.json``, ``_stats.json``,
+    ``data.num_samples`` or a cached count), taken on the main process and shared."""
+    found = None
+    if distributed.is_main():
+        found = dataset_size(dataset.urls, cfg.data.num_samples, cfg.train.progress)
+    return distributed.all_gather_objects(found)[0]
+
+
+def report_data(cfg: Config, dataset: ShardDataset, position: DataPosition, size, how) -> None:
+    """Print what the run reads."""
     sources = len(dataset.sources)
     dropped = dataset.world * position.streams * (cfg.data.batch_size - 1)
     partial = f"; up to {dropped} samples an epoch end in partial batches, not used"
@@ -117,13 +128,11 @@ def report_data(cfg: Config, dataset: ShardDataset, position: DataPosition) -> i
         f"({how}); {cfg.data.mode} mode, {position.streams} stream(s) per rank"
         + (partial if cfg.data.mode == "epoch" else "")
     )
-    return size
 
 
-def resolve_steps(cfg: Config, dataset: ShardDataset, global_batch: int) -> None:
-    """``train.steps`` from ``train.epochs`` (exactly one of them is set): the dataset size the
-    loader knows (``sizes.json``, ``_stats.json``, ``data.num_samples`` or a cached count, taken
-    on the main process and shared) over the global batch, rounded up."""
+def resolve_steps(cfg: Config, size: int, global_batch: int) -> None:
+    """``train.steps`` from ``train.epochs`` (exactly one of them is set): the dataset size
+    over the global batch, rounded up."""
     t = cfg.train
     if (t.steps > 0) == (t.epochs > 0):
         raise ConfigError(
@@ -132,10 +141,6 @@ def resolve_steps(cfg: Config, dataset: ShardDataset, global_batch: int) -> None
         )
     if t.epochs <= 0:
         return
-    size = None
-    if distributed.is_main():
-        size = dataset_size(dataset.urls, cfg.data.num_samples, cfg.train.progress)[0]
-    size = distributed.all_gather_objects(size)[0]
     t.steps = max(1, math.ceil(t.epochs * size / global_batch))
     print0(
         f"train.epochs={t.epochs:g}: {size} samples / global batch {global_batch} -> "

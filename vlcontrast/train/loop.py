@@ -36,11 +36,13 @@ from vlcontrast.train import checkpoint, fsdp
 from vlcontrast.train import run_dir as run_dir_lib
 from vlcontrast.train.data_setup import (
     build_train_data,
+    data_size,
     epoch_of,
     report_data,
     resolve_steps,
     set_streams,
 )
+from vlcontrast.train.fit import check_batch_fits, fit_precision, fit_warmup
 from vlcontrast.train.grad_cache import grad_cached_step
 from vlcontrast.train.interrupt import StopRequest
 from vlcontrast.train.metrics_log import MetricsLogger
@@ -57,6 +59,7 @@ class TrainingDiverged(RuntimeError):
 def train(cfg: Config) -> dict[str, Any]:
     """Run (or resume) training as ``cfg`` says; returns a summary of the run."""
     accelerator = make_accelerator()
+    fit_precision(cfg, accelerator.device)
     precision = Precision(cfg.train.precision, accelerator.device)
     set_seed(cfg.train.seed)
     run_dir = Path(cfg.train.output_dir)
@@ -74,7 +77,11 @@ def train(cfg: Config) -> dict[str, Any]:
     check_vocab(model, tokenizer)
     objective = build_objective(cfg.objective)
     dataset, loader = build_train_data(cfg, tokenizer)
-    resolve_steps(cfg, dataset, cfg.data.batch_size * accelerator.num_processes)
+    global_batch = cfg.data.batch_size * accelerator.num_processes
+    size, how = data_size(cfg, dataset)
+    check_batch_fits(cfg, size, global_batch)
+    resolve_steps(cfg, size, global_batch)
+    fit_warmup(cfg)
     objective.setup(model, cfg, cfg.data.batch_size * accelerator.num_processes)
     objective.to(accelerator.device)
     sharded = cfg.train.fsdp and accelerator.num_processes > 1
@@ -106,11 +113,11 @@ def train(cfg: Config) -> dict[str, Any]:
     else:
         model, optimizer = accelerator.prepare(model, optimizer)
 
-    main, size = accelerator.is_main_process, 0
+    main = accelerator.is_main_process
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         config_lib.save(cfg, run_dir / "config.json")
-        size = report_data(cfg, dataset, state["position"])
+        report_data(cfg, dataset, state["position"], size, how)
     logger = MetricsLogger(run_dir, enabled=main, tensorboard=cfg.train.tensorboard)
     batches = iterate_epochs(loader, dataset, state["position"], account=bad.add)
     bar = tqdm(
@@ -120,7 +127,6 @@ def train(cfg: Config) -> dict[str, Any]:
         desc="train",
         unit="step",
     )
-    global_batch = cfg.data.batch_size * accelerator.num_processes
     window_start, window_steps, last_loss = time.perf_counter(), 0, None
     evals: dict[str, float] = {}
 

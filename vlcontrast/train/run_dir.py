@@ -28,9 +28,13 @@ def check_writable(cfg: Config) -> None:
     run_dir = Path(cfg.train.output_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"train.output_dir: {run_dir} is a file, not a directory")
+    # probe the directory, or the nearest one that exists: nothing is created on disk until
+    # the whole config is known to be good (and ranks probing at once never race)
+    target = next(p for p in (run_dir, *run_dir.parents) if p.exists())
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
+        if not target.is_dir():
+            raise NotADirectoryError(20, f"{target} is a file")
+        probe = target / f".vlcontrast-write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
