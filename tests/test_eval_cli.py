@@ -75,9 +75,29 @@ def test_eval_errors_name_what_to_fix(trained, corpus, capsys):
     err = capsys.readouterr().err
     assert "eval.evaluators[0] (zeroshot): classes:" in err and "classes file" in err
     assert cli.main(["eval", "zeroshot", "--checkpoint", "/nowhere", "--data", "x"]) == 2
-    assert "--checkpoint: /nowhere is not a checkpoint directory" in capsys.readouterr().err
+    assert "--checkpoint: /nowhere does not exist" in capsys.readouterr().err
+    args = ["eval", "zeroshot", "--checkpoint", str(corpus["tokenizer"]), "--data", "x"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "is not a checkpoint" in err and "it holds: tokenizer.json" in err, err
     with pytest.raises(SystemExit):  # argparse: --train-data is required for knn
         cli.main(["eval", "knn", "--checkpoint", ckpt(trained), "--data", "x"])
+
+
+def test_a_run_folder_or_latest_names_its_newest_checkpoint(trained, corpus, tmp_path, capsys):
+    """eval takes the run folder, its checkpoints/ or RUN/latest as well as a step_* directory;
+    k over the labelled bank is clamped with a note."""
+    from vlcontrast.models.load import resolve_checkpoint
+
+    newest = checkpoint.latest(trained / "checkpoints")
+    for given in (trained, trained / "checkpoints", trained / "latest", newest):
+        assert resolve_checkpoint(given) == newest
+    report = tmp_path / "knn.json"
+    args = ["eval", "knn", "--checkpoint", str(trained), "--data", corpus["heldout_shards"]]
+    args += ["--train-data", corpus["heldout_shards"], "--workers", "0", "--json", str(report)]
+    assert cli.main(args) == 0  # the default k=200 over 64 labelled images
+    assert "k=200 is more than the 64 labelled images; using k=64" in capsys.readouterr().out
+    assert json.loads(report.read_text())["knn"]["metrics"]["k"] == 64
 
 
 def test_evaluator_keys_are_checked_and_names_must_be_unique(corpus, tmp_path, capsys):

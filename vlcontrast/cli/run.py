@@ -81,7 +81,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     loss = f", final loss {final:.4f}" if final is not None else " (nothing left to train)"
     print0(f"done: {summary['steps']} steps{loss}")  # the mean over ranks, printed once
     print0(f"checkpoint: {summary['checkpoint']}")
+    print0(next_commands(summary["checkpoint"], cfg))
     return 0
+
+
+def next_commands(checkpoint: str, cfg) -> str:
+    """What to run next with a fresh checkpoint, as ``demo`` prints it."""
+    data = "HELDOUT"  # a held-out shard pattern or image folder of the user's
+    for spec in cfg.eval.evaluators:
+        data = spec.data or data
+        break
+    lines = ["next:"]
+    if cfg.model.kind == "dual":
+        lines.append(f"  vlcontrast eval zeroshot --checkpoint {checkpoint} --data {data}")
+    else:
+        lines.append(
+            f"  vlcontrast eval knn --checkpoint {checkpoint} --train-data TRAIN --data {data}"
+        )
+    lines.append(f"  vlcontrast index build --checkpoint {checkpoint} --data {data} --out INDEX")
+    lines.append("  vlcontrast serve INDEX")
+    return "\n".join(lines)
 
 
 def cmd_config(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from vlcontrast.data.collection import class_info, open_source
+from vlcontrast.distributed import print0
 from vlcontrast.embed import Embedder
 from vlcontrast.eval.knn import knn_scores
 from vlcontrast.eval.labels import drop_out_of_range
@@ -60,14 +61,15 @@ def evaluate_linear_probe(embedder: Embedder, spec) -> dict[str, Any]:
 def evaluate_knn(embedder: Embedder, spec) -> dict[str, Any]:
     data = embed_train_test(embedder, spec)
     train, test, classnames = data["train"], data["test"], data["classnames"]
+    k, bank = spec.k, len(train["labels"])
+    if k > bank:
+        name = spec.name or spec.kind
+        print0(f"note: {name}: k={k} is more than the {bank} labelled images; using k={bank}")
+        k = bank
     scores = knn_scores(
-        train["img_emb"],
-        train["labels"],
-        test["img_emb"],
-        len(classnames),
-        spec.k,
-        spec.temperature,
+        train["img_emb"], train["labels"], test["img_emb"], len(classnames), k, spec.temperature
     )
     result = classification_metrics(scores, test["labels"], classnames)
     result["skipped"] = data["skipped"]
+    result["metrics"]["k"] = k
     return result

@@ -119,12 +119,31 @@ def load_weights(path: str | Path, model: nn.Module) -> None:
         )
 
 
-def load_model(path: str | Path, allow_download: bool = False) -> tuple[nn.Module, Any, Config]:
-    """Model (eval mode), tokenizer (None for image-only models) and config of a checkpoint,
-    built from the checkpoint's files alone (see :func:`self_contained`)."""
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint that ``path`` names: a checkpoint directory, a run folder or its
+    ``checkpoints/`` (their newest ``step_*``), or either followed by ``/latest``."""
     path = Path(path)
-    if not is_checkpoint(path):
-        raise ConfigError(f"--checkpoint: {path} is not a checkpoint directory (step_*)")
+    if is_checkpoint(path):
+        return path
+    base = path.parent if path.name == "latest" and not path.exists() else path
+    if not base.exists():
+        raise ConfigError(f"--checkpoint: {path} does not exist")
+    for folder in (base / "checkpoints", base):
+        steps = sorted(p for p in folder.glob("step_*") if p.is_dir() and is_checkpoint(p))
+        if steps:
+            return steps[-1]
+    found = ", ".join(sorted(p.name for p in base.iterdir())[:8]) if base.is_dir() else "a file"
+    raise ConfigError(
+        f"--checkpoint: {path} is not a checkpoint (config.json and model.safetensors), a run "
+        f"folder or its checkpoints/ (it holds: {found or 'nothing'})"
+    )
+
+
+def load_model(path: str | Path, allow_download: bool = False) -> tuple[nn.Module, Any, Config]:
+    """Model (eval mode), tokenizer (None for image-only models) and config of a checkpoint
+    (anything :func:`resolve_checkpoint` takes), built from the checkpoint's files alone (see
+    :func:`self_contained`)."""
+    path = resolve_checkpoint(path)
     cfg = self_contained(read_config(path), path, allow_download)
     model = build_model(cfg)
     load_weights(path, model)
