@@ -179,3 +179,27 @@ def test_the_unpickling_check_sees_each_kind(tmp_path):
         "text = 'a pickle is refused'\n"
     )
     assert not unsafe_lines(tmp_path / "m.py", tmp_path)
+
+
+def test_help_and_argument_errors_import_no_heavy_library():
+    """``vlcontrast --help``, every command's ``--help`` and an argument error answer without
+    torch, transformers or timm (benchmarks/cli_startup.py measures the time and memory)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from vlcontrast.cli import main\n"
+        "for argv in sys.argv[1:]:\n"
+        "    try:\n"
+        "        main(argv.split())\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'timm') if m in sys.modules))\n"
+    )
+    commands = ["--help", "train", "train --help", "eval zeroshot --help", "index build --help"]
+    commands += ["serve --help", "checkpoint --help", "import --help", "data --help"]
+    out = subprocess.run(
+        [sys.executable, "-c", probe, *commands], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip().splitlines()[-1] == "[]", out[-500:]

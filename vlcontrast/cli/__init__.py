@@ -26,7 +26,7 @@ import argparse
 import sys
 
 from vlcontrast.cli import data, evaluate, run, search, tokenizer, weights
-from vlcontrast.config import ConfigError
+from vlcontrast.schema import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:

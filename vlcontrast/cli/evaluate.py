@@ -9,8 +9,7 @@ import dataclasses
 import typing
 from pathlib import Path
 
-from vlcontrast import config as config_lib
-from vlcontrast.config import EvalConfig, EvaluatorConfig
+from vlcontrast.eval_config import EvalConfig, EvaluatorConfig
 
 EVAL_KINDS = {
     "zeroshot": "zero-shot classification: top-1/top-5, mean per-class recall, confusion matrix",
@@ -88,6 +87,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
+    from vlcontrast import config as config_lib
     from vlcontrast.eval import report
     from vlcontrast.eval.runner import run_evaluators
     from vlcontrast.models.load import load_model

@@ -6,8 +6,6 @@ import argparse
 import json
 import sys
 
-from vlcontrast import config as config_lib
-
 OVERRIDES_HELP = (
     "dotted overrides of the run config, type-checked against the schema, e.g. optim.lr=3e-4 "
     "data.batch_size=64 train.resume=latest. Run 'vlcontrast config --keys' for every key."
@@ -51,6 +49,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from vlcontrast import config as config_lib
     from vlcontrast.data.shards import DataError
     from vlcontrast.distributed import print0
     from vlcontrast.train.checkpoint import CheckpointError
@@ -104,6 +103,8 @@ def next_commands(checkpoint: str, cfg) -> str:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    from vlcontrast import config as config_lib
+
     if args.keys:
         print("\n".join(config_lib.keys()))
         return 0
