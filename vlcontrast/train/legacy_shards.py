@@ -1,7 +1,7 @@
 """``vlcontrast checkpoint convert CKPT --trust-pickled-metadata``: the one way a sharded
 checkpoint of the earlier format is read. That format is ``torch.distributed.checkpoint``'s:
 its ``.metadata`` is a pickle, and its load planner reads items declared as bytes with
-``torch.load(weights_only=False)``; either can run code planted by whoever wrote the file. So
+a full, unrestricted ``torch.load``; either can run code planted by whoever wrote the file. So
 nothing else in vlcontrast reads it (``models/sharded_weights.py`` refuses it with this
 command), and this reads it only when the user says, by the flag, that they trust the file;
 it then writes the checkpoint once in the single-file layout (safetensors and JSON), which

@@ -8,7 +8,7 @@ into its staging directory, then rank 0 renames it into place.
 
 The format is safetensors plus a JSON index (``models/sharded_weights.py``), not
 ``torch.distributed.checkpoint``'s files: their ``.metadata`` is a pickle, and its load planner
-reads any item declared as bytes with ``torch.load(weights_only=False)``, so a shared
+reads any item declared as bytes with an unrestricted ``torch.load``, so a shared
 checkpoint could run code. A piece is a DTensor's local shard at its global offset (torch's own
 ``compute_local_shape_and_global_offset``); a tensor that every rank holds whole is written by
 rank 0. Loading reshards: each rank reads the region it now owns from whichever pieces overlap
