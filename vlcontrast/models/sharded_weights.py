@@ -154,9 +154,9 @@ def read_index(directory: str | Path) -> Index:
     return Index(directory, tensors, values, _check_headers(directory, files, tensors))
 
 
-def _header(file: Path) -> tuple[dict[str, tuple[str, tuple[int, ...], int, int]], int]:
+def _header(file: Path) -> dict[str, tuple[str, tuple[int, ...], int, int]]:
     """A safetensors file's header, checked: ``{key: (dtype, shape, begin, end)}`` with absolute
-    byte offsets, and the file's size. Read with plain file reads (no memory map), so reading a
+    byte offsets. Read with plain file reads (no memory map), so reading a
     rank's region costs only that region."""
     size = file.stat().st_size
     with open(file, "rb") as handle:
@@ -173,7 +173,7 @@ def _header(file: Path) -> tuple[dict[str, tuple[str, tuple[int, ...], int, int]
         entries[key] = (item["dtype"], shape, 8 + length + begin, 8 + length + end)
         if not 0 <= begin <= end <= size - 8 - length:
             raise ValueError(f"{key} lies outside the file")
-    return entries, size
+    return entries
 
 
 def _check_headers(directory: Path, files: list[str], tensors: dict[str, Entry]) -> dict:
@@ -181,7 +181,7 @@ def _check_headers(directory: Path, files: list[str], tensors: dict[str, Entry])
     headers = {}
     for file in files:
         try:
-            headers[file], _ = _header(directory / file)
+            headers[file] = _header(directory / file)
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise _damaged(directory, f"{file}: {err}") from None
     for key, entry in tensors.items():
@@ -268,10 +268,12 @@ class Pieces:
             destination.copy_(buffer[(slice(None), *columns)])
 
 
-def read_tensors(path: str | Path, prefix: str = "") -> dict[str, torch.Tensor]:
+def read_tensors(
+    path: str | Path, prefix: str = "", index: Index | None = None
+) -> dict[str, torch.Tensor]:
     """Every full tensor of a sharded checkpoint whose key starts with ``prefix`` (the prefix
-    dropped), on the CPU, in this process alone."""
-    index = read_index(Path(path) / SHARDS)
+    dropped), on the CPU, in this process alone; ``index``: one already read."""
+    index = index or read_index(Path(path) / SHARDS)
     tensors = {}
     with Pieces(index) as pieces:
         for key, entry in index.tensors.items():
@@ -280,9 +282,3 @@ def read_tensors(path: str | Path, prefix: str = "") -> dict[str, torch.Tensor]:
                 pieces.read_into(key, tensor, (0,) * len(entry.shape))
                 tensors[key[len(prefix) :]] = tensor
     return tensors
-
-
-def read_values(path: str | Path, prefix: str = "") -> dict[str, float | int | bool]:
-    """The non-tensor values (an optimizer's plain-number state) under ``prefix``."""
-    index = read_index(Path(path) / SHARDS)
-    return {k[len(prefix) :]: v for k, v in index.values.items() if k.startswith(prefix)}

@@ -35,11 +35,10 @@ def consolidate(path: str | Path, out: str | Path | None = None) -> Path:
     path = Path(path)
     if manifest.layout(path) != "sharded":
         raise ConfigError(f"checkpoint consolidate: {path} is not a sharded checkpoint")
-    weights = sharded_weights.read_tensors(path, MODEL)
-    optim = {
-        **sharded_weights.read_tensors(path, OPTIM),
-        **sharded_weights.read_values(path, OPTIM),
-    }
+    index = sharded_weights.read_index(path / SHARDS)  # read and checked once
+    weights = sharded_weights.read_tensors(path, MODEL, index)
+    optim = sharded_weights.read_tensors(path, OPTIM, index)
+    optim.update({k[len(OPTIM) :]: v for k, v in index.values.items() if k.startswith(OPTIM)})
     return write_single(path, out, weights, optim)
 
 
