@@ -14,15 +14,45 @@ class Toy(nn.Module):
         self.linear = nn.Linear(4, 4)
         self.norm = nn.LayerNorm(4)
         self.logit_scale = nn.Parameter(torch.tensor(2.0))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, 4))  # timm's layout of OpenCLIP's (W,)
+        self.pos_embed = nn.Parameter(torch.zeros(1, 3, 4))
 
 
-def test_no_weight_decay_on_norms_biases_and_logit_scale():
+def decayed_ids(optimizer) -> set[int]:
+    return {id(p) for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+
+
+def test_no_weight_decay_on_norms_biases_class_tokens_and_logit_scale():
+    """OpenCLIP's rule (tests/test_openclip_parity.py checks the training steps agree)."""
     model = Toy()
     optimizer = build_optimizer(model, OptimConfig(weight_decay=0.3))
-    decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
-    assert decayed == {id(model.linear.weight)}
-    others = [model.linear.bias, model.norm.weight, model.norm.bias, model.logit_scale]
-    assert all(id(p) not in decayed for p in others)
+    assert decayed_ids(optimizer) == {id(model.linear.weight), id(model.pos_embed)}
+
+
+def test_a_checkpoint_saved_with_the_class_token_decayed_resumes_with_its_groups():
+    from vlcontrast.train.optim import keep_saved_groups
+
+    model = Toy()
+    named = list(model.named_parameters())  # the earlier rule: every dimension counted
+    earlier = torch.optim.AdamW(
+        [
+            {"params": [p for n, p in named if p.ndim >= 2 and n != "logit_scale"]},
+            {
+                "params": [p for n, p in named if p.ndim < 2 or n == "logit_scale"],
+                "weight_decay": 0,
+            },
+        ]
+    )
+    model.cls_token.sum().backward()
+    earlier.step()
+    saved = earlier.state_dict()
+    optimizer = build_optimizer(model, OptimConfig(weight_decay=0.3))
+    keep_saved_groups(optimizer, model, [len(g["params"]) for g in saved["param_groups"]])
+    optimizer.load_state_dict(saved)
+    assert id(model.cls_token) in decayed_ids(optimizer)
+    assert torch.equal(
+        optimizer.state[model.cls_token]["exp_avg"], earlier.state[model.cls_token]["exp_avg"]
+    )
 
 
 def test_cosine_schedule_with_warmup():

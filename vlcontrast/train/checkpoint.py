@@ -263,6 +263,15 @@ def load_state(path: str | Path) -> dict[str, Any]:
     raise ConfigError(f"train.resume: {path} holds no training state ({STATE_JSON})")
 
 
+def optimizer_group_sizes(path: str | Path) -> list[int] | None:
+    """How many parameters each of the saved optimizer's groups holds (None: not recorded)."""
+    try:
+        state = json.loads((Path(path) / STATE_JSON).read_text())
+        return [len(group["params"]) for group in state["parts"]["optimizer"]["param_groups"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _legacy_state(file: Path) -> dict[str, Any]:
     """A ``train_state.pt`` of the previous format, read with ``weights_only=True``."""
     allowed = [

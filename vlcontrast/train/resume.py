@@ -11,12 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from vlcontrast.config import Config, ConfigError
 from vlcontrast.distributed import print0
 from vlcontrast.models.load import is_checkpoint
 from vlcontrast.models.sharded_weights import SHARDS
 from vlcontrast.train import checkpoint
-from vlcontrast.train.optim import apply_settings
+from vlcontrast.train.optim import apply_settings, keep_saved_groups
 
 
 def resolve_resume(resume: str, ckpt_root: Path) -> Path | None:
@@ -33,6 +35,9 @@ def resolve_resume(resume: str, ckpt_root: Path) -> Path | None:
 def resume(path: Path, model, parts: dict[str, Any], cfg: Config) -> int:
     """Restore every part; changed ``optim.*`` settings take effect (the schedule is rebuilt
     from the current config at the saved step) and are listed."""
+    sizes = checkpoint.optimizer_group_sizes(path)
+    if sizes is not None and isinstance(parts["optimizer"], torch.optim.Optimizer):
+        keep_saved_groups(parts["optimizer"], model, sizes)
     step = checkpoint.restore(path, model, parts)
     print0(f"resumed from {path} at step {step}")
     before = checkpoint.read_config(path).optim
