@@ -13,6 +13,8 @@ import sys
 COMMANDS = [
     ["--help"],
     *[[c, "--help"] for c in ("train", "eval", "index", "search", "serve", "data", "import")],
+    ["config", "--keys"],
+    ["config", "configs/clip_b32.yaml"],
     ["train"],  # an argument error
 ]
 

@@ -83,6 +83,17 @@ def test_eval_search_and_inference_loading_import_nothing_from_train():
         assert not bad, f"{start} reaches {bad}"
 
 
+def test_reading_a_config_or_a_model_reaches_no_objective_or_loss():
+    graph = import_graph()
+    for start in ("vlcontrast.models.load", "vlcontrast.config"):
+        bad = sorted(
+            m
+            for m in reachable(graph, start)
+            if m.startswith(("vlcontrast.objectives", "vlcontrast.losses"))
+        )
+        assert not bad, f"{start} reaches {bad}"
+
+
 def test_search_does_not_depend_on_evaluation():
     graph = import_graph()
     for start in (m for m in graph if m.startswith("vlcontrast.search")):
@@ -182,7 +193,8 @@ def test_the_unpickling_check_sees_each_kind(tmp_path):
 
 
 def test_help_and_argument_errors_import_no_heavy_library():
-    """``vlcontrast --help``, every command's ``--help`` and an argument error answer without
+    """``vlcontrast --help``, every command's ``--help``, ``config``, ``config --keys`` and
+    argument and config errors answer without
     torch, transformers or timm (benchmarks/cli_startup.py measures the time and memory)."""
     import subprocess
     import sys
@@ -199,6 +211,7 @@ def test_help_and_argument_errors_import_no_heavy_library():
     )
     commands = ["--help", "train", "train --help", "eval zeroshot --help", "index build --help"]
     commands += ["serve --help", "checkpoint --help", "import --help", "data --help"]
+    commands += ["config", "config --keys", "config configs/clip_b32.yaml data.crop=bad"]
     out = subprocess.run(
         [sys.executable, "-c", probe, *commands], capture_output=True, text=True, check=True
     ).stdout

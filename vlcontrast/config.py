@@ -22,18 +22,22 @@ from typing import Any
 
 import yaml
 
-from vlcontrast.data.augment import PRESETS as VIEW_PRESETS
-from vlcontrast.data.augment import ViewConfig
-from vlcontrast.data.image import IMAGE_EXTENSIONS, MAX_PIXELS
+from vlcontrast.data.limits import IMAGE_EXTENSIONS, MAX_PIXELS
+from vlcontrast.data.view_presets import PRESETS as VIEW_PRESETS
+from vlcontrast.data.view_presets import ViewConfig
 from vlcontrast.eval_config import EvalConfig, EvaluatorConfig
-from vlcontrast.objectives.barlow import BarlowTwinsConfig
-from vlcontrast.objectives.byol import BYOLConfig
-from vlcontrast.objectives.clip import CLIPConfig
-from vlcontrast.objectives.moco import MoCoConfig, MoCoV3Config
-from vlcontrast.objectives.siglip import SigLIPConfig
-from vlcontrast.objectives.simclr import SimCLRConfig
-from vlcontrast.objectives.slip import SLIPConfig
-from vlcontrast.objectives.supcon import SupConConfig
+from vlcontrast.objective_settings import (
+    USES_LOGIT_BIAS,
+    BarlowTwinsConfig,
+    BYOLConfig,
+    CLIPConfig,
+    MoCoConfig,
+    MoCoV3Config,
+    SigLIPConfig,
+    SimCLRConfig,
+    SLIPConfig,
+    SupConConfig,
+)
 from vlcontrast.presets import PRESETS
 from vlcontrast.schema import (
     NON_NEGATIVE,
@@ -79,7 +83,7 @@ class DataConfig:
     label_key: str = "cls"  # class index for objectives that use labels (supcon), or json.FIELD
     # Training crop: random_resized with scale (0.9, 1.0), OpenCLIP's default; evaluation always
     # takes the centre crop. With OpenAI's mean/std and the CLIP text tower it took a real-corpus
-    # run from about 32% to 83.6% zero-shot top-1 (issue: defaults that learn). center: for
+    # run from about 32% to 83.6% zero-shot top-1 (benchmarks/learning.py). center: for
     # captions that name positions (the demo).
     crop: str = field(default="random_resized", metadata=_choices("center", "random_resized"))
     crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])  # random_resized area range
@@ -422,10 +426,8 @@ def resolve(cfg: Config) -> Config:
     """Fill the keys left for others to decide, so that a saved config rebuilds the same model
     without knowing the objective: ``model.logit_bias`` None -> whether the objective uses a
     bias (configs saved before that key existed included)."""
-    from vlcontrast.objectives import OBJECTIVES
-
-    if cfg.model.logit_bias is None and cfg.objective.name in OBJECTIVES:
-        cfg.model.logit_bias = OBJECTIVES[cfg.objective.name].uses_logit_bias
+    if cfg.model.logit_bias is None:
+        cfg.model.logit_bias = cfg.objective.name in USES_LOGIT_BIAS
     return cfg
 
 

@@ -9,7 +9,7 @@ add up to ``world_size`` times the global loss, and DDP's gradient *average* is 
 the global loss. For that, the backward of a gather must *sum* over ranks the gradients every rank
 computed for a slice: ``all_gather_with_grad`` all-reduces the incoming gradient and keeps its own
 rows (the reference trainer's default keeps only the local gradient, which is 1/world_size too
-small; see issue 4 and the 2- and 4-process tests in ``tests/test_distributed_losses.py``).
+small; see the 2- and 4-process tests in ``tests/test_distributed_losses.py``).
 
 Unequal batches (the last batch of an epoch) are supported: sizes are exchanged first, rows are
 padded to the largest batch for the collective and trimmed after it.

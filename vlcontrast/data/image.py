@@ -39,17 +39,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vlcontrast.data.limits import IMAGE_EXTENSIONS, IMAGE_SUFFIXES, MAX_PIXELS  # noqa: F401
 from vlcontrast.data.skip import SkipSample
-
-# Images above this many pixels are skipped (``too_large``) from their header, before any pixel
-# is decoded: a 169-megapixel PNG (just under PIL's own bomb limit) would add about 1.6 GB per
-# decoding process. 50 MP keeps every photo of a 50-megapixel camera and an 8K frame (33 MP);
-# img2dataset and OpenCLIP's loaders guard the same way.
-MAX_PIXELS = 50_000_000
-
-# Member extensions (shards) and file suffixes (folders) read as images, in order of preference.
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-IMAGE_SUFFIXES = (*(f".{e}" for e in IMAGE_EXTENSIONS), ".bmp", ".gif", ".tif", ".tiff")
 
 
 def open_image(data: bytes) -> Image.Image:

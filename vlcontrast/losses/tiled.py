@@ -103,7 +103,7 @@ class _TiledCLIP(torch.autograd.Function):
         # Per-row and per-column terms first, each as (max - positive) + log(sum): the max and
         # the positive are nearby logits (their difference is exact in float32), while adding
         # lse terms (about the logit scale each) and subtracting the positives' sum would cancel
-        # B x 100 against B x 100 (issue: hardening).
+        # B x 100 against B x 100 (tests/test_tiled_loss.py checks large logit scales).
         own = slice(offset, offset + rows)
         row_terms = (row_max - pos) + row_log  # (B,)
         col_terms = (col_max[own] - pos) + col_log[own]  # (B,)

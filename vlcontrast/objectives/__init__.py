@@ -2,37 +2,52 @@
 
 The training loop calls ``objective(model, batch)`` and ``objective.after_step(model, step)`` and
 never branches on which objective it runs. ``OBJECTIVES`` is the registry: a new objective
-(SimCLR, MoCo, ...) is one class, one entry here and, when it has settings, one dataclass beside
-it plugged into ``config.ObjectiveConfig``.
+(SimCLR, MoCo, ...) is one class, one entry here and, when it has settings, one dataclass in
+``objective_settings.py`` plugged into ``config.ObjectiveConfig``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from vlcontrast.objectives.barlow import BarlowTwinsObjective
-from vlcontrast.objectives.base import Objective
-from vlcontrast.objectives.byol import BYOLObjective, SimSiamObjective
-from vlcontrast.objectives.clip import CLIPObjective
-from vlcontrast.objectives.moco import MoCoObjective, MoCoV3Objective
-from vlcontrast.objectives.siglip import SigLIPObjective
-from vlcontrast.objectives.simclr import SimCLRObjective
-from vlcontrast.objectives.slip import SLIPObjective
-from vlcontrast.objectives.supcon import SupConObjective
 from vlcontrast.schema import ConfigError
 
-OBJECTIVES: dict[str, type[Objective]] = {
-    "clip": CLIPObjective,
-    "siglip": SigLIPObjective,
-    "simclr": SimCLRObjective,
-    "moco": MoCoObjective,
-    "mocov3": MoCoV3Objective,
-    "byol": BYOLObjective,
-    "simsiam": SimSiamObjective,
-    "barlow_twins": BarlowTwinsObjective,
-    "supcon": SupConObjective,
-    "slip": SLIPObjective,
-}
+if TYPE_CHECKING:
+    from vlcontrast.objectives.base import Objective
+
+
+class _Registry(dict):
+    """name -> objective class, each imported on first use ("module:Class" until then), so
+    reading a config or a model imports no objective and no loss."""
+
+    def __getitem__(self, name: str) -> Any:
+        value = super().__getitem__(name)
+        if isinstance(value, str):
+            module, cls = value.split(":")
+            value = getattr(importlib.import_module(f"vlcontrast.objectives.{module}"), cls)
+            self[name] = value
+        return value
+
+    def values(self):
+        return [self[name] for name in self]
+
+    def items(self):
+        return [(name, self[name]) for name in self]
+
+
+OBJECTIVES: dict[str, Any] = _Registry(
+    clip="clip:CLIPObjective",
+    siglip="siglip:SigLIPObjective",
+    simclr="simclr:SimCLRObjective",
+    moco="moco:MoCoObjective",
+    mocov3="moco:MoCoV3Objective",
+    byol="byol:BYOLObjective",
+    simsiam="byol:SimSiamObjective",
+    barlow_twins="barlow:BarlowTwinsObjective",
+    supcon="supcon:SupConObjective",
+    slip="slip:SLIPObjective",
+)
 
 
 def objective_class(name: str) -> type[Objective]:
@@ -43,10 +58,16 @@ def objective_class(name: str) -> type[Objective]:
     return OBJECTIVES[name]
 
 
-def build_objective(section: Any) -> Objective:
+def build_objective(section: Any):
     """The objective ``section.name`` (``config.ObjectiveConfig``) with its own settings."""
     cls = objective_class(section.name)
     return cls(getattr(section, section.name, None))
 
 
-__all__ = ["OBJECTIVES", "CLIPObjective", "Objective", "SigLIPObjective", "build_objective"]
+def __getattr__(name: str) -> Any:  # the classes by name, imported when asked for
+    lazy = {"Objective": "base:Objective", "CLIPObjective": "clip:CLIPObjective"}
+    lazy["SigLIPObjective"] = "siglip:SigLIPObjective"
+    if name not in lazy:
+        raise AttributeError(name)
+    module, cls = lazy[name].split(":")
+    return getattr(importlib.import_module(f"vlcontrast.objectives.{module}"), cls)

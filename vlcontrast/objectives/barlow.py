@@ -4,22 +4,14 @@ the identity. The statistics are taken over the global batch with differentiable
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from vlcontrast.losses.ssl import barlow_twins_loss
+from vlcontrast.objective_settings import BarlowTwinsConfig
 from vlcontrast.objectives.base import Objective, full, halves, two_views
-from vlcontrast.schema import POSITIVE
-
-
-@dataclass
-class BarlowTwinsConfig:
-    """``objective.barlow_twins.*``"""
-
-    lambda_offdiag: float = field(default=5e-3, metadata=POSITIVE)  # Zbontar et al., 5e-3
 
 
 class BarlowTwinsObjective(Objective):

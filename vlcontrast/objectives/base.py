@@ -33,8 +33,6 @@ class Objective(nn.Module):
     """Turns a batch into ``{"loss": scalar tensor, "metrics": {name: float}}``."""
 
     modalities: ClassVar[tuple[str, ...]] = ("image", "text")
-    # Model settings the objective needs (``model.logit_bias`` when that key is left at None).
-    uses_logit_bias: ClassVar[bool] = False
     # Augmented views per image (data/augment.py); 0: the one training crop
     views: ClassVar[int] = 0
     # Whether batches carry ``labels`` (the class index, ``data.label_key``): supcon

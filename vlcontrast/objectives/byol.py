@@ -11,24 +11,16 @@ at ``(s - 1) / K``, as BYOL's code indexes it: the first update uses 0.996.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from vlcontrast.losses.ssl import regression_loss
+from vlcontrast.objective_settings import BYOLConfig
 from vlcontrast.objectives.base import Objective, full, halves, two_views
 from vlcontrast.objectives.momentum import MomentumObjective
-from vlcontrast.schema import ConfigError, between
-
-
-@dataclass
-class BYOLConfig:
-    """``objective.byol.*``"""
-
-    momentum: float = field(default=0.996, metadata=between(0.0, 1.0))  # BYOL, cosine to end
-    momentum_end: float = field(default=1.0, metadata=between(0.0, 1.0))
+from vlcontrast.schema import ConfigError
 
 
 def _symmetric(p_a, p_b, z_a, z_b) -> torch.Tensor:

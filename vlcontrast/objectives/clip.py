@@ -7,30 +7,14 @@ the B x B matrix is small (``benchmarks/loss_memory.py`` measures both).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from vlcontrast.losses.clip import gathered_clip_loss
+from vlcontrast.objective_settings import CLIPConfig
 from vlcontrast.objectives.base import Objective, detached, model_inputs
-from vlcontrast.schema import POSITIVE, choices
-
-
-@dataclass
-class CLIPConfig:
-    """``objective.clip.*``"""
-
-    # Across ranks: "local" scores this rank's rows against all gathered columns (2·B·N logits
-    # per rank), "global" has every rank compute the whole N x N loss. Same gradients.
-    gather: str = field(default="local", metadata=choices("local", "global"))
-    # Blockwise loss (memory linear in the batch): on, off or auto (global batch >= tiled_from)
-    tiled: str = field(default="auto", metadata=choices("auto", "on", "off"))
-    # auto tiles from this global batch: below it the textbook loss is as fast on a GPU
-    # (benchmarks/loss_memory.py: 1.4x the time on an H100 at 16384 while it fits)
-    tiled_from: int = field(default=8192, metadata=POSITIVE)
-    tile_size: int = field(default=1024, metadata=POSITIVE)  # tile edge; memory O(tile^2)
 
 
 class CLIPObjective(Objective):

@@ -12,7 +12,6 @@ cosine schedule from 0.99 to 1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,29 +20,10 @@ from torch import nn
 
 from vlcontrast import distributed as dist_lib
 from vlcontrast.losses.ssl import moco_queue_loss, moco_v3_loss
+from vlcontrast.objective_settings import MoCoConfig, MoCoV3Config
 from vlcontrast.objectives.base import full, halves, two_views
 from vlcontrast.objectives.momentum import MomentumObjective
-from vlcontrast.schema import POSITIVE, ConfigError, between
-
-
-@dataclass
-class MoCoConfig:
-    """``objective.moco.*`` (MoCo v2)"""
-
-    temperature: float = field(default=0.2, metadata=POSITIVE)  # MoCo v2
-    momentum: float = field(default=0.999, metadata=between(0.0, 1.0))  # MoCo
-    # keys kept as negatives (MoCo: 65536); a multiple of the global batch
-    queue_size: int = field(default=65536, metadata=POSITIVE)
-    symmetric: bool = False  # both views as queries (2x the compute), one enqueue per step
-
-
-@dataclass
-class MoCoV3Config:
-    """``objective.mocov3.*``"""
-
-    temperature: float = field(default=0.2, metadata=POSITIVE)  # MoCo v3, ViT
-    momentum: float = field(default=0.99, metadata=between(0.0, 1.0))  # cosine to momentum_end
-    momentum_end: float = field(default=1.0, metadata=between(0.0, 1.0))
+from vlcontrast.schema import ConfigError
 
 
 class MoCoObjective(MomentumObjective):

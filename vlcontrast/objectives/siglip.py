@@ -3,24 +3,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from vlcontrast.losses.siglip import gathered_siglip_loss
+from vlcontrast.objective_settings import SigLIPConfig
 from vlcontrast.objectives.base import Objective, detached, model_inputs
 
 
-@dataclass
-class SigLIPConfig:
-    """``objective.siglip.*``: nothing to set yet (the bias and scale inits are model keys)."""
-
-
 class SigLIPObjective(Objective):
-    uses_logit_bias = True
-
     def __init__(self, cfg: SigLIPConfig | None = None):
         super().__init__()
         self.cfg = cfg if cfg is not None else SigLIPConfig()

@@ -4,23 +4,14 @@ negatives (``losses/supcon.py:nt_xent_loss``, exact across ranks)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from vlcontrast.losses.supcon import nt_xent_loss
+from vlcontrast.objective_settings import SimCLRConfig
 from vlcontrast.objectives.base import Objective, full, halves, two_views
-from vlcontrast.schema import POSITIVE
-
-
-@dataclass
-class SimCLRConfig:
-    """``objective.simclr.*``"""
-
-    # SimCLR paper, table 5: 0.1 is best at its batch sizes (0.5 for CIFAR-10's in appendix B.9)
-    temperature: float = field(default=0.1, metadata=POSITIVE)
 
 
 class SimCLRObjective(Objective):

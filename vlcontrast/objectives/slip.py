@@ -9,7 +9,6 @@ pass, so DDP sees every parameter used; both terms are exact across ranks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -17,16 +16,9 @@ from torch import nn
 
 from vlcontrast.losses.clip import gathered_clip_loss
 from vlcontrast.losses.supcon import nt_xent_loss
+from vlcontrast.objective_settings import SLIPConfig
 from vlcontrast.objectives.base import Objective, detached, full
-from vlcontrast.schema import NON_NEGATIVE, POSITIVE, ConfigError
-
-
-@dataclass
-class SLIPConfig:
-    """``objective.slip.*``"""
-
-    ssl_scale: float = field(default=1.0, metadata=NON_NEGATIVE)  # SLIP: 1.0
-    temperature: float = field(default=0.1, metadata=POSITIVE)  # SLIP's SimCLR term: 0.1
+from vlcontrast.schema import ConfigError
 
 
 class SLIPObjective(Objective):

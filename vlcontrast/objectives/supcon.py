@@ -5,22 +5,14 @@ shards' ``{key}.cls`` member (``data.label_key``), as ImageFolder conversion wri
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from vlcontrast.losses.supcon import supcon_loss
+from vlcontrast.objective_settings import SupConConfig
 from vlcontrast.objectives.base import Objective, full, halves, two_views
-from vlcontrast.schema import POSITIVE
-
-
-@dataclass
-class SupConConfig:
-    """``objective.supcon.*``"""
-
-    temperature: float = field(default=0.1, metadata=POSITIVE)  # Khosla et al., 0.1
 
 
 class SupConObjective(Objective):

@@ -12,7 +12,7 @@ Gao et al. 2021 ("Scaling Deep Contrastive Learning Batch Size under Memory Limi
 Every parameter then receives exactly the gradient of the single big batch. Scalar outputs
 (``logit_scale``, ``logit_bias``) get their cached gradient once, with the last micro-batch, not
 once per micro-batch: accumulating a per-micro-batch loss over cached features instead inflates
-the temperature's gradient by K (issue 4). Under DDP the first K-1 re-forwards run in
+the temperature's gradient by K. Under DDP the first K-1 re-forwards run in
 ``no_sync`` and the last one all-reduces, so every parameter is reduced once per step.
 Batch-norm running statistics see each micro-batch twice (once per pass).
 """

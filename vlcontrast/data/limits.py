@@ -1,0 +1,12 @@
+"""What the readers accept as an image: file types and the largest size (no imports, so the
+configuration reads them without importing torch or PIL)."""
+
+# Images above this many pixels are skipped (``too_large``) from their header, before any pixel
+# is decoded: a 169-megapixel PNG (just under PIL's own bomb limit) would add about 1.6 GB per
+# decoding process. 50 MP keeps every photo of a 50-megapixel camera and an 8K frame (33 MP);
+# img2dataset and OpenCLIP's loaders guard the same way.
+MAX_PIXELS = 50_000_000
+
+# Member extensions (shards) and file suffixes (folders) read as images, in order of preference.
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+IMAGE_SUFFIXES = (*(f".{e}" for e in IMAGE_EXTENSIONS), ".bmp", ".gif", ".tif", ".tiff")

@@ -1,0 +1,73 @@
+"""Per-view augmentation settings (``views.*``) and the papers' presets, without the code that
+applies them (``data/augment.py``), so the configuration reads them without importing torch.
+
+Presets (``views.preset``), each parameter overridable per view:
+- ``simclr`` (Chen et al. 2020, appendix A): crop scale (0.08, 1), flip 0.5, jitter
+  (0.8, 0.8, 0.8, 0.2) with p 0.8, grayscale 0.2, blur p 0.5 with sigma in (0.1, 2);
+- ``mocov2`` ("aug+", Chen et al. 2020b): crop (0.2, 1), jitter (0.4, 0.4, 0.4, 0.1) p 0.8,
+  grayscale 0.2, blur 0.5;
+- ``byol`` (Grill et al. 2020, table 6) and ``mocov3`` (Chen et al. 2021): asymmetric, crop
+  (0.08, 1), jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2; blur 1.0 / 0.1 and solarize
+  0 / 0.2 for the first / second view;
+- ``small``: 32-96 px data (SimCLR's CIFAR recipe): crop (0.08, 1), jitter strength 0.5, i.e.
+  (0.4, 0.4, 0.4, 0.1) p 0.8, grayscale 0.2, no blur (blur destroys 32-px images).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from vlcontrast.schema import NON_NEGATIVE, between
+
+PROBABILITY = between(0.0, 1.0)
+
+
+@dataclass
+class ViewConfig:
+    """One view's crop and augmentation."""
+
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # crop area fraction range
+    flip: float = field(default=0.5, metadata=PROBABILITY)  # horizontal flip probability
+    # Colour jitter strengths: brightness, contrast, saturation (factor in [1-s, 1+s]), hue
+    # (shift in [-h, h], h <= 0.5), applied together with probability jitter_p
+    jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])
+    jitter_p: float = field(default=0.8, metadata=PROBABILITY)
+    grayscale: float = field(default=0.2, metadata=PROBABILITY)
+    blur: float = field(default=0.5, metadata=PROBABILITY)  # Gaussian blur probability
+    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
+    # blur kernel side as a fraction of the image side (SimCLR: 10%), made odd
+    blur_kernel: float = field(default=0.1, metadata=NON_NEGATIVE)
+    solarize: float = field(default=0.0, metadata=PROBABILITY)  # probability; threshold 128
+
+
+SIMCLR = dict(scale=[0.08, 1.0], jitter=[0.8, 0.8, 0.8, 0.2], blur=0.5)
+MOCOV2 = dict(scale=[0.2, 1.0], jitter=[0.4, 0.4, 0.4, 0.1], blur=0.5)
+BYOL_1 = dict(scale=[0.08, 1.0], jitter=[0.4, 0.4, 0.2, 0.1], blur=1.0, solarize=0.0)
+BYOL_2 = dict(scale=[0.08, 1.0], jitter=[0.4, 0.4, 0.2, 0.1], blur=0.1, solarize=0.2)
+SMALL = dict(scale=[0.08, 1.0], jitter=[0.4, 0.4, 0.4, 0.1], blur=0.0)
+PRESETS: dict[str, list[dict[str, Any]]] = {
+    "simclr": [SIMCLR, SIMCLR],
+    "mocov2": [MOCOV2, MOCOV2],
+    "byol": [BYOL_1, BYOL_2],
+    "mocov3": [BYOL_1, BYOL_2],
+    "small": [SMALL, SMALL],
+}
+
+
+def check_view(view: ViewConfig, where: str) -> None:
+    """Range checks that the field metadata cannot express (pairs and the jitter list)."""
+    lo, hi = view.scale if len(view.scale) == 2 else (None, None)
+    if lo is None or not 0 < lo <= hi <= 1:
+        raise ValueError(
+            f"{where}.scale: expected [lo, hi] with 0 < lo <= hi <= 1, got {view.scale}"
+        )
+    if len(view.jitter) != 4 or min(view.jitter) < 0 or view.jitter[3] > 0.5:
+        raise ValueError(
+            f"{where}.jitter: expected [brightness, contrast, saturation, hue], each >= 0 and "
+            f"hue <= 0.5, got {view.jitter}"
+        )
+    if len(view.blur_sigma) != 2 or not 0 < view.blur_sigma[0] <= view.blur_sigma[1]:
+        raise ValueError(
+            f"{where}.blur_sigma: expected [lo, hi] with 0 < lo <= hi, got {view.blur_sigma}"
+        )
