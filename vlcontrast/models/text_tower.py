@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from vlcontrast.config import ConfigError, TextTowerConfig
+from vlcontrast.hub import check_source
 
 
 def pool_cls(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -91,6 +92,7 @@ def build_encoder(cfg: TextTowerConfig) -> nn.Module:
         except (ValueError, KeyError, TypeError) as err:
             raise ConfigError(f"text.config: {str(err).splitlines()[0]}") from None
     else:
+        check_source("text.model", cfg.model, "a model directory")
         try:
             if cfg.pretrained:
                 encoder = AutoModel.from_pretrained(cfg.model)
@@ -123,10 +125,7 @@ def load_tokenizer(cfg: TextTowerConfig) -> PreTrainedTokenizerBase:
             "one from your captions with 'vlcontrast tokenizer train --shards URLS --out DIR'"
         )
     local = Path(source).exists()
-    if not local and (source.startswith((".", "/", "~")) or source.endswith(".json")):
-        raise ConfigError(
-            f"{key}: {source} does not exist (a directory, tokenizer.json or hub name)"
-        )
+    check_source(key, source, "a tokenizer directory or tokenizer.json")
     try:
         if source.endswith(".json") and Path(source).is_file():
             tok = PreTrainedTokenizerFast(tokenizer_file=source)
