@@ -218,3 +218,23 @@ def test_linear_probe_sweep_picks_the_best_validation_penalty():
 def test_evaluator_config_defaults_follow_the_protocols():
     spec = EvaluatorConfig(kind="knn")
     assert spec.k == 200 and spec.temperature == 0.1
+
+
+def test_the_confusion_png_labels_both_axes_and_keeps_its_title_inside(tmp_path):
+    from PIL import Image
+
+    from vlcontrast.eval.report import save_confusion_png
+
+    names = ["zero", "one", "two", "three", "four"]
+    confusion = [[10 if i == j else 1 for j in range(5)] for i in range(5)]
+    save_confusion_png(confusion, names, tmp_path / "c.png")
+    image = Image.open(tmp_path / "c.png").convert("L")
+    width, height = image.size
+    assert width >= 6 * len("confusion matrix: rows = true class, columns = predicted class")
+    pixels = image.load()
+    # the column labels: ink above each column, between the title and the matrix
+    top = 40 + 6 * len("three") + 8
+    for column in range(5):
+        x0 = 6 * len("three") + 8 + column * 24
+        band = [pixels[x, y] for x in range(x0, x0 + 24) for y in range(36, top)]
+        assert min(band) < 128, f"column {column} has no label"

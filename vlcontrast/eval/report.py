@@ -46,24 +46,32 @@ def write_json(results: dict[str, dict[str, Any]], path: str | Path) -> None:
 
 
 def save_confusion_png(confusion: list[list[int]], classnames: list[str], path: str | Path):
-    """Row-normalised confusion matrix (row = true class; darker = more of that row), with class
-    names on the left when the classes are few enough to label."""
+    """Row-normalised confusion matrix (row = true class; darker = more of that row), with the
+    class names along both axes (columns written upwards) when the classes are few enough to
+    label, the title and axis names inside the image."""
     counts = torch.tensor(confusion, dtype=torch.float)
     rates = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)  # (C, C)
     n = len(classnames)
     cell = max(1, min(24, 960 // max(n, 1)))
     labelled = cell >= 10
-    margin = min(220, 7 * max(len(c) for c in classnames) + 8) if labelled else 0
-    top = 24
-    image = Image.new("RGB", (margin + n * cell + 1, top + n * cell + 1), "white")
+    names = [name[:30] for name in classnames]
+    text_w = 6 * max(len(c) for c in names) + 8 if labelled else 0  # PIL's default font: 6 px
+    title = "confusion matrix: rows = true class, columns = predicted class"
+    subtitle = "shade = share of the row (darker = more)"
+    left, top = max(text_w, 14), 40 + text_w
+    width = max(left + n * cell + 8, 6 * len(title) + 16)
+    image = Image.new("RGB", (width, top + n * cell + 8), "white")
     draw = ImageDraw.Draw(image)
-    title = "true class (rows) vs predicted (columns); darker = larger share of the row"
-    draw.text((margin, 4), title, fill="black")
+    draw.text((6, 4), title, fill="black")
+    draw.text((6, 18), subtitle, fill="dimgray")
     for i in range(n):
         if labelled:
-            draw.text((2, top + i * cell + (cell - 10) // 2), classnames[i][:30], fill="black")
+            draw.text((2, top + i * cell + (cell - 10) // 2), names[i], fill="black")
+            label = Image.new("RGB", (text_w, cell), "white")  # written, then turned upwards
+            ImageDraw.Draw(label).text((2, (cell - 10) // 2), names[i], fill="black")
+            image.paste(label.rotate(90, expand=True), (left + i * cell, 36))
         for j in range(n):
-            x, y = margin + j * cell, top + i * cell
+            x, y = left + j * cell, top + i * cell
             draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=_shade(rates[i, j].item()))
     image.save(path)
 
