@@ -157,3 +157,16 @@ def test_a_wrong_column_is_one_clear_message(tmp_path, capsys):
     assert cli.main(args) == 2
     err = capsys.readouterr().err
     assert "no column 'path'" in err and "['file', 'text']" in err and "--image-column" in err
+
+
+def test_the_contact_sheet_draws_from_every_shard(tmp_path):
+    from vlcontrast.data.inspect import inspect_shards
+    from vlcontrast.data.shard_writer import write_shards
+    from vlcontrast.data.synthetic import samples
+
+    write_shards(samples(200, seed=3, side=16), tmp_path, per_shard=40)  # 5 shards
+    stats = inspect_shards(str(tmp_path / "{00000..00004}.tar"), sheet=16, progress=False)
+    keys = [key for key, _, _ in stats["examples"]]
+    assert len(keys) == 16 and keys == sorted(keys)
+    shards_seen = {int(key[-7:]) // 40 for key in keys}
+    assert len(shards_seen) >= 4, shards_seen  # not the first 16 samples of the first shard

@@ -57,7 +57,8 @@ def add_commands(sub) -> None:
         help="counts, member keys, caption lengths and a contact sheet of a shard pattern",
         description="Reads the shards as training does and reports samples, members by "
         "extension, problems (missing image/caption, truncated shards), a caption-length "
-        "histogram, and writes a PNG contact sheet of the first images with their captions.",
+        "histogram, and writes a PNG contact sheet of images drawn at random from all the shards "
+        "with their captions.",
     )
     inspect.add_argument("urls", help="shard pattern, e.g. 'data/{00000..00099}.tar'")
     inspect.add_argument("--caption-key", default="txt", help="txt or json.FIELD")

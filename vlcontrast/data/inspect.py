@@ -1,13 +1,15 @@
 """``vlcontrast shards inspect``: what a set of shards holds, before training on it.
 
 Counts samples, members by extension and bytes, flags samples without an image or a caption,
-histograms caption lengths (words), and draws a contact sheet PNG of the first images with their
-captions. Reads the shards with the training reader, so what it reports is what training sees.
+histograms caption lengths (words), and draws a contact sheet PNG of images drawn evenly at
+random from all the shards (a reservoir sample, seeded) with their captions. Reads the shards
+with the training reader, so what it reports is what training sees.
 """
 
 from __future__ import annotations
 
 import io
+import random
 import textwrap
 from collections import Counter
 from pathlib import Path
@@ -43,12 +45,14 @@ def inspect_shards(
     progress: bool = True,
     decode: int = 1000,
 ) -> dict[str, Any]:
-    """Statistics of the shards of ``pattern`` and up to ``sheet`` (image, caption) pairs. The
-    images of the first ``decode`` samples (-1: all) are decoded, so corrupt ones are counted."""
+    """Statistics of the shards of ``pattern`` and up to ``sheet`` (image, caption) pairs drawn
+    uniformly from all of them, in reading order. The images of the first ``decode`` samples
+    (-1: all) are decoded, so corrupt ones are counted."""
     urls = expand_urls(pattern)
     missing = missing_shards(urls)
     members, problems, lengths = Counter(), Counter(), Counter()
-    samples, size, examples, decoded = 0, 0, [], 0
+    samples, size, examples, decoded, candidates = 0, 0, [], 0, 0
+    rng = random.Random(0)
     for url in tqdm(urls, desc="inspect", unit="shard", disable=not progress):
         for raw in iter_samples(url, lambda reason: problems.update([reason])):
             samples += 1
@@ -71,8 +75,13 @@ def inspect_shards(
             except SkipSample as skip:
                 problems[skip.reason] += 1
                 caption = None
-            if image_key and caption and len(examples) < sheet:
-                examples.append((raw["__key__"], raw[image_key], caption))
+            if image_key and caption and sheet > 0:  # reservoir sampling (Vitter's algorithm R)
+                candidates += 1
+                example = (samples, raw["__key__"], raw[image_key], caption)
+                if len(examples) < sheet:
+                    examples.append(example)
+                elif (slot := rng.randrange(candidates)) < sheet:
+                    examples[slot] = example
     return {
         "shards": len(urls),
         "missing_shards": len(missing),
@@ -82,7 +91,7 @@ def inspect_shards(
         "members": dict(members.most_common()),
         "problems": dict(problems),
         "caption_words": dict(sorted(lengths.items())),
-        "examples": examples,
+        "examples": [example[1:] for example in sorted(examples, key=lambda e: e[0])],
     }
 
 
