@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import run_file, spawn_gloo, tiny_overrides
 from vlcontrast import cli
@@ -339,8 +340,15 @@ def test_the_search_command_prints_records_and_json(tmp_path, trained, planted, 
     assert [h["rank"] for h in hits] == [0, 1, 2] and all("caption" in h for h in hits)
     image = tmp_path / "query.jpg"
     image.write_bytes(planted["items"][7]["jpg"])
-    assert cli.main(["search", str(tmp_path / "ix"), "--image", str(image), "-k", "1"]) == 0
-    assert planted["items"][7]["__key__"] in capsys.readouterr().out
+    sheet = tmp_path / "hits.png"
+    args = ["search", str(tmp_path / "ix"), "--image", str(image), "-k", "3", "--sheet", str(sheet)]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"top 3 of 48 items for image {image}:"
+    assert out[1].split() == ["rank", "score", "key", "caption"]
+    assert planted["items"][7]["__key__"] in out[2] and out[-1] == f"hits drawn in {sheet}"
+    with Image.open(sheet) as drawn:  # three tiles in a row under the title
+        assert drawn.width >= 3 * 160 and np.asarray(drawn).std() > 10
     # two workers, one unit each at a time: the same index as one process reading in order
     build(tmp_path, trained, planted["pattern"], "serial", batch_size=8)
     assert unit_bytes(tmp_path / "ix") == unit_bytes(tmp_path / "serial")

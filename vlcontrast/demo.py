@@ -21,13 +21,13 @@ from accelerate import PartialState
 
 from vlcontrast import config as config_lib
 from vlcontrast.config import Config, EvaluatorConfig
-from vlcontrast.data.inspect import contact_sheet
 from vlcontrast.data.synthetic import make_corpus
 from vlcontrast.embed import Embedder
 from vlcontrast.eval.zeroshot import evaluate_zeroshot
 from vlcontrast.models.load import load_model
 from vlcontrast.search.build import BuildOptions, build_index
 from vlcontrast.search.engine import SearchIndex
+from vlcontrast.search.sheet import hits_sheet
 from vlcontrast.search.units import SourceSpec
 from vlcontrast.train.loop import train
 from vlcontrast.train.metrics_log import read_jsonl
@@ -98,7 +98,7 @@ def run_demo(out_dir: str | Path = "vlcontrast_demo", overrides: list[str] | Non
         {"score": h["score"], "key": h["key"], "row": h["row"]}
         for h in index.search_text(QUERY, k=5)
     ]
-    save_query_sheet(QUERY, hits, index, out_dir / "query.png")
+    hits_sheet(QUERY, hits, index, out_dir / "query.png")
     summary = {
         "zeroshot_top1": metrics["top1"],
         "zeroshot_top5": metrics["top5"],
@@ -119,16 +119,6 @@ def run_demo(out_dir: str | Path = "vlcontrast_demo", overrides: list[str] | Non
     (out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print_report(summary, len(result["classnames"]))
     return summary
-
-
-def save_query_sheet(query: str, hits: list[dict], index: SearchIndex, path: Path) -> None:
-    """A PNG of the retrieved held-out images, each with its score and true caption (read back
-    from the shards by the index); the captions are also added to ``hits``."""
-    examples = []
-    for hit in hits:
-        hit["caption"] = index.record(hit["row"])["caption"]
-        examples.append((f"{hit['score']:.3f}", index.image_bytes(hit["row"])[0], hit["caption"]))
-    contact_sheet(examples, path, columns=len(examples), title=f"query: {query}")
 
 
 def samples_per_s(run_dir: Path) -> float:

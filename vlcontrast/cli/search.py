@@ -120,6 +120,9 @@ def add_commands(sub) -> None:
     search.add_argument("--image", default="", help="search by this image file instead")
     search.add_argument("-k", type=int, default=10, help="results (default: %(default)s)")
     search.add_argument("--json", action="store_true", help="print the records as JSON")
+    search.add_argument(
+        "--sheet", default="", help="also draw the hits with their scores into this PNG"
+    )
     search.add_argument("--backend", default="auto", choices=["auto", "exact", "faiss"])
     search.add_argument(
         "--checkpoint", default="", help="the index's checkpoint, if it moved since the build"
@@ -289,12 +292,21 @@ def cmd_search(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"vlcontrast search: {err}", file=sys.stderr)
         return 2
+    if args.sheet:
+        from vlcontrast.search.sheet import hits_sheet
+
+        hits_sheet(args.query or Path(args.image).name, hits, index, args.sheet)
     if args.json:
         print(json.dumps(hits, ensure_ascii=False))
         return 0
+    what = f"image {args.image}" if args.image else repr(args.query)
+    print(f"top {len(hits)} of {len(index)} items for {what}:")
+    print(f"{'rank':>4}  {'score':>6}  key  caption")
     for hit in hits:
         caption = f"  {hit['caption']}" if hit.get("caption") else ""
         print(f"{hit['rank'] + 1:>4}  {hit['score']:.4f}  {hit['key']}{caption}")
+    if args.sheet:
+        print(f"hits drawn in {args.sheet}")
     return 0
 
 
