@@ -170,3 +170,31 @@ def test_the_contact_sheet_draws_from_every_shard(tmp_path):
     assert len(keys) == 16 and keys == sorted(keys)
     shards_seen = {int(key[-7:]) // 40 for key in keys}
     assert len(shards_seen) >= 4, shards_seen  # not the first 16 samples of the first shard
+
+
+@pytest.mark.parametrize("how", ["label column", "folder"])
+def test_captions_keep_labels_for_evaluation(tmp_path, how, capsys):
+    import tarfile
+
+    rows = []
+    for i in range(6):
+        name = list(COLORS)[i % 3]
+        save_image(tmp_path / "img" / name / f"{i}.png", COLORS[name], fmt="PNG")
+        rows.append({"image": f"{name}/{i}.png", "caption": f"a {name} square", "label": name})
+    table = tmp_path / "captions.jsonl"
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["data", "captions", "--images", str(tmp_path / "img"), "--table", str(table)]
+    args += ["--out", str(tmp_path / "shards")]
+    if how == "folder":
+        args.append("--label-from-folder")
+    assert cli.main(args) == 0
+    classes = json.loads((tmp_path / "shards" / "classes.json").read_text())["classnames"]
+    assert classes == sorted(list(COLORS)[:3])
+    with tarfile.open(tmp_path / "shards" / "00000.tar") as tar:
+        labels = {
+            m.name.split(".")[0]: int(tar.extractfile(m).read())
+            for m in tar.getmembers()
+            if m.name.endswith(".cls")
+        }
+    assert len(labels) == 6
+    assert sorted(classes[label] for label in labels.values()) == sorted(r["label"] for r in rows)

@@ -27,6 +27,17 @@ def add_commands(sub) -> None:
     captions.add_argument("--table", required=True, help="captions: .csv, .tsv, .jsonl, .parquet")
     captions.add_argument("--image-column", default="image", help="default: %(default)s")
     captions.add_argument("--caption-column", default="caption", help="default: %(default)s")
+    captions.add_argument(
+        "--label-column",
+        default=None,
+        help="class labels, written as cls + classes.json for kNN / zero-shot evaluation "
+        "(default: the 'label' column if the table has one)",
+    )
+    captions.add_argument(
+        "--label-from-folder",
+        action="store_true",
+        help="label each image by the folder it sits in (images/cat/1.jpg -> cat)",
+    )
 
     folder = makers.add_parser("imagefolder", help="an ImageFolder tree (root/CLASS/IMAGE)")
     folder.add_argument("root", help="the tree's root")
@@ -86,7 +97,12 @@ def cmd_data(args: argparse.Namespace) -> int:
     try:
         if args.maker == "captions":
             source = convert.CaptionTable(
-                args.images, args.table, args.image_column, args.caption_column
+                args.images,
+                args.table,
+                args.image_column,
+                args.caption_column,
+                args.label_column,
+                args.label_from_folder,
             )
         elif args.maker == "imagefolder":
             source = convert.ClassFolder(args.root, args.templates)

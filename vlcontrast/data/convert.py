@@ -3,7 +3,10 @@
 Sources, each an indexable list of records (``key``, image bytes or path, caption(s), metadata):
 
 * :class:`CaptionTable`: an image folder plus a captions table (CSV, TSV, JSONL or parquet) with
-  configurable image-path and caption columns; other columns go to the sample's JSON.
+  configurable image-path and caption columns; other columns go to the sample's JSON. Labels
+  come from a label column (``label`` when the table has one) or from each image's folder name
+  (``--label-from-folder``); they are written as ``cls`` with the sorted class names in
+  ``classes.json``, as for an ImageFolder, so the shards serve kNN and zero-shot evaluation.
 * :class:`ClassFolder`: an ImageFolder tree (``root/CLASS/IMAGE``); the caption is a template
   (``"a photo of a {}."``) filled with the class name, picked per image with a seeded generator;
   the label is also written as ``cls`` and the class names as ``classes.json``, so the shards
@@ -89,19 +92,33 @@ class CaptionTable:
     table: str
     image_column: str = "image"
     caption_column: str = "caption"
+    label_column: str | None = None  # None: "label" if the table has it; "": no labels
+    label_from_folder: bool = False  # the label is the image's folder name
     rows: list = field(default_factory=list, repr=False)
+    classes: list | None = None
 
     def __post_init__(self):
         self.rows = read_table(self.table)
-        for column, flag in (
-            (self.image_column, "--image-column"),
-            (self.caption_column, "--caption-column"),
-        ):
+        if self.label_column is None:
+            has_label = bool(self.rows) and "label" in self.rows[0]
+            self.label_column = "label" if has_label and not self.label_from_folder else ""
+        checks = [(self.image_column, "--image-column"), (self.caption_column, "--caption-column")]
+        if self.label_column:
+            checks.append((self.label_column, "--label-column"))
+        for column, flag in checks:
             if self.rows and column not in self.rows[0]:
                 raise ValueError(
                     f"{self.table}: no column {column!r} (columns: {list(self.rows[0])}); "
                     f"set {flag}"
                 )
+        if self.label_column or self.label_from_folder:
+            self.classes = sorted({self._label_name(row) for row in self.rows})
+            self._ids = {name: i for i, name in enumerate(self.classes)}
+
+    def _label_name(self, row: dict[str, Any]) -> str:
+        if self.label_from_folder:
+            return Path(str(row[self.image_column])).parent.name or Path(self.images).name
+        return str(row[self.label_column])
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -112,11 +129,16 @@ class CaptionTable:
         if not path.is_file():
             raise SkipSample("missing_image")
         extra = {k: v for k, v in row.items() if k not in (self.image_column, self.caption_column)}
-        return {
+        record = {
             "image": path.read_bytes(),
             "caption": row.get(self.caption_column),
             "meta": {"path": str(row[self.image_column]), **extra},
         }
+        if self.classes is not None:
+            name = self._label_name(row)
+            record["label"] = self._ids[name]
+            record["meta"].update(label=record["label"], classname=name)
+        return record
 
 
 @dataclass
@@ -309,7 +331,7 @@ def build_shards(
             write_shard(source, i, per_shard, str(out), resize)
             bar.update(1)
     bar.close()
-    classes = source.classes if isinstance(source, ClassFolder) else None
+    classes = getattr(source, "classes", None)
     return summarize(out, n_shards, resumed=len(done), classes=classes)
 
 
