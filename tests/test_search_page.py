@@ -59,7 +59,13 @@ def test_the_page_searches_by_text_by_click_and_by_upload(served, planted, tmp_p
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable)
         page = browser.new_page()
-        page.goto(url + "/")
+        page.goto(url + "/")  # before a search: the index's size and a few of its items
+        page.wait_for_function("document.getElementById('status').textContent.includes('48 items')")
+        assert shown_keys(page) == [hit["key"] for hit in index.sample(8)]
+        page.goto(url + "/?q=" + "a red circle".replace(" ", "+"))  # a shared link
+        page.wait_for_function(f"document.querySelectorAll('figure.hit').length === {K}")
+        assert page.input_value("#q") == "a red circle"
+        assert shown_keys(page) == [hit["key"] for hit in index.search_text("a red circle", K)]
         page.fill("#q", "a red circle")
         page.press("#q", "Enter")
         page.wait_for_function(f"document.querySelectorAll('figure.hit').length === {K}")
@@ -73,6 +79,12 @@ def test_the_page_searches_by_text_by_click_and_by_upload(served, planted, tmp_p
         row, key = int(first.get_attribute("data-row")), first.get_attribute("data-key")
         first.click()
         page.wait_for_function(f"document.getElementById('status').textContent.includes({key!r})")
+        assert shown_keys(page) == [hit["key"] for hit in index.similar(row, K)]
+        assert page.url.endswith(f"/?similar={row}")  # the click is in the URL: bookmarkable
+        page.go_back()  # back to the text query
+        page.wait_for_function("document.getElementById('status').textContent.includes('red')")
+        page.goto(url + f"/?similar={row}")
+        page.wait_for_function(f"document.querySelectorAll('figure.hit').length === {K}")
         assert shown_keys(page) == [hit["key"] for hit in index.similar(row, K)]
 
         upload = tmp_path / "upload.jpg"

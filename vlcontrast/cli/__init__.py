@@ -74,6 +74,11 @@ def entry() -> None:
     except KeyboardInterrupt:
         print("\nvlcontrast: interrupted", file=sys.stderr)
         code = 130
+    except BrokenPipeError:  # `vlcontrast config --keys | head`: the reader left, quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
     sys.exit(code)
 
 

@@ -22,6 +22,17 @@ def add_commands(sub) -> None:
     synthetic.add_argument("--train", type=int, default=12000, help="training samples")
     synthetic.add_argument("--heldout", type=int, default=1500, help="held-out samples")
 
+    example = makers.add_parser(
+        "example",
+        help="a folder of example images + captions.csv to try the commands on",
+        description="Write N images of the demo's coloured shapes as OUT/images/*.jpg and "
+        "OUT/captions.csv (columns image, caption, label): the layout of your own images and "
+        "captions table, for trying 'data captions' and what follows.",
+    )
+    example.add_argument("out", help="output directory")
+    example.add_argument("-n", type=int, default=200, help="images (default: %(default)s)")
+    example.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+
     captions = makers.add_parser("captions", help="an image folder + a captions table")
     captions.add_argument("--images", required=True, help="folder the image paths start from")
     captions.add_argument("--table", required=True, help="captions: .csv, .tsv, .jsonl, .parquet")
@@ -88,6 +99,16 @@ def add_commands(sub) -> None:
 def cmd_data(args: argparse.Namespace) -> int:
     from vlcontrast.data import convert
 
+    if args.maker == "example":
+        from vlcontrast.data.synthetic import example_folder
+
+        table = example_folder(args.out, args.n, args.seed)
+        print(f"{args.n} images in {Path(args.out) / 'images'}, captions in {table}")
+        print(
+            f"next: vlcontrast data captions --images {Path(args.out) / 'images'} "
+            f"--table {table} --out SHARDS"
+        )
+        return 0
     if args.maker == "synthetic":
         from vlcontrast.data.synthetic import make_corpus
 

@@ -49,7 +49,11 @@ def schema_fields(kind: str) -> list[tuple[str, dataclasses.Field, typing.Any]]:
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
-    parser.add_argument("--checkpoint", required=True, help="checkpoint directory (step_*)")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a checkpoint (step_*), a run folder or RUN/latest (its newest checkpoint)",
+    )
     for name, f, typ in schema_fields(kind.replace("-", "_")):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         text = f.metadata["help"] + (DATA_HELP if name == "data" else "")

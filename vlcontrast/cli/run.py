@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 OVERRIDES_HELP = (
     "dotted overrides of the run config, type-checked against the schema, e.g. optim.lr=3e-4 "
@@ -32,7 +33,11 @@ def add_commands(sub) -> None:
         "nodes with 'torchrun --nproc-per-node N -m vlcontrast.cli train ...' or "
         "'accelerate launch -m vlcontrast.cli train ...'.",
     )
-    train.add_argument("config", help="YAML run file (only what differs from the defaults)")
+    train.add_argument(
+        "config",
+        help="YAML run file (only what differs from the defaults), or straight away the first "
+        "override when there is no run file",
+    )
     train.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
 
     show = sub.add_parser("config", help="print the resolved config (defaults + file + overrides)")
@@ -55,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vlcontrast.train.checkpoint import CheckpointError
     from vlcontrast.train.loop import TrainingDiverged, train
 
-    cfg = config_lib.load(args.config, args.overrides)
+    cfg = config_lib.load(*run_file_and_overrides(args))
     try:
         summary = train(cfg)
     except TrainingDiverged as err:
@@ -108,6 +113,14 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.keys:
         print("\n".join(config_lib.keys()))
         return 0
-    cfg = config_lib.load(args.config, args.overrides)
+    cfg = config_lib.load(*run_file_and_overrides(args))
     print(json.dumps(config_lib.to_dict(cfg), indent=2))
     return 0
+
+
+def run_file_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """``vlcontrast train a.b=1 ...`` without a run file: the first override took the run
+    file's place on the command line."""
+    if args.config and "=" in args.config and not Path(args.config).exists():
+        return None, [args.config, *args.overrides]
+    return args.config, args.overrides

@@ -33,7 +33,11 @@ def add_commands(sub) -> None:
         "image tower. Under torchrun each rank embeds its share of shards. "
         "Rerun the same command to resume an interrupted build.",
     )
-    build.add_argument("--checkpoint", required=True, help="checkpoint directory (step_*)")
+    build.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a checkpoint (step_*), a run folder or RUN/latest (its newest checkpoint)",
+    )
     build.add_argument("--out", required=True, help="index directory")
     build.add_argument("--overwrite", action="store_true", help="replace an index in --out")
     build.add_argument(

@@ -50,7 +50,10 @@ def add_commands(sub) -> None:
         "processor for a timm CLIP ViT with another text tower (BERT, ...) trained with "
         "text.pooling=pooler; --to safetensors writes the plain state dict of any model.",
     )
-    exp.add_argument("checkpoint", help="checkpoint directory (step_*)")
+    exp.add_argument(
+        "checkpoint",
+        help="a checkpoint (step_*), a run folder or RUN/latest (its newest checkpoint)",
+    )
     exp.add_argument("--to", required=True, choices=["hf", "safetensors"])
     exp.add_argument("out", help="output directory (hf) or file (safetensors)")
     ckpt = sub.add_parser(

@@ -40,11 +40,12 @@ SHARD_ORDER = 1 << 32  # order key of a shard sample: shard index * SHARD_ORDER 
 
 class ImageFolderSource:
     """``root/CLASS/IMAGE`` (torchvision's ImageFolder layout): classes are the sorted folder
-    names, label = folder index, caption = none."""
+    names, label = folder index, caption = none. A folder of images without class folders is
+    read too, its images unlabelled (enough to index and search them)."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        self.classes, self.items = scan_class_folder(self.root)
+        self.classes, self.items = scan_class_folder(self.root, flat_ok=True)
 
     def __len__(self) -> int:
         return len(self.items)

@@ -48,10 +48,17 @@ from vlcontrast.data.skip import SkipSample
 KEEP_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # written as they are
 
 
-def scan_class_folder(root: str | Path) -> tuple[list[str], list[tuple[Path, int]]]:
+def scan_class_folder(
+    root: str | Path, flat_ok: bool = False
+) -> tuple[list[str], list[tuple[Path, int | None]]]:
     """torchvision's ImageFolder layout (``root/CLASS/IMAGE``): the sorted class folder names
-    and the (image path, label) pairs, label = folder index."""
+    and the (image path, label) pairs, label = folder index. With ``flat_ok``, a folder that
+    holds its images directly (no class folders) gives no classes and unlabelled images."""
     root = Path(root)
+    if flat_ok and not any(p.is_dir() for p in root.iterdir()):
+        flat = [p for p in sorted(root.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        if flat:
+            return [], [(path, None) for path in flat]
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     items = [
         (path, label)

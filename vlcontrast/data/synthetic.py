@@ -119,6 +119,23 @@ def samples(n: int, seed: int, side: int = 64):
         }
 
 
+def example_folder(out_dir: str | Path, n: int = 200, seed: int = 0) -> Path:
+    """``n`` images as ``out_dir/images/NNNN.jpg`` and ``out_dir/captions.csv`` (image, caption,
+    label): the shape of a user's own folder and captions table. Returns the table's path."""
+    import csv
+
+    images = Path(out_dir) / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    table = Path(out_dir) / "captions.csv"
+    with open(table, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "caption", "label"])
+        for i, sample in enumerate(samples(n, seed)):
+            (images / f"{i:04d}.jpg").write_bytes(sample["jpg"])
+            writer.writerow([f"{i:04d}.jpg", sample["txt"], CLASSNAMES[int(sample["cls"])]])
+    return table
+
+
 def make_corpus(
     out_dir: str | Path, n_train: int = 12000, n_heldout: int = 1500, per_shard: int = 1000
 ) -> dict[str, str]:

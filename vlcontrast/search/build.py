@@ -37,7 +37,7 @@ from vlcontrast.data.skip import SkipSample
 from vlcontrast.data.sources import known_size
 from vlcontrast.embed import eval_transform
 from vlcontrast.models import manifest, sharded_weights
-from vlcontrast.models.load import WEIGHTS, load_model
+from vlcontrast.models.load import WEIGHTS, load_model, resolve_checkpoint
 from vlcontrast.search import layout
 from vlcontrast.search.units import (
     SourceSpec,
@@ -79,7 +79,8 @@ def build_index(
     out_dir = Path(out_dir)
     if checkpoint is None:
         checkpoint = layout.read_manifest(out_dir)["checkpoint"]
-    model, _, cfg = load_model(Path(checkpoint), options.allow_download)
+    checkpoint = resolve_checkpoint(checkpoint)  # a run folder or RUN/latest: its newest step
+    model, _, cfg = load_model(checkpoint, options.allow_download)
     device = torch.device(options.device or "cpu")
     model.to(device)
     if distributed.is_main():

@@ -138,6 +138,17 @@ class SearchIndex:
             out.append(records)
         return out
 
+    def sample(self, k: int = 8) -> list[dict[str, Any]]:
+        """``k`` records spread evenly over the index (what the page shows before a search)."""
+        if not 1 <= k <= MAX_K:
+            raise QueryError(f"k must be between 1 and {MAX_K}, got {k}")
+        n = len(self)
+        rows = sorted({i * n // k for i in range(min(k, n))})
+        records = self.files.records(rows)
+        for rank, record in enumerate(records):
+            record.update(rank=rank, score=None)
+        return records
+
     # -- items -------------------------------------------------------------------------------
     def record(self, row: int) -> dict[str, Any]:
         self._check_row(row)

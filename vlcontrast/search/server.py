@@ -7,6 +7,7 @@ Routes (JSON unless said):
     POST /api/image?k=N         image-to-image search; the body is the image file, or a
                                 multipart form with it (``curl -F file=@x.png``)
     GET  /api/info              items, dimension, checkpoint
+    GET  /api/sample?k=N        N items spread over the index (the page before a search)
     GET  /image/R               item R's image, the member's bytes read by offset from its shard
 
 Bound to 127.0.0.1 by default: the page reads the collection's files, so exposing it is the
@@ -94,6 +95,8 @@ def make_server(
                 return self.results(lambda k: index.search_text(one(query, "q"), k), query)
             if url.path == "/api/similar":
                 return self.results(lambda k: index.similar(number(query, "row"), k), query)
+            if url.path == "/api/sample":
+                return self.results(index.sample, query)
             return self.json(404, {"error": f"no page {url.path}"})
 
         def do_POST(self):  # noqa: N802
