@@ -36,7 +36,13 @@ def test_smoke_run_through_the_cli(corpus, tmp_path, capsys):
         "tokenizer",
     ]:
         assert (ckpts[-1] / name).exists(), name
-    assert "checkpoint:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"checkpoint: {ckpts[-1]}" in out and f"curves: {tmp_path / 'curves.png'}" in out
+    assert f"vlcontrast eval zeroshot --checkpoint {ckpts[-1]}" in out  # what to run next
+    from PIL import Image
+
+    with Image.open(tmp_path / "curves.png") as curves:  # loss and lr panels, drawn
+        assert curves.height >= 2 * 180 and curves.convert("L").getextrema()[0] < 100
 
 
 def test_bf16_autocast_after_an_fp32_run_in_the_same_process(corpus, tmp_path):

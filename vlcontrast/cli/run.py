@@ -85,6 +85,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     loss = f", final loss {final:.4f}" if final is not None else " (nothing left to train)"
     print0(f"done: {summary['steps']} steps{loss}")  # the mean over ranks, printed once
     print0(f"checkpoint: {summary['checkpoint']}")
+    if summary.get("curves"):
+        print0(f"curves: {summary['curves']}")
     print0(next_commands(summary["checkpoint"], cfg))
     return 0
 

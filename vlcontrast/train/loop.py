@@ -34,6 +34,7 @@ from vlcontrast.models.text_tower import follow_tokenizer, load_tokenizer
 from vlcontrast.objectives import build_objective
 from vlcontrast.train import checkpoint, fsdp
 from vlcontrast.train import run_dir as run_dir_lib
+from vlcontrast.train.curves import draw_curves
 from vlcontrast.train.data_setup import (
     build_train_data,
     data_size,
@@ -182,6 +183,7 @@ def train(cfg: Config) -> dict[str, Any]:
 
     bar.close()
     logger.close()
+    curves = draw_curves(run_dir) if main else None
     summary = {
         "steps": state["step"],
         "final_loss": last_loss,
@@ -190,6 +192,7 @@ def train(cfg: Config) -> dict[str, Any]:
         "eval": evals,
         "checkpoint": str(checkpoint.latest(ckpt_root)),
         "interrupted": interrupted,
+        "curves": str(curves) if curves else None,
     }
     print0(bad.summary())
     return summary
