@@ -242,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", nargs="+", default=list(CORPORA), choices=list(CORPORA))
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=0, help="training images (0: all; smoke)")
     args = parser.parse_args(argv)
     from vlcontrast.config import Config
 
@@ -251,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             rows_train, rows_held, classnames, templates = CORPORA[name](args.seed)
+            rows_train = rows_train[: args.limit] if args.limit else rows_train
             files = write_corpus(rows_train, rows_held, classnames, templates, tmp / "data")
             ours = run_vlcontrast(files, tmp / "vlcontrast", args.epochs, args.seed)
             theirs = run_openclip(
