@@ -141,7 +141,9 @@ def write_corpus(rows_train, rows_held, classnames, templates, out: Path) -> dic
     }
 
 
-def run_vlcontrast(files: dict[str, str], out: Path, epochs: float, seed: int) -> dict:
+def run_vlcontrast(
+    files: dict[str, str], out: Path, epochs: float, seed: int, extra: tuple[str, ...] = ()
+) -> dict:
     """Only data, the preset and the length (what a newcomer's run file holds)."""
     from vlcontrast import config as config_lib
     from vlcontrast.eval.runner import run_evaluators, scalar_metrics
@@ -156,6 +158,7 @@ def run_vlcontrast(files: dict[str, str], out: Path, epochs: float, seed: int) -
         f"train.seed={seed}",
         f"train.output_dir={out}",
         "train.progress=false",
+        *extra,
     ]
     start = time.perf_counter()
     summary = train(config_lib.load(None, run))

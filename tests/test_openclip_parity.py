@@ -161,3 +161,35 @@ def test_twenty_steps_track_openclip_from_the_same_initialisation(tmp_path, grad
             q, _, v = got_w.chunk(3)
             got_w, want_w = torch.cat([q, v]), torch.cat([want_w.chunk(3)[0], want_w.chunk(3)[2]])
         torch.testing.assert_close(got_w, want_w, rtol=0, atol=5e-6, msg=name)
+
+
+def test_a_fresh_clip_layout_model_starts_with_openclips_initialisation(tmp_path):
+    """Every weight of a from-scratch model has the spread of OpenCLIP's for the same shape
+    (models/clip_init.py: the libraries' own initialisations did not learn on the digits)."""
+    from safetensors.torch import save_file
+
+    from vlcontrast import config as config_lib
+    from vlcontrast.models.build import build_model
+    from vlcontrast.models.hf_clip import hf_to_ours, text_prefix
+    from vlcontrast.models.openclip import import_openclip, openclip_to_hf
+
+    cfg = {**MODEL_CFG, "vision_cfg": {**MODEL_CFG["vision_cfg"], "width": 256, "layers": 4}}
+    cfg["text_cfg"] = {**cfg["text_cfg"], "width": 256, "heads": 8, "layers": 4}
+    torch.manual_seed(0)
+    reference = open_clip.CLIP(**cfg)
+    save_file(
+        {k: v.contiguous() for k, v in reference.state_dict().items()},
+        str(tmp_path / "m.safetensors"),
+    )
+    (tmp_path / "c.json").write_text(json.dumps({"model_cfg": cfg}))
+    _, _, ours_cfg = import_openclip(tmp_path / "m.safetensors", tmp_path / "c.json")
+    fresh = build_model(config_lib.resolve(ours_cfg)).state_dict()
+    theirs = hf_to_ours(openclip_to_hf(reference.state_dict(), cfg), 4, text_prefix(fresh))
+    for name, value in theirs.items():
+        if value.numel() < 2:  # logit_scale
+            continue
+        if value.float().std() == 0:  # norms' gains and biases, zeroed attention biases
+            assert torch.equal(fresh[name], value), name
+            continue
+        ratio = float(fresh[name].float().std() / value.float().std())
+        assert 0.85 < ratio < 1.15, f"{name}: std {ratio:.2f}x OpenCLIP's"

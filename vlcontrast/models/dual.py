@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlcontrast.config import Config
+from vlcontrast.models.clip_init import init_clip_text, init_vit, is_clip_text, is_clip_vit
 from vlcontrast.models.heads import mlp
 from vlcontrast.models.image_tower import ImageTower
-from vlcontrast.models.text_tower import TextTower
+from vlcontrast.models.text_tower import TextTower, inline_config
 
 CLIP_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP paper
 SIGLIP_LOGIT_SCALE = math.log(10.0)  # SigLIP paper
@@ -37,6 +38,12 @@ class DualEncoder(nn.Module):
         self.embed_dim = m.embed_dim
         self.image = ImageTower(cfg.image, m.embed_dim, m.proj_layers, m.proj_hidden, m.proj_bn)
         self.text = TextTower(cfg.text, m.embed_dim)
+        # Towers built from scratch in CLIP's layout start as OpenCLIP's (models/clip_init.py)
+        if not cfg.image.pretrained and is_clip_vit(self.image.trunk):
+            init_vit(self.image.trunk, self.image.proj)
+        text_from_scratch = bool(inline_config(cfg.text)) or not cfg.text.pretrained
+        if text_from_scratch and is_clip_text(self.text.encoder):
+            init_clip_text(self.text.encoder, self.text.proj)
         bias = bool(m.logit_bias)
         init = m.init_logit_scale
         if init is None:
