@@ -39,7 +39,8 @@ class DualEncoder(nn.Module):
         self.image = ImageTower(cfg.image, m.embed_dim, m.proj_layers, m.proj_hidden, m.proj_bn)
         self.text = TextTower(cfg.text, m.embed_dim)
         # Towers built from scratch in CLIP's layout start as OpenCLIP's (models/clip_init.py)
-        if not cfg.image.pretrained and is_clip_vit(self.image.trunk):
+        image_from_scratch = not (cfg.image.pretrained or cfg.image.checkpoint_path)
+        if image_from_scratch and is_clip_vit(self.image.trunk):
             init_vit(self.image.trunk, self.image.proj)
         text_from_scratch = bool(inline_config(cfg.text)) or not cfg.text.pretrained
         if text_from_scratch and is_clip_text(self.text.encoder):

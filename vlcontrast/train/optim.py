@@ -23,7 +23,8 @@ from vlcontrast.train.lars import LARS
 
 
 def decays(name: str, param: torch.Tensor) -> bool:
-    return param.squeeze().ndim >= 2 and "logit_scale" not in name
+    wide = sum(size > 1 for size in param.shape) >= 2  # the global shape, also of a DTensor
+    return wide and "logit_scale" not in name
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
