@@ -107,3 +107,18 @@ def spawn_gloo(worker, world: int, tmp_dir, *args, attempts: int = 2) -> None:
             if err.signal_name is None or attempt == attempts - 1:
                 raise
             print(f"gloo worker died by {err.signal_name}; retrying once", file=sys.stderr)
+
+
+def import_openclip_model(reference: torch.nn.Module, model_cfg: dict, directory: Path):
+    """``import_openclip``'s (model, tokenizer, config) of an OpenCLIP model, written to
+    ``directory`` as OpenCLIP saves one (safetensors weights + ``open_clip_config.json``)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from vlcontrast.models.openclip import import_openclip
+
+    weights, config = directory / "open_clip_model.safetensors", directory / "open_clip_config.json"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(weights))
+    config.write_text(json.dumps({"model_cfg": model_cfg}))
+    return import_openclip(weights, config)

@@ -5,11 +5,12 @@ the same loss at each of 20 steps and the same weights after them."""
 
 from __future__ import annotations
 
-import json
 import types
 
 import pytest
 import torch
+
+from tests.conftest import import_openclip_model
 
 open_clip = pytest.importorskip("open_clip")
 open_clip_train = pytest.importorskip("open_clip_train.train")
@@ -121,21 +122,13 @@ def vlcontrast_losses(model, cfg, data) -> list[float]:
 
 @pytest.mark.parametrize("grad_clip", [None, 1.0])
 def test_twenty_steps_track_openclip_from_the_same_initialisation(tmp_path, grad_clip):
-    from safetensors.torch import save_file
 
     from vlcontrast.models.hf_clip import hf_to_ours, text_prefix
-    from vlcontrast.models.openclip import import_openclip, openclip_to_hf
+    from vlcontrast.models.openclip import openclip_to_hf
 
     torch.manual_seed(0)
     reference = open_clip.CLIP(**MODEL_CFG, output_dict=True)
-    save_file(
-        {k: v.contiguous() for k, v in reference.state_dict().items()},
-        str(tmp_path / "open_clip_model.safetensors"),
-    )
-    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": MODEL_CFG}))
-    ours, _, cfg = import_openclip(
-        tmp_path / "open_clip_model.safetensors", tmp_path / "open_clip_config.json"
-    )
+    ours, _, cfg = import_openclip_model(reference, MODEL_CFG, tmp_path)
     cfg.optim.lr, cfg.optim.warmup_steps = LR, WARMUP
     cfg.optim.grad_clip = grad_clip or 0.0
     cfg.train.precision = "no"
@@ -166,23 +159,16 @@ def test_twenty_steps_track_openclip_from_the_same_initialisation(tmp_path, grad
 def test_a_fresh_clip_layout_model_starts_with_openclips_initialisation(tmp_path):
     """Every weight of a from-scratch model has the spread of OpenCLIP's for the same shape
     (models/clip_init.py: the libraries' own initialisations did not learn on the digits)."""
-    from safetensors.torch import save_file
-
     from vlcontrast import config as config_lib
     from vlcontrast.models.build import build_model
     from vlcontrast.models.hf_clip import hf_to_ours, text_prefix
-    from vlcontrast.models.openclip import import_openclip, openclip_to_hf
+    from vlcontrast.models.openclip import openclip_to_hf
 
     cfg = {**MODEL_CFG, "vision_cfg": {**MODEL_CFG["vision_cfg"], "width": 256, "layers": 4}}
     cfg["text_cfg"] = {**cfg["text_cfg"], "width": 256, "heads": 8, "layers": 4}
     torch.manual_seed(0)
     reference = open_clip.CLIP(**cfg)
-    save_file(
-        {k: v.contiguous() for k, v in reference.state_dict().items()},
-        str(tmp_path / "m.safetensors"),
-    )
-    (tmp_path / "c.json").write_text(json.dumps({"model_cfg": cfg}))
-    _, _, ours_cfg = import_openclip(tmp_path / "m.safetensors", tmp_path / "c.json")
+    _, _, ours_cfg = import_openclip_model(reference, cfg, tmp_path)
     fresh = build_model(config_lib.resolve(ours_cfg)).state_dict()
     theirs = hf_to_ours(openclip_to_hf(reference.state_dict(), cfg), 4, text_prefix(fresh))
     for name, value in theirs.items():

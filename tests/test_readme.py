@@ -27,8 +27,8 @@ TINY = {
 }
 
 
-def bash_blocks(path: Path) -> list[str]:
-    return re.findall(r"```bash\n(.*?)```", path.read_text(), flags=re.S)
+def bash_blocks(text: str) -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", text, flags=re.S)
 
 
 def command_lines(block: str) -> list[str]:
@@ -49,11 +49,7 @@ def command_lines(block: str) -> list[str]:
 def newcomer_block() -> list[str]:
     text = (ROOT / "README.md").read_text()
     section = text[text.index("## Your own images") :]
-    return command_lines(bash_blocks_of(section)[0])
-
-
-def bash_blocks_of(text: str) -> list[str]:
-    return re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    return command_lines(bash_blocks(section)[0])
 
 
 def test_the_newcomer_block_runs_as_written(tmp_path, monkeypatch, capsys):
@@ -101,7 +97,7 @@ def test_the_newcomer_block_runs_as_written(tmp_path, monkeypatch, capsys):
 def all_command_lines() -> list[tuple[str, str]]:
     found = []
     for page in PAGES:
-        for block in bash_blocks(page):
+        for block in bash_blocks(page.read_text()):
             for line in command_lines(block):
                 words = shlex.split(line)
                 if words and words[0] == "vlcontrast":

@@ -260,11 +260,7 @@ def test_import_then_fine_tune_and_export_through_the_cli(tmp_path, corpus, caps
 @pytest.mark.parametrize("quick_gelu", [True, False])
 def test_a_random_openclip_checkpoint_imports_with_openclips_embeddings(tmp_path, quick_gelu):
     open_clip = pytest.importorskip("open_clip")
-    import json
-
-    from safetensors.torch import save_file
-
-    from vlcontrast.models.openclip import import_openclip
+    from tests.conftest import import_openclip_model
 
     model_cfg = {
         "embed_dim": 16,
@@ -280,14 +276,7 @@ def test_a_random_openclip_checkpoint_imports_with_openclips_embeddings(tmp_path
     }
     torch.manual_seed(0)
     reference = open_clip.CLIP(**model_cfg).eval()
-    save_file(
-        {k: v.contiguous() for k, v in reference.state_dict().items()},
-        str(tmp_path / "open_clip_model.safetensors"),
-    )
-    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
-    model, _, _ = import_openclip(
-        tmp_path / "open_clip_model.safetensors", tmp_path / "open_clip_config.json"
-    )
+    model, _, _ = import_openclip_model(reference, model_cfg, tmp_path)
     images, ids, mask = inputs(2)
     pad = torch.zeros(ids.shape[0], 16 - ids.shape[1], dtype=ids.dtype)
     ids, mask = torch.cat([ids, pad], 1), torch.cat([mask, pad], 1)  # OpenCLIP: full context

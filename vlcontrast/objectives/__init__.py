@@ -29,12 +29,6 @@ class _Registry(dict):
             self[name] = value
         return value
 
-    def values(self):
-        return [self[name] for name in self]
-
-    def items(self):
-        return [(name, self[name]) for name in self]
-
 
 OBJECTIVES: dict[str, Any] = _Registry(
     clip="clip:CLIPObjective",
@@ -62,12 +56,3 @@ def build_objective(section: Any):
     """The objective ``section.name`` (``config.ObjectiveConfig``) with its own settings."""
     cls = objective_class(section.name)
     return cls(getattr(section, section.name, None))
-
-
-def __getattr__(name: str) -> Any:  # the classes by name, imported when asked for
-    lazy = {"Objective": "base:Objective", "CLIPObjective": "clip:CLIPObjective"}
-    lazy["SigLIPObjective"] = "siglip:SigLIPObjective"
-    if name not in lazy:
-        raise AttributeError(name)
-    module, cls = lazy[name].split(":")
-    return getattr(importlib.import_module(f"vlcontrast.objectives.{module}"), cls)
