@@ -40,10 +40,10 @@ METHODS = {
     # MoCo v2's queue: 8 batches of keys (the dataset has 1,437 training images)
     "moco": ["objective.moco.queue_size=1024", "objective.moco.temperature=0.2"],
     "simclr": ["objective.simclr.temperature=0.2"],
-    "byol": ["model.predictor_hidden=256"],
-    "simsiam": ["model.predictor_hidden=256"],
-    "mocov3": ["model.predictor_hidden=256"],
-    "barlow_twins": ["model.embed_dim=512", "model.proj_hidden=512"],
+    "byol": ["objective.byol.predictor.hidden=256"],
+    "simsiam": ["objective.simsiam.predictor.hidden=256"],
+    "mocov3": ["objective.mocov3.predictor.hidden=256"],
+    "barlow_twins": ["objective.barlow_twins.projector={dim: 512, hidden: 512}"],
 }
 
 
@@ -55,10 +55,8 @@ def overrides(method: str, data: dict, out: Path, args) -> list[str]:
         f"image.model={args.model}",
         f"image.model_kwargs={args.model_kwargs}",
         "image.image_size=32",
-        "model.embed_dim=128",
-        "model.proj_layers=2",
-        "model.proj_hidden=256",
-        "model.proj_bn=true",
+        # one head size for every method on 8x8 digits: 2 layers, 256 wide, 128 out
+        f"objective.{method}.projector={{layers: 2, hidden: 256, dim: 128, bn: true}}",
         "views.preset=small",
         "views.first.flip=0",
         "views.second.flip=0",

@@ -68,14 +68,15 @@ def global_batch() -> dict[str, torch.Tensor]:
 
 
 class TowersObjective(Objective):
-    """Model outputs -> one of the library's losses."""
+    """A task owning ``model``: its outputs -> one of the library's losses."""
 
-    def __init__(self, loss_fn):
+    def __init__(self, loss_fn, model: nn.Module):
         super().__init__()
         self.loss_fn = loss_fn
+        self.model = model
 
-    def outputs(self, model, batch):
-        out = model(images=batch["images"], input_ids=batch["input_ids"])
+    def outputs(self, batch):
+        out = self.model(images=batch["images"], input_ids=batch["input_ids"])
         names = {"img_emb": "img", "txt_emb": "txt", "logit_scale": "scale", "logit_bias": "bias"}
         return {short: out[name] for name, short in names.items() if name in out}
 
@@ -121,9 +122,8 @@ def local_slice(batch: dict, world: int, rank: int, uneven: bool) -> dict:
     return {k: v[start : start + sizes[rank]] for k, v in batch.items()}
 
 
-def run_case(model: nn.Module, loss_name: str, batch: dict, steps: int) -> torch.Tensor:
-    out = grad_cached_step(model, TowersObjective(LOSSES[loss_name]), batch, steps)
-    return out["loss"].detach()
+def run_case(task: nn.Module, batch: dict, steps: int) -> torch.Tensor:
+    return grad_cached_step(task, batch, steps)["loss"].detach()
 
 
 def worker(rank: int, world: int, init_file: str, out_path: str) -> None:
@@ -134,12 +134,11 @@ def worker(rank: int, world: int, init_file: str, out_path: str) -> None:
         batch = global_batch()
         results = {}
         for case, loss_name, steps, uneven in CASES:
-            model = DistributedDataParallel(towers_for(loss_name))
-            loss = run_case(model, loss_name, local_slice(batch, world, rank, uneven), steps)
+            model = towers_for(loss_name)
+            task = DistributedDataParallel(TowersObjective(LOSSES[loss_name], model))
+            loss = run_case(task, local_slice(batch, world, rank, uneven), steps)
             dist.all_reduce(loss)
-            grads = {
-                n: p.grad.clone() for n, p in model.module.named_parameters() if p.grad is not None
-            }
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
             gathered = [None] * world
             dist.all_gather_object(gathered, grads)
             same = all(torch.equal(g[n], grads[n]) for g in gathered for n in grads)

@@ -14,6 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from vlcontrast import config as config_lib
 from vlcontrast.models import build_model
 from vlcontrast.objectives import build_objective
+from vlcontrast.objectives.base import step_loss
 from vlcontrast.train.locking import apply_locks
 from vlcontrast.train.optim import build_optimizer
 
@@ -28,9 +29,10 @@ def worker(rank: int, world: int, init_file: str, cfg_path: str, out: str) -> No
         model = build_model(cfg)
         apply_locks(model, cfg.lock)
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        ddp = DistributedDataParallel(model)
-        optimizer = build_optimizer(model, cfg.optim)
-        objective = build_objective(cfg.objective)
+        task = build_objective(cfg.objective)
+        task.setup(model, cfg, 4 * world)
+        ddp = DistributedDataParallel(task)
+        optimizer = build_optimizer(task, cfg.optim)
         gen = torch.Generator().manual_seed(rank)
         for _ in range(3):
             ddp.train()
@@ -39,7 +41,7 @@ def worker(rank: int, world: int, init_file: str, cfg_path: str, out: str) -> No
                 "input_ids": torch.randint(5, 60, (4, 8), generator=gen),
                 "attention_mask": torch.ones(4, 8, dtype=torch.long),
             }
-            loss = objective(ddp, batch)["loss"]
+            loss = step_loss(ddp, batch)["loss"]
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -1,7 +1,8 @@
 """Worker side of the distributed image-only objective tests (spawned by test_ssl_objectives.py):
 W gloo processes, each with its slice of one fixed global batch of two-view images, run one
-forward/backward of an objective class on a tiny DDP model; rank 0 saves the rank-averaged loss
-and the DDP-averaged gradients for comparison with one process on the whole batch."""
+forward/backward of an objective (the task: a tiny model plus the method's own heads) under
+DDP; rank 0 saves the rank-averaged loss and the DDP-averaged gradients of every task parameter
+(heads included) for comparison with one process on the whole batch."""
 
 from __future__ import annotations
 
@@ -10,63 +11,79 @@ from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from tests.probe_objective import ProbeObjective
+from vlcontrast.objective_settings import (
+    BarlowTwinsConfig,
+    BYOLConfig,
+    HeadConfig,
+    MoCoV3Config,
+    SimCLRConfig,
+    SupConConfig,
+)
 from vlcontrast.objectives.barlow import BarlowTwinsObjective
+from vlcontrast.objectives.base import step_loss
 from vlcontrast.objectives.byol import BYOLObjective
 from vlcontrast.objectives.moco import MoCoV3Objective
-from vlcontrast.objectives.simclr import SimCLRConfig, SimCLRObjective
+from vlcontrast.objectives.simclr import SimCLRObjective
 from vlcontrast.objectives.supcon import SupConObjective
 
 GLOBAL_BATCH = 12
 
 
 class TinyImageModel(nn.Module):
-    """The image-only model contract on flat 6-d 'images' in float64: projection, unit-norm
-    embedding and prediction."""
+    """The image-only model contract on flat 6-d 'images' in float64: pooled features of width
+    ``image.num_features`` (8); with ``bn``, batch norm inside (per device, as DDP leaves it)."""
 
-    def __init__(self, predictor: bool = True, bn: bool = False):
+    def __init__(self, bn: bool = False):
         super().__init__()
         torch.manual_seed(0)
-        self.embed_dim = 5
-        norm = nn.BatchNorm1d(8) if bn else nn.Identity()  # per device, as DDP leaves it
-        self.net = nn.Sequential(nn.Linear(6, 8), norm, nn.Tanh(), nn.Linear(8, 5))
-        self.predictor = (
-            nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 5)) if predictor else None
-        )  # only where the objective uses it: DDP's buckets wait for every parameter
+        self.image = SimpleNamespace(num_features=8)
+        norm = nn.BatchNorm1d(8) if bn else nn.Identity()
+        self.net = nn.Sequential(nn.Linear(6, 8), norm, nn.Tanh(), nn.Linear(8, 8))
         self.double()
 
-    def forward(self, images=None, input_ids=None, attention_mask=None):
-        proj = self.net(images)
-        out = {"img_proj": proj, "img_emb": F.normalize(proj, dim=-1)}
-        if self.predictor is not None:
-            out["img_pred"] = F.normalize(self.predictor(proj), dim=-1)
-        return out
+    def forward(self, images=None, input_ids=None, attention_mask=None, feature_map=False):
+        return {"img_feat": self.net(images)}
 
 
 def model_for(name: str) -> TinyImageModel:
-    return TinyImageModel(predictor=name in ("mocov3", "byol"), bn=name.endswith("_bn"))
+    return TinyImageModel(bn=name.endswith("_bn"))
+
+
+def heads(bn: bool) -> dict:
+    """Small heads: projector 8 -> 7 -> 5, predictor 5 -> 7 -> 5 (batch norm with ``bn``)."""
+    return {
+        "projector": HeadConfig(2, 7, 5, bn, "bn" if bn else "none"),
+        "predictor": HeadConfig(2, 7, 0, bn),
+    }
 
 
 def make_objective(name: str, model: nn.Module):
+    h = heads(bn=name.endswith("_bn"))
     objective = {
-        "simclr": lambda: SimCLRObjective(SimCLRConfig(temperature=0.5)),
-        "simclr_bn": lambda: SimCLRObjective(SimCLRConfig(temperature=0.5)),
-        "mocov3": MoCoV3Objective,
-        "barlow_twins": BarlowTwinsObjective,
-        "byol": BYOLObjective,
-        "supcon": SupConObjective,
+        "simclr": lambda: SimCLRObjective(SimCLRConfig(0.5, h["projector"])),
+        "simclr_bn": lambda: SimCLRObjective(SimCLRConfig(0.5, h["projector"])),
+        "mocov3": lambda: MoCoV3Objective(MoCoV3Config(0.2, 0.99, 1.0, **h)),
+        "barlow_twins": lambda: BarlowTwinsObjective(BarlowTwinsConfig(5e-3, h["projector"])),
+        "byol": lambda: BYOLObjective(BYOLConfig(0.996, 1.0, **h)),
+        "byol_bn": lambda: BYOLObjective(BYOLConfig(0.996, 1.0, **h)),
+        "supcon": lambda: SupConObjective(SupConConfig(0.1, h["projector"])),
+        "probe": ProbeObjective,
     }[name]()
     cfg = SimpleNamespace(
         objective=SimpleNamespace(name=name), train=SimpleNamespace(steps=10, fsdp=False)
     )
+    torch.manual_seed(1)  # the heads: the same in every process
     objective.setup(model, cfg, GLOBAL_BATCH)
     return objective
 
 
-CASES = ["simclr", "mocov3", "barlow_twins", "byol", "supcon", "simclr_bn"]
+# *_bn: batch norm in the model and heads, per device under DDP; compared with one process
+# whose batch norm is split into the devices' groups (model.bn_split)
+CASES = ["simclr", "mocov3", "barlow_twins", "byol", "supcon", "probe", "simclr_bn", "byol_bn"]
 
 
 def global_batch() -> dict[str, torch.Tensor]:
@@ -90,14 +107,13 @@ def worker(rank: int, world: int, init_file: str, out_path: str, sizes=None) -> 
         results = {}
         even = len(set(sizes)) == 1
         for name in CASES if even else [c for c in CASES if not c.endswith("_bn")]:
-            model = DistributedDataParallel(model_for(name))
-            objective = make_objective(name, model)
-            loss = objective(model, batch)["loss"]
+            task = DistributedDataParallel(make_objective(name, model_for(name)))
+            loss = step_loss(task, batch)["loss"]
             loss.backward()
             loss = loss.detach().clone()
             dist.all_reduce(loss)
             grads = {
-                n: p.grad.clone() for n, p in model.module.named_parameters() if p.grad is not None
+                n: p.grad.clone() for n, p in task.module.named_parameters() if p.grad is not None
             }
             results[name] = {"loss": loss / world, "grads": grads}
         if rank == 0:

@@ -75,3 +75,16 @@ def test_checkpoint_benchmark_runs_both_ways():
     pairs = {(phase.strip(), way.strip()) for phase, way in rows}
     assert pairs >= {(p, w) for p in ("save", "restore") for w in ("full", "sharded")}
     assert "save: sharded / full: time" in done.stdout
+
+
+def test_moco_step_benchmark_runs_both_variants():
+    command = [
+        sys.executable,
+        "benchmarks/moco_step.py",
+        *("--model", "test_resnet", "--size", "32", "--batch", "8", "--steps", "1"),
+        "--repeats",
+        "1",
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "before:" in done.stdout and "now:" in done.stdout and "now / before =" in done.stdout

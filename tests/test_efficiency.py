@@ -12,6 +12,7 @@ from tests.conftest import tiny_vit_config
 from vlcontrast import config as config_lib
 from vlcontrast.models import build_model
 from vlcontrast.objectives import build_objective
+from vlcontrast.objectives.base import step_loss
 from vlcontrast.train.model_setup import efficiency_switches
 
 
@@ -31,7 +32,9 @@ def batch(seed=0):
 def loss_and_grads(model, cfg):
     model.train()
     torch.manual_seed(1)  # the same dropout masks
-    loss = build_objective(cfg.objective)(model, batch())["loss"]
+    task = build_objective(cfg.objective)
+    task.setup(model, cfg, 6)
+    loss = step_loss(task, batch())["loss"]
     loss.backward()
     return loss.detach(), {
         n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None

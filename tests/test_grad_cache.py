@@ -9,7 +9,7 @@ from vlcontrast.train.grad_cache import grad_cached_step, split_batch
 
 
 def grads_after(model, loss_name, batch, steps):
-    out = grad_cached_step(model, cases.TowersObjective(cases.LOSSES[loss_name]), batch, steps)
+    out = grad_cached_step(cases.TowersObjective(cases.LOSSES[loss_name], model), batch, steps)
     return out["loss"].detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
@@ -38,8 +38,8 @@ def full_memory_reference(model, batch, steps):
     """Forward the micro-batches in sequence with autograd (the RNG draws the same masks as
     grad caching's first pass), concatenate, one loss, one backward."""
     torch.manual_seed(123)
-    objective = cases.TowersObjective(cases.LOSSES["clip_local"])
-    outs = [objective.outputs(model, part) for part in split_batch(batch, steps)]
+    objective = cases.TowersObjective(cases.LOSSES["clip_local"], model)
+    outs = [objective.outputs(part) for part in split_batch(batch, steps)]
     merged = {
         k: torch.cat([o[k] for o in outs]) if outs[0][k].ndim else outs[0][k] for k in outs[0]
     }

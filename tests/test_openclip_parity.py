@@ -107,13 +107,14 @@ def vlcontrast_losses(model, cfg, data) -> list[float]:
 
     accelerator = make_accelerator()
     precision = Precision("no", accelerator.device)
-    objective = build_objective(cfg.objective)
-    optimizer = build_optimizer(model, cfg.optim)
+    task = build_objective(cfg.objective)
+    task.setup(model, cfg, BATCH)
+    optimizer = build_optimizer(task, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, STEPS)
     state, losses = {"step": 0}, []
     for images, ids, mask in data:
         batch = {"images": images, "input_ids": ids, "attention_mask": mask}
-        loss, _ = train_step(accelerator, precision, model, objective, optimizer, batch, cfg, state)
+        loss, _ = train_step(accelerator, precision, task, optimizer, batch, cfg, state)
         scheduler.step()
         state["step"] += 1
         losses.append(loss)

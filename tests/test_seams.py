@@ -87,13 +87,16 @@ class QueueObjective(Objective):
 
     def __init__(self, cfg=None):
         super().__init__()
-        self.register_buffer("queue", torch.zeros(8, 16))
-        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.pending = None
 
-    def outputs(self, model, batch):
-        return {"img_emb": model(images=batch["images"])["img_emb"]}
+    def setup(self, model, cfg, global_batch):
+        super().setup(model, cfg, global_batch)
+        self.register_buffer("queue", torch.zeros(8, model.image.num_features))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def outputs(self, batch):
+        return {"img_emb": self.model(images=batch["images"])["img_emb"]}
 
     def loss(self, outputs, batch):
         img_emb = outputs["img_emb"]
@@ -102,7 +105,7 @@ class QueueObjective(Objective):
         self.pending = img_emb.detach()[:4]
         return {"loss": loss, "metrics": {"queue_sum": float(self.queue.sum())}}
 
-    def after_step(self, model, step):
+    def after_step(self, step):
         start = int(self.ptr)
         self.queue[start : start + 4] = self.pending
         self.ptr.fill_((start + 4) % len(self.queue))
@@ -132,7 +135,7 @@ def test_a_source_without_captions_streams_images_only(image_only_shards):
 
 def image_run(shards, out_dir, steps=4) -> list[str]:
     overrides = tiny_overrides({"train_shards": shards, "tokenizer": "unused"}, out_dir, steps)
-    overrides += ["model.kind=image", "model.proj_layers=2", "objective.name=queue_test"]
+    overrides += ["model.kind=image", "objective.name=queue_test"]
     return ["train", run_file(out_dir), *overrides]
 
 

@@ -6,6 +6,7 @@ gloo steps against one process on the concatenated batch (loss and gradients).""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -24,12 +25,14 @@ from tests.references import (
     textbook_supcon,
 )
 from vlcontrast import cli
+from vlcontrast.config import ObjectiveConfig
 from vlcontrast.losses.ssl import (
     barlow_twins_loss,
     cosine_momentum,
     moco_queue_loss,
     momentum_update,
 )
+from vlcontrast.objectives.base import step_loss
 from vlcontrast.objectives.byol import SimSiamObjective
 from vlcontrast.objectives.moco import MoCoConfig, MoCoObjective
 from vlcontrast.schema import ConfigError
@@ -82,23 +85,28 @@ def test_the_momentum_update_is_the_formula_and_the_schedule_runs_from_start_to_
 def test_byol_momentum_is_indexed_as_its_code_does():
     """After step s of K the target moves with tau((s - 1) / K): 0.996 first, as BYOL's code
     (it used tau(s / K), one step ahead)."""
-    model = case.model_for("byol")
-    objective = case.make_objective("byol", model)  # 10 steps, 0.996 -> 1
+    objective = case.make_objective("byol", case.model_for("byol"))  # 10 steps, 0.996 -> 1
     with torch.no_grad():
-        for p in model.parameters():
+        for p in objective.online().parameters():
             p.add_(1.0)
+    assert {n for n, _ in objective.target.named_parameters()} == {
+        n for n, _ in objective.online().named_parameters()
+    }  # backbone and projector; no predictor, as BYOL's target
     for step, momentum in ((1, 0.996), (10, cosine_momentum(0.996, 1.0, 9, 10))):
         before = {n: p.detach().clone() for n, p in objective.target.named_parameters()}
-        objective.after_step(model, step)
+        objective.after_step(step)
         for name, p in objective.target.named_parameters():
-            online = dict(model.named_parameters())[name].detach()
+            online = dict(objective.online().named_parameters())[name].detach()
             want = momentum * before[name] + (1 - momentum) * online
             torch.testing.assert_close(p.detach(), want, rtol=0, atol=1e-14, msg=name)
 
 
 def moco_setup(queue_size=8, global_batch=4, fsdp=False):
-    model = case.TinyImageModel(predictor=False)
-    objective = MoCoObjective(MoCoConfig(queue_size=queue_size, temperature=0.2))
+    model = case.TinyImageModel()
+    projector = case.heads(bn=False)["projector"]
+    objective = MoCoObjective(
+        MoCoConfig(queue_size=queue_size, temperature=0.2, projector=projector)
+    )
     cfg = SimpleNamespace(
         objective=SimpleNamespace(name="moco"),
         train=SimpleNamespace(steps=10, seed=0, fsdp=fsdp),
@@ -123,13 +131,13 @@ def test_moco_queue_order_wraparound_and_the_current_keys_are_never_negatives():
     keys = []
     for step, batch in enumerate(batches, 1):
         queue_before = objective.queue.clone()
-        out = objective.outputs(model, batch)
+        out = objective.outputs(batch)
         result = objective.loss(out, batch)
         # the loss used the queue as it was before this step: its own keys are not negatives
         want = textbook_moco_queue(out["q_a"], out["k_b"], queue_before, 0.2)
         torch.testing.assert_close(result["loss"], want, rtol=1e-10, atol=1e-12)
         assert not any(torch.allclose(row, k) for row in queue_before for k in out["k_b"])
-        objective.after_step(model, step)
+        objective.after_step(step)
         keys.append(out["k_b"].detach())
     # 3 x 4 keys into 8 slots: slots 0-3 hold batch 3 (wrapped), 4-7 batch 2; pointer at 4
     torch.testing.assert_close(objective.queue[:4], keys[2])
@@ -146,9 +154,9 @@ def test_the_symmetric_moco_enqueues_once_per_step():
     model, objective = moco_setup(queue_size=8, global_batch=4)
     objective.cfg.symmetric = True
     batch = {"images": torch.randn(4, 2, 6, dtype=torch.float64)}
-    out = objective.outputs(model, batch)
+    out = objective.outputs(batch)
     objective.loss(out, batch)
-    objective.after_step(model, 1)
+    objective.after_step(1)
     assert int(objective.queue_ptr) == 4  # 4 keys, not 8
 
 
@@ -177,47 +185,80 @@ def distributed_results(request, tmp_path_factory):
 
 
 def split_bn_reference(world: int):
-    """One process with ``model.bn_split=world``: the library's SimCLR objective on the whole
+    """One process with ``model.bn_split=world``: the library's SimCLR task on the whole
     batch, batch norm split into the groups that ``world`` devices would normalise."""
     from vlcontrast.models.split_bn import split_batch_norm
 
-    model = split_batch_norm(case.model_for("simclr_bn"), world)
-    objective = case.make_objective("simclr_bn", model)
-    objective.bn_groups = world
-    loss = objective(model, case.global_batch())["loss"]
+    task = split_batch_norm(case.make_objective("simclr_bn", case.model_for("simclr_bn")), world)
+    task.bn_groups = world
+    loss = step_loss(task, case.global_batch())["loss"]
     loss.backward()
-    return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), {n: p.grad for n, p in task.named_parameters() if p.grad is not None}
 
 
-def reference(name: str):
-    """One process, the whole batch, the textbook loss of ``name``."""
-    model = case.model_for(name)
+def encode(task, images):
+    """(projection, unit-norm projection, unit-norm prediction) written out by hand."""
+    proj = task.projector(task.model(images=images)["img_feat"])
+    pred = F.normalize(task.predictor(proj), dim=-1) if hasattr(task, "predictor") else None
+    return proj, F.normalize(proj, dim=-1), pred
+
+
+def reference(name: str, world: int):
+    """One process, the whole batch, the textbook loss of ``name`` on outputs computed by hand
+    (the momentum encoder starts as a copy: keys and targets are the detached embeddings).
+    ``byol_bn``: one forward per view and per device's slice, each normalising over its own
+    rows, as BYOL's code on ``world`` devices does."""
+    task = case.make_objective(name, case.model_for(name))
     images, labels = case.global_batch()["images"], case.global_batch()["labels"]
-    a, b = model(images=images[:, 0]), model(images=images[:, 1])
-    if name == "simclr":
-        loss = textbook_nt_xent(a["img_emb"], b["img_emb"], 0.5)
-    elif name == "mocov3":  # the momentum encoder starts as a copy: keys = detached embeddings
-        loss = textbook_moco_v3(a["img_pred"], b["img_pred"], a["img_emb"], b["img_emb"], 0.2)
-    elif name == "supcon":
-        emb = torch.cat([a["img_emb"], b["img_emb"]])
-        loss = textbook_supcon(emb, torch.cat([labels, labels]), 0.1)
-    elif name == "byol":
-        loss = textbook_byol(a["img_pred"], b["img_pred"], a["img_emb"], b["img_emb"])
+    if name == "byol_bn":
+        slices = images.chunk(world)
+        (_, z_a, p_a), (_, z_b, p_b) = (
+            [
+                torch.cat(parts)
+                for parts in zip(*[encode(task, x[:, v]) for x in slices], strict=True)
+            ]
+            for v in (0, 1)
+        )
+        loss = textbook_byol(p_a, p_b, z_a.detach(), z_b.detach())
+    elif name == "probe":
+        emb = [
+            F.normalize(task.head(task.model(images=images[:, v])["img_feat"]), dim=-1)
+            for v in (0, 1)
+        ]
+        loss = textbook_nt_xent(emb[0], emb[1], 0.5)
     else:
-        loss = textbook_barlow_twins(a["img_proj"], b["img_proj"], 5e-3)
+        (proj_a, emb_a, pred_a), (proj_b, emb_b, pred_b) = (
+            encode(task, images[:, v]) for v in (0, 1)
+        )
+        if name == "simclr":
+            loss = textbook_nt_xent(emb_a, emb_b, 0.5)
+        elif name == "mocov3":
+            loss = textbook_moco_v3(pred_a, pred_b, emb_a.detach(), emb_b.detach(), 0.2)
+        elif name == "supcon":
+            loss = textbook_supcon(torch.cat([emb_a, emb_b]), torch.cat([labels, labels]), 0.1)
+        elif name == "byol":
+            loss = textbook_byol(pred_a, pred_b, emb_a.detach(), emb_b.detach())
+        else:
+            loss = textbook_barlow_twins(proj_a, proj_b, 5e-3)
     loss.backward()
-    return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), {n: p.grad for n, p in task.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.parametrize("name", case.CASES)
 def test_distributed_steps_equal_the_single_process_step(distributed_results, name):
-    """Every objective; and ``simclr_bn``: per-device batch norm under DDP equals one process
-    with split batch norm (``model.bn_split``), so a CPU run reproduces multi-GPU statistics."""
+    """Every objective, its heads' gradients included (``probe``: a test-fixture objective with
+    its own head and buffer); ``simclr_bn``: per-device batch norm under DDP equals one process
+    with split batch norm (``model.bn_split``), so a CPU run reproduces multi-GPU statistics;
+    ``byol_bn``: one forward per view, batch norm per view and device, as BYOL's code."""
     if name not in distributed_results:
         pytest.skip("per-device batch norm is compared on even splits")
     got = distributed_results[name]
     world = distributed_results["world"]
-    want_loss, want_grads = split_bn_reference(world) if name == "simclr_bn" else reference(name)
+    if name == "simclr_bn":
+        want_loss, want_grads = split_bn_reference(world)
+    else:
+        want_loss, want_grads = reference(name, world)
+    assert any(not n.startswith("model.") for n in want_grads)  # the heads took gradients
     torch.testing.assert_close(got["loss"], want_loss, rtol=1e-10, atol=1e-12)
     assert set(got["grads"]) == set(want_grads)
     for param, want in want_grads.items():
@@ -225,16 +266,20 @@ def test_distributed_steps_equal_the_single_process_step(distributed_results, na
 
 
 def image_run(corpus, out_dir, objective="moco", steps=4):
+    """A tiny image-only run; every method's heads small (projector 16 -> 16, predictor 32)."""
     overrides = tiny_overrides(corpus, out_dir, steps)
     overrides = [o for o in overrides if not o.startswith(("text.", "model.embed_dim"))]
     overrides += [
         "model.kind=image",
-        "model.embed_dim=16",
-        "model.proj_layers=2",
         f"objective.name={objective}",
         "objective.moco.queue_size=32",
         "views.preset=small",
     ]
+    settings = getattr(ObjectiveConfig(), objective, None)
+    if hasattr(settings, "projector"):
+        overrides += [f"objective.{objective}.projector={{layers: 2, hidden: 16, dim: 16}}"]
+    if hasattr(settings, "predictor"):
+        overrides += [f"objective.{objective}.predictor.hidden=32"]
     return ["train", run_file(out_dir), *overrides]
 
 
@@ -279,24 +324,59 @@ def test_moco_queue_and_momentum_encoder_are_bit_identical_after_kill_and_resume
     ],
 )
 def test_every_image_objective_trains_through_the_cli(corpus, tmp_path, objective, optimizer):
-    args = [
-        *image_run(corpus, tmp_path, objective, steps=2),
-        "model.predictor_hidden=32",
-        f"optim.name={optimizer}",
-    ]
+    args = [*image_run(corpus, tmp_path, objective, steps=2), f"optim.name={optimizer}"]
     assert cli.main(args) == 0
     rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "train/loss" in r]
     assert len(rows) == 2 and all(math.isfinite(r["train/loss"]) for r in rows)
 
 
-def test_predictor_objectives_without_a_predictor_and_image_objectives_on_a_dual_model(
-    corpus, tmp_path, capsys
-):
-    assert cli.main(image_run(corpus, tmp_path / "a", "byol")) == 2
-    assert "model.predictor_hidden: objective 'byol'" in capsys.readouterr().err
+def test_an_image_objective_on_a_dual_model_is_refused(corpus, tmp_path, capsys):
     dual = [o for o in image_run(corpus, tmp_path / "b", "simclr") if o != "model.kind=image"]
     assert cli.main([*dual, f"text.tokenizer={corpus['tokenizer']}"]) == 2
     assert "set model.kind=image" in capsys.readouterr().err
+
+
+def test_the_heads_are_the_papers_and_belong_to_the_method(corpus, tmp_path):
+    """Projector and predictor as each reference builds them; none of it in the model."""
+    from torch import nn
+
+    from vlcontrast import config as config_lib
+    from vlcontrast.models import build_model
+    from vlcontrast.objectives import build_objective
+
+    def layers(head):
+        return [
+            (type(m).__name__, getattr(m, "out_features", None), getattr(m, "affine", None))
+            for m in head
+        ]
+
+    cfg = config_lib.load(None, ["model.kind=image", "image.model=test_resnet"])
+    model = build_model(cfg)
+    width = model.image.num_features
+    assert not any(isinstance(m, nn.Linear) for m in model.modules())  # the backbone only
+    want = {
+        "simclr": [
+            ("Linear", width, None),
+            ("BatchNorm1d", None, True),
+            ("ReLU", None, None),
+            ("Linear", 128, None),
+            ("BatchNorm1d", None, True),
+        ],
+        "moco": [("Linear", width, None), ("ReLU", None, None), ("Linear", 128, None)],
+        "simsiam": [("Linear", 2048, None), ("BatchNorm1d", None, True), ("ReLU", None, None)] * 2
+        + [("Linear", 2048, None), ("BatchNorm1d", None, False)],
+    }
+    for name, layout in want.items():
+        cfg.objective.name = name
+        task = build_objective(cfg.objective)
+        task.setup(
+            build_model(cfg),
+            SimpleNamespace(model=cfg.model, train=cfg.train, objective=cfg.objective),
+            256,
+        )
+        assert layers(task.projector) == layout, name
+    assert [type(m).__name__ for m in task.predictor] == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert task.predictor[0].out_features == 512 and task.predictor[-1].out_features == 2048
 
 
 def test_labels_for_supcon_are_read_from_the_shards_and_bad_ones_counted():
@@ -317,9 +397,7 @@ def test_labels_for_supcon_are_read_from_the_shards_and_bad_ones_counted():
         assert caught.value.reason == reason
 
 
-def test_slip_is_clip_plus_simclr_on_the_image_head_and_trains_through_the_cli(
-    corpus, tmp_path, capsys
-):
+def test_slip_is_clip_plus_simclr_on_the_image_head_and_trains_through_the_cli(corpus, tmp_path):
     from tests.references import textbook_clip_loss
     from vlcontrast import config as config_lib
     from vlcontrast.models import build_model
@@ -329,34 +407,34 @@ def test_slip_is_clip_plus_simclr_on_the_image_head_and_trains_through_the_cli(
         *tiny_overrides(corpus, tmp_path, steps=2),
         "objective.name=slip",
         "views.preset=simclr",
-        "model.ssl_head_hidden=32",
-        "model.ssl_head_dim=8",
+        "objective.slip.head={hidden: 32, dim: 8}",
     ]
     cfg = config_lib.resolve(config_lib.load(None, overrides))
     torch.manual_seed(0)
-    model = build_model(cfg).eval()  # no dropout: two forwards must agree
-    objective = SLIPObjective()
+    model = build_model(cfg)
+    objective = SLIPObjective(cfg.objective.slip)
     objective.setup(model, cfg, 4)
+    objective.eval()  # no dropout, running batch-norm statistics: two forwards must agree
     gen = torch.Generator().manual_seed(0)
     batch = {
         "images": torch.randint(0, 256, (4, 3, 3, 32, 32), generator=gen, dtype=torch.uint8),
         "input_ids": torch.randint(5, 60, (4, 7), generator=gen),
         "attention_mask": torch.ones(4, 7, dtype=torch.long),
     }
-    out = objective.outputs(model, batch)
-    got = objective.loss(out, batch)
-    crops = torch.cat([batch["images"][:, k] for k in range(3)])
-    full = model(images=crops, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    want = textbook_clip_loss(full["img_emb"][:4], full["txt_emb"], full["logit_scale"])
-    want = want + textbook_nt_xent(full["img_ssl"][4:8], full["img_ssl"][8:], 0.1)
+    got = objective.loss(objective(batch), batch)
+    clip = model(images=batch["images"][:, 0], input_ids=batch["input_ids"])
+    ssl = [
+        F.normalize(objective.head(model(images=batch["images"][:, k])["img_feat"]), dim=-1)
+        for k in (1, 2)
+    ]
+    want = textbook_clip_loss(clip["img_emb"], clip["txt_emb"], clip["logit_scale"])
+    want = want + textbook_nt_xent(ssl[0], ssl[1], 0.1)
     torch.testing.assert_close(got["loss"], want, rtol=1e-5, atol=1e-6)
+    assert not any(k.startswith("ssl_head") for k in model.state_dict())  # the task's head
 
     assert cli.main(["train", run_file(tmp_path), *overrides]) == 0
     rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "train/loss" in r]
     assert len(rows) == 2 and all("train/ssl_loss" in r and "train/clip_loss" in r for r in rows)
-    no_head = [o for o in overrides if not o.startswith("model.ssl_head")]
-    assert cli.main(["train", run_file(tmp_path), *no_head, f"train.output_dir={tmp_path}/b"]) == 2
-    assert "model.ssl_head_hidden: objective 'slip'" in capsys.readouterr().err
 
 
 def test_split_batch_norm_normalises_each_slice_apart_and_averages_the_statistics():
@@ -399,3 +477,95 @@ def test_a_knn_monitor_runs_during_image_only_training(corpus, tmp_path):
     assert cli.main(args) == 0
     rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "eval/knn/top1" in r]
     assert [r["step"] for r in rows] == [2, 4] and all(0 <= r["eval/knn/top1"] <= 1 for r in rows)
+
+
+def test_a_new_objective_with_its_own_head_and_buffer_trains_and_resumes_bit_exactly(
+    corpus, tmp_path, monkeypatch
+):
+    """The task design's promise: ``tests/probe_objective.py`` (one file) plus one registry
+    entry trains (its head's weights change), and its head, its buffer and the model come back
+    bit-identical after a kill + resume. Its 2- and 4-process DDP exactness, head included, is
+    the ``probe`` case of test_distributed_steps_equal_the_single_process_step."""
+    from vlcontrast import objectives
+
+    monkeypatch.setitem(objectives.OBJECTIVES, "probe", "tests.probe_objective:ProbeObjective")
+    full, parted = tmp_path / "full", tmp_path / "parted"
+    assert cli.main(image_run(corpus, full, "probe")) == 0
+    restore = crash_after(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(image_run(corpus, parted, "probe"))
+    restore()
+    assert cli.main([*image_run(corpus, parted, "probe"), "train.resume=latest"]) == 0
+
+    def losses(run):
+        rows = read_jsonl(run / "metrics.jsonl")
+        return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+    assert losses(parted) == losses(full) and sorted(losses(full)) == [1, 2, 3, 4]
+    steps = checkpoint.all_checkpoints(full / "checkpoints")
+    first, last = (checkpoint.load_state(p)["parts"]["objective"] for p in steps[-2:])
+    assert set(last) == {"head.weight", "head.bias", "center"}
+    assert not torch.equal(first["head.weight"], last["head.weight"])  # the head trains
+    assert float(last["center"].abs().sum()) > 0  # the buffer moved
+    resumed = checkpoint.load_state(checkpoint.latest(parted / "checkpoints"))["parts"]
+    for name, value in last.items():
+        assert torch.equal(resumed["objective"][name], value), name
+    assert not any(k.startswith("head") for k in load_file(steps[-1] / "model.safetensors"))
+
+
+FORMAT2 = Path(__file__).parent / "data" / "format2"
+
+
+@pytest.mark.parametrize("name", ["byol", "moco", "slip"])
+def test_checkpoints_written_before_tasks_load_for_inference_and_resume(corpus, tmp_path, name):
+    """tests/data/format2 holds checkpoints of the layout before methods owned their heads
+    (heads in model.safetensors, the momentum target a copy of the whole model, the heads'
+    settings under model.*). They load for inference (the heads left out) and resume with
+    every head and target tensor where the task keeps it now."""
+    from vlcontrast.models.load import load_model
+    from vlcontrast.objectives import build_objective
+    from vlcontrast.train.task_state import TaskState
+
+    path = FORMAT2 / name
+    model, _, cfg = load_model(path)
+    old = load_file(path / "model.safetensors")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, old[key]), key
+    with torch.no_grad():
+        assert model(images=torch.zeros(2, 3, 32, 32, dtype=torch.uint8))["img_emb"].shape[0] == 2
+
+    cfg.train.steps = 4
+    task = build_objective(cfg.objective)
+    task.setup(model.train(), cfg, 16)
+    checkpoint.restore(path, model, {"objective": TaskState(task)})
+    saved = checkpoint.load_state(path)["parts"].get("objective", {})
+    renames = {"image.proj.": "projector.", "predictor.": "predictor.", "ssl_head.": "head."}
+    for key, value in old.items():
+        for before, after in renames.items():
+            if key.startswith(before) and key not in model.state_dict():
+                assert torch.equal(task.state_dict()[after + key[len(before) :]], value), key
+    for key, value in saved.items():
+        new = key.replace("target.image.trunk.", "target.model.image.trunk.")
+        new = new.replace("target.image.proj.", "target.projector.")
+        if not key.startswith("target.predictor."):
+            assert torch.equal(task.state_dict()[new], value), key
+
+
+@pytest.mark.parametrize("name", ["byol", "slip"])
+def test_a_run_of_the_earlier_layout_resumes_through_the_cli(corpus, tmp_path, name):
+    """``train`` with a format2 checkpoint's own config.json as the run file resumes it: heads,
+    momentum target and optimizer state (in the same parameter order) come back."""
+    path = FORMAT2 / name
+    args = [
+        "train",
+        str(path / "config.json"),
+        f"data.train_shards={corpus['train_shards']}",
+        f"text.tokenizer={path / 'tokenizer'}",
+        "train.steps=3",
+        f"train.output_dir={tmp_path}",
+        f"train.resume={path}",
+        "eval.evaluators=[]",
+    ]
+    assert cli.main(args if name == "slip" else [a for a in args if "tokenizer" not in a]) == 0
+    rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "train/loss" in r]
+    assert [r["step"] for r in rows] == [3] and math.isfinite(rows[0]["train/loss"])

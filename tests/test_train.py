@@ -87,17 +87,17 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
     corpus, tmp_path, monkeypatch, capsys
 ):
-    real = CLIPObjective.forward
+    real = CLIPObjective.loss
     calls = {"n": 0}
 
-    def nan_on_third(self, model, batch):
-        out = real(self, model, batch)
+    def nan_on_third(self, outputs, batch):
+        out = real(self, outputs, batch)
         calls["n"] += 1
         if calls["n"] == 3:
             out["loss"] = out["loss"] * float("nan")
         return out
 
-    monkeypatch.setattr(CLIPObjective, "forward", nan_on_third)
+    monkeypatch.setattr(CLIPObjective, "loss", nan_on_third)
     assert cli.main(["train", run_file(tmp_path), *tiny_overrides(corpus, tmp_path, steps=4)]) == 3
     err = capsys.readouterr().err
     assert "loss became nan at step 3" in err and "step_00000002" in err

@@ -35,6 +35,7 @@ from vlcontrast.objective_settings import (
     MoCoV3Config,
     SigLIPConfig,
     SimCLRConfig,
+    SimSiamConfig,
     SLIPConfig,
     SupConConfig,
 )
@@ -144,17 +145,11 @@ class ModelConfig:
     # ViT-B-32, ViT-B-16; applied under the run file and the command line.
     preset: str = field(default="", metadata=_choices("", *PRESETS))
     embed_dim: int = field(default=512, metadata=POSITIVE)  # CLIP B/32 and B/16
-    # Projection heads: 1 layer is CLIP's linear projection; 2-3 an MLP (SimCLR: 2, hidden width
-    # = the tower's features, Chen et al. 2020). proj_hidden 0: the tower's feature width.
+    # Dual models' projections to the shared space: 1 layer is CLIP's linear projection, 2-3 an
+    # MLP (ReLU between layers) of width proj_hidden (0: the tower's feature width). An image-only
+    # model has none: its methods own their heads (objective.<name>.projector).
     proj_layers: int = field(default=1, metadata=POSITIVE)
-    proj_hidden: int = field(default=0, metadata=NON_NEGATIVE)  # MLP heads' width; 0: the tower's
-    proj_bn: bool = False  # batch norm after each hidden layer of the MLP head
-    # Image models: a predictor MLP on the projection (BYOL, SimSiam, MoCo v3); 0 = none
-    predictor_hidden: int = field(default=0, metadata=NON_NEGATIVE)
-    # Dual models: an image MLP head for SLIP's SimCLR term (3 layers of this width, batch norm,
-    # output ssl_head_dim; SLIP: 4096 -> 256); 0 = none
-    ssl_head_hidden: int = field(default=0, metadata=NON_NEGATIVE)
-    ssl_head_dim: int = field(default=256, metadata=POSITIVE)
+    proj_hidden: int = field(default=0, metadata=NON_NEGATIVE)
     # Start from these weights: a vlcontrast checkpoint (``vlcontrast import hf`` makes one from
     # a released CLIP) or a Hugging Face CLIPModel directory; the towers configured here must
     # have its shapes (start the run file from CKPT/config.json). Optimizer state starts fresh.
@@ -213,6 +208,7 @@ class ObjectiveConfig:
     moco: MoCoConfig = field(default_factory=MoCoConfig)
     mocov3: MoCoV3Config = field(default_factory=MoCoV3Config)
     byol: BYOLConfig = field(default_factory=BYOLConfig)
+    simsiam: SimSiamConfig = field(default_factory=SimSiamConfig)
     barlow_twins: BarlowTwinsConfig = field(default_factory=BarlowTwinsConfig)
     supcon: SupConConfig = field(default_factory=SupConConfig)
     slip: SLIPConfig = field(default_factory=SLIPConfig)
@@ -309,14 +305,60 @@ def _renamed(path: list[str]) -> list[str]:
     return path
 
 
+# Method settings that lived under ``model.*`` before each method owned its heads: kept aside
+# while a config is read, then moved into the objective's own settings (_place_moved)
+MOVED_TO_OBJECTIVE = ("proj_bn", "predictor_hidden", "ssl_head_hidden", "ssl_head_dim")
+# ... and the keys that shaped an image-only model's projection head (its projector now)
+PROJECTOR_SHAPE = {"embed_dim": "dim", "proj_layers": "layers", "proj_hidden": "hidden"}
+
+
 def _set(cfg: Config, path: list[str], value: Any) -> None:
-    """Set a dotted key of ``cfg``, old names migrated (an old run file's ``loss:`` section)."""
+    """Set a dotted key of ``cfg``, old names migrated (an old run file's ``loss:`` section,
+    ``model.predictor_hidden`` and the other head settings that moved to the objectives)."""
     path = _renamed(path)
-    if path == ["loss"] and isinstance(value, dict):
+    if path[0] in ("loss", "model") and len(path) == 1 and isinstance(value, dict):
         for sub, sub_value in value.items():
-            _set(cfg, ["loss", str(sub)], sub_value)
+            _set(cfg, [path[0], str(sub)], sub_value)
         return
+    if path[0] == "model" and len(path) == 2 and path[1] in (*MOVED_TO_OBJECTIVE, *PROJECTOR_SHAPE):
+        cfg.__dict__.setdefault("_moved", {})[path[1]] = value
+        if path[1] in MOVED_TO_OBJECTIVE:
+            return
     set_value(cfg, path, value)
+
+
+def _place_moved(cfg: Config, old_layout: bool = True) -> None:
+    """The moved ``model.*`` head settings of an older run file, command line or checkpoint
+    config, written into the objective's heads so that the same heads are built: an image-only
+    model's projection (``model.embed_dim``, ``proj_layers``, ``proj_hidden``, ``proj_bn``)
+    becomes ``objective.<name>.projector``, ``model.predictor_hidden`` its predictor (2 layers
+    with batch norm), ``model.ssl_head_*`` SLIP's head (3 layers with batch norm)."""
+    moved = cfg.__dict__.pop("_moved", {})
+    if not old_layout:
+        moved = {k: v for k, v in moved.items() if k in MOVED_TO_OBJECTIVE}
+    settings = getattr(cfg.objective, cfg.objective.name, None)
+    if not moved or settings is None:
+        return
+    prefix = f"objective.{cfg.objective.name}"
+    shape = {k: v for k, v in moved.items() if k in PROJECTOR_SHAPE or k == "proj_bn"}
+    if cfg.model.kind == "image" and shape and hasattr(settings, "projector"):
+        earlier = {"embed_dim": 512, "proj_layers": 1, "proj_hidden": 0}  # that layout's defaults
+        for old, new in PROJECTOR_SHAPE.items():
+            value = shape.get(old, earlier[old])
+            set_value(settings.projector, [new], value, f"{prefix}.projector.")
+        set_value(settings.projector, ["bn"], shape.get("proj_bn", False), f"{prefix}.projector.")
+        settings.projector.out_norm = "none"  # the heads of that layout had no output norm
+    hidden = moved.get("predictor_hidden")
+    if hidden not in (None, 0, "0") and hasattr(settings, "predictor"):
+        set_value(settings.predictor, ["hidden"], hidden, f"{prefix}.predictor.")
+        settings.predictor.layers, settings.predictor.dim = 2, 0
+        settings.predictor.bn, settings.predictor.out_norm = True, "none"
+    if cfg.objective.name == "slip" and {"ssl_head_hidden", "ssl_head_dim"} & set(moved):
+        ssl = settings.head
+        for old, new in (("ssl_head_hidden", "hidden"), ("ssl_head_dim", "dim")):
+            if old in moved:
+                set_value(ssl, [new], moved[old], f"{prefix}.head.")
+        ssl.layers, ssl.bn, ssl.out_norm = 3, True, "none"
 
 
 def apply(cfg: Config, values: dict[str, Any]) -> Config:
@@ -372,6 +414,7 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
         apply(cfg, {"views": {"first": first, "second": second}})
     apply(cfg, values)
     apply_overrides(cfg, overrides or [])
+    _place_moved(cfg)
     _command_line_sets_the_length(cfg, overrides or [])
     if preset and cfg.text.model and not _sets(values, overrides or [], "text", "config"):
         cfg.text.config = {}  # a text.model named over a preset replaces the preset's text tower
@@ -421,7 +464,10 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 def from_dict(values: dict[str, Any]) -> Config:
     """A saved config (``config.json`` of a run or checkpoint), older layouts migrated."""
-    return resolve(apply(Config(), _migrate(values)))
+    old_layout = "predictor_hidden" in (values.get("model") or {})  # saved before tasks
+    cfg = apply(Config(), _migrate(values))
+    _place_moved(cfg, old_layout)
+    return resolve(cfg)
 
 
 def resolve(cfg: Config) -> Config:

@@ -9,6 +9,26 @@ from dataclasses import dataclass, field
 
 from vlcontrast.schema import NON_NEGATIVE, POSITIVE, between, choices
 
+
+@dataclass
+class HeadConfig:
+    """An MLP head a method owns (projector, predictor): ``layers`` Linear layers, each hidden
+    one followed by [batch norm] and ReLU, the last one by ``out_norm`` (``none``; ``bn``:
+    batch norm, SimCLR v2 and lightly's ``SimCLRProjectionHead``; ``bn_noaffine``: batch norm
+    without gain and bias, SimSiam's and MoCo v3's heads)."""
+
+    layers: int = field(default=2, metadata=POSITIVE)
+    hidden: int = field(default=0, metadata=NON_NEGATIVE)  # 0: the input's width
+    dim: int = field(default=128, metadata=NON_NEGATIVE)  # output width; 0: the input's width
+    bn: bool = True  # batch norm after every hidden layer
+    out_norm: str = field(default="none", metadata=choices("none", "bn", "bn_noaffine"))
+
+
+def head(layers: int, hidden: int, dim: int, bn: bool, out_norm: str = "none"):
+    """A ``field`` holding the paper's head (a fresh dataclass per config)."""
+    return field(default_factory=lambda: HeadConfig(layers, hidden, dim, bn, out_norm))
+
+
 # Objectives whose model carries a learnable logit bias (``model.logit_bias`` None resolves to
 # whether the objective is one of these)
 USES_LOGIT_BIAS = frozenset({"siglip"})
@@ -40,6 +60,9 @@ class SimCLRConfig:
 
     # SimCLR paper, table 5: 0.1 is best at its batch sizes (0.5 for CIFAR-10's in appendix B.9)
     temperature: float = field(default=0.1, metadata=POSITIVE)
+    # SimCLR v1: 2 layers, hidden = the feature width, 128 out; the output batch norm of SimCLR
+    # v2 and lightly's SimCLRProjectionHead (worth about 3 kNN points in lightly's own run)
+    projector: HeadConfig = head(2, 0, 128, True, "bn")
 
 
 @dataclass
@@ -51,6 +74,8 @@ class MoCoConfig:
     # keys kept as negatives (MoCo: 65536); a multiple of the global batch
     queue_size: int = field(default=65536, metadata=POSITIVE)
     symmetric: bool = False  # both views as queries (2x the compute), one enqueue per step
+    # MoCo v2's code: Linear(F, F) -> ReLU -> Linear(F, 128), no batch norm
+    projector: HeadConfig = head(2, 0, 128, False)
 
 
 @dataclass
@@ -60,6 +85,10 @@ class MoCoV3Config:
     temperature: float = field(default=0.2, metadata=POSITIVE)  # MoCo v3, ViT
     momentum: float = field(default=0.99, metadata=between(0.0, 1.0))  # cosine to momentum_end
     momentum_end: float = field(default=1.0, metadata=between(0.0, 1.0))
+    # MoCo v3's code (ViT): 3 layers of 4096, 256 out, batch norm without affine at the output;
+    # predictor 2 layers of 4096, the same
+    projector: HeadConfig = head(3, 4096, 256, True, "bn_noaffine")
+    predictor: HeadConfig = head(2, 4096, 0, True, "bn_noaffine")
 
 
 @dataclass
@@ -68,6 +97,19 @@ class BYOLConfig:
 
     momentum: float = field(default=0.996, metadata=between(0.0, 1.0))  # BYOL, cosine to end
     momentum_end: float = field(default=1.0, metadata=between(0.0, 1.0))
+    # BYOL, section 3.3: Linear(4096) -> BN -> ReLU -> Linear(256), the predictor the same
+    projector: HeadConfig = head(2, 4096, 256, True)
+    predictor: HeadConfig = head(2, 4096, 0, True)
+
+
+@dataclass
+class SimSiamConfig:
+    """``objective.simsiam.*``"""
+
+    # SimSiam's code: 3 layers of the feature width (2048), batch norm without affine at the
+    # output; predictor 2048 -> 512 -> 2048 (a bottleneck), no output norm
+    projector: HeadConfig = head(3, 2048, 2048, True, "bn_noaffine")
+    predictor: HeadConfig = head(2, 512, 0, True)
 
 
 @dataclass
@@ -75,6 +117,8 @@ class BarlowTwinsConfig:
     """``objective.barlow_twins.*``"""
 
     lambda_offdiag: float = field(default=5e-3, metadata=POSITIVE)  # Zbontar et al., 5e-3
+    # Barlow Twins' code: 3 layers of 8192 with batch norm, 8192 out
+    projector: HeadConfig = head(3, 8192, 8192, True)
 
 
 @dataclass
@@ -82,6 +126,8 @@ class SupConConfig:
     """``objective.supcon.*``"""
 
     temperature: float = field(default=0.1, metadata=POSITIVE)  # Khosla et al., 0.1
+    # SupContrast's code (head='mlp'): Linear(F, F) -> ReLU -> Linear(F, 128)
+    projector: HeadConfig = head(2, 0, 128, False)
 
 
 @dataclass
@@ -90,3 +136,5 @@ class SLIPConfig:
 
     ssl_scale: float = field(default=1.0, metadata=NON_NEGATIVE)  # SLIP: 1.0
     temperature: float = field(default=0.1, metadata=POSITIVE)  # SLIP's SimCLR term: 0.1
+    # SLIP's image_mlp on the image tower's features: 3 layers of 4096 with batch norm, 256 out
+    head: HeadConfig = head(3, 4096, 256, True)

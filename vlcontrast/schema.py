@@ -162,6 +162,11 @@ def set_value(obj: Any, path: list[str], value: Any, prefix: str = "") -> None:
         if rest:
             set_value(getattr(obj, name), rest, value, prefix=f"{key}.")
             return
+        if isinstance(value, str):  # the command line's section={key: value, ...}: key by key
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                pass
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping of {typ.__name__} keys, got {value!r}")
         for sub, sub_value in value.items():

@@ -18,7 +18,6 @@ from torch import nn
 
 from vlcontrast.config import Config
 from vlcontrast.models.clip_init import init_clip_text, init_vit, is_clip_text, is_clip_vit
-from vlcontrast.models.heads import mlp
 from vlcontrast.models.image_tower import ImageTower
 from vlcontrast.models.text_tower import TextTower, inline_config
 
@@ -29,14 +28,15 @@ SIGLIP_LOGIT_SCALE = math.log(10.0)  # SigLIP paper
 class DualEncoder(nn.Module):
     """``forward(images=None, input_ids=None, attention_mask=None)`` -> dict with ``img_emb``,
     ``img_feat`` (given images), ``txt_emb``, ``txt_feat`` (given text), ``logit_scale``
-    (exp'd), with a bias ``logit_bias`` and, with ``model.ssl_head_hidden``, ``img_ssl`` (the
-    unit-norm output of SLIP's image head)."""
+    (exp'd), with a bias ``logit_bias`` and, with ``feature_map``, ``img_map`` (the image
+    tower's spatial map: ``ImageTower.features_and_map``). Heads of a method trained beside
+    CLIP (SLIP's SimCLR head) belong to that method (``objectives/``), not to this model."""
 
     def __init__(self, cfg: Config):
         super().__init__()
         m = cfg.model
         self.embed_dim = m.embed_dim
-        self.image = ImageTower(cfg.image, m.embed_dim, m.proj_layers, m.proj_hidden, m.proj_bn)
+        self.image = ImageTower(cfg.image, m.embed_dim, m.proj_layers, m.proj_hidden)
         self.text = TextTower(cfg.text, m.embed_dim)
         # Towers built from scratch in CLIP's layout start as OpenCLIP's (models/clip_init.py)
         image_from_scratch = not (cfg.image.pretrained or cfg.image.checkpoint_path)
@@ -52,11 +52,6 @@ class DualEncoder(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(float(init)))
         self.logit_bias = nn.Parameter(torch.tensor(float(m.init_logit_bias))) if bias else None
         self.max_logit_scale = m.max_logit_scale
-        self.ssl_head = (
-            mlp(self.image.num_features, m.ssl_head_dim, 3, m.ssl_head_hidden, bn=True)
-            if m.ssl_head_hidden
-            else None
-        )
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.image(images)[1]
@@ -69,12 +64,14 @@ class DualEncoder(nn.Module):
         images: torch.Tensor | None = None,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        feature_map: bool = False,
     ) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
-        if images is not None:
+        if images is not None and feature_map:
+            out["img_feat"], out["img_map"] = self.image.features_and_map(images)
+            out["img_emb"] = F.normalize(self.image.proj(out["img_feat"]), dim=-1)
+        elif images is not None:
             out["img_feat"], out["img_emb"] = self.image(images)
-            if self.ssl_head is not None:  # SLIP's image-only term, through forward for DDP
-                out["img_ssl"] = F.normalize(self.ssl_head(out["img_feat"]), dim=-1)
         if input_ids is not None:
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)

@@ -72,21 +72,22 @@ def create_trunk(cfg: ImageTowerConfig) -> nn.Module:
 
 
 class ImageTower(nn.Module):
-    """``trunk`` (timm) and ``proj`` (the head); ``forward`` returns features and embeddings."""
+    """``trunk`` (timm) and, in a dual encoder, ``proj`` (the projection to the shared space);
+    ``forward`` returns features and embeddings."""
 
     def __init__(
         self,
         cfg: ImageTowerConfig,
-        embed_dim: int,
+        embed_dim: int | None = None,
         proj_layers: int = 1,
         proj_hidden: int = 0,
-        proj_bn: bool = False,
     ):
         super().__init__()
         self.trunk = create_trunk(cfg)
         self.channels_last = False
         self.num_features = self.trunk.num_features
-        self.proj = mlp(self.num_features, embed_dim, proj_layers, proj_hidden, proj_bn)
+        if embed_dim is not None:  # an image-only model's heads belong to its method
+            self.proj = mlp(self.num_features, embed_dim, proj_layers, proj_hidden)
         # A pretrained trunk keeps the statistics it was trained with; from scratch: CLIP's.
         data_cfg = self.trunk.pretrained_cfg if cfg.pretrained else {}
         self.mean = tuple(cfg.mean) if cfg.mean else tuple(data_cfg.get("mean", OPENAI_CLIP_MEAN))
@@ -95,11 +96,25 @@ class ImageTower(nn.Module):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images -> (B, F) pooled features. uint8 images (the training
         pipeline's) are normalised here, on the device; float images must be normalised."""
+        return self.trunk(self.prepare(images))
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype == torch.uint8:
             images = normalize_uint8(images, self.mean, self.std)
         if self.channels_last:  # train.channels_last
             images = images.contiguous(memory_format=torch.channels_last)
-        return self.trunk(images)
+        return images
+
+    def features_and_map(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled features (B, F) and the spatial map they were pooled from: a CNN's last stage
+        (B, C, H, W), a ViT's patch tokens (B, N, C) without its class or register tokens.
+        timm's ``forward_features`` + ``forward_head(pre_logits=True)`` is what ``trunk(x)``
+        runs, so the pooled features are the same."""
+        tokens = self.trunk.forward_features(self.prepare(images))
+        pooled = self.trunk.forward_head(tokens, pre_logits=True)
+        if tokens.ndim == 3:  # (B, prefix + N, C)
+            tokens = tokens[:, getattr(self.trunk, "num_prefix_tokens", 0) :]
+        return pooled, tokens
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features (B, F) and unit-norm embeddings (B, D)."""

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model as load_safetensors
 from torch import nn
 
@@ -99,24 +99,37 @@ def read_config(path: str | Path) -> Config:
     return cfg
 
 
-def load_weights(path: str | Path, model: nn.Module) -> None:
+# Heads that checkpoints written before methods owned them kept in model.safetensors (an
+# image-only model's projection and predictor, SLIP's head): not part of the model now, handed
+# back to the trainer (``train/task_state.py``), which gives them to the task on resume
+LEGACY_HEADS = ("image.proj.", "predictor.", "ssl_head.")
+
+
+def load_weights(path: str | Path, model: nn.Module) -> dict[str, Any]:
     """Load ``model.safetensors`` strictly, except for the text encoder's pooler, which
-    checkpoints written before it was dropped (it never gets a gradient) still hold."""
+    checkpoints written before it was dropped (it never gets a gradient) still hold, and the
+    heads of older layouts (:data:`LEGACY_HEADS`), returned by name."""
     file = Path(path) / WEIGHTS
     if manifest.layout(path) == "sharded":
         state = sharded_weights.read_tensors(path, sharded_weights.MODEL)
         missing, unexpected = model.load_state_dict(state, strict=False)
+        heads = {k: state[k] for k in unexpected if k.startswith(LEGACY_HEADS)}
     else:
-        try:
+        try:  # safetensors' loader: tensors saved once for several tied names come back
             missing, unexpected = load_safetensors(model, str(file), strict=False)
+            with safe_open(str(file), "pt") as handle:
+                heads = {k: handle.get_tensor(k) for k in unexpected if k.startswith(LEGACY_HEADS)}
         except (SafetensorError, OSError) as err:
             raise ConfigError(f"this checkpoint is damaged: {file} ({err})") from None
-    unexpected = [k for k in unexpected if not k.startswith("text.encoder.pooler.")]
+    unexpected = [
+        k for k in unexpected if not k.startswith("text.encoder.pooler.") and k not in heads
+    ]
     if missing or unexpected:
         raise RuntimeError(
             f"{path}: checkpoint does not match the model (missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}); was it written with another config?"
         )
+    return heads
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

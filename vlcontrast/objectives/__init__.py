@@ -1,9 +1,12 @@
 """Training objectives: small plug-ins that turn a batch into ``{"loss", "metrics"}``.
 
-The training loop calls ``objective(model, batch)`` and ``objective.after_step(model, step)`` and
-never branches on which objective it runs. ``OBJECTIVES`` is the registry: a new objective
-(SimCLR, MoCo, ...) is one class, one entry here and, when it has settings, one dataclass in
-``objective_settings.py`` plugged into ``config.ObjectiveConfig``.
+An objective is the task: once ``setup(model, cfg, global_batch)`` ran it owns the shared model,
+its own heads and its state (``objectives/base.py``). The training loop calls ``task(batch)``
+(through DDP), ``task.loss(outputs, batch)`` and ``task.after_step(step)`` and never branches on
+which objective it runs. ``OBJECTIVES`` is the registry: a new objective (SimCLR, MoCo, ...) is
+one class, one entry here and, when it has settings, one dataclass in ``objective_settings.py``
+plugged into ``config.ObjectiveConfig``. An entry is ``"module:Class"`` under
+``vlcontrast.objectives`` or a full ``"package.module:Class"`` path.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ class _Registry(dict):
         value = super().__getitem__(name)
         if isinstance(value, str):
             module, cls = value.split(":")
-            value = getattr(importlib.import_module(f"vlcontrast.objectives.{module}"), cls)
+            package = module if "." in module else f"vlcontrast.objectives.{module}"
+            value = getattr(importlib.import_module(package), cls)
             self[name] = value
         return value
 

@@ -1,24 +1,27 @@
-"""The interface every training objective implements.
+"""The interface every training objective implements: the task, the unit that trains.
 
-An objective is an ``nn.Module`` so that it can own state that lives across steps (a momentum
-encoder, a queue of keys, a step counter): registered parameters and buffers go into
-checkpoints with the objective's ``state_dict`` and come back on resume exactly, with no special
-case in the checkpointer (open_clip's ``TrainingTask`` does the same). Unlike lightly's MoCo
-queue, nothing is registered ``persistent=False``.
+An objective is an ``nn.Module`` that, once ``setup`` ran, owns the shared model
+(``self.model``: towers and CLIP projection, the inference artifact that ``model.safetensors``
+holds) plus the method's own heads (projector, predictor, SLIP's image head) and state (a
+momentum encoder, a queue of keys, a step counter). The optimizer, DDP, gradient caching and
+the checkpointer see the task, so a method with trainable heads needs no key in
+``ModelConfig`` and no case in the loop (open_clip's ``TrainingTask`` does the same). Buffers
+are persistent, unlike lightly's MoCo queue, so resume is exact.
 
 An objective has two halves so that gradient caching (``train/grad_cache.py``) can run them
-apart: ``outputs(model, batch)`` returns the model's outputs as a dict of tensors (per-sample
-embeddings with the batch as dim 0, and scalars such as ``logit_scale``), and ``loss(outputs,
-batch)`` turns the outputs of the *whole* batch into ``{"loss": scalar tensor, "metrics": {name:
-float}}``. Calling the objective chains them. ``after_step(model, step)`` runs once after every
-optimizer step (clamping a temperature, updating a momentum encoder or a queue).
+apart: ``forward(batch)`` returns the outputs as a dict of tensors (per-sample embeddings with
+the batch as dim 0, and scalars such as ``logit_scale``); it is the call that DDP wraps, so
+every trainable parameter is used inside it. ``loss(outputs, batch)`` turns the outputs of the
+*whole* batch into ``{"loss": scalar tensor, "metrics": {name: float}}``; :func:`step_loss`
+chains them. ``after_step(step)`` runs once after every optimizer step (clamping a temperature,
+updating a momentum encoder or a queue).
 
 ``modalities`` says what a batch must hold: ``("image", "text")`` for image-text objectives,
 ``("image",)`` for image-only ones, so the data pipeline reads captions only when they are used.
 ``views`` is how many augmented views of each image it compares (``views.first``/``second``;
-0: the one training crop), and ``setup(model, cfg, global_batch)`` runs once before a resume
-restores the objective's state, so state shaped by the model (a momentum encoder) exists by
-then.
+0: the one training crop). ``setup(model, cfg, global_batch)`` runs once, after the model is
+built and before a resume restores the task's state, so heads and state shaped by the model
+exist by then.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from torch import nn
 
 
 class Objective(nn.Module):
-    """Turns a batch into ``{"loss": scalar tensor, "metrics": {name: float}}``."""
+    """``forward(batch)`` -> outputs; ``loss(outputs, batch)`` -> ``{"loss", "metrics"}``."""
 
     modalities: ClassVar[tuple[str, ...]] = ("image", "text")
     # Augmented views per image (data/augment.py); 0: the one training crop
@@ -41,26 +44,36 @@ class Objective(nn.Module):
     bn_groups: int = 1  # model.bn_split: rows are ordered device by device (two_views)
 
     def setup(self, model: nn.Module, cfg: Any, global_batch: int) -> None:
-        """Runs once, after the model is built and before a resume; subclasses call it first."""
+        """Take the model and build the heads and state; subclasses call it first."""
+        self.model = model
         self.bn_groups = max(1, int(getattr(getattr(cfg, "model", None), "bn_split", 0) or 0))
 
-    def outputs(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def outputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 
-    def forward(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
-        return self.loss(self.outputs(model, batch), batch)
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return self.outputs(batch)
 
-    def after_step(self, model: nn.Module, step: int) -> None:
+    def after_step(self, step: int) -> None:
         """Runs after optimizer step ``step`` (1-based); the default does nothing."""
         return None
 
-    @staticmethod
-    def unwrap(model: nn.Module) -> nn.Module:
-        """The bare model under DDP/accelerate wrappers, for its non-forward methods."""
-        return getattr(model, "module", model)
+    def owned_state(self) -> dict[str, torch.Tensor]:
+        """The heads and state of the method: the task's state without the shared model's."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("model.")}
+
+
+def step_loss(task: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+    """``{"loss", "metrics"}`` of ``task`` (bare or DDP-wrapped) on ``batch``."""
+    return unwrap(task).loss(task(batch), batch)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The bare module under DDP/accelerate wrappers, for its non-forward methods."""
+    return getattr(module, "module", module)
 
 
 def model_inputs(batch: dict[str, Any], modalities: tuple[str, ...]) -> dict[str, Any]:
@@ -78,23 +91,29 @@ def detached(value: torch.Tensor) -> float:
     return float(value.detach().float())
 
 
-def two_views(batch: dict[str, Any], groups: int = 1) -> torch.Tensor:
-    """The batch's last two augmented views stacked for one forward pass: (2B, 3, S, S). With
-    one group, the first view's B images then the second's; with ``groups`` (``model.bn_split``)
-    group by group, both views of each B/groups images together, as each device would hold
-    them, so split batch norm sees what that many devices would."""
-    images = batch["images"]  # (B, K, 3, S, S)
+def view(batch: dict[str, Any], index: int) -> torch.Tensor:
+    """Augmented view ``index`` of every image in the batch: (B, 3, S, S) of (B, K, 3, S, S)."""
+    images = batch["images"]
     if images.dim() < 3 or images.shape[1] < 2:
         raise ValueError(
             f"this objective compares two views per image; the batch has images of shape "
             f"{tuple(images.shape)} (the data pipeline makes them when the objective asks)"
         )
-    pair = torch.stack([images[:, -2], images[:, -1]])  # (2, B, 3, S, S)
-    b = images.shape[0]
+    return images[:, index]
+
+
+def two_views(batch: dict[str, Any], groups: int = 1) -> torch.Tensor:
+    """The batch's last two augmented views stacked for one forward pass: (2B, 3, S, S). With
+    one group, the first view's B images then the second's; with ``groups`` (``model.bn_split``)
+    group by group, both views of each B/groups images together, as each device would hold
+    them, so split batch norm sees what that many devices would."""
+    first, second = view(batch, -2), view(batch, -1)
+    pair = torch.stack([first, second])  # (2, B, 3, S, S)
+    b = first.shape[0]
     if b % groups:
         raise ValueError(f"model.bn_split: a batch of {b} does not split into {groups} groups")
-    pair = pair.reshape(2, groups, b // groups, *images.shape[2:]).transpose(0, 1)
-    return pair.reshape(2 * b, *images.shape[2:])  # (2B, 3, S, S)
+    pair = pair.reshape(2, groups, b // groups, *first.shape[1:]).transpose(0, 1)
+    return pair.reshape(2 * b, *first.shape[1:])  # (2B, 3, S, S)
 
 
 def halves(x: torch.Tensor, groups: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from vlcontrast.losses.clip import gathered_clip_loss
 from vlcontrast.objective_settings import CLIPConfig
@@ -22,8 +21,8 @@ class CLIPObjective(Objective):
         super().__init__()
         self.cfg = cfg if cfg is not None else CLIPConfig()
 
-    def outputs(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        out = model(**model_inputs(batch, self.modalities))
+    def outputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        out = self.model(**model_inputs(batch, self.modalities))
         return {
             "img_emb": out["img_emb"],
             "txt_emb": out["txt_emb"],
@@ -42,5 +41,5 @@ class CLIPObjective(Objective):
         )
         return {"loss": loss, "metrics": {"logit_scale": detached(outputs["logit_scale"])}}
 
-    def after_step(self, model: nn.Module, step: int) -> None:
-        self.unwrap(model).clamp_logit_scale()
+    def after_step(self, step: int) -> None:
+        self.model.clamp_logit_scale()

@@ -1,13 +1,16 @@
 """MoCo objectives: v2 (He et al. 2020; Chen et al. 2020b) with a queue of keys, v3 (Chen et
 al. 2021) with a predictor and the keys of the global batch.
 
-MoCo v2: the query is the model's embedding of one view, the key the momentum encoder's of the
-other; negatives are the ``queue_size`` latest keys of all ranks. Keys of the current step are
-enqueued in ``after_step``, after the loss, so they are never among their own negatives; the
-symmetric variant (both views as queries) still enqueues one key per image per step. The queue
-and its write pointer are buffers (not ``persistent=False`` as in lightly), so resume is exact.
+MoCo v2: the query is the online encoder's embedding of one view, the key the momentum
+encoder's of the other; negatives are the ``queue_size`` latest keys of all ranks. As in MoCo's
+code, each view goes through one encoder only (view 0 -> queries, view 1 -> keys): nothing is
+computed that the loss does not use (``benchmarks/moco_step.py`` measures it against pushing
+both views through both encoders). Keys of the current step are enqueued in ``after_step``,
+after the loss, so they are never among their own negatives; the symmetric variant (both views
+as queries) still enqueues one key per image per step. The queue and its write pointer are
+buffers (not ``persistent=False`` as in lightly), so resume is exact.
 MoCo v3: symmetric, query = predictor output, keys gathered from every rank, momentum on a
-cosine schedule from 0.99 to 1.
+cosine schedule from 0.99 to 1; each view through each encoder alone, as its code does.
 """
 
 from __future__ import annotations
@@ -16,26 +19,22 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from vlcontrast import distributed as dist_lib
 from vlcontrast.losses.ssl import moco_queue_loss, moco_v3_loss
 from vlcontrast.objective_settings import MoCoConfig, MoCoV3Config
-from vlcontrast.objectives.base import full, halves, two_views
+from vlcontrast.objectives.base import full, view
 from vlcontrast.objectives.momentum import MomentumObjective
 from vlcontrast.schema import ConfigError
 
 
 class MoCoObjective(MomentumObjective):
-    modalities = ("image",)
-    views = 2
-
     def __init__(self, cfg: MoCoConfig | None = None):
         super().__init__()
         self.cfg = cfg if cfg is not None else MoCoConfig()
         self.pending: torch.Tensor | None = None
 
-    def setup(self, model: nn.Module, cfg, global_batch: int) -> None:
+    def setup(self, model, cfg, global_batch: int) -> None:
         super().setup(model, cfg, global_batch)
         if self.cfg.queue_size % global_batch:
             fit = global_batch * max(1, self.cfg.queue_size // global_batch)
@@ -43,34 +42,33 @@ class MoCoObjective(MomentumObjective):
                 f"objective.moco.queue_size: {self.cfg.queue_size} is not a multiple of the "
                 f"global batch {global_batch}; use e.g. {fit}"
             )
-        bare = self.unwrap(model)
-        dim = getattr(bare, "proj_dim", bare.embed_dim)  # keys are projections
         generator = torch.Generator().manual_seed(cfg.train.seed)
-        dtype = next(self.unwrap(model).parameters()).dtype
-        queue = torch.randn(self.cfg.queue_size, dim, generator=generator).to(dtype)
+        dtype = next(model.parameters()).dtype
+        queue = torch.randn(self.cfg.queue_size, self.proj_dim, generator=generator).to(dtype)
         queue = F.normalize(queue, dim=1)
         self.register_buffer("queue", queue)  # (K, D) as MoCo: random unit vectors to start
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # seeds shuffle BN
         self.seed = int(cfg.train.seed)
 
-    def outputs(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        images = two_views(batch, self.bn_groups)
-        q_a, q_b = halves(model(images=images)["img_emb"], self.bn_groups)
-        with torch.no_grad():
-            k_a, k_b = halves(self.keys(images), self.bn_groups)
-        return {"q_a": q_a, "q_b": q_b, "k_a": k_a, "k_b": k_b}
+    def outputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        x_a, x_b = view(batch, -2), view(batch, -1)
+        out = {"q_a": self.embed(x_a)["emb"], "k_b": self.keys(x_b)}
+        if self.cfg.symmetric:
+            out.update(q_b=self.embed(x_b)["emb"], k_a=self.keys(x_a))
+        return out
 
+    @torch.no_grad()
     def keys(self, images: torch.Tensor) -> torch.Tensor:
         """The momentum encoder's embeddings of ``images``. With split batch norm, MoCo's
         shuffle BN: the rows go through the key encoder in a random order (seeded by the step),
         so a query and its key are normalised in different groups and cannot share batch
         statistics; the output is put back in order."""
         if self.bn_groups == 1:
-            return self.target(images=images)["img_emb"]
+            return self.target_embed(images)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.steps))
         order = torch.randperm(len(images), generator=generator).to(images.device)
-        shuffled = self.target(images=images[order])["img_emb"]
+        shuffled = self.target_embed(images[order])
         return shuffled[torch.argsort(order)]
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, Any]:
@@ -84,8 +82,8 @@ class MoCoObjective(MomentumObjective):
         positive = float((q_a * k_b).sum(dim=1).mean().detach())
         return {"loss": loss, "metrics": {"positive_cosine": positive}}
 
-    def after_step(self, model: nn.Module, step: int) -> None:
-        self.update_target(model, step)
+    def after_step(self, step: int) -> None:
+        self.update_target(step)
         self.steps.add_(1)
         if self.pending is not None:
             self.enqueue(self.pending)
@@ -101,20 +99,14 @@ class MoCoObjective(MomentumObjective):
 
 
 class MoCoV3Objective(MomentumObjective):
-    modalities = ("image",)
-    views = 2
-    needs_predictor = True
-
     def __init__(self, cfg: MoCoV3Config | None = None):
         super().__init__()
         self.cfg = cfg if cfg is not None else MoCoV3Config()
 
-    def outputs(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        images = two_views(batch, self.bn_groups)
-        q_a, q_b = halves(model(images=images)["img_pred"], self.bn_groups)
-        with torch.no_grad():
-            k_a, k_b = halves(self.target(images=images)["img_emb"], self.bn_groups)
-        return {"q_a": q_a, "q_b": q_b, "k_a": k_a, "k_b": k_b}
+    def outputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        x_a, x_b = view(batch, -2), view(batch, -1)
+        out = {"q_a": self.embed(x_a)["pred"], "q_b": self.embed(x_b)["pred"]}
+        return {**out, "k_a": self.target_embed(x_a), "k_b": self.target_embed(x_b)}
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, Any]:
         t = self.cfg.temperature
@@ -122,6 +114,3 @@ class MoCoV3Objective(MomentumObjective):
         loss = moco_v3_loss(o["q_a"], o["k_b"], t) + moco_v3_loss(o["q_b"], o["k_a"], t)
         positive = float((o["q_a"] * o["k_b"]).sum(dim=1).mean().detach())
         return {"loss": loss, "metrics": {"positive_cosine": positive}}
-
-    def after_step(self, model: nn.Module, step: int) -> None:
-        self.update_target(model, step)

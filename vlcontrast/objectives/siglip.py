@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from vlcontrast.losses.siglip import gathered_siglip_loss
 from vlcontrast.objective_settings import SigLIPConfig
@@ -18,8 +17,8 @@ class SigLIPObjective(Objective):
         super().__init__()
         self.cfg = cfg if cfg is not None else SigLIPConfig()
 
-    def outputs(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        out = model(**model_inputs(batch, self.modalities))
+    def outputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        out = self.model(**model_inputs(batch, self.modalities))
         names = ("img_emb", "txt_emb", "logit_scale", "logit_bias")
         return {name: out[name] for name in names}
 
@@ -36,5 +35,5 @@ class SigLIPObjective(Objective):
         }
         return {"loss": loss, "metrics": metrics}
 
-    def after_step(self, model: nn.Module, step: int) -> None:
-        self.unwrap(model).clamp_logit_scale()
+    def after_step(self, step: int) -> None:
+        self.model.clamp_logit_scale()

@@ -1,10 +1,12 @@
 """SLIP (Mu et al. 2021): CLIP plus SimCLR on the image tower of the same model, in one batch.
 
 Each image gives three crops from one decode: the plain training crop for the CLIP term and two
-augmented views (``views.first``/``second``) for the SimCLR term, which runs on a separate MLP
-head over the image tower's features (``model.ssl_head_hidden``). The loss is
-``clip + ssl_scale * nt_xent`` (the paper's weight is 1). All three crops go through one forward
-pass, so DDP sees every parameter used; both terms are exact across ranks.
+augmented views (``views.first``/``second``) for the SimCLR term, which runs on SLIP's image MLP
+head over the image tower's features (``objective.slip.head``, owned by this task: 3 layers of
+4096 with batch norm, 256 out). The loss is ``clip + ssl_scale * nt_xent`` (the paper's weight
+is 1). As in SLIP's code, each crop goes through the image tower alone (``visual(aug1)``,
+``visual(aug2)``), so the head's batch norm normalises over one view; both terms are exact
+across ranks.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vlcontrast.losses.clip import gathered_clip_loss
 from vlcontrast.losses.supcon import nt_xent_loss
+from vlcontrast.models.heads import build_head
 from vlcontrast.objective_settings import SLIPConfig
 from vlcontrast.objectives.base import Objective, detached, full
-from vlcontrast.schema import ConfigError
+from vlcontrast.objectives.image_task import feature_width
 
 
 class SLIPObjective(Objective):
@@ -31,25 +35,25 @@ class SLIPObjective(Objective):
 
     def setup(self, model: nn.Module, cfg, global_batch: int) -> None:
         super().setup(model, cfg, global_batch)
-        if getattr(self.unwrap(model), "ssl_head", None) is None:
-            raise ConfigError(
-                "model.ssl_head_hidden: objective 'slip' trains SimCLR on an image MLP head; set "
-                "its width, e.g. model.ssl_head_hidden=4096 (SLIP)"
-            )
+        dtype = next(model.parameters()).dtype
+        self.head = build_head(self.cfg.head, feature_width(model)).to(dtype)
 
-    def outputs(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def ssl_embed(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(self.model(images=images)["img_feat"]), dim=-1)
+
+    def outputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         images = batch["images"]  # (B, 3, 3, S, S): the plain crop, then the two views
-        n = images.shape[0]
-        crops = torch.cat([images[:, 0], images[:, 1], images[:, 2]])  # (3B, 3, S, S)
-        out = model(
-            images=crops, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        out = self.model(
+            images=images[:, 0],
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
         )
         return {
-            "img_emb": out["img_emb"][:n],
+            "img_emb": out["img_emb"],
             "txt_emb": out["txt_emb"],
             "logit_scale": out["logit_scale"],
-            "ssl_a": out["img_ssl"][n : 2 * n],
-            "ssl_b": out["img_ssl"][2 * n :],
+            "ssl_a": self.ssl_embed(images[:, 1]),
+            "ssl_b": self.ssl_embed(images[:, 2]),
         }
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, Any]:
@@ -64,5 +68,5 @@ class SLIPObjective(Objective):
         }
         return {"loss": clip + self.cfg.ssl_scale * ssl, "metrics": metrics}
 
-    def after_step(self, model: nn.Module, step: int) -> None:
-        self.unwrap(model).clamp_logit_scale()
+    def after_step(self, step: int) -> None:
+        self.model.clamp_logit_scale()

@@ -290,8 +290,11 @@ def _legacy_state(file: Path) -> dict[str, Any]:
 
 
 def restore(path: str | Path, model: nn.Module, parts: dict[str, Stateful]) -> int:
-    """Load the model and every part that the checkpoint holds; returns the step."""
+    """Load the model and every part that the checkpoint holds; returns the step. Heads that
+    an older layout kept in ``model.safetensors`` go to the ``objective`` part
+    (``train/task_state.py``)."""
     from vlcontrast.train import fsdp, sharded_checkpoint
+    from vlcontrast.train.task_state import MODEL_FILE
 
     layout = manifest.layout(path)
     saved = load_state(path)
@@ -303,7 +306,10 @@ def restore(path: str | Path, model: nn.Module, parts: dict[str, Stateful]) -> i
     elif fsdp.is_sharded(model):
         fsdp.load_full_model_state(model, Path(path) / WEIGHTS)
     else:
-        load_weights(path, model)
+        heads = load_weights(path, model)
+        if heads:
+            moved = {MODEL_FILE + k: v for k, v in heads.items()}
+            saved["parts"]["objective"] = {**saved["parts"].get("objective", {}), **moved}
     for name, part in parts.items():
         if name in saved["parts"]:
             part.load_state_dict(saved["parts"][name])

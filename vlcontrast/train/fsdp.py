@@ -116,3 +116,15 @@ def unsharded(model: nn.Module):
         for unit in units:
             unit.reshard()
         model.set_reshard_after_forward(True)
+
+
+def check_task(task: nn.Module, name: str) -> None:
+    """FSDP2 shards the shared model; a task that trains heads of its own is refused."""
+    from vlcontrast.schema import ConfigError
+
+    own = [n for n, p in task.named_parameters() if p.requires_grad and not n.startswith("model.")]
+    if own:
+        raise ConfigError(
+            f"train.fsdp: objective {name!r} trains heads of its own ({own[0]}, ...), which FSDP "
+            f"does not shard here; train it with DDP (train.fsdp=false)"
+        )

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlcontrast.objectives.base import Objective
+from vlcontrast.objectives.base import unwrap
 
 
 def batch_rows(batch: dict[str, Any]) -> int:
@@ -70,23 +70,24 @@ def _device_of(batch: dict[str, Any]) -> torch.device:
 
 
 def grad_cached_step(
-    model: nn.Module,
-    objective: Objective,
+    task: nn.Module,
     batch: dict[str, Any],
     steps: int,
     *,
     backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
     check_loss: Callable[[torch.Tensor], None] | None = None,
 ) -> dict[str, Any]:
-    """Populate ``.grad`` of ``model`` for ``objective`` on ``batch`` in ``steps`` micro-batches
-    (``steps=1``: the plain forward and backward).
+    """Populate ``.grad`` of the task's parameters (model and heads) on ``batch`` in ``steps``
+    micro-batches (``steps=1``: the plain forward and backward). ``task`` is the objective, bare
+    or DDP-wrapped: outputs come from calling it, the loss from its bare ``loss``.
 
     ``backward`` runs the loss's backward (``accelerator.backward`` applies fp16 loss scaling);
     ``check_loss`` may raise before any parameter gradient is written. Returns the objective's
     ``{"loss", "metrics"}`` for the whole batch.
     """
+    objective = unwrap(task)
     if steps == 1 or batch_rows(batch) == 1:  # the plain step: one forward, one backward
-        out = objective(model, batch)
+        out = objective.loss(task(batch), batch)
         if check_loss is not None:
             check_loss(out["loss"])
         backward(out["loss"])
@@ -97,7 +98,7 @@ def grad_cached_step(
     with torch.no_grad():
         for part in micro:
             states.append(_rng_state(device))
-            cached.append(objective.outputs(model, part))
+            cached.append(task(part))
 
     names = list(cached[0])
     per_sample = {name: cached[0][name].ndim > 0 for name in names}
@@ -113,13 +114,13 @@ def grad_cached_step(
     backward(out["loss"])
     grads = {name: leaf.grad for name, leaf in leaves.items()}
 
-    no_sync = getattr(model, "no_sync", None)
+    no_sync = getattr(task, "no_sync", None)
     start = 0
     for k, (part, state) in enumerate(zip(micro, states, strict=True)):
         last = k == len(micro) - 1
         sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
         with sync, _replayed_rng(state, device):
-            outputs = objective.outputs(model, part)
+            outputs = task(part)
             rows = next(len(outputs[n]) for n in names if per_sample[n])
             tensors, tensor_grads = [], []
             for name in names:

@@ -32,6 +32,7 @@ from vlcontrast.eval.runner import check_evaluators, run_evaluators, scalar_metr
 from vlcontrast.models.build import has_text
 from vlcontrast.models.text_tower import follow_tokenizer, load_tokenizer
 from vlcontrast.objectives import build_objective
+from vlcontrast.objectives.base import unwrap
 from vlcontrast.train import checkpoint, fsdp
 from vlcontrast.train import run_dir as run_dir_lib
 from vlcontrast.train.curves import draw_curves
@@ -47,10 +48,15 @@ from vlcontrast.train.fit import check_batch_fits, fit_precision, fit_warmup
 from vlcontrast.train.grad_cache import grad_cached_step
 from vlcontrast.train.interrupt import StopRequest
 from vlcontrast.train.metrics_log import MetricsLogger
-from vlcontrast.train.model_setup import build_training_model, resolve_model_settings
+from vlcontrast.train.model_setup import (
+    build_training_model,
+    resolve_model_settings,
+    sync_batch_norm,
+)
 from vlcontrast.train.optim import build_optimizer, build_scheduler
 from vlcontrast.train.precision import Precision
 from vlcontrast.train.resume import resolve_resume, resume, save_checkpoint
+from vlcontrast.train.task_state import TaskState
 
 
 class TrainingDiverged(RuntimeError):
@@ -74,26 +80,28 @@ def train(cfg: Config) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg.text) if has_text(cfg) else None
     follow_tokenizer(cfg.text, tokenizer)
     check_evaluators(cfg, tokenizer)  # a mistake stops the run now, not after the last step
-    model = build_training_model(cfg, accelerator)
+    model = build_training_model(cfg, accelerator)  # the shared model: what checkpoints export
     check_vocab(model, tokenizer)
-    objective = build_objective(cfg.objective)
+    task = build_objective(cfg.objective)  # owns the model, the method's heads and its state
     dataset, loader = build_train_data(cfg, tokenizer)
     global_batch = cfg.data.batch_size * accelerator.num_processes
     size, how = data_size(cfg, dataset)
     check_batch_fits(cfg, size, global_batch)
     resolve_steps(cfg, size, global_batch)
     fit_warmup(cfg)
-    objective.setup(model, cfg, cfg.data.batch_size * accelerator.num_processes)
-    objective.to(accelerator.device)
+    task.setup(model, cfg, global_batch)
+    task = sync_batch_norm(task, cfg, accelerator)
+    task.to(accelerator.device)
     sharded = cfg.train.fsdp and accelerator.num_processes > 1
     if sharded:
-        model = fsdp.shard(model, accelerator.device)
-    optimizer = build_optimizer(model, cfg.optim)
+        fsdp.check_task(task, cfg.objective.name)
+        fsdp.shard(model, accelerator.device)
+    optimizer = build_optimizer(task, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
     bad = BadData(cfg.data.max_bad_fraction, cfg.data.bad_min_samples)
     state = {"step": 0, "position": DataPosition(), "bad": bad}
     parts = {
-        "objective": objective,
+        "objective": TaskState(task),
         "optimizer": fsdp.ShardedOptimizer(model, optimizer) if sharded else optimizer,
         "scheduler": scheduler,
         "data": state["position"],
@@ -103,16 +111,16 @@ def train(cfg: Config) -> dict[str, Any]:
     if precision.scaler is not None:
         parts["grad_scaler"] = precision.scaler
     if resume_from is not None:
-        state["step"] = resume(resume_from, model, parts, cfg)
+        state["step"] = resume(resume_from, task, parts, cfg)
     if accelerator.is_main_process:  # also a restart killed before its first checkpoint
         run_dir_lib.roll_back(run_dir, state["step"])
     set_streams(cfg, state["position"])
     dataset.check(state["position"].streams)
-    bare_model = model
-    if sharded:  # FSDP2 already holds the model; DDP must not wrap it
+    trainee = task  # what the step calls: the task, DDP-wrapped unless FSDP2 holds the model
+    if sharded:
         optimizer = accelerator.prepare(optimizer)
     else:
-        model, optimizer = accelerator.prepare(model, optimizer)
+        trainee, optimizer = accelerator.prepare(task, optimizer)
 
     main = accelerator.is_main_process
     if main:
@@ -139,7 +147,7 @@ def train(cfg: Config) -> dict[str, Any]:
                 warn_unknown_captions(tokenizer, batch.get("texts", []))
             bad.check_all_ranks(accelerator.device)
             loss, metrics = train_step(
-                accelerator, precision, model, objective, optimizer, batch, cfg, state
+                accelerator, precision, trainee, optimizer, batch, cfg, state
             )
             scheduler.step()
             state["step"] += 1
@@ -167,9 +175,7 @@ def train(cfg: Config) -> dict[str, Any]:
                 )
                 window_start, window_steps = time.perf_counter(), 0
             if step % cfg.train.save_every == 0 or step == cfg.train.steps:
-                save_checkpoint(
-                    accelerator, ckpt_root, bare_model, parts, state["step"], cfg, tokenizer
-                )
+                save_checkpoint(accelerator, ckpt_root, model, parts, state["step"], cfg, tokenizer)
             if eval_due(cfg, step):
                 evals = run_evals(accelerator, model, tokenizer, cfg, step)
                 logger.log(step, {"eval": evals})
@@ -177,7 +183,7 @@ def train(cfg: Config) -> dict[str, Any]:
                     print0(eval_line(step, evals))
             if stop.agreed(accelerator.device):  # Ctrl-C: this step is done and saved
                 if step % cfg.train.save_every != 0 and step != cfg.train.steps:
-                    save_checkpoint(accelerator, ckpt_root, bare_model, parts, step, cfg, tokenizer)
+                    save_checkpoint(accelerator, ckpt_root, model, parts, step, cfg, tokenizer)
                 interrupted = True
                 break
 
@@ -220,11 +226,10 @@ def log_line(step: int, metrics: dict[str, Any]) -> str:
     )
 
 
-def train_step(
-    accelerator, precision, model, objective, optimizer, batch, cfg: Config, state
-) -> tuple:
-    """One optimizer step; raises TrainingDiverged before a non-finite update touches weights."""
-    model.train()
+def train_step(accelerator, precision, trainee, optimizer, batch, cfg: Config, state) -> tuple:
+    """One optimizer step of the task (``trainee``: bare or DDP-wrapped); raises
+    TrainingDiverged before a non-finite update touches weights."""
+    trainee.train()
     step = state["step"] + 1
 
     def check_loss(loss: torch.Tensor) -> None:
@@ -234,8 +239,7 @@ def train_step(
 
     with precision.autocast():
         out = grad_cached_step(
-            model,
-            objective,
+            trainee,
             to_device(batch, accelerator.device),
             cfg.train.grad_cache_steps,
             backward=precision.backward,
@@ -245,13 +249,13 @@ def train_step(
     metrics = dict(out["metrics"])
     if cfg.optim.grad_clip > 0:
         precision.unscale(optimizer)
-        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
+        grad_norm = float(accelerator.clip_grad_norm_(trainee.parameters(), cfg.optim.grad_clip))
         if not math.isfinite(grad_norm) and cfg.train.precision != "fp16":
             raise diverged("gradient norm", grad_norm, step, cfg)
         metrics["grad_norm"] = grad_norm
     precision.step(optimizer)
     optimizer.zero_grad(set_to_none=True)
-    objective.after_step(model, step)
+    unwrap(trainee).after_step(step)
     return value, metrics
 
 
@@ -297,7 +301,7 @@ def eval_due(cfg: Config, step: int) -> bool:
 def run_evals(accelerator, model, tokenizer, cfg: Config, step: int) -> dict[str, float]:
     """Every rank embeds its share of each evaluation set; the main process also writes the
     full results (per-class accuracies, confusion matrices) to ``eval/step_XXXXXXXX.json``."""
-    with fsdp.unsharded(accelerator.unwrap_model(model)) as bare:
+    with fsdp.unsharded(model) as bare:
         results = run_evaluators(bare, tokenizer, cfg, accelerator.device)
     if accelerator.is_main_process:
         report.write_json(results, Path(cfg.train.output_dir) / "eval" / f"step_{step:08d}.json")

@@ -32,8 +32,9 @@ def resolve_model_settings(cfg: Config) -> None:
 
 
 def sync_batch_norm(model: nn.Module, cfg: Config, accelerator) -> nn.Module:
-    """``model.sync_bn``: batch-norm layers that normalise over the global batch;
-    ``model.bn_split``: over slices of this process's batch, as that many devices would."""
+    """``model.sync_bn``: batch-norm layers (of the model and the task's heads) that normalise
+    over the global batch; ``model.bn_split``: over slices of this process's batch, as that
+    many devices would."""
     if cfg.model.bn_split > 1:
         if cfg.model.sync_bn:
             raise ConfigError("model.bn_split: splits batch norm; model.sync_bn joins it: pick one")
@@ -124,12 +125,12 @@ def efficiency_switches(model: nn.Module, cfg: Config) -> nn.Module:
 
 def build_training_model(cfg: Config, accelerator) -> nn.Module:
     """The model to train: built, started from ``model.init_from``, locked (``lock.*``), with
-    the efficiency switches and the batch-norm mode applied."""
+    the efficiency switches applied. The batch-norm mode (:func:`sync_batch_norm`) is applied
+    to the task once it owns the model and its heads."""
     from vlcontrast.models.build import build_model
     from vlcontrast.train.locking import apply_locks
 
     model = build_model(cfg)
     init_weights(model, cfg)
     apply_locks(model, cfg.lock)
-    efficiency_switches(model, cfg)
-    return sync_batch_norm(model, cfg, accelerator)
+    return efficiency_switches(model, cfg)

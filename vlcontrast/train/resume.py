@@ -32,13 +32,14 @@ def resolve_resume(resume: str, ckpt_root: Path) -> Path | None:
     return path
 
 
-def resume(path: Path, model, parts: dict[str, Any], cfg: Config) -> int:
-    """Restore every part; changed ``optim.*`` settings take effect (the schedule is rebuilt
-    from the current config at the saved step) and are listed."""
+def resume(path: Path, task, parts: dict[str, Any], cfg: Config) -> int:
+    """Restore every part (the shared model ``task.model``, the task's heads and state, the
+    optimizer over both, ...); changed ``optim.*`` settings take effect (the schedule is
+    rebuilt from the current config at the saved step) and are listed."""
     sizes = checkpoint.optimizer_group_sizes(path)
     if sizes is not None and isinstance(parts["optimizer"], torch.optim.Optimizer):
-        keep_saved_groups(parts["optimizer"], model, sizes)
-    step = checkpoint.restore(path, model, parts)
+        keep_saved_groups(parts["optimizer"], task, sizes)
+    step = checkpoint.restore(path, task.model, parts)
     print0(f"resumed from {path} at step {step}")
     before = checkpoint.read_config(path).optim
     changed = [

@@ -1,0 +1,65 @@
+"""A test-fixture objective, not a product feature: a method with its own trainable head and
+its own buffer, defined in this one file plus a registry entry (``OBJECTIVES["probe"] =
+"tests.probe_objective:ProbeObjective"``), to show that the task design needs nothing else.
+
+The head maps the backbone's pooled features to 8 dimensions; the buffer ``center`` is a
+momentum mean of the head's outputs over the global batch (as DINO's centre), updated after
+every step and subtracted before the NT-Xent loss of the two views (exact across ranks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlcontrast import distributed
+from vlcontrast.losses.supcon import nt_xent_loss
+from vlcontrast.objectives.base import Objective, full, view
+
+
+@dataclass
+class ProbeConfig:
+    temperature: float = 0.5
+    center_momentum: float = 0.9
+
+
+class ProbeObjective(Objective):
+    modalities = ("image",)
+    views = 2
+
+    def __init__(self, cfg: ProbeConfig | None = None):
+        super().__init__()
+        self.cfg = cfg if cfg is not None else ProbeConfig()
+        self.pending: torch.Tensor | None = None
+
+    def setup(self, model: nn.Module, cfg: Any, global_batch: int) -> None:
+        super().setup(model, cfg, global_batch)
+        dtype = next(model.parameters()).dtype
+        self.head = nn.Linear(model.image.num_features, 8).to(dtype)
+        self.register_buffer("center", torch.zeros(8, dtype=dtype))
+
+    def outputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        h_a = self.head(self.model(images=view(batch, -2))["img_feat"])
+        h_b = self.head(self.model(images=view(batch, -1))["img_feat"])
+        return {"h_a": h_a, "h_b": h_b}
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, Any]:
+        h_a, h_b = full(outputs["h_a"]), full(outputs["h_b"])
+        center = self.center.to(h_a.dtype)
+        emb_a, emb_b = F.normalize(h_a - center, dim=-1), F.normalize(h_b - center, dim=-1)
+        # the global batch's mean of the head outputs, for the centre after this step
+        rows = torch.tensor([float(len(h_a))], dtype=h_a.dtype, device=h_a.device)
+        summed = torch.cat([h_a.detach().sum(0), h_b.detach().sum(0), rows])
+        self.pending = distributed.all_reduce(summed.clone())
+        return {"loss": nt_xent_loss(emb_a, emb_b, self.cfg.temperature), "metrics": {}}
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        if self.pending is not None:
+            mean = self.pending[:-1].view(2, -1).sum(0) / (2 * self.pending[-1])
+            m = self.cfg.center_momentum
+            self.center.mul_(m).add_(mean.to(self.center.dtype), alpha=1 - m)
+            self.pending = None
