@@ -94,6 +94,30 @@ def test_reading_a_config_or_a_model_reaches_no_objective_or_loss():
         assert not bad, f"{start} reaches {bad}"
 
 
+def test_the_shared_models_hold_no_method_settings_and_no_method_heads():
+    """Methods own their heads (objectives/): nothing of them in ModelConfig or the models."""
+    from vlcontrast import config as config_lib
+    from vlcontrast.config import ModelConfig
+    from vlcontrast.models import build_model
+
+    fields = set(ModelConfig.__dataclass_fields__)
+    assert not fields & {"proj_bn", "predictor_hidden", "ssl_head_hidden", "ssl_head_dim"}
+    for kind, name, parts in (
+        ("image", "byol", {"image", "image.trunk"}),
+        (
+            "dual",
+            "slip",
+            {"image", "image.trunk", "image.proj", "text", "text.encoder", "text.proj"},
+        ),
+    ):
+        cfg = config_lib.load(
+            None, [f"model.kind={kind}", f"objective.name={name}", "model.preset=tiny"]
+        )
+        model = build_model(cfg)
+        children = {n for n, _ in model.named_modules() if n and n.count(".") <= 1}
+        assert children == parts, (kind, children)
+
+
 def test_search_does_not_depend_on_evaluation():
     graph = import_graph()
     for start in (m for m in graph if m.startswith("vlcontrast.search")):

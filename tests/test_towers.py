@@ -37,6 +37,36 @@ def test_image_tower_outputs_unit_norm_embeddings(name):
     assert len(tower.mean) == 3 and len(tower.std) == 3
 
 
+@pytest.mark.parametrize(
+    "name, kwargs, shape",
+    [
+        ("test_resnet", {}, (2, 96, 2, 2)),  # the last stage, (B, C, H, W): 64 px / 32
+        ("test_vit", {}, (2, 16, 64)),  # patch tokens without the class token: (64 / 16)^2
+        ("vit_base_patch16_clip_224", {"embed_dim": 32, "depth": 1, "num_heads": 2}, (2, 16, 32)),
+    ],
+)
+def test_towers_show_their_feature_maps_on_request_and_pool_as_before(name, kwargs, shape):
+    """``feature_map=True`` adds the map the pooled features come from (a CNN's last stage, a
+    ViT's patch tokens); the pooled features and embeddings are those of the plain call."""
+    cfg = config_lib.load(
+        None, ["model.kind=dual", f"image.model={name}", "image.image_size=64", "model.preset=tiny"]
+    )
+    cfg.image.model, cfg.image.model_kwargs = name, kwargs
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        plain, mapped = model(images=images), model(images=images, feature_map=True)
+    assert "img_map" not in plain and mapped["img_map"].shape == shape
+    torch.testing.assert_close(mapped["img_feat"], plain["img_feat"])
+    torch.testing.assert_close(mapped["img_emb"], plain["img_emb"])
+    cfg.model.kind = "image"
+    image_only = build_model(cfg).eval()
+    with torch.no_grad():
+        out = image_only(images=images, feature_map=True)
+    assert out["img_map"].shape == shape and "img_map" not in image_only(images=images)
+
+
 @pytest.mark.parametrize("pooling", ["cls", "mean", "eos"])
 def test_text_tower_outputs_unit_norm_embeddings(pooling):
     tower = TextTower(TextTowerConfig(config=BERT, pooling=pooling), embed_dim=24)
