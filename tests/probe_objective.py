@@ -63,3 +63,31 @@ class ProbeObjective(Objective):
             m = self.cfg.center_momentum
             self.center.mul_(m).add_(mean.to(self.center.dtype), alpha=1 - m)
             self.pending = None
+
+
+class MultiCropProbe(ProbeObjective):
+    """The same head and buffer on multi-crop views: 2 global crops at the training size and 6
+    local ones at half of it (SwAV's and DINO's shape of views), all from one decode; the local
+    crops' mean embedding is contrasted with the first global crop's. For a CNN tower, which
+    takes any size."""
+
+    @classmethod
+    def view_groups(cls, cfg: Any) -> list:
+        from vlcontrast.data.view_presets import ViewConfig, ViewGroup
+
+        size = cfg.image.image_size
+        return [
+            ViewGroup("global", size, 2, [ViewConfig(scale=[0.4, 1.0])]),
+            ViewGroup("local", size // 2, 6, [ViewConfig(scale=[0.05, 0.4], blur=0.0)]),
+        ]
+
+    def outputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        views = batch["views"]
+        b, g = views["global"].shape[:2]
+        n_local = views["local"].shape[1]
+        h_global = self.head(self.model(images=views["global"].flatten(0, 1))["img_feat"])
+        h_local = self.head(self.model(images=views["local"].flatten(0, 1))["img_feat"])
+        return {
+            "h_a": h_global.view(b, g, -1)[:, 0],
+            "h_b": h_local.view(b, n_local, -1).mean(1),
+        }

@@ -68,3 +68,11 @@ def test_split_batch_shares_metadata_and_splits_rows():
     assert [len(p["images"]) for p in parts] == [2, 3, 2]
     assert sum((p["texts"] for p in parts), []) == list("abcdefg")
     assert all(p["skipped"] is batch["skipped"] for p in parts)
+
+
+def test_split_batch_splits_view_groups():
+    batch = {"views": {"global": torch.zeros(5, 2, 3), "local": torch.ones(5, 6, 1)}, "n": {"x": 1}}
+    parts = split_batch(batch, 2)
+    assert [len(p["views"]["global"]) for p in parts] == [2, 3]
+    assert [len(p["views"]["local"]) for p in parts] == [2, 3]
+    assert all(p["n"] is batch["n"] for p in parts)

@@ -569,3 +569,54 @@ def test_a_run_of_the_earlier_layout_resumes_through_the_cli(corpus, tmp_path, n
     assert cli.main(args if name == "slip" else [a for a in args if "tokenizer" not in a]) == 0
     rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "train/loss" in r]
     assert [r["step"] for r in rows] == [3] and math.isfinite(rows[0]["train/loss"])
+
+
+def test_view_groups_of_two_sizes_flow_through_the_loader_into_a_task(
+    corpus, tmp_path, monkeypatch
+):
+    """2 views at 32 px and 6 at 16 px from one decode per image, one tensor per group, the
+    same with 0 and 2 workers; a task reads them and its run resumes bit-exactly."""
+    from tests.data_helpers import batches
+    from vlcontrast import config as config_lib
+    from vlcontrast import objectives
+    from vlcontrast.data.bad_data import BadData
+    from vlcontrast.data.shards import DataPosition
+    from vlcontrast.train.data_setup import build_train_data
+
+    monkeypatch.setitem(objectives.OBJECTIVES, "multicrop", "tests.probe_objective:MultiCropProbe")
+
+    def run_args(out):
+        args = image_run(corpus, out, "multicrop") + ["image.model=test_resnet"]
+        return [a for a in args if not a.startswith("image.model_kwargs")]
+
+    args = run_args(tmp_path / "full")
+    cfg = config_lib.load(None, args[2:])
+    dataset, _ = build_train_data(cfg, None)
+
+    def two_streams() -> DataPosition:
+        position = DataPosition()
+        position.reset(2)  # the order depends on the streams, not on the workers
+        return position
+
+    one, two = (batches(dataset, w, two_streams(), 2, BadData()) for w in (0, 2))
+    for a, b in zip(one, two, strict=True):
+        assert set(a["views"]) == {"global", "local"} and "images" not in a
+        assert a["views"]["global"].shape == (16, 2, 3, 32, 32)
+        assert a["views"]["local"].shape == (16, 6, 3, 16, 16)
+        assert all(torch.equal(a["views"][k], b["views"][k]) for k in a["views"])
+    assert not torch.equal(one[0]["views"]["local"][:, 0], one[0]["views"]["local"][:, 1])
+
+    full, parted = tmp_path / "full", tmp_path / "parted"
+    assert cli.main(args) == 0
+    restore = crash_after(monkeypatch, 3)
+    parted_args = run_args(parted)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(parted_args)
+    restore()
+    assert cli.main([*parted_args, "train.resume=latest", "data.num_workers=2"]) == 0
+
+    def losses(run):
+        rows = read_jsonl(run / "metrics.jsonl")
+        return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+    assert losses(parted) == losses(full) and sorted(losses(full)) == [1, 2, 3, 4]

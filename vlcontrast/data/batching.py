@@ -41,7 +41,11 @@ class Collate:
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        batch: dict[str, Any] = {"images": stack([s["image"] for s in samples])}
+        images = [s["image"] for s in samples]
+        if isinstance(images[0], dict):  # view groups: one (B, count, 3, S, S) per group
+            batch: dict[str, Any] = {"views": {k: stack([i[k] for i in images]) for k in images[0]}}
+        else:
+            batch = {"images": stack(images)}
         if self.tokenizer is not None:
             texts = [s["text"] for s in samples]
             batch.update(self.tokenize(texts))
@@ -77,9 +81,16 @@ def make_loader(dataset: ShardDataset, num_workers: int) -> DataLoader:
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {
-        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
-    }
+    """Every tensor of the batch on ``device``, those of a dict (view groups) included."""
+
+    def move(value: Any) -> Any:
+        if torch.is_tensor(value):
+            return value.to(device, non_blocking=True)
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        return value
+
+    return {k: move(v) for k, v in batch.items()}
 
 
 def ordered_batches(

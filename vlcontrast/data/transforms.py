@@ -6,8 +6,10 @@ A transform has two halves, run in the decoding process: ``read(img, rng)`` does
 views from one decode (lightly's ``MultiViewTransform``, but the file is decoded once, not K
 times): the JPEG is decoded at the largest DCT reduction that still suits every view's box, and
 each view is cut and resized from those pixels. The sample's ``image`` is then (K, 3, S, S), and a
-batch's ``images`` (B, K, 3, S, S). Every random choice comes from the sample's own ``rng``,
-seeded by its position, so a resumed run repeats the same views.
+batch's ``images`` (B, K, 3, S, S); with ``groups`` (views of several sizes: multi-crop), a dict
+of one (count, 3, S, S) tensor per group, and a batch's ``views`` one (B, count, 3, S, S) per
+group. Every random choice comes from the sample's own ``rng``, seeded by its position, so a
+resumed run repeats the same views.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class MultiView:
 
     views: Sequence[CropResize]
     augments: Sequence[Augment | None] = field(default_factory=tuple)
+    groups: Sequence[tuple[str, int]] = ()  # (name, count) in view order; () : one tensor
 
     def read(self, img: Image.Image, rng: random.Random) -> tuple[np.ndarray, list[Box]]:
         boxes = [view.box(*img.size, rng) for view in self.views]
@@ -46,4 +49,10 @@ class MultiView:
             image = view.resize(array, box)
             augment = self.augments[k] if k < len(self.augments) else None
             out.append(augment(image, rng or random.Random(k)) if augment else image)
-        return torch.stack(out)  # (K, 3, S, S) uint8
+        if not self.groups:
+            return torch.stack(out)  # (K, 3, S, S) uint8
+        grouped, start = {}, 0
+        for name, count in self.groups:
+            grouped[name] = torch.stack(out[start : start + count])  # (count, 3, S, S)
+            start += count
+        return grouped

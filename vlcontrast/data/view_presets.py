@@ -71,3 +71,20 @@ def check_view(view: ViewConfig, where: str) -> None:
         raise ValueError(
             f"{where}.blur_sigma: expected [lo, hi] with 0 < lo <= hi, got {view.blur_sigma}"
         )
+
+
+@dataclass
+class ViewGroup:
+    """Views a task asks for, as a named group (lightly's ``MultiCropTransform``: crop sizes
+    and counts): ``count`` crops of ``size`` px, view ``k`` augmented by ``augment[k]`` (the
+    last entry repeats). Every view of every group is cut from one decode of the image; a batch
+    carries the group as ``views[name]``, (B, count, 3, size, size) uint8."""
+
+    name: str
+    size: int
+    count: int
+    augment: list[ViewConfig] = field(default_factory=lambda: [ViewConfig()])
+
+    def settings(self) -> list[ViewConfig]:
+        """One augmentation per view."""
+        return [self.augment[min(k, len(self.augment) - 1)] for k in range(self.count)]

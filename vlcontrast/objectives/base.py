@@ -48,6 +48,14 @@ class Objective(nn.Module):
         self.model = model
         self.bn_groups = max(1, int(getattr(getattr(cfg, "model", None), "bn_split", 0) or 0))
 
+    @classmethod
+    def view_groups(cls, cfg: Any) -> list | None:
+        """The views this task wants as ``data.view_presets.ViewGroup`` s (any sizes and
+        counts: multi-crop), carried by batches as ``views[name]`` (B, count, 3, S, S); None:
+        ``views`` two-view crops (``views.first``/``second``) in ``images`` (B, 2, 3, S, S), or
+        with ``views`` 0 the one training crop (B, 3, S, S)."""
+        return None
+
     def outputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 

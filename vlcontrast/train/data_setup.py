@@ -67,6 +67,9 @@ def train_transform(cfg: Config) -> CropResize | MultiView:
     data = cfg.data
     plain = CropResize(cfg.image.image_size, data.crop, tuple(data.crop_scale), draft=data.draft)
     cls = objective_class(cfg.objective.name)
+    groups = cls.view_groups(cfg)
+    if groups:
+        return group_transform(cfg, groups)
     if not cls.views:
         return plain
     chosen = [cfg.views.first, cfg.views.second][: cls.views]
@@ -83,6 +86,23 @@ def train_transform(cfg: Config) -> CropResize | MultiView:
     if "text" in cls.modalities:
         crops, augments = [plain, *crops], [None, *augments]
     return MultiView(crops, augments)
+
+
+def group_transform(cfg: Config, groups: list) -> MultiView:
+    """Every view of every group (``ViewGroup``: name, size, count, augmentations) cut from one
+    decode, returned per group."""
+    crops, augments = [], []
+    for group in groups:
+        for k, view in enumerate(group.settings()):
+            try:
+                check_view(view, f"{group.name} view {k}")
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+            crops.append(
+                CropResize(group.size, "random_resized", tuple(view.scale), draft=cfg.data.draft)
+            )
+            augments.append(Augment(view))
+    return MultiView(crops, augments, [(g.name, g.count) for g in groups])
 
 
 def check_shards_exist(urls: list[str]) -> None:

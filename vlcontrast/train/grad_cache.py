@@ -30,8 +30,21 @@ from vlcontrast.objectives.base import unwrap
 
 
 def batch_rows(batch: dict[str, Any]) -> int:
-    """The batch size: the length of the first tensor with a batch dimension."""
-    return next(len(v) for v in batch.values() if isinstance(v, torch.Tensor) and v.ndim)
+    """The batch size: the length of the first tensor with a batch dimension (view groups:
+    the first group's)."""
+    rows = _rows_of(batch)
+    if rows is None:
+        raise ValueError("the batch holds no tensor with a batch dimension")
+    return rows
+
+
+def _rows_of(batch: dict[str, Any]) -> int | None:
+    for value in batch.values():
+        if isinstance(value, torch.Tensor) and value.ndim:
+            return len(value)
+        if isinstance(value, dict) and _rows_of(value) is not None:
+            return _rows_of(value)
+    return None
 
 
 def split_batch(batch: dict[str, Any], steps: int) -> list[dict[str, Any]]:
@@ -42,12 +55,19 @@ def split_batch(batch: dict[str, Any], steps: int) -> list[dict[str, Any]]:
     bounds = [round(k * rows / steps) for k in range(steps + 1)]
     micro = []
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-        part = {}
-        for name, value in batch.items():
-            splittable = isinstance(value, (torch.Tensor, list)) and len(value) == rows
-            part[name] = value[lo:hi] if splittable and getattr(value, "ndim", 1) else value
-        micro.append(part)
+        micro.append(_rows(batch, rows, lo, hi))
     return micro
+
+
+def _rows(batch: dict[str, Any], rows: int, lo: int, hi: int) -> dict[str, Any]:
+    part = {}
+    for name, value in batch.items():
+        splittable = isinstance(value, (torch.Tensor, list)) and len(value) == rows
+        if isinstance(value, dict) and _rows_of(value) == rows:
+            part[name] = _rows(value, rows, lo, hi)  # view groups
+        else:
+            part[name] = value[lo:hi] if splittable and getattr(value, "ndim", 1) else value
+    return part
 
 
 def _rng_state(device: torch.device) -> tuple:
@@ -66,7 +86,12 @@ def _replayed_rng(state: tuple, device: torch.device):
 
 
 def _device_of(batch: dict[str, Any]) -> torch.device:
-    return next(v.device for v in batch.values() if isinstance(v, torch.Tensor))
+    for value in batch.values():
+        if isinstance(value, dict) and value:
+            return _device_of(value)
+        if isinstance(value, torch.Tensor):
+            return value.device
+    raise ValueError("the batch holds no tensor")
 
 
 def grad_cached_step(
