@@ -133,3 +133,28 @@ def test_keys_lists_nested_objective_settings():
     listed = config_lib.keys()
     assert any(k.startswith("objective.clip.tiled ") for k in listed)
     assert any(k.startswith("eval.evaluators[i].k ") for k in listed)
+
+
+def test_config_refuses_what_train_would_before_anything_runs(capsys):
+    """Cross-field checks run when the config is read: `vlcontrast config` says what `train`
+    would, naming the key."""
+    from vlcontrast import cli
+
+    for override, message in (
+        ("data.crop_scale=[0.5]", "data.crop_scale: expected [low, high]"),
+        ("views.second.scale=[0.9, 0.1]", "views.second.scale: expected [lo, hi]"),
+        ("train.grad_cache_steps=999", "train.grad_cache_steps: 999 micro-batches"),
+        ("model.bn_split=3", "model.bn_split: data.batch_size=256 does not split into 3"),
+    ):
+        assert cli.main(["config", override]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_the_demo_applies_a_preset_as_train_does(tmp_path):
+    from vlcontrast.demo import demo_config
+    from vlcontrast.presets import PRESETS
+
+    corpus = {"train_shards": "x/{0..1}.tar", "tokenizer": "tok"}
+    cfg = demo_config(tmp_path, corpus, ["model.preset=s32", "image.image_size=32"])
+    assert cfg.model.preset == "s32" and cfg.model.embed_dim == PRESETS["s32"]["model"]["embed_dim"]
+    assert cfg.data.train_shards == "x/{0..1}.tar" and cfg.image.image_size == 32

@@ -24,7 +24,7 @@ import yaml
 
 from vlcontrast.data.limits import IMAGE_EXTENSIONS, MAX_PIXELS
 from vlcontrast.data.view_presets import PRESETS as VIEW_PRESETS
-from vlcontrast.data.view_presets import ViewConfig
+from vlcontrast.data.view_presets import ViewConfig, check_view
 from vlcontrast.eval_config import EvalConfig, EvaluatorConfig
 from vlcontrast.objective_settings import (
     USES_LOGIT_BIAS,
@@ -390,7 +390,6 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then the ``model.preset`` named by the overrides or the run file, then the run
     file at ``path`` (YAML or JSON), then dotted ``overrides``."""
-    cfg = Config()
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -403,6 +402,13 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
             raise ConfigError(
                 f"{path} is not valid {path.suffix[1:].upper() or 'YAML'}: {err}"
             ) from None
+    return build(values, overrides)
+
+
+def build(values: dict[str, Any], overrides: list[str] | None = None) -> Config:
+    """Defaults, then the presets named, then ``values`` (a parsed run file), then
+    ``overrides``, merged and checked the same way for every command (``load``, ``demo``)."""
+    cfg = Config()
     preset = _preset_named(values, overrides or [])
     if preset:
         apply(cfg, {"model": {"preset": preset}})  # checks the name
@@ -416,9 +422,38 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
     apply_overrides(cfg, overrides or [])
     _place_moved(cfg)
     _command_line_sets_the_length(cfg, overrides or [])
+    validate(cfg)
     if preset and cfg.text.model and not _sets(values, overrides or [], "text", "config"):
         cfg.text.config = {}  # a text.model named over a preset replaces the preset's text tower
     return cfg
+
+
+def validate(cfg: Config) -> None:
+    """The cross-field checks that need neither data nor a model, run by ``load`` so that
+    ``vlcontrast config`` refuses what ``train`` would (one message naming the key)."""
+    data = cfg.data
+    if cfg.train.grad_cache_steps > data.batch_size:
+        raise ConfigError(
+            f"train.grad_cache_steps: {cfg.train.grad_cache_steps} micro-batches cannot split a "
+            f"batch of data.batch_size={data.batch_size}; use at most the batch size"
+        )
+    if data.weights and data.mode != "resampled":
+        raise ConfigError("data.weights: source weights need data.mode=resampled")
+    if len(data.crop_scale) != 2 or not 0 < data.crop_scale[0] <= data.crop_scale[1] <= 1:
+        raise ConfigError(f"data.crop_scale: expected [low, high] in (0, 1], got {data.crop_scale}")
+    for name in ("first", "second"):
+        try:
+            check_view(getattr(cfg.views, name), f"views.{name}")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    if cfg.model.bn_split > 1:
+        if cfg.model.sync_bn:
+            raise ConfigError("model.bn_split: splits batch norm; model.sync_bn joins it: pick one")
+        if data.batch_size % cfg.model.bn_split:
+            raise ConfigError(
+                f"model.bn_split: data.batch_size={data.batch_size} does not split into "
+                f"{cfg.model.bn_split} groups"
+            )
 
 
 def _command_line_sets_the_length(cfg: Config, overrides: list[str]) -> None:

@@ -43,12 +43,17 @@ def demo_values() -> dict[str, Any]:
 
 def demo_config(out_dir: Path, corpus: dict[str, str], overrides: list[str]) -> Config:
     """The run file with its paths moved under ``out_dir``, then ``overrides``."""
-    cfg = config_lib.apply(Config(), demo_values())
-    cfg.data.train_shards = corpus["train_shards"]
-    cfg.text.tokenizer = corpus["tokenizer"]
-    cfg.train.output_dir = str(out_dir / "run")
-    cfg.eval.evaluators = []  # evaluated once after training, exactly as `vlcontrast eval` does
-    return config_lib.apply_overrides(cfg, overrides)
+    values = demo_values()
+    if any(o.startswith("model.preset=") for o in overrides):  # the preset's towers, not ours
+        values.pop("image", None)
+        values.pop("model", None)
+        values["text"] = {k: v for k, v in values["text"].items() if k == "tokenizer"}
+    values.setdefault("data", {})["train_shards"] = corpus["train_shards"]
+    values.setdefault("text", {})["tokenizer"] = corpus["tokenizer"]
+    values.setdefault("train", {})["output_dir"] = str(out_dir / "run")
+    # evaluated once after training, exactly as `vlcontrast eval` does
+    values.setdefault("eval", {})["evaluators"] = []
+    return config_lib.build(values, overrides)  # presets apply as in `train`
 
 
 def ensure_corpus(data_dir: Path) -> dict[str, str]:

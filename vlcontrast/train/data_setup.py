@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from vlcontrast import config as config_lib
 from vlcontrast import distributed
 from vlcontrast.config import Config, ConfigError
 from vlcontrast.data.augment import Augment, check_view
@@ -25,17 +26,9 @@ def build_train_data(cfg: Config, tokenizer) -> tuple[ShardDataset, Any]:
     """The training stream; ``tokenizer`` None means an image-only model: captions are not
     read, so a source without captions trains."""
     data = cfg.data
-    if cfg.train.grad_cache_steps > data.batch_size:
-        raise ConfigError(
-            f"train.grad_cache_steps: {cfg.train.grad_cache_steps} micro-batches cannot split a "
-            f"batch of data.batch_size={data.batch_size}; use at most the batch size"
-        )
+    config_lib.validate(cfg)  # a config built in code, not by config.load
     if not data.train_shards:
         raise ConfigError("data.train_shards: set a shard pattern, e.g. data/{00000..00099}.tar")
-    if data.weights and data.mode != "resampled":
-        raise ConfigError("data.weights: source weights need data.mode=resampled")
-    if len(data.crop_scale) != 2 or not 0 < data.crop_scale[0] <= data.crop_scale[1] <= 1:
-        raise ConfigError(f"data.crop_scale: expected [low, high] in (0, 1], got {data.crop_scale}")
     try:
         sources = parse_sources(data.train_shards, data.weights)
     except ValueError as err:
