@@ -97,6 +97,7 @@ def test_resampled_mode_is_deterministic_by_seed_and_weighted(tmp_path, tokenize
     assert 0.6 < share < 0.9  # 0.75 expected; shards come in runs of 10, hence the wide band
 
 
+@pytest.mark.slow  # multi-process end to end: the README's command runs it
 def test_coverage_is_exact_across_two_ranks_and_two_workers(shards, corpus, tmp_path, monkeypatch):
     monkeypatch.setenv("VLC_TEST_TOKENIZER", corpus["tokenizer"])
     out = tmp_path / "keys.json"

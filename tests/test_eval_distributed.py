@@ -38,6 +38,7 @@ def eval_config(corpus, tmp_path):
     return cfg
 
 
+@pytest.mark.slow  # multi-process end to end: the README's command runs it
 def test_two_ranks_give_the_single_process_numbers(corpus, tmp_path):
     cfg = eval_config(corpus, tmp_path)
     torch.manual_seed(0)

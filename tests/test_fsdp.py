@@ -57,6 +57,7 @@ def losses(run_dir) -> dict[int, float]:
     }
 
 
+@pytest.mark.slow  # multi-process end to end: the README's command runs it
 def test_fsdp_trains_like_ddp_and_resumes_exactly(corpus, tmp_path):
     ddp, sharded, parted = tmp_path / "ddp", tmp_path / "fsdp", tmp_path / "parted"
     evaluate = f"eval.evaluators=[{{kind: zeroshot, data: '{corpus['heldout_shards']}'}}]"

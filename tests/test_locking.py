@@ -67,6 +67,7 @@ def test_all_but_the_last_blocks_and_trainable_norms(corpus, tmp_path):
         apply_locks(build_model(bad), bad.lock)
 
 
+@pytest.mark.slow  # multi-process end to end: the README's command runs it
 def test_locked_weights_stay_bit_identical_under_two_process_ddp(corpus, tmp_path):
     cfg = cfg_for(corpus, tmp_path, "lock.image=true", "optim.lr=1e-2")
     cfg_path = tmp_path / "cfg.json"

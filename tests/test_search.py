@@ -368,6 +368,7 @@ def test_an_image_folder_is_indexed_and_served_from_its_files(tmp_path, trained,
     assert data == (tmp_path / "folder" / record["key"]).read_bytes()
 
 
+@pytest.mark.slow  # multi-process end to end: the README's command runs it
 def test_two_ranks_build_the_single_process_index(tmp_path, trained, planted):
     import torch
 

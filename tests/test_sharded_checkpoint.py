@@ -203,6 +203,7 @@ def reshard_worker(rank, world, init, directory, source):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # multi-process end to end: the README's command runs it
 def test_shards_reshard_two_to_one_and_one_to_three_exactly(tmp_path):
     from vlcontrast.models.sharded_weights import read_tensors
 

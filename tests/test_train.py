@@ -114,6 +114,7 @@ def test_bad_config_in_the_cli_is_one_clear_message(corpus, tmp_path, capsys):
     assert "text.config.vocab_size" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # multi-process end to end: the README's command runs it
 def test_demo_then_eval_reproduces_the_accuracy(tmp_path, capsys):
     out = tmp_path / "demo"
     small = ["train.steps=3", "train.save_every=3", "train.log_every=1", "train.progress=false"]

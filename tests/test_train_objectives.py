@@ -71,6 +71,7 @@ def test_bad_loss_settings_name_the_key(corpus, tmp_path, capsys, override, mess
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow  # multi-process end to end: the README's command runs it
 def test_two_process_training_under_torchrun(corpus, tmp_path):
     """The real launcher: 2 gloo processes through accelerate, tiled CLIP and gradient caching
     (DDP no_sync for all but the last micro-batch). Rank 0 alone writes logs and checkpoints."""
