@@ -158,3 +158,26 @@ def test_the_demo_applies_a_preset_as_train_does(tmp_path):
     cfg = demo_config(tmp_path, corpus, ["model.preset=s32", "image.image_size=32"])
     assert cfg.model.preset == "s32" and cfg.model.embed_dim == PRESETS["s32"]["model"]["embed_dim"]
     assert cfg.data.train_shards == "x/{0..1}.tar" and cfg.image.image_size == 32
+
+
+def test_mappings_merge_the_same_way_from_run_files_and_the_command_line(tmp_path):
+    """A mapping over a preset's merges key by key, as the dotted form does; another model
+    named over a preset drops the preset's kwargs for its own model; an empty mapping or one
+    with another model_type replaces."""
+    run = tmp_path / "run.yaml"
+    run.write_text("model:\n  preset: tiny\nimage:\n  model_kwargs:\n    depth: 2\n")
+    from_file = config_lib.load(run)
+    dotted = config_lib.load(None, ["model.preset=tiny", "image.model_kwargs.depth=2"])
+    inline = config_lib.load(None, ["model.preset=tiny", "image.model_kwargs={depth: 2}"])
+    want = {"patch_size": 4, "embed_dim": 128, "depth": 2, "num_heads": 4}
+    assert from_file.image.model_kwargs == dotted.image.model_kwargs == inline.image.model_kwargs
+    assert inline.image.model_kwargs == want
+    other = config_lib.load(None, ["model.preset=tiny", "image.model=test_vit"])
+    assert other.image.model_kwargs == {}
+    cleared = config_lib.load(None, ["model.preset=tiny", "image.model_kwargs={}"])
+    assert cleared.image.model_kwargs == {}
+    bert = config_lib.load(None, ["model.preset=tiny", "text.config={model_type: bert}"])
+    assert bert.text.config == {"model_type": "bert"}
+    deeper = config_lib.load(None, ["model.preset=tiny", "text.config={num_hidden_layers: 2}"])
+    assert deeper.text.config["num_hidden_layers"] == 2
+    assert deeper.text.config["model_type"] == "clip_text_model"

@@ -413,6 +413,11 @@ def build(values: dict[str, Any], overrides: list[str] | None = None) -> Config:
     if preset:
         apply(cfg, {"model": {"preset": preset}})  # checks the name
         apply(cfg, PRESETS[preset])
+        # another tower named over a preset replaces the preset's tower, not only its name
+        if _named(values, overrides or [], "image", "model") not in (None, cfg.image.model):
+            cfg.image.model_kwargs = {}
+        if _named(values, overrides or [], "text", "model"):
+            cfg.text.config = {}
     views = _preset_named(values, overrides or [], "views")
     if views:
         apply(cfg, {"views": {"preset": views}})  # checks the name
@@ -423,8 +428,6 @@ def build(values: dict[str, Any], overrides: list[str] | None = None) -> Config:
     _place_moved(cfg)
     _command_line_sets_the_length(cfg, overrides or [])
     validate(cfg)
-    if preset and cfg.text.model and not _sets(values, overrides or [], "text", "config"):
-        cfg.text.config = {}  # a text.model named over a preset replaces the preset's text tower
     return cfg
 
 
@@ -471,6 +474,16 @@ def _command_line_sets_the_length(cfg: Config, overrides: list[str]) -> None:
                 file=sys.stderr,
             )
         setattr(cfg.train, other, type(getattr(cfg.train, other))(0))
+
+
+def _named(values: Any, overrides: list[str], section: str, key: str) -> Any:
+    """The value the command line (last one wins) or else the run file gives ``section.key``;
+    None when neither does."""
+    for text in reversed(overrides):
+        if text.startswith(f"{section}.{key}="):
+            return text.split("=", 1)[1]
+    part = values.get(section) if isinstance(values, dict) else None
+    return part.get(key) if isinstance(part, dict) else None
 
 
 def _sets(values: Any, overrides: list[str], section: str, key: str) -> bool:

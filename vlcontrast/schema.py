@@ -172,6 +172,9 @@ def set_value(obj: Any, path: list[str], value: Any, prefix: str = "") -> None:
         for sub, sub_value in value.items():
             set_value(getattr(obj, name), [str(sub)], sub_value, prefix=f"{key}.")
         return
+    if typ is dict and not rest:
+        setattr(obj, name, merged_mapping(key, getattr(obj, name), value))
+        return
     if rest:
         if typ is dict:  # model_kwargs.depth=2 sets one entry of a free-form dict
             entry = getattr(obj, name)
@@ -183,6 +186,31 @@ def set_value(obj: Any, path: list[str], value: Any, prefix: str = "") -> None:
     value = coerce(key, value, typ)
     check_value(key, f.metadata, value)
     setattr(obj, name, value)
+
+
+def merged_mapping(key: str, current: dict, value: Any) -> dict:
+    """A free-form mapping (``image.model_kwargs``, ``text.config``) given over an earlier one (a
+    preset's) merges key by key, as the dotted form ``image.model_kwargs.depth=2`` does; an
+    empty mapping, or one naming another ``model_type``, replaces it."""
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value) if value.strip() else {}
+        except yaml.YAMLError:
+            pass
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+    same_kind = value.get("model_type", current.get("model_type")) == current.get("model_type")
+    if not value or not same_kind:
+        return dict(value)
+    out = dict(current)
+    for sub, sub_value in value.items():
+        if isinstance(sub_value, dict) and isinstance(out.get(sub), dict):
+            out[sub] = merged_mapping(f"{key}.{sub}", out[sub], sub_value)
+        else:
+            out[sub] = sub_value
+    return out
 
 
 def make_item(key: str, cls: type, value: Any) -> Any:

@@ -25,6 +25,7 @@ from transformers import (
 
 from vlcontrast.config import ConfigError, TextTowerConfig
 from vlcontrast.hub import check_source
+from vlcontrast.presets import PRESETS
 
 
 def pool_cls(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -45,15 +46,9 @@ POOLINGS = {"cls": pool_cls, "mean": pool_mean, "eos": pool_eos}
 
 # The default text tower: CLIP's text transformer (Radford et al. 2021, B/32 and B/16: 12 layers,
 # width 512, 8 heads, causal attention mask, pre-LN, a final layer norm, the end-of-text token's
-# state pooled), built inline by transformers (CLIPTextModel). vocab_size follows the tokenizer.
-DEFAULT_TEXT_CONFIG = {
-    "model_type": "clip_text_model",
-    "hidden_size": 512,
-    "intermediate_size": 2048,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 8,
-    "max_position_embeddings": 77,
-}
+# state pooled), built inline by transformers (CLIPTextModel): the b32 preset's, defined there
+# once. vocab_size follows the tokenizer.
+DEFAULT_TEXT_CONFIG = dict(PRESETS["b32"]["text"]["config"])
 
 
 def inline_config(cfg: TextTowerConfig) -> dict:
