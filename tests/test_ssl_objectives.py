@@ -620,3 +620,22 @@ def test_view_groups_of_two_sizes_flow_through_the_loader_into_a_task(
         return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
 
     assert losses(parted) == losses(full) and sorted(losses(full)) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("name", ["byol", "slip"])
+def test_checkpoints_written_before_tasks_index_search_and_export(corpus, tmp_path, name):
+    """Search and export of an earlier-layout checkpoint work through the CLI as they did (the
+    heads it kept in model.safetensors are left out)."""
+    from safetensors.torch import load_file
+
+    from vlcontrast.search.engine import SearchIndex
+
+    path = FORMAT2 / name
+    index = tmp_path / "index"
+    args = ["index", "build", "--checkpoint", str(path), "--data", corpus["heldout_shards"]]
+    assert cli.main([*args, "--out", str(index), "--workers", "0"]) == 0
+    assert len(SearchIndex(index)) == 64
+    flat = tmp_path / "weights.safetensors"
+    assert cli.main(["export", str(path), "--to", "safetensors", str(flat)]) == 0
+    exported = load_file(flat)
+    assert exported and not any(k.startswith(("predictor.", "ssl_head.")) for k in exported)

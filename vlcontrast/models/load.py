@@ -72,7 +72,7 @@ def is_checkpoint(path: str | Path) -> bool:
     """A directory with a config and weights: ``model.safetensors`` or the shards of an FSDP
     run (``models/sharded_weights.py``); which of them is read is its manifest's business."""
     path = Path(path)
-    weights = (path / WEIGHTS).is_file() or sharded_weights.is_sharded(path)
+    weights = (path / WEIGHTS).is_file() or sharded_weights.has_shards(path)
     return weights and (path / "config.json").is_file()
 
 

@@ -73,7 +73,7 @@ class Index:
     headers: dict[str, dict[str, tuple[str, tuple[int, ...], int, int]]]  # per file
 
 
-def is_sharded(path: str | Path) -> bool:
+def has_shards(path: str | Path) -> bool:
     """Whether ``path`` holds a ``sharded/`` directory (of either format)."""
     return (Path(path) / SHARDS).is_dir()
 
