@@ -122,3 +122,23 @@ def import_openclip_model(reference: torch.nn.Module, model_cfg: dict, directory
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(weights))
     config.write_text(json.dumps({"model_cfg": model_cfg}))
     return import_openclip(weights, config)
+
+
+@pytest.fixture
+def tokenizer(corpus):
+    """The corpus's trained tokenizer, loaded."""
+    from vlcontrast.config import TextTowerConfig
+    from vlcontrast.models.text_tower import load_tokenizer
+
+    return load_tokenizer(TextTowerConfig(tokenizer=corpus["tokenizer"]))
+
+
+@pytest.fixture
+def saved_checkpoint(corpus, tmp_path):
+    """A tiny CLIP trained for 2 steps: (its latest checkpoint, the overrides that made it)."""
+    from vlcontrast import cli
+    from vlcontrast.train import checkpoint
+
+    overrides = tiny_overrides(corpus, tmp_path / "run", steps=2)
+    assert cli.main(["train", run_file(tmp_path / "run"), *overrides]) == 0
+    return checkpoint.latest(tmp_path / "run" / "checkpoints"), overrides

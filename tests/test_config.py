@@ -1,3 +1,6 @@
+"""The typed schema: defaults, dotted overrides, run files, presets and the merges between them,
+migrations of earlier layouts, cross-field checks, and every run file in configs/."""
+
 from pathlib import Path
 
 import pytest
@@ -6,6 +9,8 @@ import yaml
 from vlcontrast import config as config_lib
 from vlcontrast.config import Config, ConfigError
 from vlcontrast.demo import demo_config
+from vlcontrast.objectives import objective_class
+from vlcontrast.train.data_setup import train_transform
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,7 +156,6 @@ def test_config_refuses_what_train_would_before_anything_runs(capsys):
 
 
 def test_the_demo_applies_a_preset_as_train_does(tmp_path):
-    from vlcontrast.demo import demo_config
     from vlcontrast.presets import PRESETS
 
     corpus = {"train_shards": "x/{0..1}.tar", "tokenizer": "tok"}
@@ -181,3 +185,24 @@ def test_mappings_merge_the_same_way_from_run_files_and_the_command_line(tmp_pat
     deeper = config_lib.load(None, ["model.preset=tiny", "text.config={num_hidden_layers: 2}"])
     assert deeper.text.config["num_hidden_layers"] == 2
     assert deeper.text.config["model_type"] == "clip_text_model"
+
+
+# Every run file in configs/ loads, names a known objective on a model of the right kind, and
+# builds its training transform and optimizer settings (paths are not opened).
+RUN_FILES = sorted((ROOT / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RUN_FILES, ids=[str(p.relative_to(ROOT)) for p in RUN_FILES])
+def test_every_run_file_loads_and_is_consistent(path):
+    cfg = config_lib.resolve(config_lib.load(path))
+    cls = objective_class(cfg.objective.name)
+    assert ("text" in cls.modalities) == (cfg.model.kind == "dual"), path.name
+    transform = train_transform(cfg)
+    assert bool(cls.views) == hasattr(transform, "views")
+    comments = [line for line in path.read_text().splitlines() if line.startswith("#")]
+    assert any(" -m vlcontrast.cli train " in c or "vlcontrast train " in c for c in comments)
+
+
+def test_the_ssl_run_files_cover_every_image_objective():
+    names = {config_lib.load(p).objective.name for p in RUN_FILES if "ssl" in p.parts}
+    assert names >= {"simclr", "moco", "mocov3", "byol", "simsiam", "barlow_twins"}

@@ -11,17 +11,10 @@ from tests import distributed_data_case as case
 from tests.conftest import run_file, spawn_gloo, tiny_overrides
 from tests.data_helpers import batches, dataset, good, jpeg, one_epoch, run, saved
 from vlcontrast import cli
-from vlcontrast.config import TextTowerConfig
 from vlcontrast.data.bad_data import BadData
 from vlcontrast.data.shard_writer import write_shards
 from vlcontrast.data.shards import DataError, DataPosition
-from vlcontrast.models.text_tower import load_tokenizer
 from vlcontrast.train.metrics_log import read_jsonl
-
-
-@pytest.fixture
-def tokenizer(corpus):
-    return load_tokenizer(TextTowerConfig(tokenizer=corpus["tokenizer"]))
 
 
 @pytest.fixture

@@ -10,16 +10,9 @@ from PIL import Image
 
 from tests.data_helpers import batches, dataset
 from vlcontrast import cli
-from vlcontrast.config import TextTowerConfig
 from vlcontrast.data.shards import DataPosition
-from vlcontrast.models.text_tower import load_tokenizer
 
 COLORS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
-
-
-@pytest.fixture
-def tokenizer(corpus):
-    return load_tokenizer(TextTowerConfig(tokenizer=corpus["tokenizer"]))
 
 
 def save_image(path, color, size=(40, 30), fmt="JPEG"):
