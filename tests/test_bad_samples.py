@@ -140,3 +140,22 @@ def test_shard_makers_use_the_one_vocabulary(tmp_path, capsys):
     args += ["--image-column", "image", "--caption-column", "caption", "--out", str(out)]
     assert cli.main(args) == 2
     assert "no column 'caption'" in capsys.readouterr().err
+
+
+def test_one_label_parser_for_training_evaluation_and_search():
+    from vlcontrast.data.captions import parse_label
+    from vlcontrast.data.skip import SkipSample
+    from vlcontrast.search.units import label_of
+
+    for value, want in ((7, 7), ("7", 7), (b"7\n", 7), (" 3 ", 3), ("4.0", 4)):
+        assert parse_label(value) == want and label_of(value) == want
+    for value, reason in (
+        (None, "missing_label"),
+        ("seven", "bad_label"),
+        ("7.5", "bad_label"),
+        (b"\xff", "bad_label"),
+        (True, "bad_label"),
+    ):
+        with pytest.raises(SkipSample) as caught:
+            parse_label(value)
+        assert caught.value.reason == reason and label_of(value) is None

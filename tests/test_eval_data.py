@@ -183,33 +183,3 @@ def test_undecodable_label_and_caption_members_are_skipped_not_raised(tmp_path):
     source = open_source(spec, spec.data, spec.split)
     assert embed(source)["skipped"] == {"bad_label": 1}
     assert embed(source, label=False, captions=True)["skipped"] == {"bad_json": 1}
-
-
-@pytest.mark.parametrize("workers", [0, 2])
-def test_streamed_embeddings_are_written_one_file_per_shard(tmp_path, workers):
-    """iter_embeddings(out_dir=...) writes each source shard once it is complete: its keys in
-    order and the same embeddings as the gathered, in-memory result."""
-    from safetensors.torch import load_file
-
-    from vlcontrast.embed import iter_embeddings
-
-    pattern = labelled_shards(tmp_path / "shards")  # 3 shards: 4 + 4 + 4 samples
-    spec = EvaluatorConfig(data=pattern)
-    source = open_source(spec, spec.data, spec.split)
-    want = embed(source)
-    dataset = EvalDataset(source, to_tensor, need_label=True)
-    out = tmp_path / "emb"
-    batches = list(
-        iter_embeddings(MeanColour(), dataset, batch_size=3, num_workers=workers, out_dir=out)
-    )
-    assert sum(len(b["keys"]) for b in batches) == len(want["keys"])
-    names = sorted(p.stem for p in out.glob("*.safetensors"))
-    assert names == ["00000", "00001", "00002"]
-    keys, rows = [], []
-    for name in names:
-        meta = json.loads((out / f"{name}.json").read_text())
-        assert meta["url"] == source.urls[int(name)]
-        keys += meta["keys"]
-        rows.append(load_file(str(out / f"{name}.safetensors"))["img_emb"])
-    assert keys == want["keys"]  # shard order, then position: the whole set's order
-    torch.testing.assert_close(torch.cat(rows), want["img_emb"])

@@ -11,11 +11,9 @@ exactly what one process would have computed; every rank must call it together.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +25,7 @@ from tqdm.auto import tqdm
 from vlcontrast import distributed
 from vlcontrast.config import Config
 from vlcontrast.data.batching import Collate
-from vlcontrast.data.collection import SHARD_ORDER, EvalDataset, eval_collate
+from vlcontrast.data.collection import EvalDataset, eval_collate
 from vlcontrast.data.image import MAX_PIXELS, CropResize
 
 Tokenize = Callable[[list[str]], dict[str, torch.Tensor]]
@@ -74,24 +72,17 @@ def iter_embeddings(
     num_workers: int = 0,
     device: torch.device | str = "cpu",
     progress: Callable | None = None,
-    out_dir: str | Path | None = None,
 ) -> Iterator[dict[str, Any]]:
     """This rank's share of ``dataset``, embedded batch by batch.
 
     Yields ``{"keys", "order" (N,), "img_emb" (N, D) float32 on the CPU, "labels" (N,) or None,
     "captions" or None, "skipped" {reason: n}}`` per batch, in this rank's reading order.
-    ``out_dir``: the rows are also written there as they complete (:class:`EmbeddingWriter`:
-    one file per source shard for shards), for collections that do not fit in memory.
     """
     model.eval()
     device = torch.device(device)
     loader = DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=eval_collate
     )
-    writer = None
-    if out_dir is not None:
-        streams = distributed.world_size() * max(1, num_workers)
-        writer = EmbeddingWriter(Path(out_dir), dataset.source, streams)
     for batch in progress(loader) if progress else loader:
         out = {
             "keys": batch["keys"],
@@ -102,62 +93,15 @@ def iter_embeddings(
             "skipped": dict(batch["skipped"]),
         }
         if batch["images"] is not None:
-            out["img_emb"] = model.encode_image(batch["images"].to(device)).float().cpu()
-        if writer is not None:
-            writer.add(out)
+            out["img_emb"] = encode_images(model, batch["images"], device)
         yield out
-    if writer is not None:
-        writer.close()
 
 
-class EmbeddingWriter:
-    """Embedded rows to disk as they complete: ``{shard:05d}.safetensors`` (``img_emb`` (n, D),
-    ``order`` (n,)) and ``{shard:05d}.json`` (the shard's URL and keys, in reading order) per
-    source shard. A shard is complete when the stream that reads it (shard ``s`` is read by
-    stream ``s % streams``, in increasing order) delivers rows of a later shard, or at the end,
-    so memory holds at most one shard per stream. Sources that are not shards (ImageFolder, HF)
-    are written a batch at a time (``part_r{rank}_{i:06d}``)."""
-
-    def __init__(self, out_dir: Path, source: Any, streams: int):
-        self.out_dir, self.streams = out_dir, streams
-        self.urls = getattr(source, "urls", None)
-        self.pending: dict[int, list[tuple[int, str, torch.Tensor]]] = {}
-        self.parts = 0
-        out_dir.mkdir(parents=True, exist_ok=True)
-
-    def add(self, batch: dict[str, Any]) -> None:
-        rows = list(zip(batch["order"].tolist(), batch["keys"], batch["img_emb"], strict=True))
-        if self.urls is None:
-            name = f"part_r{distributed.rank()}_{self.parts:06d}"
-            self.parts += 1
-            self._write(name, rows, url=None)
-            return
-        for order, key, emb in rows:
-            self.pending.setdefault(order // SHARD_ORDER, []).append((order, key, emb))
-        newest: dict[int, int] = {}
-        for shard in self.pending:
-            stream = shard % self.streams
-            newest[stream] = max(newest.get(stream, -1), shard)
-        for shard in sorted(self.pending):
-            if shard < newest[shard % self.streams]:
-                self._write(f"{shard:05d}", self.pending.pop(shard), self.urls[shard])
-
-    def close(self) -> None:
-        for shard in sorted(self.pending):
-            self._write(f"{shard:05d}", self.pending.pop(shard), self.urls[shard])
-
-    def _write(self, name: str, rows: list, url: str | None) -> None:
-        from safetensors.torch import save_file
-
-        if not rows:
-            return
-        tensors = {
-            "img_emb": torch.stack([emb for _, _, emb in rows]).contiguous(),  # (n, D)
-            "order": torch.tensor([order for order, _, _ in rows], dtype=torch.long),
-        }
-        save_file(tensors, str(self.out_dir / f"{name}.safetensors"))
-        meta = {"url": url, "keys": [key for _, key, _ in rows]}
-        (self.out_dir / f"{name}.json").write_text(json.dumps(meta) + "\n")
+def encode_images(model: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch of images (uint8 (B, 3, S, S), normalised on the device) -> the model's
+    unit-norm embeddings (B, D), float32 on the CPU: the one encoding step of evaluation
+    (:func:`iter_embeddings`) and search (``search/build.py``)."""
+    return model.encode_image(images.to(device)).float().cpu()
 
 
 @torch.no_grad()

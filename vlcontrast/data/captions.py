@@ -1,5 +1,6 @@
-"""The one caption parser: a sample's member (``txt``) or JSON field (``json.caption``, nested as
-``json.meta.caption``) -> a list of captions, or a counted :class:`SkipSample`.
+"""The one caption and label parser: a sample's member (``txt``) or JSON field (``json.caption``,
+nested as ``json.meta.caption``) -> a list of captions or a class index, or a counted
+:class:`SkipSample`.
 
 Used by the training decoder, the evaluation/search collections and the shard tools, so they
 agree on every key. A JSON list (in a JSON field, or a text member that holds one) gives several
@@ -65,6 +66,26 @@ def parse_captions(value: Any) -> list[str]:
     if not captions:
         raise SkipSample("empty_caption")
     return captions
+
+
+def parse_label(value: Any) -> int:
+    """A label value (an int, ``"7"``, ``b"7\\n"``, a JSON number) -> the class index, or a
+    counted skip (``missing_label``, ``bad_label``): the one label parser of training,
+    evaluation and search."""
+    if value is None:
+        raise SkipSample("missing_label")
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SkipSample("bad_label") from None
+    try:
+        number = json.loads(value) if isinstance(value, str) else value
+        if isinstance(number, bool) or int(number) != number:
+            raise ValueError(value)
+        return int(number)
+    except (ValueError, TypeError):
+        raise SkipSample("bad_label") from None
 
 
 def read_caption(raw: dict[str, Any], key: str) -> list[str]:

@@ -27,12 +27,12 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from vlcontrast import distributed
-from vlcontrast.data.captions import member_value, parse_captions
+from vlcontrast.data.captions import member_value, parse_captions, parse_label
 from vlcontrast.data.convert import class_names, scan_class_folder
 from vlcontrast.data.image import IMAGE_EXTENSIONS, MAX_PIXELS, decode_image
 from vlcontrast.data.skip import SkipSample
 from vlcontrast.data.sources import dataset_size, expand_local, expand_urls, missing_shards
-from vlcontrast.data.tar_reader import iter_samples
+from vlcontrast.data.tar_reader import iter_samples, read_member
 
 HF_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
 SHARD_ORDER = 1 << 32  # order key of a shard sample: shard index * SHARD_ORDER + position
@@ -77,15 +77,32 @@ class ImageFolderSource:
         """Only the first ``n`` images (in order)."""
         self.items = self.items[:n]
 
-    def records(self, stream: int, streams: int, errors: Counter) -> Iterator[dict[str, Any]]:
-        for index in range(stream, len(self.items), streams):
+    def read(self, indices: range, errors: Counter) -> Iterator[dict[str, Any]]:
+        for index in indices:
             path, label = self.items[index]
+            relative = str(path.relative_to(self.root))
+            image = _read(path)
             yield {
                 "order": index,
-                "key": str(path.relative_to(self.root)),
-                "image": path.read_bytes(),
+                "key": relative,
+                "image": image,
                 "label": label,
+                "captions": None,
+                "where": {"path": relative, "size": len(image or b"")},
             }
+
+    def records(self, stream: int, streams: int, errors: Counter) -> Iterator[dict[str, Any]]:
+        return self.read(range(stream, len(self), streams), errors)
+
+    def spans(self, chunk: int) -> list[tuple[str | None, int, int]]:
+        return [(None, s, min(s + chunk, len(self))) for s in range(0, len(self), chunk)]
+
+    def span_records(self, url: str, start: int, stop: int, errors: Counter):
+        return self.read(range(start, stop), errors)
+
+    @staticmethod
+    def read_at(url: str, where: dict[str, Any]) -> bytes:
+        return (Path(url) / where["path"]).read_bytes()
 
 
 class ShardSource:
@@ -124,19 +141,41 @@ class ShardSource:
         beside = Path(self.urls[0]).parent / "classes.json"
         return read_classes(beside) if beside.is_file() else (None, [])
 
-    def records(self, stream: int, streams: int, errors: Counter) -> Iterator[dict[str, Any]]:
+    def read(self, shard: int, errors: Counter) -> Iterator[dict[str, Any]]:
+        """Shard ``shard``'s records; label and captions are read when asked (a bad one skips
+        only the record that needs it)."""
+
         def skipped(reason: str) -> None:
             errors[reason] += 1
 
+        url = self.urls[shard]
+        for position, raw in enumerate(iter_samples(url, skipped, offsets=True)):
+            ext = next((k for k in self.image_keys if k in raw), None)
+            offset, size = raw["__offsets__"][ext] if ext else (-1, 0)
+            yield {
+                "order": shard * SHARD_ORDER + position,
+                "key": raw["__key__"],
+                "image": raw[ext] if ext else None,
+                "label": lambda raw=raw: member_value(raw, self.label_field, "label"),
+                "captions": lambda raw=raw: member_value(raw, self.caption_field),
+                "where": {"ext": ext, "offset": offset, "size": size},
+            }
+
+    def records(self, stream: int, streams: int, errors: Counter) -> Iterator[dict[str, Any]]:
         for shard in range(stream, len(self.urls), streams):
-            for position, raw in enumerate(iter_samples(self.urls[shard], skipped)):
-                yield {
-                    "order": shard * SHARD_ORDER + position,
-                    "key": raw["__key__"],
-                    "image": next((raw[k] for k in self.image_keys if k in raw), None),
-                    "label": lambda raw=raw: member_value(raw, self.label_field, "label"),
-                    "captions": lambda raw=raw: member_value(raw, self.caption_field),
-                }
+            yield from self.read(shard, errors)
+
+    def spans(self, chunk: int) -> list[tuple[str | None, int, int]]:
+        return [(url, 0, 0) for url in self.urls]  # a shard is read whole
+
+    def span_records(self, url: str, start: int, stop: int, errors: Counter):
+        return self.read(self.urls.index(url), errors)
+
+    @staticmethod
+    def read_at(url: str, where: dict[str, Any]) -> bytes:
+        if where["offset"] < 0:
+            raise OSError("this item has no image member")
+        return read_member(url, where["offset"], where["size"])
 
 
 class HFSource:
@@ -179,9 +218,9 @@ class HFSource:
         feature = self.data.features.get(self.label_field)
         return (list(feature.names) if hasattr(feature, "names") else None), []
 
-    def records(self, stream: int, streams: int, errors: Counter) -> Iterator[dict[str, Any]]:
+    def read(self, indices: range, errors: Counter) -> Iterator[dict[str, Any]]:
         columns = self.data.column_names
-        for index in range(stream, len(self.data), streams):
+        for index in indices:
             row = self.data[index]
             image = row[self.image_field]
             if isinstance(image, dict):  # datasets.Image(decode=False): {"bytes", "path"}
@@ -193,7 +232,32 @@ class HFSource:
                 "image": image,
                 "label": row.get(self.label_field) if self.label_field in columns else None,
                 "captions": row.get(self.caption_field) if self.caption_field in columns else None,
+                "where": {"row": index},
             }
+
+    def records(self, stream: int, streams: int, errors: Counter) -> Iterator[dict[str, Any]]:
+        return self.read(range(stream, len(self), streams), errors)
+
+    def spans(self, chunk: int) -> list[tuple[str | None, int, int]]:
+        return [(None, s, min(s + chunk, len(self))) for s in range(0, len(self), chunk)]
+
+    def span_records(self, url: str, start: int, stop: int, errors: Counter):
+        return self.read(range(start, stop), errors)
+
+    def read_at(self, url: str, where: dict[str, Any]) -> bytes:
+        (record,) = self.read(range(where["row"], where["row"] + 1), Counter())
+        if record["image"] is None:
+            raise OSError("this item has no image")
+        if not isinstance(record["image"], bytes):  # a dataset of decoded images: re-encode
+            import io
+
+            buffer = io.BytesIO()
+            record["image"].save(buffer, format="PNG")
+            return buffer.getvalue()
+        return record["image"]
+
+
+FORMATS = {"imagefolder": ImageFolderSource, "wds": ShardSource, "hf": HFSource}
 
 
 def _read(path: str | None) -> bytes | None:
@@ -223,7 +287,9 @@ def detect_format(data: str) -> str:
 
 
 def open_source(spec, data: str, split: str):
-    """The source of ``data`` (the evaluator's ``data`` or ``train_data``) in ``spec.format``."""
+    """The source of ``data`` in ``spec.format`` (``auto``: :func:`detect_format`), with
+    ``spec``'s field names: an evaluator's ``data`` or ``train_data``, or a collection added
+    to a search index (``search.units.SourceSpec``)."""
     kind = spec.format if spec.format != "auto" else detect_format(data)
     if kind == "imagefolder":
         return ImageFolderSource(data)
@@ -295,21 +361,25 @@ class EvalDataset(IterableDataset):
     def decode(self, record: dict[str, Any]) -> dict[str, Any]:
         sample = {"order": record["order"], "key": record["key"]}
         if self.need_label:
-            sample["label"] = _label(_value(record.get("label")))
+            sample["label"] = parse_label(_value(record.get("label")))
         if self.need_captions:
             sample["captions"] = parse_captions(_value(record.get("captions")))
-        image = record.get("image")
-        if image is None:
-            raise SkipSample("missing_image")
         rng = random.Random(record["order"])  # a random transform is seeded by position
-        if isinstance(image, Image.Image):  # a dataset that hands out decoded images
-            try:
-                sample["image"] = self.transform(image, rng)
-            except Exception:  # noqa: BLE001
-                raise SkipSample("transform_failed") from None
-        else:
-            sample["image"] = decode_image(image, self.transform, rng, self.max_pixels)
+        sample["image"] = record_image(record.get("image"), self.transform, rng, self.max_pixels)
         return sample
+
+
+def record_image(image: Any, transform, rng: random.Random, max_pixels: int) -> torch.Tensor:
+    """A record's image (bytes, or a PIL image from a dataset that decodes) through the one
+    image module, or a counted skip: what evaluation and search both embed."""
+    if image is None:
+        raise SkipSample("missing_image")
+    if isinstance(image, Image.Image):  # a dataset that hands out decoded images
+        try:
+            return transform(image, rng)
+        except Exception:  # noqa: BLE001
+            raise SkipSample("transform_failed") from None
+    return decode_image(image, transform, rng, max_pixels)
 
 
 def _value(value: Any) -> Any:
@@ -321,15 +391,6 @@ def _drain(errors: Counter) -> list[str]:
     reasons = list(errors.elements())
     errors.clear()
     return reasons
-
-
-def _label(value: Any) -> int:
-    if value is None:
-        raise SkipSample("missing_label")
-    try:
-        return int(json.loads(value)) if isinstance(value, str) else int(value)
-    except (ValueError, TypeError):
-        raise SkipSample("bad_label") from None
 
 
 def eval_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:

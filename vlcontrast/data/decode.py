@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from vlcontrast.data.captions import member_value, read_caption
+from vlcontrast.data.captions import member_value, parse_label, read_caption
 from vlcontrast.data.image import IMAGE_EXTENSIONS, MAX_PIXELS, CropResize, decode_image
 from vlcontrast.data.skip import SkipSample
 from vlcontrast.data.transforms import MultiView
@@ -53,8 +53,4 @@ class Decoder:
 def read_label(raw: dict[str, Any], key: str) -> int:
     """The integer class of a raw sample (``cls`` member or ``json.FIELD``), or a counted skip
     (``missing_label``, ``bad_label``)."""
-    value = member_value(raw, key, "label")
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        raise SkipSample("bad_label") from None
+    return parse_label(member_value(raw, key, "label"))

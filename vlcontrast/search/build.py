@@ -27,15 +27,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
 from vlcontrast import distributed
-from vlcontrast.data.image import MAX_PIXELS, decode_image
+from vlcontrast.data.collection import record_image
+from vlcontrast.data.image import MAX_PIXELS
 from vlcontrast.data.skip import SkipSample
 from vlcontrast.data.sources import known_size
-from vlcontrast.embed import eval_transform
+from vlcontrast.embed import encode_images, eval_transform
 from vlcontrast.models import manifest, sharded_weights
 from vlcontrast.models.load import WEIGHTS, load_model, resolve_checkpoint
 from vlcontrast.search import layout
@@ -232,18 +232,14 @@ class UnitStream(IterableDataset):
             yield batch(unit, images, records, errors, end=True)
 
     def decode(self, image: Any, rng: random.Random) -> torch.Tensor:
-        if image is None:
-            raise SkipSample("missing_image")
-        if isinstance(image, Image.Image):  # a dataset that hands out decoded images
-            return self.transform(image, rng)
-        return decode_image(image, self.transform, rng, self.max_pixels)
+        return record_image(image, self.transform, rng, self.max_pixels)
 
 
 def item_record(raw: dict[str, Any]) -> dict[str, Any]:
     """What the index stores of an item: key, first caption, label (when there is one) and
     where its image is."""
-    record = {"key": raw["key"], "caption": first_caption(raw["caption"])}
-    label = label_of(raw["label"]) if raw["label"] is not None else None
+    record = {"key": raw["key"], "caption": first_caption(raw["captions"])}
+    label = label_of(raw["label"])
     if label is not None:
         record["label"] = label
     record["where"] = raw["where"]
@@ -295,7 +291,7 @@ def embed_units(
         unit = pending.setdefault(part["unit"], {"emb": [], "records": [], "skipped": Counter()})
         unit["skipped"].update(part["skipped"])
         if part["images"] is not None:
-            img_emb = model.encode_image(part["images"].to(device)).float().cpu().numpy()
+            img_emb = encode_images(model, part["images"], device).numpy()
             unit["emb"].append(img_emb)  # (b, D)
             unit["records"].extend(part["records"])
             embedded += len(part["records"])
