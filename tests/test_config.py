@@ -138,6 +138,9 @@ def test_keys_lists_nested_objective_settings():
     listed = config_lib.keys()
     assert any(k.startswith("objective.clip.tiled ") for k in listed)
     assert any(k.startswith("eval.evaluators[i].k ") for k in listed)
+    # a nested section shows its owner's defaults: SimCLR's projector, MoCo's, not HeadConfig's
+    assert "objective.simclr.projector.out_norm (str, default 'bn')" in listed
+    assert any(k.startswith("objective.moco.projector.bn (bool, default False)") for k in listed)
 
 
 def test_config_refuses_what_train_would_before_anything_runs(capsys):

@@ -225,14 +225,17 @@ def make_item(key: str, cls: type, value: Any) -> Any:
     return item
 
 
-def describe(prefix: str, cls: type) -> list[str]:
+def describe(prefix: str, cls: type, instance: Any = None) -> list[str]:
+    """One line per key of ``cls``: type, default and reason; a nested section's defaults are
+    those of ``instance`` (the enclosing default, e.g. SimCLR's projector, not HeadConfig's)."""
     out = []
     reasons = field_comments(cls)
+    instance = instance if instance is not None else cls()
     for name, (f, typ) in fields_of(cls).items():
+        default = getattr(instance, name)
         if dataclasses.is_dataclass(typ):
-            out.extend(describe(f"{prefix}{name}.", typ))
+            out.extend(describe(f"{prefix}{name}.", typ, default))
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         item = list_item_type(typ)
         kind = typ.__name__ if isinstance(typ, type) else str(typ).replace("typing.", "")
         if dataclasses.is_dataclass(item):
