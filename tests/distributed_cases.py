@@ -16,7 +16,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from vlcontrast.losses import gathered_clip_loss, gathered_siglip_loss, nt_xent_loss, supcon_loss
+from vlcontrast.losses import (
+    gathered_clip_loss,
+    gathered_siglip_loss,
+    metric,
+    miners,
+    nt_xent_loss,
+    supcon_loss,
+)
 from vlcontrast.objectives.base import Objective
 from vlcontrast.train.grad_cache import grad_cached_step
 
@@ -52,7 +59,7 @@ class TinyTowers(nn.Module):
 
 def towers_for(loss_name: str, dropout: float = 0.0) -> TinyTowers:
     return TinyTowers(
-        scale=not loss_name.startswith(("nt_xent", "supcon")),
+        scale=loss_name.startswith(("clip", "siglip", "logistic")),
         bias=loss_name.startswith("siglip"),
         dropout=dropout,
     )
@@ -101,7 +108,36 @@ LOSSES = {
     "supcon": lambda o, b: supcon_loss(
         torch.cat([o["img"], o["txt"]]), torch.cat([b["labels"], b["labels"]]), temperature=0.2
     ),
+    # metric learning: both towers' rows as two views of each labelled sample
+    "contrastive": lambda o, b: metric.contrastive_loss(*views(o, b), 0.1, 1.2),
+    "triplet_semi_hard": lambda o, b: semi_hard_triplet_loss(*views(o, b), margin=0.5),
+    "npair": lambda o, b: metric.npair_loss(o["img"], o["txt"], l2_reg=0.02),
+    "logistic": lambda o, b: metric.logistic_loss(*views(o, b), o["scale"], torch.tensor(-1.0)),
+    "multi_similarity": lambda o, b: mined_multi_similarity(*views(o, b)),
 }
+
+
+def views(o: dict, b: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both towers' embeddings as (2B, D) rows and their labels (the batch's, twice)."""
+    return torch.cat([o["img"], o["txt"]]), torch.cat([b["labels"], b["labels"]])
+
+
+def semi_hard_triplet_loss(emb, labels, margin):
+    """Semi-hard triplets mined on the gathered batch, then the triplet loss over them."""
+    g = metric.gather(emb, labels)
+    dist = metric.distances(g.emb, g.emb_all).detach()
+    return metric.triplet_loss(
+        emb, labels, miners.semi_hard_triplets(dist, g.positive, g.negative, margin), margin
+    )
+
+
+def mined_multi_similarity(emb, labels):
+    g = metric.gather(F.normalize(emb, dim=-1), labels)
+    sim = (g.emb @ g.emb_all.T).detach()
+    return metric.multi_similarity_loss(
+        emb, labels, miners.multi_similarity_pairs(sim, g.positive, g.negative)
+    )
+
 
 # (case name, loss, grad-cache steps, uneven split)
 CASES = [(name, name, 1, False) for name in LOSSES] + [
@@ -113,6 +149,9 @@ CASES = [(name, name, 1, False) for name in LOSSES] + [
     ("clip_auto_uneven", "clip_auto", 1, True),
     ("siglip_uneven", "siglip", 1, True),
     ("supcon_uneven", "supcon", 1, True),
+    ("triplet_semi_hard_uneven", "triplet_semi_hard", 1, True),
+    ("multi_similarity_uneven", "multi_similarity", 1, True),
+    ("triplet_semi_hard_gradcache", "triplet_semi_hard", 2, False),
 ]
 
 

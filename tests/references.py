@@ -94,3 +94,113 @@ def textbook_byol(p_a, p_b, z_a, z_b):
     a = ((p_a - z_b.detach()) ** 2).sum(1).mean()
     b = ((p_b - z_a.detach()) ** 2).sum(1).mean()
     return a + b
+
+
+# Metric learning: loops over pairs and triplets, written from the papers, not from the library.
+
+
+def _distance(a, b, distance="euclidean"):
+    if distance == "cosine":
+        return 1 - (a @ b) / (a.norm() * b.norm())
+    return ((a - b) ** 2).sum().sqrt()
+
+
+def textbook_contrastive(emb, labels, pos_margin, neg_margin, power=2, distance="euclidean"):
+    """Hadsell et al. 2006 with two margins: mean over positive pairs of relu(d - m_p)^power
+    plus mean over negative pairs of relu(m_n - d)^power."""
+    pos, neg = [], []
+    for i in range(len(emb)):
+        for j in range(len(emb)):
+            if i == j:
+                continue
+            d = _distance(emb[i], emb[j], distance)
+            if labels[i] == labels[j]:
+                pos.append(torch.relu(d - pos_margin) ** power)
+            else:
+                neg.append(torch.relu(neg_margin - d) ** power)
+    return sum(pos) / len(pos) + sum(neg) / len(neg)
+
+
+def brute_force_triplets(emb, labels, kind="all", margin=0.2, distance="euclidean"):
+    """FaceNet's definitions by enumeration: all, hard (d_an < d_ap), semi-hard (d_ap < d_an <
+    d_ap + margin), and batch-hard (per anchor: farthest positive, closest negative)."""
+    n = len(emb)
+    d = [[float(_distance(emb[i], emb[j], distance)) for j in range(n)] for i in range(n)]
+    out = []
+    for a in range(n):
+        positives = [p for p in range(n) if p != a and labels[p] == labels[a]]
+        negatives = [x for x in range(n) if labels[x] != labels[a]]
+        if kind == "batch_hard":
+            if positives and negatives:
+                p = max(positives, key=lambda j: d[a][j])
+                x = min(negatives, key=lambda j: d[a][j])
+                out.append((a, p, x))
+            continue
+        for p in positives:
+            for x in negatives:
+                if kind == "all":
+                    out.append((a, p, x))
+                elif kind == "hard" and d[a][x] < d[a][p]:
+                    out.append((a, p, x))
+                elif kind == "semi_hard" and d[a][p] < d[a][x] < d[a][p] + margin:
+                    out.append((a, p, x))
+    return out
+
+
+def textbook_triplet(emb, triplets, margin=0.2, distance="euclidean", swap=False, soft=False):
+    terms = []
+    for a, p, x in triplets:
+        d_ap = _distance(emb[a], emb[p], distance)
+        d_an = _distance(emb[a], emb[x], distance)
+        if swap:
+            d_an = torch.minimum(d_an, _distance(emb[p], emb[x], distance))
+        gap = d_ap - d_an
+        terms.append(torch.nn.functional.softplus(gap) if soft else torch.relu(gap + margin))
+    return sum(terms) / len(terms)
+
+
+def textbook_npair(anchor, positive, l2_reg):
+    """Sohn 2016: -log softmax over the N positives of the own one, plus l2_reg/2 (|a|^2 + |p|^2)
+    averaged over pairs."""
+    total = 0.0
+    for i in range(len(anchor)):
+        logits = positive @ anchor[i]
+        total = total - (logits[i] - torch.logsumexp(logits, 0))
+        total = total + l2_reg * (anchor[i] @ anchor[i] + positive[i] @ positive[i]) / 2
+    return total / len(anchor)
+
+
+def textbook_logistic(emb, labels, scale, bias):
+    total, count = 0.0, 0
+    unit = [e / e.norm() for e in emb]
+    for i in range(len(emb)):
+        for j in range(len(emb)):
+            if i == j:
+                continue
+            p = torch.sigmoid(scale * (unit[i] @ unit[j]) + bias)
+            total = total - (torch.log(p) if labels[i] == labels[j] else torch.log(1 - p))
+            count += 1
+    return total / count
+
+
+def textbook_multi_similarity(emb, labels, alpha, beta, base, keep=None):
+    """Wang et al. 2019, eq. 5 on cosine similarity; ``keep(i, j)`` says which pairs count."""
+    unit = [e / e.norm() for e in emb]
+    total, anchors = 0.0, 0
+    for i in range(len(emb)):
+        has_pos = any(labels[j] == labels[i] for j in range(len(emb)) if j != i)
+        if not has_pos:
+            continue
+        pos_sum, neg_sum = 1.0, 1.0
+        for j in range(len(emb)):
+            if j == i or (keep is not None and not keep(i, j)):
+                continue
+            s = unit[i] @ unit[j]
+            if labels[j] == labels[i]:
+                pos_sum = pos_sum + torch.exp(-alpha * (s - base))
+            else:
+                neg_sum = neg_sum + torch.exp(beta * (s - base))
+        total = total + torch.log(torch.as_tensor(pos_sum)) / alpha
+        total = total + torch.log(torch.as_tensor(neg_sum)) / beta
+        anchors += 1
+    return total / anchors

@@ -14,10 +14,16 @@ import torch
 from tests import distributed_cases as cases
 from tests.conftest import spawn_gloo
 from tests.references import (
+    brute_force_triplets,
     textbook_clip_loss,
+    textbook_contrastive,
+    textbook_logistic,
+    textbook_multi_similarity,
+    textbook_npair,
     textbook_nt_xent,
     textbook_siglip_loss,
     textbook_supcon,
+    textbook_triplet,
 )
 
 REFERENCES = {
@@ -31,7 +37,36 @@ REFERENCES = {
     "supcon": lambda o, b: textbook_supcon(
         torch.cat([o[0], o[1]]), torch.cat([b["labels"], b["labels"]]), 0.2
     ),
+    "contrastive": lambda o, b: textbook_contrastive(*two_views(o, b), 0.1, 1.2),
+    "triplet_semi_hard": lambda o, b: textbook_triplet(
+        two_views(o, b)[0],
+        brute_force_triplets(two_views(o, b)[0].detach(), two_views(o, b)[1], "semi_hard", 0.5),
+        0.5,
+    ),
+    "npair": lambda o, b: textbook_npair(o[0], o[1], 0.02),
+    "logistic": lambda o, b: textbook_logistic(*two_views(o, b), o[2], -1.0),
+    "multi_similarity": lambda o, b: mined_multi_similarity_reference(*two_views(o, b)),
 }
+
+
+def two_views(o, b):
+    return torch.cat([o[0], o[1]]), torch.cat([b["labels"], b["labels"]])
+
+
+def mined_multi_similarity_reference(emb, labels):
+    """Multi-similarity mining by its definition, on the whole batch, then the loss."""
+    unit = torch.nn.functional.normalize(emb.detach(), dim=-1)
+    sim = unit @ unit.T
+    n = len(labels)
+
+    def keep(i, j):
+        same = [k for k in range(n) if k != i and labels[k] == labels[i]]
+        other = [k for k in range(n) if labels[k] != labels[i]]
+        if labels[j] == labels[i]:
+            return bool(sim[i, j] < max(sim[i, k] for k in other) + 0.1)
+        return bool(sim[i, j] > min(sim[i, k] for k in same) - 0.1)
+
+    return textbook_multi_similarity(emb, labels, 2.0, 50.0, 0.5, keep=keep)
 
 
 def single_process_reference(loss_name: str) -> tuple[torch.Tensor, dict]:

@@ -639,3 +639,41 @@ def test_checkpoints_written_before_tasks_index_search_and_export(corpus, tmp_pa
     assert cli.main(["export", str(path), "--to", "safetensors", str(flat)]) == 0
     exported = load_file(flat)
     assert exported and not any(k.startswith(("predictor.", "ssl_head.")) for k in exported)
+
+
+@pytest.mark.parametrize(
+    "loss, miner",
+    [
+        ("triplet", "semi_hard"),
+        ("triplet", "batch_hard"),
+        ("contrastive", "none"),
+        ("npair", "none"),
+        ("logistic", "none"),
+        ("multi_similarity", "multi_similarity"),
+    ],
+)
+def test_metric_learning_trains_through_the_cli_and_reports_what_it_mined(
+    corpus, tmp_path, loss, miner
+):
+    args = [
+        *image_run(corpus, tmp_path, "metric", steps=2),
+        f"objective.metric.loss={loss}",
+        f"objective.metric.miner={miner}",
+    ]
+    assert cli.main(args) == 0
+    rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "train/loss" in r]
+    assert len(rows) == 2 and all(math.isfinite(r["train/loss"]) for r in rows)
+    counted = {"triplet": "train/triplets", "npair": "train/pairs"}.get(loss)
+    if loss == "multi_similarity":
+        counted = "train/pairs"
+    if counted:
+        assert all(r[counted] > 0 for r in rows), rows
+    if loss == "logistic":  # the task's own scale and bias are saved with it
+        state = checkpoint.load_state(checkpoint.latest(tmp_path / "checkpoints"))
+        assert {"logit_scale", "logit_bias"} <= set(state["parts"]["objective"])
+
+
+def test_a_miner_that_does_not_fit_the_loss_is_one_message(corpus, tmp_path, capsys):
+    args = [*image_run(corpus, tmp_path, "metric"), "objective.metric.miner=multi_similarity"]
+    assert cli.main(args) == 2
+    assert "objective.metric.miner: 'multi_similarity' mines pairs" in capsys.readouterr().err

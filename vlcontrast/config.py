@@ -31,6 +31,7 @@ from vlcontrast.objective_settings import (
     BarlowTwinsConfig,
     BYOLConfig,
     CLIPConfig,
+    MetricConfig,
     MoCoConfig,
     MoCoV3Config,
     SigLIPConfig,
@@ -211,6 +212,7 @@ class ObjectiveConfig:
     simsiam: SimSiamConfig = field(default_factory=SimSiamConfig)
     barlow_twins: BarlowTwinsConfig = field(default_factory=BarlowTwinsConfig)
     supcon: SupConConfig = field(default_factory=SupConConfig)
+    metric: MetricConfig = field(default_factory=MetricConfig)
     slip: SLIPConfig = field(default_factory=SLIPConfig)
 
 
@@ -449,6 +451,9 @@ def validate(cfg: Config) -> None:
             check_view(getattr(cfg.views, name), f"views.{name}")
         except ValueError as err:
             raise ConfigError(str(err)) from None
+    settings = getattr(cfg.objective, cfg.objective.name, None)
+    if hasattr(settings, "check"):  # the objective's own cross-field checks
+        settings.check()
     if cfg.model.bn_split > 1:
         if cfg.model.sync_bn:
             raise ConfigError("model.bn_split: splits batch norm; model.sync_bn joins it: pick one")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vlcontrast.schema import NON_NEGATIVE, POSITIVE, between, choices
+from vlcontrast.schema import NON_NEGATIVE, POSITIVE, ConfigError, between, choices
 
 
 @dataclass
@@ -128,6 +128,58 @@ class SupConConfig:
     temperature: float = field(default=0.1, metadata=POSITIVE)  # Khosla et al., 0.1
     # SupContrast's code (head='mlp'): Linear(F, F) -> ReLU -> Linear(F, 128)
     projector: HeadConfig = head(2, 0, 128, False)
+
+
+@dataclass
+class MetricConfig:
+    """``objective.metric.*``: metric learning on labelled images (two views each, labels from
+    ``data.label_key``), with a loss and a miner on the gathered batch (losses/metric.py,
+    losses/miners.py)."""
+
+    loss: str = field(
+        default="triplet",
+        metadata=choices("triplet", "contrastive", "npair", "logistic", "multi_similarity"),
+    )
+    # none: every pair or triplet; semi_hard / hard / batch_hard: FaceNet's and Hermans et al.'s
+    # triplets (triplet loss); multi_similarity: Wang et al.'s pairs (multi_similarity loss)
+    miner: str = field(
+        default="semi_hard",
+        metadata=choices("none", "semi_hard", "hard", "batch_hard", "multi_similarity"),
+    )
+    # triplet margin, also the semi-hard miner's (one margin, not two: pytorch-metric-learning's
+    # issue 466); 0.2 is FaceNet's on unit-norm embeddings
+    margin: float = field(default=0.2, metadata=NON_NEGATIVE)
+    distance: str = field(default="euclidean", metadata=choices("euclidean", "cosine"))
+    soft: bool = False  # soft-margin triplet loss (Hermans et al. 2017)
+    swap: bool = False  # distance swap (Balntas et al. 2016)
+    # contrastive loss (Hadsell et al. 2006): positive and negative margins, squared hinge
+    pos_margin: float = field(default=0.0, metadata=NON_NEGATIVE)
+    neg_margin: float = field(default=1.0, metadata=NON_NEGATIVE)
+    power: int = field(default=2, metadata=between(1, 2))
+    l2_reg: float = field(default=0.02, metadata=NON_NEGATIVE)  # N-pair (Sohn 2016: 0.02)
+    # multi-similarity (Wang et al. 2019): alpha 2, beta 50, base 0.5, mining epsilon 0.1
+    alpha: float = field(default=2.0, metadata=POSITIVE)
+    beta: float = field(default=50.0, metadata=POSITIVE)
+    base: float = 0.5
+    epsilon: float = field(default=0.1, metadata=NON_NEGATIVE)
+    # pytorch-metric-learning's examples: an embedding layer of 128 on the backbone's features
+    projector: HeadConfig = head(1, 0, 128, False)
+
+    def check(self) -> None:
+        """The miner must mine what the loss takes: triplets for the triplet loss, the
+        multi-similarity pairs for that loss, nothing for the others."""
+        triplet_miners = ("none", "semi_hard", "hard", "batch_hard")
+        if self.loss == "triplet" and self.miner not in triplet_miners:
+            raise ConfigError(
+                f"objective.metric.miner: {self.miner!r} mines pairs; the triplet loss takes "
+                f"{', '.join(triplet_miners)}"
+            )
+        wanted = ("none", "multi_similarity") if self.loss == "multi_similarity" else ("none",)
+        if self.loss != "triplet" and self.miner not in wanted:
+            raise ConfigError(
+                f"objective.metric.miner: the {self.loss} loss takes miner {' or '.join(wanted)}, "
+                f"not {self.miner!r}"
+            )
 
 
 @dataclass

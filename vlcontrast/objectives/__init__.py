@@ -44,6 +44,7 @@ OBJECTIVES: dict[str, Any] = _Registry(
     simsiam="byol:SimSiamObjective",
     barlow_twins="barlow:BarlowTwinsObjective",
     supcon="supcon:SupConObjective",
+    metric="metric:MetricObjective",
     slip="slip:SLIPObjective",
 )
 
