@@ -29,34 +29,53 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learning import write_digits  # noqa: E402
+from learning import digits, write_corpus  # noqa: E402
 
 from vlcontrast import config as config_lib  # noqa: E402
 from vlcontrast.eval.runner import run_evaluators  # noqa: E402
 from vlcontrast.models import build_model  # noqa: E402
 from vlcontrast.train.loop import train  # noqa: E402
 
+# method -> (objective.name, its overrides)
 METHODS = {
     # MoCo v2's queue: 8 batches of keys (the dataset has 1,437 training images)
-    "moco": ["objective.moco.queue_size=1024", "objective.moco.temperature=0.2"],
-    "simclr": ["objective.simclr.temperature=0.2"],
-    "byol": ["objective.byol.predictor.hidden=256"],
-    "simsiam": ["objective.simsiam.predictor.hidden=256"],
-    "mocov3": ["objective.mocov3.predictor.hidden=256"],
-    "barlow_twins": ["objective.barlow_twins.projector={dim: 512, hidden: 512}"],
+    "moco": ("moco", ["objective.moco.queue_size=1024", "objective.moco.temperature=0.2"]),
+    "simclr": ("simclr", ["objective.simclr.temperature=0.2"]),
+    "byol": ("byol", ["objective.byol.predictor.hidden=256"]),
+    "simsiam": ("simsiam", ["objective.simsiam.predictor.hidden=256"]),
+    "mocov3": ("mocov3", ["objective.mocov3.predictor.hidden=256"]),
+    "barlow_twins": ("barlow_twins", ["objective.barlow_twins.projector={dim: 512, hidden: 512}"]),
+    # supervised, with the labels: SupCon and metric learning (issue 25's yardsticks)
+    "supcon": ("supcon", []),
+    "triplet": ("metric", ["objective.metric.loss=triplet", "objective.metric.miner=semi_hard"]),
+    "multi_similarity": (
+        "metric",
+        ["objective.metric.loss=multi_similarity", "objective.metric.miner=multi_similarity"],
+    ),
 }
 
 
+def write_digits(out: Path, seed: int) -> dict:
+    """The digits corpus of ``benchmarks/learning.py`` as shards (labels in ``.cls``)."""
+    train, held, names, templates = digits(seed)
+    paths = write_corpus(train, held, names, templates, out)
+    return {**paths, "train_size": len(train), "heldout_size": len(held)}
+
+
 def overrides(method: str, data: dict, out: Path, args) -> list[str]:
-    evaluator = f"[{{kind: knn, data: '{data['heldout']}', train_data: '{data['train']}', k: 20}}]"
+    evaluator = (
+        f"[{{kind: knn, data: '{data['heldout']}', train_data: '{data['train']}', k: 20}}, "
+        f"{{kind: class_retrieval, data: '{data['heldout']}'}}]"
+    )
+    objective, extra = METHODS[method]
     return [
         "model.kind=image",
-        f"objective.name={method}",
+        f"objective.name={objective}",
         f"image.model={args.model}",
         f"image.model_kwargs={args.model_kwargs}",
         "image.image_size=32",
         # one head size for every method on 8x8 digits: 2 layers, 256 wide, 128 out
-        f"objective.{method}.projector={{layers: 2, hidden: 256, dim: 128, bn: true}}",
+        f"objective.{objective}.projector={{layers: 2, hidden: 256, dim: 128, bn: true}}",
         "views.preset=small",
         "views.first.flip=0",
         "views.second.flip=0",
@@ -76,7 +95,7 @@ def overrides(method: str, data: dict, out: Path, args) -> list[str]:
         f"train.output_dir={out / method}",
         f"eval.evaluators={evaluator}",
         "eval.num_workers=0",
-        *METHODS[method],
+        *extra,
     ]
 
 
@@ -101,20 +120,33 @@ def main(argv: list[str] | None = None) -> int:
         config_lib.resolve(cfg)
         torch.manual_seed(args.seed)
         start = time.perf_counter()
-        random_init = run_evaluators(build_model(cfg).eval(), None, cfg)["knn"]["metrics"]["top1"]
-        rows.append(("random init", random_init, time.perf_counter() - start))
+        first = run_evaluators(build_model(cfg).eval(), None, cfg)
+        random_init = (first["knn"]["metrics"]["top1"], first["class_retrieval"]["metrics"])
+        rows.append(("random init", *random_init, time.perf_counter() - start))
         for method in methods:
             start = time.perf_counter()
             summary = train(config_lib.load(None, overrides(method, data, tmp, args)))
-            rows.append((method, summary["eval"]["knn/top1"], time.perf_counter() - start))
+            prefix = "class_retrieval/"
+            retrieval = {
+                k[len(prefix) :]: v for k, v in summary["eval"].items() if k.startswith(prefix)
+            }
+            rows.append(
+                (method, summary["eval"]["knn/top1"], retrieval, time.perf_counter() - start)
+            )
     print(
         f"\nsklearn digits at 32 px: {data['train_size']} training, {data['heldout_size']} "
         f"held-out images; {args.model}, {args.epochs:g} epochs, batch {args.batch}, lr "
-        f"{args.lr:g}, seed {args.seed}; kNN k=20 on backbone features"
+        f"{args.lr:g}, seed {args.seed}; kNN k=20 and MAP@R (held-out set against itself) on "
+        f"backbone features"
     )
-    print(f"{'backbone':>14} | kNN top-1 | vs random init | wall s")
-    for name, top1, seconds in rows:
-        print(f"{name:>14} | {top1:9.3f} | {top1 - random_init:+13.3f} | {seconds:6.0f}")
+    print(f"{'backbone':>16} | kNN top-1 | vs random | MAP@R | vs random | R@1   | wall s")
+    base_top1, base_map = random_init[0], random_init[1]["map_at_r"]
+    for name, top1, retrieval, seconds in rows:
+        map_r, r1 = retrieval["map_at_r"], retrieval["recall@1"]
+        print(
+            f"{name:>16} | {top1:9.3f} | {top1 - base_top1:+9.3f} | {map_r:.3f} | "
+            f"{map_r - base_map:+9.3f} | {r1:.3f} | {seconds:6.0f}"
+        )
     return 0
 
 

@@ -69,6 +69,24 @@ def test_eval_probes_fit_on_train_data_and_score_data(kind, trained, corpus, tmp
         assert len(result["val_accuracy"]) == 6
 
 
+@pytest.mark.parametrize("gallery", [False, True])
+def test_eval_class_retrieval_scores_a_set_against_itself_or_a_gallery(
+    trained, corpus, tmp_path, gallery
+):
+    report = tmp_path / "class.json"
+    args = ["eval", "class-retrieval", "--checkpoint", ckpt(trained), "--data"]
+    args += [corpus["heldout_shards"], "--workers", "0", "--json", str(report)]
+    if gallery:
+        args += ["--gallery", corpus["train_shards"], "--recall-at", "1", "5"]
+    assert cli.main(args) == 0
+    metrics = json.loads(report.read_text())["class_retrieval"]["metrics"]
+    ks = (1, 5) if gallery else (1, 2, 4, 8)
+    recalls = [metrics[f"recall@{k}"] for k in ks]
+    assert recalls == sorted(recalls) and 0 <= recalls[0] <= 1
+    assert 0 <= metrics["map_at_r"] <= metrics["r_precision"] <= 1
+    assert metrics["queries"] + metrics["queries_without_match"] == 64
+
+
 def test_eval_errors_name_what_to_fix(trained, corpus, capsys):
     args = ["eval", "zeroshot", "--checkpoint", ckpt(trained), "--data", corpus["train_shards"]]
     assert cli.main(args) == 2  # no classes.json beside the training shards

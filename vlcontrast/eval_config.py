@@ -10,8 +10,8 @@ from vlcontrast.schema import NON_NEGATIVE, POSITIVE, between, choices
 
 _choices = choices
 
-ALL_EVAL = ("zeroshot", "retrieval", "linear_probe", "knn")
-LABELLED = ("zeroshot", "linear_probe", "knn")
+ALL_EVAL = ("zeroshot", "retrieval", "linear_probe", "knn", "class_retrieval")
+LABELLED = ("zeroshot", "linear_probe", "knn", "class_retrieval")
 FITTED = ("linear_probe", "knn")
 
 
@@ -28,12 +28,21 @@ class EvaluatorConfig:
     generates its flags from them, so the CLI's defaults are these defaults."""
 
     kind: str = field(
-        default="zeroshot", metadata=_choices("zeroshot", "retrieval", "linear_probe", "knn")
+        default="zeroshot",
+        metadata=_choices("zeroshot", "retrieval", "linear_probe", "knn", "class_retrieval"),
     )
     name: str = field(default="", metadata=_doc("prefix of the logged metrics; default: kind"))
     data: str = field(default="", metadata=_doc("the evaluation set", ALL_EVAL))
     train_data: str = field(
         default="", metadata=_doc("the labelled set the classifier is fitted on", FITTED)
+    )
+    gallery: str = field(
+        default="",
+        metadata=_doc(
+            "the labelled set searched (default: --data itself, each query left out of its own "
+            "ranking, as Musgrave et al. 2020)",
+            ("class_retrieval",),
+        ),
     )
     format: str = field(
         default="auto",
@@ -74,6 +83,10 @@ class EvaluatorConfig:
         default=200, metadata={**POSITIVE, **_doc("neighbours (Wu et al. 2018)", ("knn",))}
     )
     temperature: float = field(default=0.1, metadata=_doc("similarity temperature", ("knn",)))
+    recall_at: list[int] = field(
+        default_factory=lambda: [1, 2, 4, 8],
+        metadata=_doc("K of Recall@K (CUB-200 and Cars papers: 1, 2, 4, 8)", ("class_retrieval",)),
+    )
     val_fraction: float = field(
         default=0.2,
         metadata={

@@ -17,6 +17,8 @@ EVAL_KINDS = {
     "linear-probe": "logistic regression on frozen image embeddings (L2 penalty swept on a "
     "validation split of --train-data)",
     "knn": "weighted k-nearest-neighbour classification on frozen image embeddings",
+    "class-retrieval": "retrieval by class on labelled images: Recall@K, R-precision, MAP@R "
+    "(Musgrave et al. 2020), the set against itself or against --gallery",
 }
 DATA_HELP = (
     ": a shard pattern ('val/{00000..00009}.tar'), an ImageFolder directory (root/CLASS/IMG), or "
@@ -28,7 +30,7 @@ REQUIRED = {"data", "train_data"}
 def add_commands(sub) -> None:
     evaluate = sub.add_parser(
         "eval",
-        help="evaluate a checkpoint: zeroshot, retrieval, linear-probe, knn",
+        help="evaluate a checkpoint: zeroshot, retrieval, linear-probe, knn, class-retrieval",
         description="Evaluate a checkpoint; the model, preprocessing and tokenizer are rebuilt "
         "from the checkpoint alone. Prints a table and, with --json, writes every number. Runs "
         "in one process or under torchrun (each rank embeds its share).",

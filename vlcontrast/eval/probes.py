@@ -1,6 +1,7 @@
-"""The linear-probe and kNN evaluators: embed a labelled train set and a test set with the
-frozen image tower, fit on one, score the other. The image-only modes (SimCLR, MoCo) reuse these
-as their evaluation."""
+"""The frozen-embedding evaluators. Linear probe and kNN: embed a labelled train set and a test
+set with the frozen image tower, fit on one, score the other (the image-only modes, SimCLR and
+MoCo, are judged so). Class retrieval: Recall@K, R-precision and MAP@R of a labelled set
+against itself or a gallery (metric learning's protocol, ``eval/class_retrieval.py``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from vlcontrast.data.collection import class_info, open_source
 from vlcontrast.distributed import print0
 from vlcontrast.embed import Embedder
+from vlcontrast.eval.class_retrieval import class_retrieval_metrics
 from vlcontrast.eval.knn import knn_scores
 from vlcontrast.eval.labels import drop_out_of_range
 from vlcontrast.eval.linear_probe import linear_probe
@@ -73,3 +75,29 @@ def evaluate_knn(embedder: Embedder, spec) -> dict[str, Any]:
     result["skipped"] = data["skipped"]
     result["metrics"]["k"] = k
     return result
+
+
+def evaluate_class_retrieval(embedder: Embedder, spec) -> dict[str, Any]:
+    queries = embedder.images(
+        open_source(spec, spec.data, spec.split), need_label=True, max_samples=spec.max_samples
+    )
+    if queries["labels"] is None:
+        raise ValueError(f"data: no labelled image could be read ({queries['skipped']})")
+    gallery = None
+    if spec.gallery:
+        gallery = embedder.images(
+            open_source(spec, spec.gallery, spec.split), need_label=True, desc="embed gallery"
+        )
+        if gallery["labels"] is None:
+            raise ValueError(f"gallery: no labelled image could be read ({gallery['skipped']})")
+    metrics = class_retrieval_metrics(
+        queries["img_emb"],
+        queries["labels"],
+        gallery["img_emb"] if gallery else None,
+        gallery["labels"] if gallery else None,
+        ks=spec.recall_at,
+    )
+    skipped = dict(queries["skipped"])
+    if gallery:
+        skipped.update({f"gallery/{k}": v for k, v in gallery["skipped"].items()})
+    return {"metrics": metrics, "skipped": skipped}

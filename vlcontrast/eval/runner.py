@@ -19,7 +19,11 @@ from torch import nn
 from vlcontrast.config import Config, ConfigError
 from vlcontrast.data.collection import class_info, open_source
 from vlcontrast.embed import Embedder
-from vlcontrast.eval.probes import evaluate_knn, evaluate_linear_probe
+from vlcontrast.eval.probes import (
+    evaluate_class_retrieval,
+    evaluate_knn,
+    evaluate_linear_probe,
+)
 from vlcontrast.eval.retrieval import evaluate_retrieval
 from vlcontrast.eval.templates import resolve_templates
 from vlcontrast.eval.zeroshot import evaluate_zeroshot, warn_unknown_prompts
@@ -30,6 +34,7 @@ EVALUATORS: dict[str, Callable[..., dict[str, Any]]] = {
     "retrieval": evaluate_retrieval,
     "linear_probe": evaluate_linear_probe,
     "knn": evaluate_knn,
+    "class_retrieval": evaluate_class_retrieval,
 }
 
 
