@@ -59,6 +59,7 @@ COMMANDS = {
     "index": search.cmd_index,
     "search": search.cmd_search,
     "serve": search.cmd_serve,
+    "weights": weights.cmd_weights,
     "import": weights.cmd_import,
     "export": weights.cmd_export,
     "checkpoint": weights.cmd_checkpoint,

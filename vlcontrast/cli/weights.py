@@ -3,7 +3,8 @@
 (a thin layer over ``models.hf_clip`` and ``models.openclip``); ``vlcontrast checkpoint
 consolidate CKPT`` turns an FSDP run's sharded checkpoint into single files
 (``train.consolidate``), ``checkpoint convert`` one of the earlier, pickled sharded format, on
-the user's word (``train.legacy_shards``)."""
+the user's word (``train.legacy_shards``); ``vlcontrast weights interpolate A B --alpha X --out
+C`` mixes two checkpoints' weights (WiSE-FT, ``models.interpolate``)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,19 @@ def add_commands(sub) -> None:
     )
     exp.add_argument("--to", required=True, choices=["hf", "safetensors"])
     exp.add_argument("out", help="output directory (hf) or file (safetensors)")
+    weights = sub.add_parser(
+        "weights",
+        help="operations on model weights: interpolate two checkpoints (WiSE-FT)",
+        description="interpolate A B --alpha X --out C: the weights (1 - X) A + X B of two "
+        "checkpoints of one architecture (WiSE-FT, Wortsman et al. 2022: A zero-shot, B "
+        "fine-tuned, X 0.5 keeps most of both), written as a checkpoint that eval, search, "
+        "export and training read. Shapes are checked key by key.",
+    )
+    weights.add_argument("action", choices=["interpolate"])
+    weights.add_argument("a", help="checkpoint A (alpha 0)")
+    weights.add_argument("b", help="checkpoint B (alpha 1)")
+    weights.add_argument("--alpha", type=float, required=True, help="B's weight, in [0, 1]")
+    weights.add_argument("--out", required=True, help="new checkpoint directory")
     ckpt = sub.add_parser(
         "checkpoint",
         help="consolidate an FSDP run's sharded checkpoint into single files, or convert one "
@@ -149,5 +163,19 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
         return 2
     done = "converted" if args.action == "convert" else "consolidated"
     print(f"{done} {args.checkpoint} -> {out} (model.safetensors, state.safetensors)")
+    print(f"  evaluate: vlcontrast eval zeroshot --checkpoint {out} --data DATA")
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from vlcontrast.models.interpolate import interpolate_checkpoints
+    from vlcontrast.schema import ConfigError
+
+    try:
+        out = interpolate_checkpoints(args.a, args.b, args.alpha, args.out)
+    except (ConfigError, ValueError, OSError, RuntimeError) as err:
+        print(f"vlcontrast weights: {err}", file=sys.stderr)
+        return 2
+    print(f"interpolated {args.a} (x{1 - args.alpha:g}) and {args.b} (x{args.alpha:g}) -> {out}")
     print(f"  evaluate: vlcontrast eval zeroshot --checkpoint {out} --data DATA")
     return 0
