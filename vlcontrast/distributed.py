@@ -37,6 +37,15 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def shutdown() -> None:
+    """Every rank finished: wait for the others, then tear the process group down. Left to the
+    interpreter's exit, gloo's threads aborted a rank now and then ("terminate called without an
+    active exception") after a torchrun training had finished."""
+    if is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def batch_sizes(n: int, device: torch.device | str = "cpu") -> list[int]:
     """The row count of every rank, in rank order (``[n]`` without a process group)."""
     if world_size() == 1:

@@ -56,7 +56,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from vlcontrast import config as config_lib
     from vlcontrast.data.shards import DataError
-    from vlcontrast.distributed import print0
+    from vlcontrast.distributed import print0, shutdown
     from vlcontrast.train.checkpoint import CheckpointError
     from vlcontrast.train.loop import TrainingDiverged, train
 
@@ -75,6 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         message = str(err).strip().splitlines()[-1].removeprefix(f"{DataError.__module__}.")
         print(f"vlcontrast: data error: {message.removeprefix('DataError: ')}", file=sys.stderr)
         return 4
+    shutdown()  # every rank is done with the process group
     if summary["interrupted"]:
         print0(
             f"stopped by Ctrl-C after step {summary['steps']}; checkpoint: "
