@@ -81,6 +81,7 @@ def test_two_process_training_under_torchrun(corpus, tmp_path):
     overrides.append("train.epochs=0.125")
     overrides += ["objective.clip.tiled=on", "objective.clip.tile_size=4"]
     overrides.append("train.grad_cache_steps=2")
+    overrides.append("train.ema=0.9")  # the average of weights that DDP keeps equal on each rank
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     cmd += ["-m", "vlcontrast.cli", "train", run_file(tmp_path), *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
@@ -94,3 +95,4 @@ def test_two_process_training_under_torchrun(corpus, tmp_path):
     assert "train.epochs=0.125: 256 samples / global batch 16 -> train.steps=2" in done.stdout
     ckpts = checkpoint.all_checkpoints(tmp_path / "checkpoints")
     assert [p.name for p in ckpts] == ["step_00000002"]
+    assert checkpoint.load_state(ckpts[0])["parts"]["ema"]["weights"]

@@ -267,6 +267,13 @@ class TrainConfig:
     # 'vlcontrast checkpoint consolidate' makes single files of it); false gathers the full
     # state on rank 0 into the usual single files
     sharded_checkpoints: bool = True
+    # An exponential moving average of the model's weights, updated after every step and saved
+    # in every checkpoint (train/ema.py; eval and export read it with --weights ema): its decay,
+    # 0 = off. timm's ModelEmaV3 recipes use 0.9998-0.9999 for runs of 10^5 steps and more.
+    ema: float = field(default=0.0, metadata=between(0.0, 1.0, high_open=True))
+    # timm's warm-up: the decay after step s is min(ema, 1 - (1 + s)^(-2/3)), so early steps
+    # are not averaged with the random initialisation
+    ema_warmup: bool = True
     # torch.compile the model (off: compile time is minutes, and not every model compiles)
     compile: bool = False
     # NHWC memory layout for CNN image towers (faster convolutions on GPUs with tensor cores)

@@ -79,6 +79,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
     )
     parser.add_argument("--json", default="", help="write every result to this JSON file")
     parser.add_argument(
+        "--weights",
+        choices=["model", "ema"],
+        default="model",
+        help="the checkpoint's weights, or the moving average of them that a run with "
+        "train.ema keeps (default: model)",
+    )
+    parser.add_argument(
         "--allow-download",
         action="store_true",
         help="let a checkpoint whose config names a hub model fetch that model's config "
@@ -98,7 +105,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vlcontrast.eval.runner import run_evaluators
     from vlcontrast.models.load import load_model
 
-    model, tokenizer, cfg = load_model(Path(args.checkpoint), args.allow_download)
+    model, tokenizer, cfg = load_model(Path(args.checkpoint), args.allow_download, args.weights)
     kind = args.kind.replace("-", "_")
     entry = {"kind": kind, **{name: getattr(args, name) for name, _, _ in schema_fields(kind)}}
     eval_cfg = {"evaluators": [entry], "batch_size": args.batch_size, "num_workers": args.workers}

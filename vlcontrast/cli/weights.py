@@ -56,6 +56,12 @@ def add_commands(sub) -> None:
         help="a checkpoint (step_*), a run folder or RUN/latest (its newest checkpoint)",
     )
     exp.add_argument("--to", required=True, choices=["hf", "safetensors"])
+    exp.add_argument(
+        "--weights",
+        choices=["model", "ema"],
+        default="model",
+        help="the weights, or their moving average (a run with train.ema) (default: model)",
+    )
     exp.add_argument("out", help="output directory (hf) or file (safetensors)")
     weights = sub.add_parser(
         "weights",
@@ -133,7 +139,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from vlcontrast.models.load import load_model
 
     try:
-        model, tokenizer, cfg = load_model(Path(args.checkpoint))
+        model, tokenizer, cfg = load_model(Path(args.checkpoint), weights=args.weights)
         if args.to == "hf":
             export_hf(model, tokenizer, cfg, args.out)
         else:

@@ -132,6 +132,30 @@ def load_weights(path: str | Path, model: nn.Module) -> dict[str, Any]:
     return heads
 
 
+EMA_PREFIX = "ema/weights/"  # the trainer's EMA part in state.safetensors (train/ema.py)
+
+
+def load_ema_weights(path: str | Path, model: nn.Module) -> None:
+    """Replace ``model``'s weights with the checkpoint's EMA of them (``train.ema``), read from
+    ``state.safetensors`` (safetensors only, like every other read)."""
+    file = Path(path) / "state.safetensors"
+    try:
+        with safe_open(str(file), "pt") as handle:
+            names = [k for k in handle.keys() if k.startswith(EMA_PREFIX)]
+            state = {k[len(EMA_PREFIX) :]: handle.get_tensor(k) for k in names}
+    except (SafetensorError, OSError) as err:
+        raise ConfigError(f"--weights ema: cannot read {file} ({err})") from None
+    if not state:
+        raise ConfigError(
+            f"--weights ema: {path} holds no EMA weights (train with train.ema=0.9998 to keep them)"
+        )
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ConfigError(
+            f"--weights ema: the EMA does not match the model (missing {missing[:3]})"
+        )
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """The checkpoint that ``path`` names: a checkpoint directory, a run folder or its
     ``checkpoints/`` (their newest ``step_*``), or either followed by ``/latest``."""
@@ -152,14 +176,18 @@ def resolve_checkpoint(path: str | Path) -> Path:
     )
 
 
-def load_model(path: str | Path, allow_download: bool = False) -> tuple[nn.Module, Any, Config]:
+def load_model(
+    path: str | Path, allow_download: bool = False, weights: str = "model"
+) -> tuple[nn.Module, Any, Config]:
     """Model (eval mode), tokenizer (None for image-only models) and config of a checkpoint
     (anything :func:`resolve_checkpoint` takes), built from the checkpoint's files alone (see
-    :func:`self_contained`)."""
+    :func:`self_contained`); ``weights="ema"``: with the EMA of its weights (``train.ema``)."""
     path = resolve_checkpoint(path)
     cfg = self_contained(read_config(path), path, allow_download)
     model = build_model(cfg)
     load_weights(path, model)
+    if weights == "ema":
+        load_ema_weights(path, model)
     tokenizer = None
     if has_text(cfg):
         try:

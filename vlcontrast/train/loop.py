@@ -44,6 +44,7 @@ from vlcontrast.train.data_setup import (
     resolve_steps,
     set_streams,
 )
+from vlcontrast.train.ema import ModelEma
 from vlcontrast.train.fit import check_batch_fits, fit_precision, fit_warmup
 from vlcontrast.train.grad_cache import grad_cached_step
 from vlcontrast.train.interrupt import StopRequest
@@ -110,6 +111,9 @@ def train(cfg: Config) -> dict[str, Any]:
     }
     if precision.scaler is not None:
         parts["grad_scaler"] = precision.scaler
+    ema = make_ema(model, cfg, sharded)
+    if ema is not None:
+        parts["ema"] = ema
     if resume_from is not None:
         state["step"] = resume(resume_from, task, parts, cfg)
     if accelerator.is_main_process:  # also a restart killed before its first checkpoint
@@ -151,6 +155,8 @@ def train(cfg: Config) -> dict[str, Any]:
             )
             scheduler.step()
             state["step"] += 1
+            if ema is not None:
+                ema.update(state["step"])
             window_steps += 1
             step = state["step"]
             bar.update(1)
@@ -202,6 +208,18 @@ def train(cfg: Config) -> dict[str, Any]:
     }
     print0(bad.summary())
     return summary
+
+
+def make_ema(model, cfg: Config, sharded: bool) -> ModelEma | None:
+    """``train.ema``: the average of the shared model's weights (``train/ema.py``)."""
+    if not cfg.train.ema:
+        return None
+    if sharded:
+        raise ConfigError(
+            "train.ema: the EMA of an FSDP-sharded model is not supported yet; train with DDP "
+            "(train.fsdp=false) or without train.ema"
+        )
+    return ModelEma(model, cfg.train.ema, cfg.train.ema_warmup)
 
 
 def eval_line(step: int, evals: dict[str, float]) -> str:
