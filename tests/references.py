@@ -204,3 +204,20 @@ def textbook_multi_similarity(emb, labels, alpha, beta, base, keep=None):
         total = total + torch.log(torch.as_tensor(neg_sum)) / beta
         anchors += 1
     return total / anchors
+
+
+def multi_similarity_keep(emb, labels, epsilon=0.1):
+    """Wang et al. 2019, eq. 3-4 by enumeration: ``keep(i, j)`` for a negative above the
+    anchor's hardest positive - epsilon, a positive below its hardest negative + epsilon."""
+    unit = torch.nn.functional.normalize(emb.detach(), dim=-1)
+    sim = unit @ unit.T
+    n = len(labels)
+
+    def keep(i, j):
+        same = [k for k in range(n) if k != i and labels[k] == labels[i]]
+        other = [k for k in range(n) if labels[k] != labels[i]]
+        if labels[j] == labels[i]:
+            return bool(sim[i, j] < max(sim[i, k] for k in other) + epsilon)
+        return bool(sim[i, j] > min(sim[i, k] for k in same) - epsilon)
+
+    return keep

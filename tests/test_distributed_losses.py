@@ -15,6 +15,7 @@ from tests import distributed_cases as cases
 from tests.conftest import spawn_gloo
 from tests.references import (
     brute_force_triplets,
+    multi_similarity_keep,
     textbook_clip_loss,
     textbook_contrastive,
     textbook_logistic,
@@ -55,17 +56,7 @@ def two_views(o, b):
 
 def mined_multi_similarity_reference(emb, labels):
     """Multi-similarity mining by its definition, on the whole batch, then the loss."""
-    unit = torch.nn.functional.normalize(emb.detach(), dim=-1)
-    sim = unit @ unit.T
-    n = len(labels)
-
-    def keep(i, j):
-        same = [k for k in range(n) if k != i and labels[k] == labels[i]]
-        other = [k for k in range(n) if labels[k] != labels[i]]
-        if labels[j] == labels[i]:
-            return bool(sim[i, j] < max(sim[i, k] for k in other) + 0.1)
-        return bool(sim[i, j] > min(sim[i, k] for k in same) - 0.1)
-
+    keep = multi_similarity_keep(emb, labels)
     return textbook_multi_similarity(emb, labels, 2.0, 50.0, 0.5, keep=keep)
 
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from tests.references import (
     brute_force_triplets,
+    multi_similarity_keep,
     textbook_contrastive,
     textbook_logistic,
     textbook_multi_similarity,
@@ -150,13 +151,7 @@ def test_multi_similarity_loss_and_mining_are_the_papers():
     unit = F.normalize(emb.detach(), dim=-1)
     sim = unit @ unit.T
     n = len(LABELS)
-
-    def keep(i, j):
-        same = [k for k in range(n) if k != i and LABELS[k] == LABELS[i]]
-        other = [k for k in range(n) if LABELS[k] != LABELS[i]]
-        if LABELS[j] == LABELS[i]:
-            return bool(sim[i, j] < max(sim[i, k] for k in other) + 0.1)
-        return bool(sim[i, j] > min(sim[i, k] for k in same) - 0.1)
+    keep = multi_similarity_keep(emb, LABELS)
 
     g = metric.gather(emb.detach(), LABELS)
     mask = miners.multi_similarity_pairs(sim, g.positive, g.negative, 0.1)

@@ -22,9 +22,17 @@ from typing import Any
 
 import yaml
 
+from vlcontrast.config_checks import validate
+from vlcontrast.config_layouts import (
+    MOVED_TO_OBJECTIVE,
+    PROJECTOR_SHAPE,
+    migrate_evaluators,
+    place_moved,
+    renamed,
+)
 from vlcontrast.data.limits import IMAGE_EXTENSIONS, MAX_PIXELS
 from vlcontrast.data.view_presets import PRESETS as VIEW_PRESETS
-from vlcontrast.data.view_presets import ViewConfig, check_view
+from vlcontrast.data.view_presets import ViewConfig
 from vlcontrast.eval_config import EvalConfig, EvaluatorConfig
 from vlcontrast.objective_settings import (
     USES_LOGIT_BIAS,
@@ -299,32 +307,10 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-# Keys renamed since earlier versions: old run files, command lines and checkpoints still load.
-RENAMED = {"loss.name": "objective.name"}
-RENAMED.update(
-    {f"loss.{k}": f"objective.clip.{k}" for k in ("gather", "tiled", "tiled_from", "tile_size")}
-)
-
-
-def _renamed(path: list[str]) -> list[str]:
-    dotted = ".".join(path)
-    for old, new in RENAMED.items():
-        if dotted == old or dotted.startswith(old + "."):
-            return (new + dotted[len(old) :]).split(".")
-    return path
-
-
-# Method settings that lived under ``model.*`` before each method owned its heads: kept aside
-# while a config is read, then moved into the objective's own settings (_place_moved)
-MOVED_TO_OBJECTIVE = ("proj_bn", "predictor_hidden", "ssl_head_hidden", "ssl_head_dim")
-# ... and the keys that shaped an image-only model's projection head (its projector now)
-PROJECTOR_SHAPE = {"embed_dim": "dim", "proj_layers": "layers", "proj_hidden": "hidden"}
-
-
 def _set(cfg: Config, path: list[str], value: Any) -> None:
     """Set a dotted key of ``cfg``, old names migrated (an old run file's ``loss:`` section,
     ``model.predictor_hidden`` and the other head settings that moved to the objectives)."""
-    path = _renamed(path)
+    path = renamed(path)
     if path[0] in ("loss", "model") and len(path) == 1 and isinstance(value, dict):
         for sub, sub_value in value.items():
             _set(cfg, [path[0], str(sub)], sub_value)
@@ -334,40 +320,6 @@ def _set(cfg: Config, path: list[str], value: Any) -> None:
         if path[1] in MOVED_TO_OBJECTIVE:
             return
     set_value(cfg, path, value)
-
-
-def _place_moved(cfg: Config, old_layout: bool = True) -> None:
-    """The moved ``model.*`` head settings of an older run file, command line or checkpoint
-    config, written into the objective's heads so that the same heads are built: an image-only
-    model's projection (``model.embed_dim``, ``proj_layers``, ``proj_hidden``, ``proj_bn``)
-    becomes ``objective.<name>.projector``, ``model.predictor_hidden`` its predictor (2 layers
-    with batch norm), ``model.ssl_head_*`` SLIP's head (3 layers with batch norm)."""
-    moved = cfg.__dict__.pop("_moved", {})
-    if not old_layout:
-        moved = {k: v for k, v in moved.items() if k in MOVED_TO_OBJECTIVE}
-    settings = getattr(cfg.objective, cfg.objective.name, None)
-    if not moved or settings is None:
-        return
-    prefix = f"objective.{cfg.objective.name}"
-    shape = {k: v for k, v in moved.items() if k in PROJECTOR_SHAPE or k == "proj_bn"}
-    if cfg.model.kind == "image" and shape and hasattr(settings, "projector"):
-        earlier = {"embed_dim": 512, "proj_layers": 1, "proj_hidden": 0}  # that layout's defaults
-        for old, new in PROJECTOR_SHAPE.items():
-            value = shape.get(old, earlier[old])
-            set_value(settings.projector, [new], value, f"{prefix}.projector.")
-        set_value(settings.projector, ["bn"], shape.get("proj_bn", False), f"{prefix}.projector.")
-        settings.projector.out_norm = "none"  # the heads of that layout had no output norm
-    hidden = moved.get("predictor_hidden")
-    if hidden not in (None, 0, "0") and hasattr(settings, "predictor"):
-        set_value(settings.predictor, ["hidden"], hidden, f"{prefix}.predictor.")
-        settings.predictor.layers, settings.predictor.dim = 2, 0
-        settings.predictor.bn, settings.predictor.out_norm = True, "none"
-    if cfg.objective.name == "slip" and {"ssl_head_hidden", "ssl_head_dim"} & set(moved):
-        ssl = settings.head
-        for old, new in (("ssl_head_hidden", "hidden"), ("ssl_head_dim", "dim")):
-            if old in moved:
-                set_value(ssl, [new], moved[old], f"{prefix}.head.")
-        ssl.layers, ssl.bn, ssl.out_norm = 3, True, "none"
 
 
 def apply(cfg: Config, values: dict[str, Any]) -> Config:
@@ -434,41 +386,10 @@ def build(values: dict[str, Any], overrides: list[str] | None = None) -> Config:
         apply(cfg, {"views": {"first": first, "second": second}})
     apply(cfg, values)
     apply_overrides(cfg, overrides or [])
-    _place_moved(cfg)
+    place_moved(cfg)
     _command_line_sets_the_length(cfg, overrides or [])
     validate(cfg)
     return cfg
-
-
-def validate(cfg: Config) -> None:
-    """The cross-field checks that need neither data nor a model, run by ``load`` so that
-    ``vlcontrast config`` refuses what ``train`` would (one message naming the key)."""
-    data = cfg.data
-    if cfg.train.grad_cache_steps > data.batch_size:
-        raise ConfigError(
-            f"train.grad_cache_steps: {cfg.train.grad_cache_steps} micro-batches cannot split a "
-            f"batch of data.batch_size={data.batch_size}; use at most the batch size"
-        )
-    if data.weights and data.mode != "resampled":
-        raise ConfigError("data.weights: source weights need data.mode=resampled")
-    if len(data.crop_scale) != 2 or not 0 < data.crop_scale[0] <= data.crop_scale[1] <= 1:
-        raise ConfigError(f"data.crop_scale: expected [low, high] in (0, 1], got {data.crop_scale}")
-    for name in ("first", "second"):
-        try:
-            check_view(getattr(cfg.views, name), f"views.{name}")
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-    settings = getattr(cfg.objective, cfg.objective.name, None)
-    if hasattr(settings, "check"):  # the objective's own cross-field checks
-        settings.check()
-    if cfg.model.bn_split > 1:
-        if cfg.model.sync_bn:
-            raise ConfigError("model.bn_split: splits batch norm; model.sync_bn joins it: pick one")
-        if data.batch_size % cfg.model.bn_split:
-            raise ConfigError(
-                f"model.bn_split: data.batch_size={data.batch_size} does not split into "
-                f"{cfg.model.bn_split} groups"
-            )
 
 
 def _command_line_sets_the_length(cfg: Config, overrides: list[str]) -> None:
@@ -525,8 +446,8 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 def from_dict(values: dict[str, Any]) -> Config:
     """A saved config (``config.json`` of a run or checkpoint), older layouts migrated."""
     old_layout = "predictor_hidden" in (values.get("model") or {})  # saved before tasks
-    cfg = apply(Config(), _migrate(values))
-    _place_moved(cfg, old_layout)
+    cfg = apply(Config(), migrate_evaluators(values))
+    place_moved(cfg, old_layout)
     return resolve(cfg)
 
 
@@ -537,20 +458,6 @@ def resolve(cfg: Config) -> Config:
     if cfg.model.logit_bias is None:
         cfg.model.logit_bias = cfg.objective.name in USES_LOGIT_BIAS
     return cfg
-
-
-def _migrate(values: dict[str, Any]) -> dict[str, Any]:
-    """Configs saved before ``eval.evaluators`` (checkpoints of earlier versions) held one
-    zero-shot set as ``eval.zeroshot_shards`` + ``classes`` + ``templates``."""
-    section = dict(values.get("eval") or {})
-    shards = section.pop("zeroshot_shards", None)
-    old = {"classes": section.pop("classes", ""), "templates": section.pop("templates", [])}
-    if shards is None:
-        return values
-    if shards:
-        entry = {"kind": "zeroshot", "data": shards, **{k: v for k, v in old.items() if v}}
-        section["evaluators"] = [entry]
-    return {**values, "eval": section}
 
 
 def save(cfg: Config, path: str | Path) -> None:

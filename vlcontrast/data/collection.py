@@ -38,7 +38,27 @@ HF_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
 SHARD_ORDER = 1 << 32  # order key of a shard sample: shard index * SHARD_ORDER + position
 
 
-class ImageFolderSource:
+class IndexedSource:
+    """A source read by item index (ImageFolder, HF): ``read(indices, errors)`` yields records;
+    a stream takes every ``streams``-th item, an index unit a run of ``chunk`` items."""
+
+    def read(self, indices: range, errors: Counter) -> Iterator[dict[str, Any]]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def records(self, stream: int, streams: int, errors: Counter) -> Iterator[dict[str, Any]]:
+        return self.read(range(stream, len(self), streams), errors)
+
+    def spans(self, chunk: int) -> list[tuple[str | None, int, int]]:
+        return [(None, s, min(s + chunk, len(self))) for s in range(0, len(self), chunk)]
+
+    def span_records(self, url: str, start: int, stop: int, errors: Counter):
+        return self.read(range(start, stop), errors)
+
+
+class ImageFolderSource(IndexedSource):
     """``root/CLASS/IMAGE`` (torchvision's ImageFolder layout): classes are the sorted folder
     names, label = folder index, caption = none. A folder of images without class folders is
     read too, its images unlabelled (enough to index and search them)."""
@@ -90,15 +110,6 @@ class ImageFolderSource:
                 "captions": None,
                 "where": {"path": relative, "size": len(image or b"")},
             }
-
-    def records(self, stream: int, streams: int, errors: Counter) -> Iterator[dict[str, Any]]:
-        return self.read(range(stream, len(self), streams), errors)
-
-    def spans(self, chunk: int) -> list[tuple[str | None, int, int]]:
-        return [(None, s, min(s + chunk, len(self))) for s in range(0, len(self), chunk)]
-
-    def span_records(self, url: str, start: int, stop: int, errors: Counter):
-        return self.read(range(start, stop), errors)
 
     @staticmethod
     def read_at(url: str, where: dict[str, Any]) -> bytes:
@@ -178,7 +189,7 @@ class ShardSource:
         return read_member(url, where["offset"], where["size"])
 
 
-class HFSource:
+class HFSource(IndexedSource):
     """A Hugging Face ``datasets`` dataset: a ``save_to_disk`` directory, or anything
     ``load_dataset`` takes (a hub name, a local repo or a folder of parquet/csv files)."""
 
@@ -234,15 +245,6 @@ class HFSource:
                 "captions": row.get(self.caption_field) if self.caption_field in columns else None,
                 "where": {"row": index},
             }
-
-    def records(self, stream: int, streams: int, errors: Counter) -> Iterator[dict[str, Any]]:
-        return self.read(range(stream, len(self), streams), errors)
-
-    def spans(self, chunk: int) -> list[tuple[str | None, int, int]]:
-        return [(None, s, min(s + chunk, len(self))) for s in range(0, len(self), chunk)]
-
-    def span_records(self, url: str, start: int, stop: int, errors: Counter):
-        return self.read(range(start, stop), errors)
 
     def read_at(self, url: str, where: dict[str, Any]) -> bytes:
         (record,) = self.read(range(where["row"], where["row"] + 1), Counter())

@@ -1,0 +1,41 @@
+"""Cross-field checks of a run config that need neither data nor a model (one message naming
+the key). ``config.load`` runs them, so ``vlcontrast config`` refuses what ``train`` would;
+the trainer runs them again on a config built in code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlcontrast.data.view_presets import check_view
+from vlcontrast.schema import ConfigError
+
+
+def validate(cfg: Any) -> None:
+    """The cross-field checks that need neither data nor a model, run by ``load`` so that
+    ``vlcontrast config`` refuses what ``train`` would (one message naming the key)."""
+    data = cfg.data
+    if cfg.train.grad_cache_steps > data.batch_size:
+        raise ConfigError(
+            f"train.grad_cache_steps: {cfg.train.grad_cache_steps} micro-batches cannot split a "
+            f"batch of data.batch_size={data.batch_size}; use at most the batch size"
+        )
+    if data.weights and data.mode != "resampled":
+        raise ConfigError("data.weights: source weights need data.mode=resampled")
+    if len(data.crop_scale) != 2 or not 0 < data.crop_scale[0] <= data.crop_scale[1] <= 1:
+        raise ConfigError(f"data.crop_scale: expected [low, high] in (0, 1], got {data.crop_scale}")
+    for name in ("first", "second"):
+        try:
+            check_view(getattr(cfg.views, name), f"views.{name}")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    settings = getattr(cfg.objective, cfg.objective.name, None)
+    if hasattr(settings, "check"):  # the objective's own cross-field checks
+        settings.check()
+    if cfg.model.bn_split > 1:
+        if cfg.model.sync_bn:
+            raise ConfigError("model.bn_split: splits batch norm; model.sync_bn joins it: pick one")
+        if data.batch_size % cfg.model.bn_split:
+            raise ConfigError(
+                f"model.bn_split: data.batch_size={data.batch_size} does not split into "
+                f"{cfg.model.bn_split} groups"
+            )
