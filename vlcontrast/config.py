@@ -78,6 +78,13 @@ class DataConfig:
     # epoch: every sample at most once per epoch (each stream drops its last partial batch);
     # resampled: shards drawn with replacement, endless
     mode: str = field(default="epoch", metadata=_choices("epoch", "resampled"))
+    # stream: shards read in order through the shuffle window; class_balanced: every batch is
+    # data.batch_size / data.samples_per_class classes x samples_per_class samples (metric
+    # learning), planned per epoch from a one-pass label index (data/balanced.py); epoch mode
+    sampler: str = field(default="stream", metadata=_choices("stream", "class_balanced"))
+    # K of a class-balanced P x K batch: 4, pytorch-metric-learning's benchmark setting (m=4,
+    # batch 32, as in Musgrave et al. 2020's runs)
+    samples_per_class: int = field(default=4, metadata=POSITIVE)
     # dataset size; 0: sizes.json, _stats.json, or count once (cached)
     num_samples: int = field(default=0, metadata=NON_NEGATIVE)
     # Per rank; the contrastive batch is the global one (x ranks x grad-cache micro-batches)

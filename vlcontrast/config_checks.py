@@ -19,6 +19,8 @@ def validate(cfg: Any) -> None:
             f"train.grad_cache_steps: {cfg.train.grad_cache_steps} micro-batches cannot split a "
             f"batch of data.batch_size={data.batch_size}; use at most the batch size"
         )
+    if data.sampler == "class_balanced":
+        check_balanced(cfg)
     if data.weights and data.mode != "resampled":
         raise ConfigError("data.weights: source weights need data.mode=resampled")
     if len(data.crop_scale) != 2 or not 0 < data.crop_scale[0] <= data.crop_scale[1] <= 1:
@@ -39,3 +41,23 @@ def validate(cfg: Any) -> None:
                 f"model.bn_split: data.batch_size={data.batch_size} does not split into "
                 f"{cfg.model.bn_split} groups"
             )
+
+
+def check_balanced(cfg: Any) -> None:
+    """A class-balanced sampler plans whole epochs of labelled, image-only batches."""
+    from vlcontrast.objectives import objective_class
+
+    data = cfg.data
+    if data.mode != "epoch":
+        raise ConfigError("data.sampler: class_balanced plans epochs; it needs data.mode=epoch")
+    if data.batch_size % data.samples_per_class or data.batch_size < 2 * data.samples_per_class:
+        raise ConfigError(
+            f"data.samples_per_class: data.batch_size={data.batch_size} must be a multiple of "
+            f"samples_per_class={data.samples_per_class}, with at least 2 classes per batch"
+        )
+    cls = objective_class(cfg.objective.name)
+    if not cls.needs_labels or "text" in cls.modalities:
+        raise ConfigError(
+            f"data.sampler: class_balanced batches are for labelled image-only objectives "
+            f"(metric, supcon), not objective.name={cfg.objective.name}"
+        )

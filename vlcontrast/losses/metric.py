@@ -135,10 +135,15 @@ def triplet_loss(
 
         triplets = all_triplets(g.positive, g.negative)
     a, p, n = triplets
-    d_ap = row_distances(g.emb[a], g.emb_all[p], distance)  # (T,)
-    d_an = row_distances(g.emb[a], g.emb_all[n], distance)
+    # index_select, not emb[idx]: the backward of advanced indexing accumulates with parallel
+    # atomic adds on CPU (index_put_), so two identical runs differed in the last bit
+    emb_a, emb_p, emb_n = (
+        x.index_select(0, i) for x, i in ((g.emb, a), (g.emb_all, p), (g.emb_all, n))
+    )
+    d_ap = row_distances(emb_a, emb_p, distance)  # (T,)
+    d_an = row_distances(emb_a, emb_n, distance)
     if swap:
-        d_an = torch.minimum(d_an, row_distances(g.emb_all[p], g.emb_all[n], distance))
+        d_an = torch.minimum(d_an, row_distances(emb_p, emb_n, distance))
     terms = F.softplus(d_ap - d_an) if soft else F.relu(d_ap - d_an + margin)
     # + 0 * emb: a rank that mined no triplet still takes part in DDP's gradient reduction
     return global_mean(terms.sum() + 0 * emb.sum(), len(a), "triplet_loss (triplets)")

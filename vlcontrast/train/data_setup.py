@@ -11,10 +11,11 @@ from vlcontrast import config as config_lib
 from vlcontrast import distributed
 from vlcontrast.config import Config, ConfigError
 from vlcontrast.data.augment import Augment, check_view
+from vlcontrast.data.balanced import BalancedDataset, LabelIndex, build_index, check_index
 from vlcontrast.data.batching import Collate, make_loader
 from vlcontrast.data.decode import Decoder
 from vlcontrast.data.image import CropResize
-from vlcontrast.data.shards import DataPosition, ShardDataset
+from vlcontrast.data.shards import DataError, DataPosition, ShardDataset
 from vlcontrast.data.sources import dataset_size, missing_shards, parse_sources
 from vlcontrast.data.transforms import MultiView
 from vlcontrast.distributed import print0
@@ -42,16 +43,41 @@ def build_train_data(cfg: Config, tokenizer) -> tuple[ShardDataset, Any]:
     decoder = Decoder(
         transform, tuple(data.image_keys.split(";")), caption_key, data.max_pixels, label_key
     )
-    dataset = ShardDataset(
-        sources,
-        decoder,
-        Collate(tokenizer, cfg.text.context_length),
-        data.batch_size,
-        mode=data.mode,
-        seed=cfg.train.seed,
-        shuffle_buffer=data.shuffle_buffer,
-    )
+    common = dict(mode=data.mode, seed=cfg.train.seed, shuffle_buffer=data.shuffle_buffer)
+    collate = Collate(tokenizer, cfg.text.context_length)
+    if data.sampler == "class_balanced":
+        index = shared_index(cfg, urls)
+        per_class = data.samples_per_class
+        extra = dict(index=index, classes=data.batch_size // per_class, per_class=per_class)
+        dataset = BalancedDataset(sources, decoder, collate, data.batch_size, **common, **extra)
+    else:
+        dataset = ShardDataset(sources, decoder, collate, data.batch_size, **common)
     return dataset, make_loader(dataset, data.num_workers)
+
+
+def shared_index(cfg: Config, urls: list[str]) -> LabelIndex:
+    """The label index of a class-balanced run, built on the main process and shared; refused
+    (one message) when it cannot fill a batch."""
+    data = cfg.data
+    index = None
+    if distributed.is_main():
+        keys = tuple(data.image_keys.split(";"))
+        index = build_index(urls, keys, data.label_key, cfg.train.progress)
+    index = distributed.all_gather_objects(index)[0]
+    try:
+        notes = check_index(
+            index, data.batch_size // data.samples_per_class, data.samples_per_class
+        )
+    except DataError as err:
+        raise ConfigError(str(err)) from None
+    classes = len(set(index.label))
+    print0(
+        f"data.sampler=class_balanced: {len(index)} labelled samples of {classes} classes "
+        f"indexed; skipped: {index.skipped or 'none'}"
+    )
+    for note in notes:
+        print0(f"warning: {note}")
+    return index
 
 
 def train_transform(cfg: Config) -> CropResize | MultiView:
@@ -136,6 +162,11 @@ def report_data(cfg: Config, dataset: ShardDataset, position: DataPosition, size
     sources = len(dataset.sources)
     dropped = dataset.world * position.streams * (cfg.data.batch_size - 1)
     partial = f"; up to {dropped} samples an epoch end in partial batches, not used"
+    if isinstance(dataset, BalancedDataset):
+        partial = (
+            f"; class-balanced batches of {dataset.classes} classes x {dataset.per_class} "
+            f"samples, a class's remainder waits for another epoch"
+        )
     print0(
         f"data: {size} samples in {len(dataset.urls)} shard(s) from {sources} source(s) "
         f"({how}); {cfg.data.mode} mode, {position.streams} stream(s) per rank"
