@@ -24,6 +24,7 @@ from vlcontrast.losses import (
     nt_xent_loss,
     supcon_loss,
 )
+from vlcontrast.losses.pairs import in_batch_negatives_loss
 from vlcontrast.objectives.base import Objective
 from vlcontrast.train.grad_cache import grad_cached_step
 
@@ -114,7 +115,20 @@ LOSSES = {
     "npair": lambda o, b: metric.npair_loss(o["img"], o["txt"], l2_reg=0.02),
     "logistic": lambda o, b: metric.logistic_loss(*views(o, b), o["scale"], torch.tensor(-1.0)),
     "multi_similarity": lambda o, b: mined_multi_similarity(*views(o, b)),
+    # text pairs: image tower rows as anchors, text tower rows as positives
+    "pairs": lambda o, b: in_batch_negatives_loss(o["img"], o["txt"], temperature=0.3),
+    "pairs_symmetric": lambda o, b: in_batch_negatives_loss(
+        o["img"], o["txt"], temperature=0.3, symmetric=True
+    ),
+    "pairs_negatives": lambda o, b: in_batch_negatives_loss(
+        o["img"], o["txt"], hard_negatives(o), temperature=0.3, symmetric=True
+    ),
 }
+
+
+def hard_negatives(o: dict) -> torch.Tensor:
+    """(B, 2, D) negatives made from each row's own outputs (so a rank's slice is its rows')."""
+    return torch.stack([F.normalize(o["img"] + o["txt"], dim=-1), o["txt"].flip(-1)], dim=1)
 
 
 def views(o: dict, b: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,6 +166,8 @@ CASES = [(name, name, 1, False) for name in LOSSES] + [
     ("triplet_semi_hard_uneven", "triplet_semi_hard", 1, True),
     ("multi_similarity_uneven", "multi_similarity", 1, True),
     ("triplet_semi_hard_gradcache", "triplet_semi_hard", 2, False),
+    ("pairs_negatives_uneven", "pairs_negatives", 1, True),
+    ("pairs_gradcache", "pairs", 2, False),
 ]
 
 

@@ -221,3 +221,21 @@ def multi_similarity_keep(emb, labels, epsilon=0.1):
         return bool(sim[i, j] > min(sim[i, k] for k in same) - epsilon)
 
     return keep
+
+
+def textbook_in_batch_negatives(anchor, positive, negative=None, temperature=0.05, symmetric=False):
+    """sentence-transformers' MultipleNegativesRankingLoss / SimCSE, one anchor at a time: the
+    anchor's positive against every positive and every hard negative of the batch."""
+    n = anchor.shape[0]
+    candidates = [positive[j] for j in range(n)]
+    if negative is not None:
+        candidates += [negative[j, k] for j in range(n) for k in range(negative.shape[1])]
+    total = 0.0
+    for i in range(n):
+        scores = torch.stack([anchor[i] @ c for c in candidates]) / temperature
+        forward = -(scores[i] - torch.logsumexp(scores, 0))
+        if symmetric:
+            back = torch.stack([positive[i] @ anchor[j] for j in range(n)]) / temperature
+            forward = (forward - (back[i] - torch.logsumexp(back, 0))) / 2
+        total = total + forward
+    return total / n

@@ -126,7 +126,7 @@ def test_a_config_saved_before_the_seams_migrates():
         ("eval.evaluators=[{kind: knn, k: 0}]", "eval.evaluators[0].k: expected a positive"),
         ("eval.evaluators=[7]", "eval.evaluators[0]: expected a mapping"),
         ("objective.clip.tile_size=0", "objective.clip.tile_size: expected a positive"),
-        ("model.kind=text", "model.kind: expected one of dual, image"),
+        ("model.kind=audio", "model.kind: expected one of dual, image, text"),
     ],
 )
 def test_typed_containers_and_declared_checks_name_the_key(override, message):

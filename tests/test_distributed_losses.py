@@ -18,6 +18,7 @@ from tests.references import (
     multi_similarity_keep,
     textbook_clip_loss,
     textbook_contrastive,
+    textbook_in_batch_negatives,
     textbook_logistic,
     textbook_multi_similarity,
     textbook_npair,
@@ -47,6 +48,11 @@ REFERENCES = {
     "npair": lambda o, b: textbook_npair(o[0], o[1], 0.02),
     "logistic": lambda o, b: textbook_logistic(*two_views(o, b), o[2], -1.0),
     "multi_similarity": lambda o, b: mined_multi_similarity_reference(*two_views(o, b)),
+    "pairs": lambda o, b: textbook_in_batch_negatives(o[0], o[1], None, 0.3),
+    "pairs_symmetric": lambda o, b: textbook_in_batch_negatives(o[0], o[1], None, 0.3, True),
+    "pairs_negatives": lambda o, b: textbook_in_batch_negatives(
+        o[0], o[1], cases.hard_negatives({"img": o[0], "txt": o[1]}), 0.3, True
+    ),
 }
 
 

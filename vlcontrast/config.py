@@ -47,6 +47,7 @@ from vlcontrast.objective_settings import (
     SimSiamConfig,
     SLIPConfig,
     SupConConfig,
+    TextPairsConfig,
 )
 from vlcontrast.presets import PRESETS
 from vlcontrast.schema import (
@@ -155,8 +156,9 @@ class TextTowerConfig:
 
 @dataclass
 class ModelConfig:
-    # dual: image and text towers (CLIP, SigLIP); image: image tower only (SimCLR, MoCo, ...)
-    kind: str = field(default="dual", metadata=_choices("dual", "image"))
+    # dual: image and text towers (CLIP, SigLIP); image: image tower only (SimCLR, MoCo, ...);
+    # text: text tower only (text_pairs: sentence embeddings, SimCSE)
+    kind: str = field(default="dual", metadata=_choices("dual", "image", "text"))
     # A named shape (vlcontrast/presets.py): tiny (CPU), s32, b32, b16 as OpenCLIP's ViT-S-32,
     # ViT-B-32, ViT-B-16; applied under the run file and the command line.
     preset: str = field(default="", metadata=_choices("", *PRESETS))
@@ -229,6 +231,7 @@ class ObjectiveConfig:
     supcon: SupConConfig = field(default_factory=SupConConfig)
     metric: MetricConfig = field(default_factory=MetricConfig)
     slip: SLIPConfig = field(default_factory=SLIPConfig)
+    text_pairs: TextPairsConfig = field(default_factory=TextPairsConfig)
 
 
 @dataclass

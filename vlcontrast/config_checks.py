@@ -44,9 +44,8 @@ def validate(cfg: Any) -> None:
 
 
 def check_balanced(cfg: Any) -> None:
-    """A class-balanced sampler plans whole epochs of labelled, image-only batches."""
-    from vlcontrast.objectives import objective_class
-
+    """A class-balanced sampler plans whole epochs of P x K batches (the objective's side is
+    checked with the model's, ``train/model_setup.py``)."""
     data = cfg.data
     if data.mode != "epoch":
         raise ConfigError("data.sampler: class_balanced plans epochs; it needs data.mode=epoch")
@@ -54,10 +53,4 @@ def check_balanced(cfg: Any) -> None:
         raise ConfigError(
             f"data.samples_per_class: data.batch_size={data.batch_size} must be a multiple of "
             f"samples_per_class={data.samples_per_class}, with at least 2 classes per batch"
-        )
-    cls = objective_class(cfg.objective.name)
-    if not cls.needs_labels or "text" in cls.modalities:
-        raise ConfigError(
-            f"data.sampler: class_balanced batches are for labelled image-only objectives "
-            f"(metric, supcon), not objective.name={cfg.objective.name}"
         )

@@ -29,10 +29,16 @@ class EvaluatorConfig:
 
     kind: str = field(
         default="zeroshot",
-        metadata=_choices("zeroshot", "retrieval", "linear_probe", "knn", "class_retrieval"),
+        metadata=_choices("zeroshot", "retrieval", "linear_probe", "knn", "class_retrieval", "sts"),
     )
     name: str = field(default="", metadata=_doc("prefix of the logged metrics; default: kind"))
-    data: str = field(default="", metadata=_doc("the evaluation set", ALL_EVAL))
+    data: str = field(
+        default="",
+        metadata=_doc(
+            "the evaluation set (sts: a table of sentence pairs and scores, .csv/.tsv/.jsonl)",
+            (*ALL_EVAL, "sts"),
+        ),
+    )
     train_data: str = field(
         default="", metadata=_doc("the labelled set the classifier is fitted on", FITTED)
     )
@@ -77,8 +83,14 @@ class EvaluatorConfig:
         ),
     )
     max_samples: int = field(
-        default=0, metadata={**NON_NEGATIVE, **_doc("only the first N samples (0 = all)", ALL_EVAL)}
+        default=0,
+        metadata={**NON_NEGATIVE, **_doc("only the first N samples (0 = all)", (*ALL_EVAL, "sts"))},
     )
+    text_fields: list[str] = field(
+        default_factory=lambda: ["sentence1", "sentence2"],
+        metadata=_doc("the two sentence columns of the pairs table (STS-B's)", ("sts",)),
+    )
+    score_field: str = field(default="score", metadata=_doc("the gold similarity column", ("sts",)))
     k: int = field(
         default=200, metadata={**POSITIVE, **_doc("neighbours (Wu et al. 2018)", ("knn",))}
     )

@@ -190,3 +190,31 @@ class SLIPConfig:
     temperature: float = field(default=0.1, metadata=POSITIVE)  # SLIP's SimCLR term: 0.1
     # SLIP's image_mlp on the image tower's features: 3 layers of 4096 with batch norm, 256 out
     head: HeadConfig = head(3, 4096, 256, True)
+
+
+@dataclass
+class TextPairsConfig:
+    """``objective.text_pairs.*``: sentence embeddings from (anchor, positive[, hard negatives])
+    text pairs with in-batch negatives, or unsupervised SimCSE (losses/pairs.py). The anchor is
+    ``data.caption_key``."""
+
+    # pairs: the positive is read from positive_key; simcse: the anchor encoded twice, two
+    # dropout masks (Gao et al. 2021, unsupervised SimCSE), so any caption shards train it
+    mode: str = field(default="pairs", metadata=choices("pairs", "simcse"))
+    positive_key: str = "json.positive"  # a member (EXT) or json.FIELD, as data.caption_key
+    negatives_key: str = "json.negatives"  # a list of hard negatives per sample
+    # hard negatives per anchor (the first ones of negatives_key; a sample with fewer is
+    # skipped as missing_negatives); 0: in-batch negatives only
+    negatives: int = field(default=0, metadata=NON_NEGATIVE)
+    # 0.05: SimCSE's, and sentence-transformers' MultipleNegativesRankingLoss scale 20
+    temperature: float = field(default=0.05, metadata=POSITIVE)
+    symmetric: bool = False  # add positive -> anchor (MultipleNegativesSymmetricRankingLoss)
+    # symmetric without hard negatives is the CLIP loss: tiled from this global batch
+    tiled_from: int = field(default=8192, metadata=POSITIVE)
+
+    def check(self) -> None:
+        if self.mode == "simcse" and self.negatives:
+            raise ConfigError(
+                "objective.text_pairs.negatives: simcse mode has no hard negatives (its "
+                "positive is the anchor itself); set mode=pairs or negatives=0"
+            )

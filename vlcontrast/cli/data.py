@@ -65,6 +65,22 @@ def add_commands(sub) -> None:
     hf.add_argument("--image-column", default="image", help="default: %(default)s")
     hf.add_argument("--text-column", default="text", help="str or list of str")
 
+    pairs = makers.add_parser(
+        "pairs",
+        help="a table of text pairs (anchor, positive[, hard negatives]) for text_pairs",
+        description="Write shards of text pairs for 'objective.name=text_pairs model.kind=text': "
+        "{key}.txt is the anchor, {key}.json holds 'positive' and 'negatives'. Rows with an "
+        "empty anchor or positive are skipped and counted.",
+    )
+    pairs.add_argument("--table", required=True, help=".csv, .tsv, .jsonl or .parquet")
+    pairs.add_argument("--out", required=True, help="output directory")
+    pairs.add_argument("--anchor-column", default="anchor", help="default: %(default)s")
+    pairs.add_argument("--positive-column", default="positive", help="default: %(default)s")
+    pairs.add_argument(
+        "--negative-columns", nargs="*", default=[], help="hard negatives, one column each"
+    )
+    pairs.add_argument("--per-shard", type=int, default=10000, help="pairs per shard")
+
     for maker in (captions, folder, hf):
         maker.add_argument("--out", required=True, help="output directory")
         maker.add_argument("--per-shard", type=int, default=1000, help="samples per shard")
@@ -115,6 +131,8 @@ def cmd_data(args: argparse.Namespace) -> int:
         paths = make_corpus(args.out, n_train=args.train, n_heldout=args.heldout)
         print(json.dumps(paths, indent=2))
         return 0
+    if args.maker == "pairs":
+        return make_pairs(args)
     try:
         if args.maker == "captions":
             source = convert.CaptionTable(
@@ -136,6 +154,35 @@ def cmd_data(args: argparse.Namespace) -> int:
         source, args.out, args.per_shard, args.resize, args.workers, not args.no_progress
     )
     print(convert.summary_line(summary))
+    return 0
+
+
+def make_pairs(args: argparse.Namespace) -> int:
+    from vlcontrast.data.text_pairs import write_pair_shards
+
+    try:
+        summary = write_pair_shards(
+            args.table,
+            args.out,
+            args.anchor_column,
+            args.positive_column,
+            tuple(args.negative_columns),
+            args.per_shard,
+        )
+    except (ValueError, OSError) as err:
+        print(f"vlcontrast data pairs: {err}", file=sys.stderr)
+        return 2
+    last = f"{summary['shards'] - 1:05d}"
+    print(
+        f"{summary['pairs']} pairs in {summary['shards']} shard(s) under {args.out}; skipped: "
+        f"{summary['skipped'] or 'none'}"
+    )
+    negatives = len(args.negative_columns)
+    extra = f" objective.text_pairs.negatives={negatives}" if negatives else ""
+    print(
+        f"next: vlcontrast train model.kind=text objective.name=text_pairs{extra} "
+        f"data.train_shards='{args.out}/{{00000..{last}}}.tar' train.epochs=1 ..."
+    )
     return 0
 
 

@@ -19,6 +19,8 @@ EVAL_KINDS = {
     "knn": "weighted k-nearest-neighbour classification on frozen image embeddings",
     "class-retrieval": "retrieval by class on labelled images: Recall@K, R-precision, MAP@R "
     "(Musgrave et al. 2020), the set against itself or against --gallery",
+    "sts": "semantic textual similarity: Spearman correlation (x100) of the cosine similarity "
+    "of sentence pairs against gold scores, on a table you supply",
 }
 DATA_HELP = (
     ": a shard pattern ('val/{00000..00009}.tar'), an ImageFolder directory (root/CLASS/IMG), or "
@@ -30,7 +32,7 @@ REQUIRED = {"data", "train_data"}
 def add_commands(sub) -> None:
     evaluate = sub.add_parser(
         "eval",
-        help="evaluate a checkpoint: zeroshot, retrieval, linear-probe, knn, class-retrieval",
+        help="evaluate a checkpoint: zeroshot, retrieval, linear-probe, knn, class-retrieval, sts",
         description="Evaluate a checkpoint; the model, preprocessing and tokenizer are rebuilt "
         "from the checkpoint alone. Prints a table and, with --json, writes every number. Runs "
         "in one process or under torchrun (each rank embeds its share).",
@@ -58,7 +60,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
     )
     for name, f, typ in schema_fields(kind.replace("-", "_")):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        text = f.metadata["help"] + (DATA_HELP if name == "data" else "")
+        text = f.metadata["help"] + (DATA_HELP if name == "data" and kind != "sts" else "")
         kwargs: dict[str, typing.Any] = {"default": default, "help": text}
         if name in REQUIRED:
             kwargs["required"] = True
@@ -91,7 +93,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
         help="let a checkpoint whose config names a hub model fetch that model's config "
         "(by default a checkpoint loads only what it contains)",
     )
-    if kind != "retrieval":
+    if kind not in ("retrieval", "sts"):
         parser.add_argument(
             "--plot", default="", help="confusion-matrix PNG (default: beside --json)"
         )

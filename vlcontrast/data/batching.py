@@ -41,19 +41,34 @@ class Collate:
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        images = [s["image"] for s in samples]
-        if isinstance(images[0], dict):  # view groups: one (B, count, 3, S, S) per group
-            batch: dict[str, Any] = {"views": {k: stack([i[k] for i in images]) for k in images[0]}}
-        else:
-            batch = {"images": stack(images)}
+        batch: dict[str, Any] = {}
+        images = [s["image"] for s in samples if "image" in s]
+        if images and isinstance(images[0], dict):  # view groups: (B, count, 3, S, S) each
+            batch["views"] = {k: stack([i[k] for i in images]) for k in images[0]}
+        elif images:
+            batch["images"] = stack(images)
         if self.tokenizer is not None:
             texts = [s["text"] for s in samples]
             batch.update(self.tokenize(texts))
             batch["texts"] = texts
+            batch.update(self.pairs(samples))
         if "label" in samples[0]:
             batch["labels"] = torch.tensor([s["label"] for s in samples], dtype=torch.long)
         batch["keys"] = [s["key"] for s in samples]
         return batch
+
+    def pairs(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """A text-pair batch's positives (``pos_*``, (B, L)) and hard negatives (``neg_*``,
+        (B, H, L)), when the samples have them."""
+        out: dict[str, Any] = {}
+        if "positive" in samples[0]:
+            tokens = self.tokenize([s["positive"] for s in samples])
+            out.update({f"pos_{k}": v for k, v in tokens.items()})
+        if "negatives" in samples[0]:
+            b, h = len(samples), len(samples[0]["negatives"])
+            tokens = self.tokenize([n for s in samples for n in s["negatives"]])
+            out.update({f"neg_{k}": v.reshape(b, h, -1) for k, v in tokens.items()})  # (B, H, L)
+        return out
 
 
 def stack(images: list[torch.Tensor]) -> torch.Tensor:

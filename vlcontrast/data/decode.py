@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from vlcontrast.data.captions import member_value, parse_label, read_caption
+from vlcontrast.data.captions import member_value, parse_captions, parse_label, read_caption
 from vlcontrast.data.image import IMAGE_EXTENSIONS, MAX_PIXELS, CropResize, decode_image
 from vlcontrast.data.skip import SkipSample
 from vlcontrast.data.transforms import MultiView
@@ -29,18 +29,29 @@ class Decoder:
     caption_key: str = "txt"  # "": image-only
     max_pixels: int = MAX_PIXELS  # larger images are skipped as too_large before decoding
     label_key: str = ""  # "": no label read; "cls": the class index member (supcon)
+    # Text pairs (objective text_pairs): the positive's key, the hard negatives' key and how
+    # many of them each sample gives (its first ones); "" / 0: none
+    positive_key: str = ""
+    negatives_key: str = ""
+    negatives: int = 0
 
     def __call__(self, raw: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+        sample: dict[str, Any] = {"key": raw["__key__"], "url": raw["__url__"]}
         image_key = next((k for k in self.image_keys if k in raw), None)
-        if image_key is None:
+        if self.image_keys and image_key is None:  # no image_keys: a text-only task
             raise SkipSample("missing_image")
         captions = read_caption(raw, self.caption_key) if self.caption_key else None
         label = read_label(raw, self.label_key) if self.label_key else None
-        sample = {
-            "image": decode_image(raw[image_key], self.transform, rng, self.max_pixels),
-            "key": raw["__key__"],
-            "url": raw["__url__"],
-        }
+        if self.positive_key:
+            positives = parse_captions(member_value(raw, self.positive_key, "positive"))
+            sample["positive"] = positives[rng.randrange(len(positives))]
+        if self.negatives:
+            found = parse_captions(member_value(raw, self.negatives_key, "negatives"))
+            if len(found) < self.negatives:
+                raise SkipSample("missing_negatives")
+            sample["negatives"] = found[: self.negatives]
+        if image_key is not None:
+            sample["image"] = decode_image(raw[image_key], self.transform, rng, self.max_pixels)
         if label is not None:
             sample["label"] = label
         if captions is not None:

@@ -33,7 +33,7 @@ from vlcontrast.data.skip import DataError, SkipSample
 from vlcontrast.data.sources import Source
 from vlcontrast.data.streams import Cursor, epoch_shards, resampled_shards, stream_outputs
 
-MISSING = ("missing_image", "missing_caption")
+MISSING = ("missing_image", "missing_caption", "missing_positive", "missing_negatives")
 NO_KEYS_AFTER = 200  # this many samples in a row without the configured keys stops the run
 # A stream that reads this many samples, or this many shards, without one usable sample stops
 # the run (an endless resampled stream over bad shards would otherwise spin without output).
@@ -211,10 +211,16 @@ class ShardDataset(IterableDataset):
 
     def no_keys_error(self, raw: dict[str, Any], missing: int) -> DataError:
         seen = sorted(k for k in raw if not k.startswith("__"))
+        d = self.decode
+        wanted = [f"data.image_keys={';'.join(d.image_keys)}"] if d.image_keys else []
+        wanted.append(f"data.caption_key={d.caption_key}")
+        if d.positive_key:
+            wanted.append(f"objective.text_pairs.positive_key={d.positive_key}")
+        if d.negatives:
+            wanted.append(f"objective.text_pairs.negatives_key={d.negatives_key}")
         return DataError(
             f"none of the first {missing} samples read has the configured keys (last: "
-            f"{raw['__url__']}, key {raw['__key__']}): data.image_keys="
-            f"{';'.join(self.decode.image_keys)} and data.caption_key={self.decode.caption_key} "
+            f"{raw['__url__']}, key {raw['__key__']}): {' and '.join(wanted)} "
             f"but it has {', '.join(seen) or 'no members'}; set those keys to match"
         )
 

@@ -25,6 +25,7 @@ from vlcontrast.eval.probes import (
     evaluate_linear_probe,
 )
 from vlcontrast.eval.retrieval import evaluate_retrieval
+from vlcontrast.eval.sts import evaluate_sts
 from vlcontrast.eval.templates import resolve_templates
 from vlcontrast.eval.zeroshot import evaluate_zeroshot, warn_unknown_prompts
 
@@ -35,6 +36,7 @@ EVALUATORS: dict[str, Callable[..., dict[str, Any]]] = {
     "linear_probe": evaluate_linear_probe,
     "knn": evaluate_knn,
     "class_retrieval": evaluate_class_retrieval,
+    "sts": evaluate_sts,
 }
 
 
@@ -58,6 +60,12 @@ def check_evaluators(cfg: Config, tokenizer=None) -> None:
             raise ConfigError(f"{key}.data: set the evaluation set of {name!r}")
         if spec.kind in ("knn", "linear_probe") and not spec.train_data:
             raise ConfigError(f"{key}.train_data: {spec.kind} needs a labelled training set")
+        if spec.kind == "sts":
+            from pathlib import Path
+
+            if not Path(spec.data).is_file():
+                raise ConfigError(f"{key}.data ({name}): {spec.data}: no such pairs table")
+            continue
         sources = {}
         splits = {"data": spec.split, "train_data": spec.train_split}
         for field in ("data", "train_data") if spec.train_data else ("data",):

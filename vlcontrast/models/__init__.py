@@ -6,6 +6,15 @@ from vlcontrast.models.build import MODELS, build_model
 from vlcontrast.models.dual import DualEncoder
 from vlcontrast.models.image_only import ImageEncoder
 from vlcontrast.models.image_tower import ImageTower
+from vlcontrast.models.text_only import TextEncoder
 from vlcontrast.models.text_tower import TextTower
 
-__all__ = ["MODELS", "DualEncoder", "ImageEncoder", "ImageTower", "TextTower", "build_model"]
+__all__ = [
+    "MODELS",
+    "DualEncoder",
+    "ImageEncoder",
+    "ImageTower",
+    "TextEncoder",
+    "TextTower",
+    "build_model",
+]

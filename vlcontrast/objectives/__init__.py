@@ -46,6 +46,7 @@ OBJECTIVES: dict[str, Any] = _Registry(
     supcon="supcon:SupConObjective",
     metric="metric:MetricObjective",
     slip="slip:SLIPObjective",
+    text_pairs="text_pairs:TextPairsObjective",
 )
 
 

@@ -31,13 +31,16 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
 from vlcontrast import distributed
+from vlcontrast.data.batching import Collate
 from vlcontrast.data.collection import record_image
 from vlcontrast.data.image import MAX_PIXELS
 from vlcontrast.data.skip import SkipSample
 from vlcontrast.data.sources import known_size
 from vlcontrast.embed import encode_images, eval_transform
 from vlcontrast.models import manifest, sharded_weights
+from vlcontrast.models.build import has_image
 from vlcontrast.models.load import WEIGHTS, load_model, resolve_checkpoint
+from vlcontrast.models.text_tower import load_tokenizer
 from vlcontrast.search import layout
 from vlcontrast.search.units import (
     SourceSpec,
@@ -200,9 +203,12 @@ class UnitStream(IterableDataset):
     as a fresh single-process one. Yields ``{"unit", "images" (b, 3, S, S) uint8 or None,
     "records", "skipped" {reason: n}, "end"}``; the last batch of a unit has ``end`` set."""
 
-    def __init__(self, specs, units: list[Unit], transform, max_pixels: int, batch_size: int):
+    def __init__(
+        self, specs, units: list[Unit], transform, max_pixels: int, batch_size: int, text=False
+    ):
         self.specs, self.units, self.transform = specs, units, transform
         self.max_pixels, self.batch_size = max_pixels, batch_size
+        self.text = text  # a text-only model: items are their first caption, not their image
         self.collections: dict[int, Any] = {}
 
     def collection(self, index: int):
@@ -220,7 +226,7 @@ class UnitStream(IterableDataset):
                 unit_records(self.collection(unit.source), unit, errors)
             ):
                 try:
-                    images.append(self.decode(raw["image"], random.Random(position)))
+                    images.append(self.item(raw, random.Random(position)))
                 except SkipSample as skip:
                     errors[skip.reason] += 1
                     continue
@@ -231,8 +237,14 @@ class UnitStream(IterableDataset):
                     errors.clear()  # the same Counter: the shard reader counts into it
             yield batch(unit, images, records, errors, end=True)
 
-    def decode(self, image: Any, rng: random.Random) -> torch.Tensor:
-        return record_image(image, self.transform, rng, self.max_pixels)
+    def item(self, raw: dict[str, Any], rng: random.Random) -> torch.Tensor | str:
+        """The decoded image, or for a text index the item's first caption."""
+        if not self.text:
+            return record_image(raw["image"], self.transform, rng, self.max_pixels)
+        caption = first_caption(raw["captions"])
+        if caption is None:
+            raise SkipSample("missing_caption")
+        return caption
 
 
 def item_record(raw: dict[str, Any]) -> dict[str, Any]:
@@ -249,7 +261,9 @@ def item_record(raw: dict[str, Any]) -> dict[str, Any]:
 def batch(unit: Unit, images: list, records: list, errors: Counter, end: bool) -> dict:
     return {
         "unit": unit.name,
-        "images": torch.stack(images) if images else None,
+        "images": (torch.stack(images) if torch.is_tensor(images[0]) else images)
+        if images
+        else None,
         "records": records,
         # a plain dict: the dataloader's default_convert copies a mapping and then update()s it,
         # which doubles a Counter's counts
@@ -274,7 +288,10 @@ def embed_units(
         return 0
     model.eval()
     max_pixels = getattr(cfg.data, "max_pixels", MAX_PIXELS)
-    stream = UnitStream(specs, units, eval_transform(cfg), max_pixels, options.batch_size)
+    text = not has_image(cfg)
+    stream = UnitStream(specs, units, eval_transform(cfg), max_pixels, options.batch_size, text)
+    if text:
+        tokenize = Collate(load_tokenizer(cfg.text), cfg.text.context_length).tokenize
     workers = min(options.num_workers, len(units))
     loader = DataLoader(stream, batch_size=None, num_workers=workers)
     show = options.progress and distributed.is_main()
@@ -291,8 +308,13 @@ def embed_units(
         unit = pending.setdefault(part["unit"], {"emb": [], "records": [], "skipped": Counter()})
         unit["skipped"].update(part["skipped"])
         if part["images"] is not None:
-            img_emb = encode_images(model, part["images"], device).numpy()
-            unit["emb"].append(img_emb)  # (b, D)
+            if text:
+                tokens = {k: v.to(device) for k, v in tokenize(part["images"]).items()}
+                emb = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
+                emb = emb.float().cpu().numpy()
+            else:
+                emb = encode_images(model, part["images"], device).numpy()
+            unit["emb"].append(emb)  # (b, D)
             unit["records"].extend(part["records"])
             embedded += len(part["records"])
         if part["end"]:

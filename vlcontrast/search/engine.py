@@ -94,6 +94,8 @@ class SearchIndex:
         """Images like ``image`` (bytes, a path or a PIL image); an image over ``max_pixels``
         (default: the run's ``data.max_pixels``) is refused from its header."""
         model, _, cfg = self.model()
+        if not hasattr(model, "encode_image"):
+            raise QueryError("this index's model is text-only: search by text instead")
         transform = eval_transform(cfg)
         rng = random.Random(0)
         try:

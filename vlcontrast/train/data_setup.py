@@ -38,10 +38,12 @@ def build_train_data(cfg: Config, tokenizer) -> tuple[ShardDataset, Any]:
     check_shards_exist(urls)
     fit_workers(cfg, len(urls))
     transform = train_transform(cfg)
+    cls = objective_class(cfg.objective.name)
     caption_key = data.caption_key if tokenizer is not None else ""
-    label_key = data.label_key if objective_class(cfg.objective.name).needs_labels else ""
+    label_key = data.label_key if cls.needs_labels else ""
+    image_keys = tuple(data.image_keys.split(";")) if "image" in cls.modalities else ()
     decoder = Decoder(
-        transform, tuple(data.image_keys.split(";")), caption_key, data.max_pixels, label_key
+        transform, image_keys, caption_key, data.max_pixels, label_key, **pair_keys(cfg)
     )
     common = dict(mode=data.mode, seed=cfg.train.seed, shuffle_buffer=data.shuffle_buffer)
     collate = Collate(tokenizer, cfg.text.context_length)
@@ -78,6 +80,18 @@ def shared_index(cfg: Config, urls: list[str]) -> LabelIndex:
     for note in notes:
         print0(f"warning: {note}")
     return index
+
+
+def pair_keys(cfg: Config) -> dict[str, Any]:
+    """What a text-pair task reads beside the anchor caption (``objective.text_pairs``)."""
+    if cfg.objective.name != "text_pairs":
+        return {}
+    c = cfg.objective.text_pairs
+    return {
+        "positive_key": c.positive_key if c.mode == "pairs" else "",
+        "negatives_key": c.negatives_key,
+        "negatives": c.negatives,
+    }
 
 
 def train_transform(cfg: Config) -> CropResize | MultiView:

@@ -24,6 +24,21 @@ def resolve_model_settings(cfg: Config) -> None:
             f"model.kind: objective {cfg.objective.name!r} trains on image-text pairs; "
             f"set model.kind=dual (model.kind={cfg.model.kind} has no text tower)"
         )
+    if cfg.data.sampler == "class_balanced" and (not cls.needs_labels or "text" in cls.modalities):
+        raise ConfigError(
+            f"data.sampler: class_balanced batches are for labelled image-only objectives "
+            f"(metric, supcon), not objective.name={cfg.objective.name}"
+        )
+    if cls.modalities == ("text",) and cfg.model.kind != "text":
+        raise ConfigError(
+            f"model.kind: objective {cfg.objective.name!r} trains the text tower alone; set "
+            f"model.kind=text (an image tower would take no gradient)"
+        )
+    if "image" in cls.modalities and cfg.model.kind == "text":
+        raise ConfigError(
+            f"model.kind: objective {cfg.objective.name!r} needs images; model.kind=text has "
+            f"no image tower"
+        )
     if "text" not in cls.modalities and cfg.model.kind != "image":
         raise ConfigError(
             f"model.kind: objective {cfg.objective.name!r} trains on images only; set "
