@@ -88,3 +88,11 @@ def test_moco_step_benchmark_runs_both_variants():
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "before:" in done.stdout and "now:" in done.stdout and "now / before =" in done.stdout
+
+
+def test_text_pairs_benchmark_trains_scores_sts_and_searches():
+    command = [sys.executable, "benchmarks/simcse_digits.py", "--smoke"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for row in ("random init |", "simcse |", "pairs |", "top 5 of 355 items"):
+        assert row in done.stdout, done.stdout[-2000:]

@@ -199,7 +199,8 @@ RUN_FILES = sorted((ROOT / "configs").rglob("*.yaml"))
 def test_every_run_file_loads_and_is_consistent(path):
     cfg = config_lib.resolve(config_lib.load(path))
     cls = objective_class(cfg.objective.name)
-    assert ("text" in cls.modalities) == (cfg.model.kind == "dual"), path.name
+    kinds = {("image", "text"): "dual", ("image",): "image", ("text",): "text"}
+    assert kinds[tuple(sorted(cls.modalities))] == cfg.model.kind, path.name
     transform = train_transform(cfg)
     assert bool(cls.views) == hasattr(transform, "views")
     comments = [line for line in path.read_text().splitlines() if line.startswith("#")]

@@ -99,14 +99,21 @@ def next_commands(checkpoint: str, cfg) -> str:
         data = spec.data or data
         break
     lines = ["next:"]
-    if cfg.model.kind == "dual":
+    if cfg.model.kind == "text":
+        lines.append(f"  vlcontrast eval sts --checkpoint {checkpoint} --data PAIRS_TABLE")
+        data = "TEXTS"  # caption or pair shards: a text index embeds each item's caption
+    elif cfg.model.kind == "dual":
         lines.append(f"  vlcontrast eval zeroshot --checkpoint {checkpoint} --data {data}")
     else:
         lines.append(
             f"  vlcontrast eval knn --checkpoint {checkpoint} --train-data TRAIN --data {data}"
         )
     lines.append(f"  vlcontrast index build --checkpoint {checkpoint} --data {data} --out INDEX")
-    lines.append("  vlcontrast serve INDEX")
+    lines.append(
+        '  vlcontrast search INDEX "a query"'
+        if cfg.model.kind == "text"
+        else "  vlcontrast serve INDEX"
+    )
     return "\n".join(lines)
 
 
