@@ -253,6 +253,10 @@ class OptimConfig:
     # the digits run of benchmarks/learning.py at log(batch) (5.544 at step 70 against 5.2)
     grad_clip: float = field(default=1.0, metadata=NON_NEGATIVE)
     momentum: float = field(default=0.9, metadata=between(0.0, 1.0, high_open=True))  # sgd, lars
+    # Layer-wise lr decay for fine-tuning: block i of L gets lr x layer_decay^(L - i), the
+    # embeddings x layer_decay^(L + 1), the heads the full lr (train/layer_decay.py). 1: off.
+    # BEiT fine-tunes ViT-B at 0.65, MAE at 0.75; from-scratch training keeps 1.
+    layer_decay: float = field(default=1.0, metadata=between(0.0, 1.0))
     # lars: trust ratio eta (You et al. 2017; SimCLR and BYOL use 1e-3)
     trust_coefficient: float = field(default=1e-3, metadata=POSITIVE)
 

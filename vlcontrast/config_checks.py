@@ -21,6 +21,8 @@ def validate(cfg: Any) -> None:
         )
     if data.sampler == "class_balanced":
         check_balanced(cfg)
+    if cfg.optim.layer_decay <= 0:
+        raise ConfigError("optim.layer_decay: expected a value in (0, 1] (1: off), got 0")
     if data.weights and data.mode != "resampled":
         raise ConfigError("data.weights: source weights need data.mode=resampled")
     if len(data.crop_scale) != 2 or not 0 < data.crop_scale[0] <= data.crop_scale[1] <= 1:

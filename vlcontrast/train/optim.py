@@ -20,6 +20,7 @@ from torch import nn
 
 from vlcontrast.config import OptimConfig
 from vlcontrast.train.lars import LARS
+from vlcontrast.train.layer_decay import lr_scales
 
 
 def decays(name: str, param: torch.Tensor) -> bool:
@@ -27,15 +28,28 @@ def decays(name: str, param: torch.Tensor) -> bool:
     return wide and "logit_scale" not in name
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
+    """Decayed, then not decayed (``decayed`` marks which); with ``layer_decay`` < 1 such a pair
+    per lr scale (``train/layer_decay.py``), each group carrying its ``lr_scale``."""
+    scales = lr_scales(model, layer_decay)
+    by_key: dict[tuple[float, bool], list] = {(1.0, True): [], (1.0, False): []}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (decay if decays(name, param) else no_decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0, "lars_adapt": False},
-    ]
+            by_key.setdefault((scales[name], decays(name, param)), []).append(param)
+    groups = []
+    for (scale, decayed), params in sorted(
+        by_key.items(), key=lambda kv: (-kv[0][0], not kv[0][1])
+    ):
+        if not params and scale != 1.0:
+            continue
+        group = {"params": params, "weight_decay": weight_decay if decayed else 0.0}
+        group["decayed"] = decayed
+        if not decayed:
+            group["lars_adapt"] = False
+        if layer_decay != 1.0:
+            group["lr_scale"] = scale
+        groups.append(group)
+    return groups
 
 
 def keep_saved_groups(optimizer: torch.optim.Optimizer, model: nn.Module, sizes: list[int]):
@@ -53,7 +67,9 @@ def keep_saved_groups(optimizer: torch.optim.Optimizer, model: nn.Module, sizes:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
+    for group in groups:  # the schedule scales each group's own base lr
+        group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
     if cfg.name == "sgd":
         for group in groups:
             group.pop("lars_adapt", None)
@@ -93,11 +109,15 @@ def apply_settings(
     """After a resume: the current ``optim.*`` values replace the checkpoint's (loading an
     optimizer restores its saved lr, betas, eps and weight decay). The schedule is rebuilt from
     the current config and continues at ``step``; the moments (AdamW state) are kept."""
-    decay = [cfg.weight_decay, 0.0]  # param_groups' order: decayed, then not
-    scheduler.base_lrs = [cfg.lr for _ in optimizer.param_groups]
+    scales = [group.get("lr_scale", 1.0) for group in optimizer.param_groups]
+    scheduler.base_lrs = [cfg.lr * scale for scale in scales]
     factor = scheduler.lr_lambdas[0](step)
-    for group, weight_decay in zip(optimizer.param_groups, decay, strict=True):
-        group.update(initial_lr=cfg.lr, lr=cfg.lr * factor, weight_decay=weight_decay)
+    for i, (group, scale) in enumerate(zip(optimizer.param_groups, scales, strict=True)):
+        decayed = group.get("decayed", i == 0)  # checkpoints before layer decay: [decayed, not]
+        weight_decay = cfg.weight_decay if decayed else 0.0
+        group.update(
+            initial_lr=cfg.lr * scale, lr=cfg.lr * scale * factor, weight_decay=weight_decay
+        )
         if "betas" in group:  # AdamW
             group.update(betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
         if "momentum" in group:  # SGD, LARS
