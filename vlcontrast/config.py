@@ -257,6 +257,8 @@ class OptimConfig:
     # embeddings x layer_decay^(L + 1), the heads the full lr (train/layer_decay.py). 1: off.
     # BEiT fine-tunes ViT-B at 0.65, MAE at 0.75; from-scratch training keeps 1.
     layer_decay: float = field(default=1.0, metadata=between(0.0, 1.0))
+    # AdamW's fused kernel (one launch for all parameters): auto = on a GPU; on / off
+    fused: str = field(default="auto", metadata=_choices("auto", "on", "off"))
     # lars: trust ratio eta (You et al. 2017; SimCLR and BYOL use 1e-3)
     trust_coefficient: float = field(default=1e-3, metadata=POSITIVE)
 
@@ -296,6 +298,13 @@ class TrainConfig:
     # timm's warm-up: the decay after step s is min(ema, 1 - (1 + s)^(-2/3)), so early steps
     # are not averaged with the random initialisation
     ema_warmup: bool = True
+    # Scaled-dot-product attention (torch's flash / memory-efficient kernels on CUDA) in both
+    # towers: timm's fused_attn and transformers' sdpa; off: the explicit softmax(QK^T)V. Same
+    # numbers within float tolerance (tests/test_fast_paths.py)
+    sdpa: bool = True
+    # TF32 tensor-core matmuls and convolutions on Ampere and later GPUs (10-bit mantissa in the
+    # products, fp32 accumulation); ignored on CPU and where bf16 autocast already runs the model
+    tf32: bool = True
     # torch.compile the model (off: compile time is minutes, and not every model compiles)
     compile: bool = False
     # NHWC memory layout for CNN image towers (faster convolutions on GPUs with tensor cores)

@@ -12,9 +12,9 @@ An objective has two halves so that gradient caching (``train/grad_cache.py``) c
 apart: ``forward(batch)`` returns the outputs as a dict of tensors (per-sample embeddings with
 the batch as dim 0, and scalars such as ``logit_scale``); it is the call that DDP wraps, so
 every trainable parameter is used inside it. ``loss(outputs, batch)`` turns the outputs of the
-*whole* batch into ``{"loss": scalar tensor, "metrics": {name: float}}``; :func:`step_loss`
-chains them. ``after_step(step)`` runs once after every optimizer step (clamping a temperature,
-updating a momentum encoder or a queue).
+*whole* batch into ``{"loss": scalar tensor, "metrics": {name: number or 0-dim tensor}}``;
+:func:`step_loss` chains them. ``after_step(step)`` runs once after every optimizer step
+(clamping a temperature, updating a momentum encoder or a queue).
 
 ``modalities`` says what a batch must hold: ``("image", "text")`` for image-text objectives,
 ``("image",)`` for image-only ones, so the data pipeline reads captions only when they are used.
@@ -95,8 +95,10 @@ def model_inputs(batch: dict[str, Any], modalities: tuple[str, ...]) -> dict[str
     return inputs
 
 
-def detached(value: torch.Tensor) -> float:
-    return float(value.detach().float())
+def detached(value: torch.Tensor) -> torch.Tensor:
+    """A metric as a detached float32 scalar tensor: the loop turns metrics into numbers after
+    the step, so a compiled step has no ``.item()`` graph break (tests/test_fast_paths.py)."""
+    return value.detach().float()
 
 
 def view(batch: dict[str, Any], index: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from vlcontrast import distributed as dist_lib
 from vlcontrast.losses.ssl import moco_queue_loss, moco_v3_loss
 from vlcontrast.objective_settings import MoCoConfig, MoCoV3Config
-from vlcontrast.objectives.base import full, view
+from vlcontrast.objectives.base import detached, full, view
 from vlcontrast.objectives.momentum import MomentumObjective
 from vlcontrast.schema import ConfigError
 
@@ -79,7 +79,7 @@ class MoCoObjective(MomentumObjective):
             q_b, k_a = full(outputs["q_b"]), full(outputs["k_a"])
             loss = (loss + moco_queue_loss(q_b, k_a, queue, self.cfg.temperature)) / 2
         self.pending = dist_lib.all_gather_no_grad(k_b.detach())  # (N, D), rank order
-        positive = float((q_a * k_b).sum(dim=1).mean().detach())
+        positive = detached((q_a * k_b).sum(dim=1).mean())
         return {"loss": loss, "metrics": {"positive_cosine": positive}}
 
     def after_step(self, step: int) -> None:
@@ -112,5 +112,5 @@ class MoCoV3Objective(MomentumObjective):
         t = self.cfg.temperature
         o = {name: full(value) for name, value in outputs.items()}
         loss = moco_v3_loss(o["q_a"], o["k_b"], t) + moco_v3_loss(o["q_b"], o["k_a"], t)
-        positive = float((o["q_a"] * o["k_b"]).sum(dim=1).mean().detach())
+        positive = detached((o["q_a"] * o["k_b"]).sum(dim=1).mean())
         return {"loss": loss, "metrics": {"positive_cosine": positive}}

@@ -14,7 +14,7 @@ import torch
 
 from vlcontrast.losses.supcon import nt_xent_loss
 from vlcontrast.objective_settings import SimCLRConfig
-from vlcontrast.objectives.base import full, halves, two_views
+from vlcontrast.objectives.base import detached, full, halves, two_views
 from vlcontrast.objectives.image_task import ImageTask
 
 
@@ -31,5 +31,5 @@ class SimCLRObjective(ImageTask):
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, Any]:
         emb_a, emb_b = full(outputs["emb_a"]), full(outputs["emb_b"])
         loss = nt_xent_loss(emb_a, emb_b, self.cfg.temperature)
-        positive = float((emb_a * emb_b).sum(dim=1).mean().detach())
+        positive = detached((emb_a * emb_b).sum(dim=1).mean())
         return {"loss": loss, "metrics": {"positive_cosine": positive}}

@@ -62,4 +62,4 @@ class TextPairsObjective(Objective):
         with torch.no_grad():  # how often the positive is the anchor's nearest (this rank)
             sim = outputs["anchor"].float() @ outputs["positive"].float().T
             top1 = (sim.argmax(1) == torch.arange(len(sim), device=sim.device)).float().mean()
-        return {"loss": loss, "metrics": {"pair_top1": float(top1)}}
+        return {"loss": loss, "metrics": {"pair_top1": top1}}

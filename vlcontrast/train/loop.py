@@ -52,6 +52,7 @@ from vlcontrast.train.metrics_log import MetricsLogger
 from vlcontrast.train.model_setup import (
     build_training_model,
     resolve_model_settings,
+    set_tf32,
     sync_batch_norm,
 )
 from vlcontrast.train.optim import build_optimizer, build_scheduler
@@ -69,6 +70,7 @@ def train(cfg: Config) -> dict[str, Any]:
     accelerator = make_accelerator()
     fit_precision(cfg, accelerator.device)
     precision = Precision(cfg.train.precision, accelerator.device)
+    set_tf32(cfg.train.tf32, accelerator.device)
     set_seed(cfg.train.seed)
     run_dir = Path(cfg.train.output_dir)
     ckpt_root = run_dir / "checkpoints"
@@ -264,7 +266,7 @@ def train_step(accelerator, precision, trainee, optimizer, batch, cfg: Config, s
             check_loss=check_loss,
         )
     value = float(out["loss"].detach())
-    metrics = dict(out["metrics"])
+    metrics = {name: float(v) for name, v in out["metrics"].items()}  # tensors: after the step
     if cfg.optim.grad_clip > 0:
         precision.unscale(optimizer)
         grad_norm = float(accelerator.clip_grad_norm_(trainee.parameters(), cfg.optim.grad_clip))

@@ -130,12 +130,38 @@ def efficiency_switches(model: nn.Module, cfg: Config) -> nn.Module:
                 text.encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
             else:
                 text.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    set_sdpa(model, t.sdpa)
     if t.channels_last:
         model.image.to(memory_format=torch.channels_last)
         model.image.channels_last = True
     if t.compile:
         model.compile()
     return model
+
+
+def set_sdpa(model: nn.Module, on: bool) -> None:
+    """``train.sdpa``: torch's scaled-dot-product attention, or the explicit softmax, in every
+    attention layer of both towers (timm's ``fused_attn`` flag, transformers' attention
+    implementation)."""
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):  # timm attention layers
+            module.fused_attn = on
+    text = getattr(model, "text", None)
+    encoder = getattr(text, "encoder", None)
+    if encoder is not None and hasattr(encoder, "set_attn_implementation"):
+        try:
+            encoder.set_attn_implementation("sdpa" if on else "eager")
+        except (ValueError, ImportError):  # a tower without an sdpa path keeps its own
+            pass
+
+
+def set_tf32(on: bool, device) -> None:
+    """``train.tf32`` on a CUDA device: TF32 for fp32 matmuls and cuDNN convolutions."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = on
+        torch.backends.cudnn.allow_tf32 = on
 
 
 def build_training_model(cfg: Config, accelerator) -> nn.Module:

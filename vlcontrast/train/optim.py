@@ -80,7 +80,14 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
         )
     for group in groups:
         group.pop("lars_adapt", None)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    fused = cfg.fused == "on" or (cfg.fused == "auto" and on_gpu(groups))
+    betas = (cfg.beta1, cfg.beta2)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, fused=fused or None)
+
+
+def on_gpu(groups: list[dict]) -> bool:
+    """Whether the parameters live on a GPU (where the fused AdamW kernel pays)."""
+    return any(p.device.type == "cuda" for g in groups for p in g["params"])
 
 
 def cosine_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
