@@ -107,8 +107,10 @@ def epoch_plan(
     labels = np.asarray(labels)
     rng = np.random.default_rng([seed, epoch, 0xBA1])
     groups: dict[int, list[np.ndarray]] = {}
-    for c in np.unique(labels):  # sorted, so the plan does not depend on dict order
-        members = rng.permutation(np.flatnonzero(labels == c))
+    order = np.argsort(labels, kind="stable")  # one sort, not a scan of every label per class
+    classes_sorted, starts = np.unique(labels[order], return_index=True)
+    for c, members in zip(classes_sorted, np.split(order, starts[1:]), strict=True):
+        members = rng.permutation(members)  # classes in sorted order: a fixed plan
         whole = len(members) // per_class
         if whole:
             groups[int(c)] = list(members[: whole * per_class].reshape(whole, per_class))

@@ -200,8 +200,9 @@ class UnitStream(IterableDataset):
     """Batches of decoded images of ``units``, a dataloader worker's share (every
     ``workers``-th unit). A batch never spans two units, so a unit's embeddings depend only on
     the unit and the batch size: a resumed, added-to or multi-rank build writes the same bytes
-    as a fresh single-process one. Yields ``{"unit", "images" (b, 3, S, S) uint8 or None,
-    "records", "skipped" {reason: n}, "end"}``; the last batch of a unit has ``end`` set."""
+    as a fresh single-process one. Yields ``{"unit", "items" (b, 3, S, S) uint8 (a text index:
+    the captions) or None, "records", "skipped" {reason: n}, "end"}``; the last batch of a unit
+    has ``end`` set."""
 
     def __init__(
         self, specs, units: list[Unit], transform, max_pixels: int, batch_size: int, text=False
@@ -258,12 +259,13 @@ def item_record(raw: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def batch(unit: Unit, images: list, records: list, errors: Counter, end: bool) -> dict:
+def batch(unit: Unit, items: list, records: list, errors: Counter, end: bool) -> dict:
+    """``items``: decoded images, stacked, or a text index's captions, as a list."""
+    if items and torch.is_tensor(items[0]):
+        items = torch.stack(items)
     return {
         "unit": unit.name,
-        "images": (torch.stack(images) if torch.is_tensor(images[0]) else images)
-        if images
-        else None,
+        "items": items if len(items) else None,
         "records": records,
         # a plain dict: the dataloader's default_convert copies a mapping and then update()s it,
         # which doubles a Counter's counts
@@ -307,13 +309,13 @@ def embed_units(
     for part in loader:
         unit = pending.setdefault(part["unit"], {"emb": [], "records": [], "skipped": Counter()})
         unit["skipped"].update(part["skipped"])
-        if part["images"] is not None:
+        if part["items"] is not None:
             if text:
-                tokens = {k: v.to(device) for k, v in tokenize(part["images"]).items()}
+                tokens = {k: v.to(device) for k, v in tokenize(part["items"]).items()}
                 emb = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
                 emb = emb.float().cpu().numpy()
             else:
-                emb = encode_images(model, part["images"], device).numpy()
+                emb = encode_images(model, part["items"], device).numpy()
             unit["emb"].append(emb)  # (b, D)
             unit["records"].extend(part["records"])
             embedded += len(part["records"])
