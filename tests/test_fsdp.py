@@ -1,7 +1,8 @@
-"""FSDP2 through the real loop on 2 gloo processes: the losses equal DDP's, each rank writes its
+"""FSDP2 through the real loop on 2 gloo processes: the losses and the model EMA (averaged shard by
+shard) equal DDP's, each rank writes its
 shards of the checkpoint (which eval loads in one process and `vlcontrast checkpoint
 consolidate` turns into single files), and a killed FSDP run resumes exactly, from its shards
-and from the consolidated files; a DDP run resumes from the shards as well."""
+and from the consolidated files, EMA included; a DDP run resumes from the shards as well."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def run(corpus, out, *extra, crash: int = 0) -> None:
         *tiny_vit(),
         "data.batch_size=8",
         "optim.warmup_steps=1",
+        "train.ema=0.5",  # every run keeps an EMA: DDP's and FSDP's must agree and resume
         *extra,
     ]
     for attempt in range(2):
@@ -86,6 +88,13 @@ def test_fsdp_trains_like_ddp_and_resumes_exactly(corpus, tmp_path):
     assert set(a) == set(b)
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+    ema_ddp, ema_fsdp = ema(checkpoint.latest(ddp / "checkpoints")), ema(saved)
+    assert set(ema_ddp) == set(a) and any(not torch.equal(ema_fsdp[k], b[k]) for k in b)
+    for name in a:  # the FSDP run's EMA (averaged shard by shard) is the DDP run's
+        torch.testing.assert_close(ema_fsdp[name], ema_ddp[name], rtol=1e-4, atol=1e-5)
+    ema_model, _, _ = load_model(saved, weights="ema")  # --weights ema on an FSDP checkpoint
+    for name, value in ema_model.state_dict().items():
+        assert torch.equal(value, ema_fsdp[name]), name
     single = tmp_path / "single"
     assert main(["checkpoint", "consolidate", str(saved), "--out", str(single)]) == 0
     consolidated = load_file(single / "model.safetensors")
@@ -97,8 +106,10 @@ def test_fsdp_trains_like_ddp_and_resumes_exactly(corpus, tmp_path):
     run(corpus, parted, "train.fsdp=true", "train.resume=latest")
     assert losses(parted) == got  # bit-exact: weights, optimizer, data and RNG restored
     c = weights(checkpoint.latest(parted / "checkpoints"))
+    ema_parted = ema(checkpoint.latest(parted / "checkpoints"))
     for name in b:
         assert torch.equal(c[name], b[name]), name
+        assert torch.equal(ema_parted[name], ema_fsdp[name]), name  # the EMA resumed exactly
 
     # a DDP run resumes from the shards too (DDP's sums differ from FSDP's in the last bits)
     plain = tmp_path / "plain"
@@ -120,6 +131,10 @@ def test_fsdp_trains_like_ddp_and_resumes_exactly(corpus, tmp_path):
     d = load_file(checkpoint.latest(again / "checkpoints") / "model.safetensors")
     for name in b:
         assert torch.equal(d[name], b[name]), name
+
+
+def ema(saved) -> dict[str, torch.Tensor]:
+    return checkpoint.load_state(saved)["parts"]["ema"]["weights"]
 
 
 def weights(saved) -> dict[str, torch.Tensor]:

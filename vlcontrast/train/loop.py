@@ -113,7 +113,7 @@ def train(cfg: Config) -> dict[str, Any]:
     }
     if precision.scaler is not None:
         parts["grad_scaler"] = precision.scaler
-    ema = make_ema(model, cfg, sharded)
+    ema = make_ema(model, cfg)
     if ema is not None:
         parts["ema"] = ema
     if resume_from is not None:
@@ -212,15 +212,11 @@ def train(cfg: Config) -> dict[str, Any]:
     return summary
 
 
-def make_ema(model, cfg: Config, sharded: bool) -> ModelEma | None:
-    """``train.ema``: the average of the shared model's weights (``train/ema.py``)."""
+def make_ema(model, cfg: Config) -> ModelEma | None:
+    """``train.ema``: the average of the shared model's weights (``train/ema.py``); under FSDP
+    it averages each rank's shards, so it is made after ``fsdp.shard``."""
     if not cfg.train.ema:
         return None
-    if sharded:
-        raise ConfigError(
-            "train.ema: the EMA of an FSDP-sharded model is not supported yet; train with DDP "
-            "(train.fsdp=false) or without train.ema"
-        )
     return ModelEma(model, cfg.train.ema, cfg.train.ema_warmup)
 
 

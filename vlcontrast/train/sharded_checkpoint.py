@@ -53,7 +53,7 @@ def _sharded_states(model: nn.Module, optimizer: torch.optim.Optimizer):
     return get_model_state_dict(model), get_optimizer_state_dict(model, optimizer)
 
 
-def _local(value: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+def local_piece(value: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
     """This rank's piece of ``value`` and its offset in the full tensor."""
     from torch.distributed.tensor import DTensor
 
@@ -87,7 +87,7 @@ def save_shards(model: nn.Module, optimizer: torch.optim.Optimizer, directory: P
         if not isinstance(value, torch.Tensor):
             values[key] = value  # a plain number of the optimizer's state, the same on all ranks
             continue
-        local, offset = _local(value)
+        local, offset = local_piece(value)
         entries[key] = {"shape": list(value.shape), "dtype": str(value.dtype)}
         if local.numel() and (isinstance(value, DTensor) or rank == 0):
             pieces[key] = local.detach().cpu().contiguous()
@@ -164,7 +164,7 @@ def load_shards(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
                     f"train.resume: {path} does not fit this model ({key} is {entry.shape} "
                     f"{entry.dtype} there, {tuple(value.shape)} {value.dtype} here)"
                 )
-            local, offset = _local(value)
+            local, offset = local_piece(value)
             if local.numel():
                 pieces.read_into(key, local, offset)
     set_model_state_dict(model, model_state)
