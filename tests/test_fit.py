@@ -44,6 +44,23 @@ def test_workers_follow_the_cores_and_the_shards(monkeypatch, capsys):
     assert cfg.data.num_workers == 2
 
 
+@pytest.mark.parametrize(
+    "cuda, cores, want",
+    [(True, 16, 15), (True, 64, 16), (True, 1, 1), (False, 16, 2), (False, 1, 1)],
+)
+def test_the_default_worker_count_follows_the_cores_and_the_device(
+    monkeypatch, cuda, cores, want
+):
+    """-1 (the default): every core of the rank but the main process's with a GPU, at most 16;
+    2 on a CPU; never more than the cores."""
+    monkeypatch.setattr(fit, "cores_per_rank", lambda: cores)
+    monkeypatch.setattr(fit.torch.cuda, "is_available", lambda: cuda)
+    cfg = config_lib.load(None, [])
+    assert cfg.data.num_workers == -1
+    fit.fit_workers(cfg, shards=1000)
+    assert cfg.data.num_workers == want
+
+
 def test_precision_auto_is_fp32_on_a_cpu_and_bf16_warns_without_bf16_units(monkeypatch, capsys):
     cfg = config_lib.load(None, [])
     assert cfg.train.precision == "auto"

@@ -91,8 +91,11 @@ class DataConfig:
     num_samples: int = field(default=0, metadata=NON_NEGATIVE)
     # Per rank; the contrastive batch is the global one (x ranks x grad-cache micro-batches)
     batch_size: int = field(default=256, metadata=POSITIVE)
-    # Decoding processes per rank: 2 keep two CPU cores busy decoding (benchmarks/loader.py)
-    num_workers: int = field(default=2, metadata=NON_NEGATIVE)
+    # Decoding processes per rank; -1 (auto): on a GPU every core of this rank but the main
+    # process's (at most 16), since one ViT-B/32 GPU step outruns many decoding cores
+    # (benchmarks/gpu.py prints samples/s per worker); on a CPU 2, which keep two cores busy
+    # decoding beside the training step (benchmarks/loader.py)
+    num_workers: int = field(default=-1, metadata=between(-1, 1024))
     # Logical streams per rank, fixed for a run (saved in checkpoints); the sample order depends on
     # it but not on num_workers, so a run resumes exactly with any worker count. 0: num_workers.
     streams: int = field(default=0, metadata=NON_NEGATIVE)

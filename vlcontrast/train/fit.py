@@ -6,8 +6,10 @@ says what it changed (one ``note:`` line each).
   A CPU without native bf16 emulates it: a step of the README's CPU line took 90-100 s in bf16
   against 5-13 s in float32 (about 10x) on this project's 2-core test machine, so an explicit
   bf16 there gets a warning.
-* ``data.num_workers``: at most the cores this rank has, and in epoch mode (where every stream
-  needs a shard of its own) at most the shards each rank gets, when ``data.streams`` follows it.
+* ``data.num_workers=-1`` (the default): with a GPU, the cores this rank has minus one for the
+  main process (at most 16); on a CPU, 2 (the training step needs the other cores). Then, set or
+  not, at most the cores this rank has, and in epoch mode (where every stream needs a shard of
+  its own) at most the shards each rank gets, when ``data.streams`` follows it.
 * ``optim.warmup_steps=-1`` (the default): 500 steps, at most 10% of a short run's. A 500-step
   warm-up took the whole of a 337-step run and the learning rate never decayed.
 * A batch larger than the data is refused now, not after the progress bar started.
@@ -60,9 +62,23 @@ def cores_per_rank() -> int:
     return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
 
 
+MAX_AUTO_WORKERS = 16  # decoding processes past this add memory more than speed
+CPU_WORKERS = 2  # a CPU run: two decoders beside the step (benchmarks/loader.py)
+
+
+def auto_workers(cuda: bool) -> int:
+    """``data.num_workers=-1``: the decoding processes for this rank's cores."""
+    if not cuda:
+        return CPU_WORKERS
+    return max(1, min(MAX_AUTO_WORKERS, cores_per_rank() - 1))
+
+
 def fit_workers(cfg: Config, shards: int) -> None:
-    """Lower ``data.num_workers`` to what the cores and, in epoch mode, the shards allow."""
+    """Resolve ``data.num_workers=-1``, then lower it to what the cores and, in epoch mode,
+    the shards allow."""
     data, world = cfg.data, distributed.world_size()
+    if data.num_workers < 0:
+        data.num_workers = auto_workers(torch.cuda.is_available())
     limit, why = cores_per_rank(), "CPU cores for this process"
     if data.mode == "epoch" and not data.streams and shards // world < limit:
         limit, why = max(1, shards // world), f"shards per rank ({shards} over {world})"
