@@ -119,14 +119,15 @@ def bench_config(
     accelerator = make_accelerator()
     amp = Precision(precision, accelerator.device)
     model = efficiency_switches(build_model(cfg), cfg)
-    objective = build_objective(cfg.objective)
-    optimizer = build_optimizer(model, cfg.optim)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    task = build_objective(cfg.objective)  # the task owns the model, as in the loop
+    task.setup(model, cfg, cfg.data.batch_size)
+    optimizer = build_optimizer(task, cfg.optim)
+    task, optimizer = accelerator.prepare(task, optimizer)
     batch = make_batch(cfg, cfg.text.config["vocab_size"])
     state = {"step": 0}
 
     def step():
-        train_step(accelerator, amp, model, objective, optimizer, batch, cfg, state)
+        train_step(accelerator, amp, task, optimizer, batch, cfg, state)
 
     step()  # warm-up, allocator and oneDNN primitive caches (and compilation)
     if switch is not None:  # memory and speed only

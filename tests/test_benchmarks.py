@@ -1,5 +1,6 @@
 """The benchmark scripts run (figures are printed, never asserted: see benchmarks/)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +97,42 @@ def test_text_pairs_benchmark_trains_scores_sts_and_searches():
     assert done.returncode == 0, done.stderr[-2000:]
     for row in ("random init |", "simcse |", "pairs |", "top 5 of 355 items"):
         assert row in done.stdout, done.stdout[-2000:]
+
+
+def test_train_step_benchmark_runs():
+    command = [sys.executable, "benchmarks/train_step.py", "--configs", "tiny"]
+    command += ["--precisions", "no", "--seconds", "0.5"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    row = next(line.split() for line in done.stdout.splitlines() if line.startswith("tiny "))
+    assert float(row[2]) > 0 and float(row[4]) > 0  # samples/s and GFLOP per step
+
+
+def test_gpu_benchmark_smoke_runs_every_part(tmp_path):
+    """benchmarks/gpu.py --smoke: every part at toy sizes on the CPU, the same code as on a GPU.
+    Both trainers' steps count about the same FLOPs (one architecture), both losses agree, the
+    sharded checkpoint restores every tensor, and the table holds every part's rows."""
+    pytest.importorskip("open_clip")
+    pytest.importorskip("faiss")
+    out = tmp_path / "gpu.json"
+    command = [sys.executable, "benchmarks/gpu.py", "--smoke", "--out", str(out)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert not results["errors"]
+    parts = results["parts"]
+    assert set(parts) == {"step", "loss", "loader", "index", "fsdp"}
+    step = parts["step"]
+    for name in ("vlcontrast", "openclip", "vlcontrast compiled", "openclip compiled"):
+        assert step[name]["samples_per_s"] > 0 and step[name]["mfu_measured"] > 0, name
+    ours, theirs = step["vlcontrast"]["flops_per_step"], step["openclip"]["flops_per_step"]
+    assert 0.9 < ours / theirs < 1.1  # the same architecture on both sides
+    loss = parts["loss"]
+    assert loss["vlcontrast tiled"]["loss"] == pytest.approx(loss["openclip ClipLoss"]["loss"])
+    assert parts["loader"]["vlcontrast"]["samples_per_s"] > 0
+    assert parts["index"]["build"]["rows"] == results["sizes"]["images"]
+    assert parts["index"]["query"]["vectors"] == results["sizes"]["vectors"]
+    assert parts["fsdp"]["checkpoint sharded"]["equal"] and parts["fsdp"]["fsdp"]["samples_per_s"]
+    for prefix in ("| step | train step", "| step | MFU", "| loss |", "| loader |", "| index |"):
+        assert prefix in done.stdout, prefix
+    assert "| fsdp | checkpoint restore s" in done.stdout

@@ -48,9 +48,7 @@ def test_workers_follow_the_cores_and_the_shards(monkeypatch, capsys):
     "cuda, cores, want",
     [(True, 16, 15), (True, 64, 16), (True, 1, 1), (False, 16, 2), (False, 1, 1)],
 )
-def test_the_default_worker_count_follows_the_cores_and_the_device(
-    monkeypatch, cuda, cores, want
-):
+def test_the_default_worker_count_follows_the_cores_and_the_device(monkeypatch, cuda, cores, want):
     """-1 (the default): every core of the rank but the main process's with a GPU, at most 16;
     2 on a CPU; never more than the cores."""
     monkeypatch.setattr(fit, "cores_per_rank", lambda: cores)

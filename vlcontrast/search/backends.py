@@ -40,12 +40,20 @@ class ExactBackend:
     """Exact inner-product search. The first ``cache_bytes`` of the collection are kept as
     float32 blocks after the first query (a 1M x 512 index: 2 GiB, all of it), so repeated
     queries read memory instead of converting the float16 map again; the rest is streamed from
-    the memory map a block at a time."""
+    the memory map a block at a time. With a ``device`` (a GPU), blocks are scored there and
+    the cache lives in its memory."""
 
     name = "exact"
 
-    def __init__(self, files: IndexFiles, block_rows: int = BLOCK_ROWS, cache_bytes: int = 2 << 30):
+    def __init__(
+        self,
+        files: IndexFiles,
+        block_rows: int = BLOCK_ROWS,
+        cache_bytes: int = 2 << 30,
+        device: str | torch.device = "cpu",
+    ):
         self.files, self.block_rows, self.cache_bytes = files, block_rows, cache_bytes
+        self.device = torch.device(device)
         self.cache: dict[tuple[int, int], torch.Tensor] = {}
         self.cached = 0
 
@@ -58,6 +66,7 @@ class ExactBackend:
                     # a float32 copy: the memory map is read-only and may be float16
                     rows = matrix[start : start + self.block_rows]
                     block = torch.from_numpy(np.array(rows, dtype=np.float32))  # (b, D)
+                    block = block.to(self.device)
                     if self.cached + block.nbytes <= self.cache_bytes:
                         self.cache[(u, start)] = block
                         self.cached += block.nbytes
@@ -65,9 +74,10 @@ class ExactBackend:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = torch.from_numpy(np.array(queries, dtype=np.float32))  # (Q, D), a writable copy
+        q = q.to(self.device)
         k = min(k, len(self.files))
-        best = torch.full((len(q), 0), -math.inf)
-        rows = torch.zeros((len(q), 0), dtype=torch.long)
+        best = torch.full((len(q), 0), -math.inf, device=self.device)
+        rows = torch.zeros((len(q), 0), dtype=torch.long, device=self.device)
         for first, block in self.blocks():
             scores = q @ block.T  # (Q, b)
             top = scores.topk(min(k, scores.shape[1]), dim=1)
@@ -75,7 +85,7 @@ class ExactBackend:
             rows = torch.cat([rows, top.indices + first], dim=1)
             keep = best.topk(min(k, best.shape[1]), dim=1)
             best, rows = keep.values, rows.gather(1, keep.indices)
-        return best.numpy(), rows.numpy()
+        return best.cpu().numpy(), rows.cpu().numpy()
 
 
 def choose_kind(n: int) -> str:

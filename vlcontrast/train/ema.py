@@ -85,5 +85,7 @@ def _copy_region(average: torch.Tensor, whole: torch.Tensor) -> None:
     from vlcontrast.train.sharded_checkpoint import local_piece
 
     local, offset = local_piece(average)
-    region = tuple(slice(start, start + size) for start, size in zip(offset, local.shape))
+    region = tuple(
+        slice(start, start + size) for start, size in zip(offset, local.shape, strict=True)
+    )
     local.copy_(whole[region])
