@@ -24,6 +24,7 @@ from vlcontrast.losses import (
     nt_xent_loss,
     supcon_loss,
 )
+from vlcontrast.losses.classify import classification_loss
 from vlcontrast.losses.pairs import in_batch_negatives_loss
 from vlcontrast.objectives.base import Objective
 from vlcontrast.train.grad_cache import grad_cached_step
@@ -60,7 +61,7 @@ class TinyTowers(nn.Module):
 
 def towers_for(loss_name: str, dropout: float = 0.0) -> TinyTowers:
     return TinyTowers(
-        scale=loss_name.startswith(("clip", "siglip", "logistic")),
+        scale=loss_name.startswith(("clip", "siglip", "logistic", "classify")),
         bias=loss_name.startswith("siglip"),
         dropout=dropout,
     )
@@ -123,7 +124,18 @@ LOSSES = {
     "pairs_negatives": lambda o, b: in_batch_negatives_loss(
         o["img"], o["txt"], hard_negatives(o), temperature=0.3, symmetric=True
     ),
+    # fine-tuning through a fixed head, both towers' rows classified (DDP needs every weight
+    # used); class 3 is not in the head: unlabelled rows
+    "classify": lambda o, b: classification_loss(
+        o["scale"] * views(o, b)[0] @ head().T, views(o, b)[1]
+    ),
 }
+
+
+def head() -> torch.Tensor:
+    """A fixed (3, 5) head of unit rows: the zero-shot head of finetune, for three classes."""
+    gen = torch.Generator().manual_seed(7)
+    return F.normalize(torch.randn(3, 5, generator=gen, dtype=torch.float64), dim=-1)
 
 
 def hard_negatives(o: dict) -> torch.Tensor:
@@ -168,6 +180,8 @@ CASES = [(name, name, 1, False) for name in LOSSES] + [
     ("triplet_semi_hard_gradcache", "triplet_semi_hard", 2, False),
     ("pairs_negatives_uneven", "pairs_negatives", 1, True),
     ("pairs_gradcache", "pairs", 2, False),
+    ("classify_uneven", "classify", 1, True),  # rank 2 of 4 holds both unlabelled rows
+    ("classify_gradcache", "classify", 2, False),
 ]
 
 

@@ -239,3 +239,12 @@ def textbook_in_batch_negatives(anchor, positive, negative=None, temperature=0.0
             forward = (forward - (back[i] - torch.logsumexp(back, 0))) / 2
         total = total + forward
     return total / n
+
+
+def textbook_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean of -log softmax(row)[label] over the rows whose label is a class, row by row."""
+    terms = []
+    for row, label in zip(logits, labels.tolist(), strict=True):
+        if 0 <= label < len(row):
+            terms.append(torch.log(torch.exp(row).sum()) - row[label])
+    return torch.stack(terms).mean()

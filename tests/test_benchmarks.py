@@ -136,3 +136,13 @@ def test_gpu_benchmark_smoke_runs_every_part(tmp_path):
     for prefix in ("| step | train step", "| step | MFU", "| loss |", "| loader |", "| index |"):
         assert prefix in done.stdout, prefix
     assert "| fsdp | checkpoint restore s" in done.stdout
+
+
+def test_wiseft_benchmark_pretrains_finetunes_and_draws_the_curve(tmp_path):
+    pytest.importorskip("sklearn")
+    command = [sys.executable, "benchmarks/wiseft_digits.py", "--smoke", "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "| alpha | heldout_plain | heldout_inverted | heldout_rotated |" in done.stdout
+    curve = json.loads((tmp_path / "curve" / "wiseft.json").read_text())
+    assert curve["alphas"] == [0.0, 1.0] and (tmp_path / "curve" / "wiseft.png").is_file()

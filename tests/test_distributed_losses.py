@@ -18,6 +18,7 @@ from tests.references import (
     multi_similarity_keep,
     textbook_clip_loss,
     textbook_contrastive,
+    textbook_cross_entropy,
     textbook_in_batch_negatives,
     textbook_logistic,
     textbook_multi_similarity,
@@ -52,6 +53,9 @@ REFERENCES = {
     "pairs_symmetric": lambda o, b: textbook_in_batch_negatives(o[0], o[1], None, 0.3, True),
     "pairs_negatives": lambda o, b: textbook_in_batch_negatives(
         o[0], o[1], cases.hard_negatives({"img": o[0], "txt": o[1]}), 0.3, True
+    ),
+    "classify": lambda o, b: textbook_cross_entropy(
+        o[2] * two_views(o, b)[0] @ cases.head().T, two_views(o, b)[1]
     ),
 }
 

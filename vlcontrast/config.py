@@ -39,6 +39,7 @@ from vlcontrast.objective_settings import (
     BarlowTwinsConfig,
     BYOLConfig,
     CLIPConfig,
+    FinetuneConfig,
     MetricConfig,
     MoCoConfig,
     MoCoV3Config,
@@ -236,6 +237,7 @@ class ObjectiveConfig:
     metric: MetricConfig = field(default_factory=MetricConfig)
     slip: SLIPConfig = field(default_factory=SLIPConfig)
     text_pairs: TextPairsConfig = field(default_factory=TextPairsConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 @dataclass

@@ -131,6 +131,19 @@ class SupConConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """``objective.finetune.*``: fine-tuning a CLIP's image tower on labelled images through
+    its own zero-shot head (objectives/finetune.py)."""
+
+    # class names in label order: a classes file (JSON or one per line); default: the
+    # classes.json beside the training shards (what `vlcontrast data convert` writes)
+    classes: str = ""
+    # prompt templates of the head (as eval's): openai_imagenet, generic, a file, or literals
+    # with {}; default: the classes file's, else generic
+    templates: list[str] = field(default_factory=list)
+
+
+@dataclass
 class MetricConfig:
     """``objective.metric.*``: metric learning on labelled images (two views each, labels from
     ``data.label_key``), with a loss and a miner on the gathered batch (losses/metric.py,

@@ -65,17 +65,39 @@ def add_commands(sub) -> None:
     exp.add_argument("out", help="output directory (hf) or file (safetensors)")
     weights = sub.add_parser(
         "weights",
-        help="operations on model weights: interpolate two checkpoints (WiSE-FT)",
+        help="operations on model weights: interpolate two checkpoints, the WiSE-FT curve",
         description="interpolate A B --alpha X --out C: the weights (1 - X) A + X B of two "
         "checkpoints of one architecture (WiSE-FT, Wortsman et al. 2022: A zero-shot, B "
         "fine-tuned, X 0.5 keeps most of both), written as a checkpoint that eval, search, "
-        "export and training read. Shapes are checked key by key.",
+        "export and training read. Shapes are checked key by key. "
+        "wiseft A B --data D [--data D2 ...] --out DIR: zero-shot top-1 of the interpolation "
+        "at each of --alphas on every collection (the fine-tuning one and shifted ones), as a "
+        "table, DIR/wiseft.json and the curve DIR/wiseft.png.",
     )
-    weights.add_argument("action", choices=["interpolate"])
-    weights.add_argument("a", help="checkpoint A (alpha 0)")
-    weights.add_argument("b", help="checkpoint B (alpha 1)")
-    weights.add_argument("--alpha", type=float, required=True, help="B's weight, in [0, 1]")
-    weights.add_argument("--out", required=True, help="new checkpoint directory")
+    weights.add_argument("action", choices=["interpolate", "wiseft"])
+    weights.add_argument("a", help="checkpoint A (alpha 0): the zero-shot model")
+    weights.add_argument("b", help="checkpoint B (alpha 1): its fine-tuned version")
+    weights.add_argument("--alpha", type=float, help="interpolate: B's weight, in [0, 1]")
+    weights.add_argument(
+        "--out", required=True, help="interpolate: new checkpoint; wiseft: results directory"
+    )
+    weights.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        help="wiseft: a labelled collection (shards with classes.json, ImageFolder, HF); repeat",
+    )
+    weights.add_argument(
+        "--alphas",
+        default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",
+        help="wiseft: the alphas to score, comma-separated (default: 0 to 1 by 0.1)",
+    )
+    weights.add_argument("--classes", default="", help="wiseft: class names file (default: data's)")
+    weights.add_argument(
+        "--templates", nargs="*", default=[], help="wiseft: prompt templates (default: data's)"
+    )
+    weights.add_argument("--batch-size", type=int, default=256, help="wiseft: images per batch")
+    weights.add_argument("--workers", type=int, default=2, help="wiseft: decoding processes")
     ckpt = sub.add_parser(
         "checkpoint",
         help="consolidate an FSDP run's sharded checkpoint into single files, or convert one "
@@ -174,14 +196,56 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
-    from vlcontrast.models.interpolate import interpolate_checkpoints
     from vlcontrast.schema import ConfigError
 
     try:
+        if args.action == "wiseft":
+            return wiseft(args)
+        if args.alpha is None:
+            raise ValueError("--alpha: interpolate needs B's weight, e.g. --alpha 0.5")
+        from vlcontrast.models.interpolate import interpolate_checkpoints
+
         out = interpolate_checkpoints(args.a, args.b, args.alpha, args.out)
     except (ConfigError, ValueError, OSError, RuntimeError) as err:
         print(f"vlcontrast weights: {err}", file=sys.stderr)
         return 2
     print(f"interpolated {args.a} (x{1 - args.alpha:g}) and {args.b} (x{args.alpha:g}) -> {out}")
     print(f"  evaluate: vlcontrast eval zeroshot --checkpoint {out} --data DATA")
+    return 0
+
+
+def wiseft(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from vlcontrast.eval.wiseft import format_curve, save_curve_png, wiseft_curve
+
+    try:
+        alphas = tuple(float(a) for a in args.alphas.split(","))
+    except ValueError:
+        message = f"--alphas: expected numbers separated by commas, got {args.alphas!r}"
+        raise ValueError(message) from None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    curve = wiseft_curve(
+        args.a,
+        args.b,
+        args.data,
+        alphas,
+        args.classes,
+        args.templates,
+        device,
+        args.batch_size,
+        args.workers,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "wiseft.json").write_text(json.dumps(curve, indent=1) + "\n")
+    png = save_curve_png(curve, out / "wiseft.png")
+    print(format_curve(curve))
+    for data, alpha in curve["best_alpha"].items():
+        print(f"best alpha on {data}: {alpha:g}")
+    print(f"results: {out / 'wiseft.json'}, curve: {png}")
+    best = curve["best_alpha"][args.data[-1]]
+    print(f"  keep it: vlcontrast weights interpolate {args.a} {args.b} --alpha {best:g} --out DIR")
     return 0

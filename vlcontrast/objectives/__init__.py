@@ -47,6 +47,7 @@ OBJECTIVES: dict[str, Any] = _Registry(
     metric="metric:MetricObjective",
     slip="slip:SLIPObjective",
     text_pairs="text_pairs:TextPairsObjective",
+    finetune="finetune:FinetuneObjective",
 )
 
 

@@ -40,6 +40,9 @@ class Objective(nn.Module):
     views: ClassVar[int] = 0
     # Whether batches carry ``labels`` (the class index, ``data.label_key``): supcon
     needs_labels: ClassVar[bool] = False
+    # Whether the task needs the model's text tower though its batches hold no text (finetune:
+    # the head is made from it)
+    uses_text_tower: ClassVar[bool] = False
 
     bn_groups: int = 1  # model.bn_split: rows are ordered device by device (two_views)
 

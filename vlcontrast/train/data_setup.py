@@ -39,14 +39,14 @@ def build_train_data(cfg: Config, tokenizer) -> tuple[ShardDataset, Any]:
     fit_workers(cfg, len(urls))
     transform = train_transform(cfg)
     cls = objective_class(cfg.objective.name)
-    caption_key = data.caption_key if tokenizer is not None else ""
+    caption_key = data.caption_key if "text" in cls.modalities else ""
     label_key = data.label_key if cls.needs_labels else ""
     image_keys = tuple(data.image_keys.split(";")) if "image" in cls.modalities else ()
     decoder = Decoder(
         transform, image_keys, caption_key, data.max_pixels, label_key, **pair_keys(cfg)
     )
     common = dict(mode=data.mode, seed=cfg.train.seed, shuffle_buffer=data.shuffle_buffer)
-    collate = Collate(tokenizer, cfg.text.context_length)
+    collate = Collate(tokenizer if "text" in cls.modalities else None, cfg.text.context_length)
     if data.sampler == "class_balanced":
         index = shared_index(cfg, urls)
         per_class = data.samples_per_class

@@ -39,7 +39,12 @@ def resolve_model_settings(cfg: Config) -> None:
             f"model.kind: objective {cfg.objective.name!r} needs images; model.kind=text has "
             f"no image tower"
         )
-    if "text" not in cls.modalities and cfg.model.kind != "image":
+    if cls.uses_text_tower and cfg.model.kind != "dual":
+        raise ConfigError(
+            f"model.kind: objective {cfg.objective.name!r} makes its head with the text tower; "
+            f"set model.kind=dual (start from a CLIP with model.init_from)"
+        )
+    if "text" not in cls.modalities and cfg.model.kind != "image" and not cls.uses_text_tower:
         raise ConfigError(
             f"model.kind: objective {cfg.objective.name!r} trains on images only; set "
             f"model.kind=image (a text tower would take no gradient)"
