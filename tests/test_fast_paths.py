@@ -126,3 +126,40 @@ def test_the_training_step_has_no_graph_break(corpus, tmp_path, objective):
     reasons = [r.reason.splitlines()[0] for r in explained.break_reasons]
     assert explained.graph_break_count == 0, reasons
     assert explained.graph_count == 1
+
+
+@pytest.mark.slow  # compiles a model (tens of seconds on a CPU)
+def test_a_compiled_training_step_trains_like_the_eager_one(corpus, tmp_path):
+    """train.compile through the loop's own train_step: model and loss compiled as one function
+    give the eager step's losses and weights within float tolerance, step after step."""
+    from vlcontrast.train.loop import make_accelerator, train_step
+    from vlcontrast.train.model_setup import resolve_model_settings
+    from vlcontrast.train.precision import Precision
+
+    results = []
+    for compiled in (False, True):
+        no_dropout = ["text.config.hidden_dropout_prob=0.0"]  # compiled RNG draws other masks
+        no_dropout += ["text.config.attention_probs_dropout_prob=0.0"]
+        switch = f"train.compile={str(compiled).lower()}"
+        cfg = tiny_vit_config(corpus, tmp_path, switch, *no_dropout)
+        resolve_model_settings(cfg)
+        torch.manual_seed(0)
+        model = efficiency_switches(build_model(cfg), cfg)
+        task = build_objective(cfg.objective)
+        task.setup(model, cfg, 6)
+        optimizer = build_optimizer(task, cfg.optim)
+        accelerator, state = make_accelerator(), {"step": 0}
+        losses = []
+        for step in range(3):
+            torch.manual_seed(step)
+            loss, _ = train_step(
+                accelerator, Precision("no", "cpu"), task, optimizer, batch(step), cfg, state
+            )
+            state["step"] += 1
+            losses.append(loss)
+        results.append((losses, {k: v.detach().clone() for k, v in model.state_dict().items()}))
+    (eager, eager_weights), (fast, fast_weights) = results
+    assert fast == pytest.approx(eager, rel=1e-4)
+    assert "_compiled_step" in task.__dict__  # the compiled path ran
+    for name, value in eager_weights.items():
+        torch.testing.assert_close(fast_weights[name], value, rtol=1e-3, atol=1e-4, msg=name)

@@ -282,7 +282,8 @@ class TrainConfig:
     # TF32 tensor-core matmuls and convolutions on Ampere and later GPUs (10-bit mantissa in the
     # products, fp32 accumulation); ignored on CPU and where bf16 autocast already runs the model
     tf32: bool = True
-    # torch.compile the model (off: compile time is minutes, and not every model compiles)
+    # torch.compile the training step, model and loss as one graph (with gradient caching the
+    # model alone); off: compile time is minutes, and not every model compiles
     compile: bool = False
     # NHWC memory layout for CNN image towers (faster convolutions on GPUs with tensor cores)
     channels_last: bool = False

@@ -101,18 +101,20 @@ def grad_cached_step(
     *,
     backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
     check_loss: Callable[[torch.Tensor], None] | None = None,
+    forward_loss: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Populate ``.grad`` of the task's parameters (model and heads) on ``batch`` in ``steps``
     micro-batches (``steps=1``: the plain forward and backward). ``task`` is the objective, bare
     or DDP-wrapped: outputs come from calling it, the loss from its bare ``loss``.
 
     ``backward`` runs the loss's backward (``accelerator.backward`` applies fp16 loss scaling);
-    ``check_loss`` may raise before any parameter gradient is written. Returns the objective's
-    ``{"loss", "metrics"}`` for the whole batch.
+    ``check_loss`` may raise before any parameter gradient is written; ``forward_loss`` replaces
+    the plain step's forward and loss with one function (``train.compile``: compiled as one
+    graph). Returns the objective's ``{"loss", "metrics"}`` for the whole batch.
     """
     objective = unwrap(task)
     if steps == 1 or batch_rows(batch) == 1:  # the plain step: one forward, one backward
-        out = objective.loss(task(batch), batch)
+        out = forward_loss(batch) if forward_loss else objective.loss(task(batch), batch)
         if check_loss is not None:
             check_loss(out["loss"])
         backward(out["loss"])

@@ -260,6 +260,7 @@ def train_step(accelerator, precision, trainee, optimizer, batch, cfg: Config, s
             cfg.train.grad_cache_steps,
             backward=precision.backward,
             check_loss=check_loss,
+            forward_loss=compiled_step(trainee) if cfg.train.compile else None,
         )
     value = float(out["loss"].detach())
     metrics = {name: float(v) for name, v in out["metrics"].items()}  # tensors: after the step
@@ -273,6 +274,17 @@ def train_step(accelerator, precision, trainee, optimizer, batch, cfg: Config, s
     optimizer.zero_grad(set_to_none=True)
     unwrap(trainee).after_step(step)
     return value, metrics
+
+
+def compiled_step(trainee) -> Any:
+    """``train.compile``: the task's forward and loss as one compiled function (made once per
+    task; tests/test_fast_paths.py checks that the CLIP and SigLIP steps trace as one graph)."""
+    objective = unwrap(trainee)
+    step = objective.__dict__.get("_compiled_step")
+    if step is None:
+        step = torch.compile(lambda batch: objective.loss(trainee(batch), batch))
+        objective.__dict__["_compiled_step"] = step
+    return step
 
 
 def diverged(what: str, value: float, step: int, cfg: Config) -> TrainingDiverged:

@@ -115,9 +115,9 @@ def init_weights(model: nn.Module, cfg: Config) -> None:
 
 def efficiency_switches(model: nn.Module, cfg: Config) -> nn.Module:
     """``train.grad_checkpointing`` (both towers), ``train.channels_last`` (the image tower's
-    weights and inputs in NHWC) and ``train.compile`` (``nn.Module.compile`` in place, so the
-    weights keep their names in checkpoints). Patch dropout is built into the tower
-    (``image.patch_dropout``)."""
+    weights and inputs in NHWC) and, with gradient caching, ``train.compile``
+    (``nn.Module.compile`` in place, so the weights keep their names in checkpoints). Patch
+    dropout is built into the tower (``image.patch_dropout``)."""
     import torch
 
     t = cfg.train
@@ -139,7 +139,9 @@ def efficiency_switches(model: nn.Module, cfg: Config) -> nn.Module:
     if t.channels_last:
         model.image.to(memory_format=torch.channels_last)
         model.image.channels_last = True
-    if t.compile:
+    if t.compile and t.grad_cache_steps > 1:
+        # gradient caching runs the forward apart from the loss: the model alone is compiled;
+        # the plain step compiles model and loss as one graph (loop.compiled_step)
         model.compile()
     return model
 
