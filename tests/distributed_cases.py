@@ -26,6 +26,7 @@ from vlcontrast.losses import (
 )
 from vlcontrast.losses.classify import classification_loss
 from vlcontrast.losses.pairs import in_batch_negatives_loss
+from vlcontrast.losses.swav import sinkhorn, swapped_prediction_loss
 from vlcontrast.objectives.base import Objective
 from vlcontrast.train.grad_cache import grad_cached_step
 
@@ -126,10 +127,18 @@ LOSSES = {
     ),
     # fine-tuning through a fixed head, both towers' rows classified (DDP needs every weight
     # used); class 3 is not in the head: unlabelled rows
+    # SwAV: the two towers' rows as two crops, scored against fixed prototypes; the codes come
+    # from Sinkhorn over the global batch
+    "swav": lambda o, b: swav(o["img"] @ head().T, o["txt"] @ head().T),
     "classify": lambda o, b: classification_loss(
         o["scale"] * views(o, b)[0] @ head().T, views(o, b)[1]
     ),
 }
+
+
+def swav(scores_a: torch.Tensor, scores_b: torch.Tensor) -> torch.Tensor:
+    codes = {0: sinkhorn(scores_a, eps=0.5), 1: sinkhorn(scores_b, eps=0.5)}
+    return swapped_prediction_loss([scores_a, scores_b], codes, temperature=0.2)
 
 
 def head() -> torch.Tensor:
@@ -180,6 +189,8 @@ CASES = [(name, name, 1, False) for name in LOSSES] + [
     ("triplet_semi_hard_gradcache", "triplet_semi_hard", 2, False),
     ("pairs_negatives_uneven", "pairs_negatives", 1, True),
     ("pairs_gradcache", "pairs", 2, False),
+    ("swav_uneven", "swav", 1, True),
+    ("swav_gradcache", "swav", 2, False),
     ("classify_uneven", "classify", 1, True),  # rank 2 of 4 holds both unlabelled rows
     ("classify_gradcache", "classify", 2, False),
 ]

@@ -248,3 +248,31 @@ def textbook_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.
         if 0 <= label < len(row):
             terms.append(torch.log(torch.exp(row).sum()) - row[label])
     return torch.stack(terms).mean()
+
+
+def textbook_sinkhorn(scores: torch.Tensor, eps: float, iters: int) -> torch.Tensor:
+    """Algorithm 1 of Caron et al. 2020 (appendix), one process, float64, no shift."""
+    q = torch.exp(scores.double() / eps).T  # (K, B)
+    q /= q.sum()
+    k, b = q.shape
+    for _ in range(iters):
+        q /= q.sum(dim=1, keepdim=True)
+        q /= k
+        q /= q.sum(dim=0, keepdim=True)
+        q /= b
+    return (q * b).T
+
+
+def textbook_swav(scores: list[torch.Tensor], codes: dict[int, torch.Tensor], t: float):
+    total, pairs = 0.0, 0
+    for i, q in codes.items():
+        sub = 0.0
+        for v in range(len(scores)):
+            if v == i:
+                continue
+            for row in range(len(q)):
+                p = torch.exp(scores[v][row] / t) / torch.exp(scores[v][row] / t).sum()
+                sub = sub - (q[row] * torch.log(p)).sum() / len(q)
+        total = total + sub / (len(scores) - 1)
+        pairs += 1
+    return total / pairs

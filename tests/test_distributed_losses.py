@@ -25,7 +25,9 @@ from tests.references import (
     textbook_npair,
     textbook_nt_xent,
     textbook_siglip_loss,
+    textbook_sinkhorn,
     textbook_supcon,
+    textbook_swav,
     textbook_triplet,
 )
 
@@ -54,10 +56,20 @@ REFERENCES = {
     "pairs_negatives": lambda o, b: textbook_in_batch_negatives(
         o[0], o[1], cases.hard_negatives({"img": o[0], "txt": o[1]}), 0.3, True
     ),
+    "swav": lambda o, b: swav_reference(o[0] @ cases.head().T, o[1] @ cases.head().T),
     "classify": lambda o, b: textbook_cross_entropy(
         o[2] * two_views(o, b)[0] @ cases.head().T, two_views(o, b)[1]
     ),
 }
+
+
+def swav_reference(scores_a, scores_b):
+    """SwAV on the whole batch: the paper's Sinkhorn and its loop over crops and samples."""
+    codes = {
+        0: textbook_sinkhorn(scores_a.detach(), 0.5, 3),
+        1: textbook_sinkhorn(scores_b.detach(), 0.5, 3),
+    }
+    return textbook_swav([scores_a, scores_b], codes, 0.2)
 
 
 def two_views(o, b):
