@@ -62,9 +62,9 @@ def wiseft_curve(
     apply(cfg, {"eval": {"batch_size": batch_size, "num_workers": workers}})
     cfg.eval.evaluators = evaluators
     top1: dict[str, list[float]] = {d: [] for d in data}
+    model.to(device)
     for alpha in alphas:
         model.load_state_dict(interpolate_states(a_state, b_state, alpha))
-        model.to(device)
         results = run_evaluators(model, tokenizer, cfg, device)
         for i, d in enumerate(data):
             top1[d].append(float(results[f"data{i}"]["metrics"]["top1"]))

@@ -42,7 +42,6 @@ class FinetuneObjective(Objective):
             param.requires_grad_(False)
         classnames, templates = class_prompts(self.cfg, cfg.data.train_shards)
         self.register_buffer("head", zeroshot_head(model, cfg, classnames, templates))  # (C, D)
-        self.classnames = classnames
 
     def outputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         out = self.model(images=batch["images"])
@@ -105,11 +104,10 @@ def zeroshot_head(model, cfg: Any, classnames: list[str], templates: list[str]) 
         device = torch.device("cuda", torch.cuda.current_device())
     text = model.text
     before = next(text.parameters()).device
-    training = text.training
-    text.to(device).eval()
+    text.to(device)  # embedding sets eval mode; the loop sets train mode before every step
     try:
         embedder = Embedder.from_model(model, load_tokenizer(cfg.text), cfg, device)
         head = zeroshot_classifier(embedder, classnames, templates)
     finally:
-        text.to(before).train(training)
+        text.to(before)
     return head.float().cpu()
