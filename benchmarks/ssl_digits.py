@@ -36,6 +36,7 @@ from vlcontrast.eval.runner import run_evaluators  # noqa: E402
 from vlcontrast.models import build_model  # noqa: E402
 from vlcontrast.train.loop import train  # noqa: E402
 
+DIGIT_CROPS = "{local_count: 6, local_size: 16, augment: {flip: 0, blur: 0}}"
 # method -> (objective.name, its overrides)
 METHODS = {
     # MoCo v2's queue: 8 batches of keys (the dataset has 1,437 training images)
@@ -45,6 +46,29 @@ METHODS = {
     "simsiam": ("simsiam", ["objective.simsiam.predictor.hidden=256"]),
     "mocov3": ("mocov3", ["objective.mocov3.predictor.hidden=256"]),
     "barlow_twins": ("barlow_twins", ["objective.barlow_twins.projector={dim: 512, hidden: 512}"]),
+    # multi-crop: 2 global crops at 32 px and 6 local ones at 16 px (SwAV's 224/96 ratio is
+    # 0.43; 16 px keeps whole 4-px patches), no flips or blur, as the two-view methods here
+    "swav": (
+        "swav",
+        [
+            f"objective.swav.crops={DIGIT_CROPS}",
+            "objective.swav.prototypes=100",  # SwAV's CIFAR-10 setting is 3000 for 1000 classes
+            "objective.swav.queue_size=1024",  # SwAV at batch 256: a queue of 15 batches
+            "objective.swav.queue_start_epochs=5",
+            "objective.swav.freeze_prototypes_steps=50",
+        ],
+    ),
+    "dino": (
+        "dino",
+        [
+            f"objective.dino.crops={DIGIT_CROPS}",
+            "objective.dino.projector={layers: 3, hidden: 256, dim: 64, bn: false, act: gelu}",
+            "objective.dino.out_dim=1024",
+            "objective.dino.teacher_temp=0.07",  # the released ViT-S/16's, warmed from 0.04
+            "objective.dino.warmup_teacher_temp_epochs=5",
+        ],
+    ),
+    "densecl": ("densecl", ["objective.densecl.queue_size=1024"]),
     # supervised, with the labels: SupCon and metric learning (issue 25's yardsticks)
     "supcon": ("supcon", []),
     "triplet": ("metric", ["objective.metric.loss=triplet", "objective.metric.miner=semi_hard"]),

@@ -276,3 +276,52 @@ def textbook_swav(scores: list[torch.Tensor], codes: dict[int, torch.Tensor], t:
         total = total + sub / (len(scores) - 1)
         pairs += 1
     return total / pairs
+
+
+def textbook_dino(student_out, teacher_out, center, student_temp, teacher_temp, n_crops):
+    """DINO's ``DINOLoss.forward`` (main_dino.py): crop-major (C·B, K) student and (2·B, K)
+    teacher outputs, chunked per crop; the mean over pairs of different crops."""
+    student_out = student_out / student_temp
+    student_out = student_out.chunk(n_crops)
+    teacher_out = F.softmax((teacher_out - center) / teacher_temp, dim=-1).detach().chunk(2)
+    total_loss, n_loss_terms = 0, 0
+    for iq, q in enumerate(teacher_out):
+        for v in range(len(student_out)):
+            if v == iq:
+                continue
+            loss = torch.sum(-q * F.log_softmax(student_out[v], dim=-1), dim=-1)
+            total_loss += loss.mean()
+            n_loss_terms += 1
+    return total_loss / n_loss_terms
+
+
+def textbook_dino_center(center, teacher_out, momentum):
+    """DINO's ``update_center`` on one process: (2·B, K) teacher outputs."""
+    batch_center = torch.sum(teacher_out, dim=0, keepdim=True) / len(teacher_out)
+    return center * momentum + batch_center.squeeze(0) * (1 - momentum)
+
+
+def textbook_densecl(q, k, queue, q_grid, k_grid, q_b, k_b, queue2, t, lam):
+    """DenseCL's ``forward_train`` (densecl.py) after the encoders: q, k (N, C) unit; q_grid,
+    k_grid (N, C, S²) unit dense projections; q_b, k_b (N, F, S²) unit backbone features;
+    queue, queue2 (C, K) as DenseCL stores them; returns (global, dense, total) losses."""
+
+    def contrastive(pos, neg):  # ContrastiveHead: cross-entropy with the positive at 0
+        logits = torch.cat((pos, neg), dim=1) / t
+        labels = torch.zeros((logits.size(0),), dtype=torch.long)
+        return F.cross_entropy(logits, labels)
+
+    l_pos = torch.einsum("nc,nc->n", [q, k]).unsqueeze(-1)
+    l_neg = torch.einsum("nc,ck->nk", [q, queue.clone().detach()])
+    backbone_sim_matrix = torch.matmul(q_b.permute(0, 2, 1), k_b)
+    densecl_sim_ind = backbone_sim_matrix.max(dim=2)[1]  # N x S^2
+    indexed_k_grid = torch.gather(
+        k_grid, 2, densecl_sim_ind.unsqueeze(1).expand(-1, k_grid.size(1), -1)
+    )
+    densecl_sim_q = (q_grid * indexed_k_grid).sum(1)
+    l_pos_dense = densecl_sim_q.view(-1).unsqueeze(-1)
+    q_grid = q_grid.permute(0, 2, 1)
+    q_grid = q_grid.reshape(-1, q_grid.size(2))
+    l_neg_dense = torch.einsum("nc,ck->nk", [q_grid, queue2.clone().detach()])
+    single, dense = contrastive(l_pos, l_neg), contrastive(l_pos_dense, l_neg_dense)
+    return single, dense, single * (1 - lam) + dense * lam

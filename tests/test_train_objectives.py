@@ -58,7 +58,7 @@ def test_tiled_and_grad_cached_training_matches_the_plain_run(corpus, tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("objective.name=dino", "objective.name: unknown value 'dino'"),
+        ("objective.name=dinov2", "objective.name: unknown value 'dinov2'"),
         ("objective.clip.gather=all", "objective.clip.gather: expected one of local, global"),
         ("objective.clip.tiled=yes", "objective.clip.tiled: expected one of auto, on, off"),
         ("loss.tiled=yes", "objective.clip.tiled: expected one of auto, on, off"),  # old name

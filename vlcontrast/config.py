@@ -34,22 +34,7 @@ from vlcontrast.data.limits import IMAGE_EXTENSIONS, MAX_PIXELS
 from vlcontrast.data.view_presets import PRESETS as VIEW_PRESETS
 from vlcontrast.data.view_presets import ViewConfig
 from vlcontrast.eval_config import EvalConfig, EvaluatorConfig
-from vlcontrast.objective_settings import (
-    USES_LOGIT_BIAS,
-    BarlowTwinsConfig,
-    BYOLConfig,
-    CLIPConfig,
-    FinetuneConfig,
-    MetricConfig,
-    MoCoConfig,
-    MoCoV3Config,
-    SigLIPConfig,
-    SimCLRConfig,
-    SimSiamConfig,
-    SLIPConfig,
-    SupConConfig,
-    TextPairsConfig,
-)
+from vlcontrast.objective_settings import USES_LOGIT_BIAS, ObjectiveConfig
 from vlcontrast.optim_config import OptimConfig
 from vlcontrast.presets import PRESETS
 from vlcontrast.schema import (
@@ -143,6 +128,9 @@ class ImageTowerConfig:
     # preprocessing, which `vlcontrast import` sets so that an imported model sees the pixels of
     # transformers' CLIPImageProcessor (they differ on non-square images).
     eval_resize: str = field(default="crop", metadata=_choices("crop", "shortest"))
+    # A ViT takes images of any size, its position embeddings interpolated (timm's
+    # dynamic_img_size): multi-crop's local crops. The swav and dino objectives set it.
+    dynamic_size: bool = False
 
 
 @dataclass
@@ -218,26 +206,6 @@ class ViewsConfig:
     preset: str = field(default="", metadata=_choices("", *VIEW_PRESETS))
     first: ViewConfig = field(default_factory=ViewConfig)
     second: ViewConfig = field(default_factory=ViewConfig)
-
-
-@dataclass
-class ObjectiveConfig:
-    """What the model is trained for; each objective's own settings live beside it."""
-
-    name: str = "clip"  # a key of vlcontrast.objectives.OBJECTIVES
-    clip: CLIPConfig = field(default_factory=CLIPConfig)
-    siglip: SigLIPConfig = field(default_factory=SigLIPConfig)
-    simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
-    moco: MoCoConfig = field(default_factory=MoCoConfig)
-    mocov3: MoCoV3Config = field(default_factory=MoCoV3Config)
-    byol: BYOLConfig = field(default_factory=BYOLConfig)
-    simsiam: SimSiamConfig = field(default_factory=SimSiamConfig)
-    barlow_twins: BarlowTwinsConfig = field(default_factory=BarlowTwinsConfig)
-    supcon: SupConConfig = field(default_factory=SupConConfig)
-    metric: MetricConfig = field(default_factory=MetricConfig)
-    slip: SLIPConfig = field(default_factory=SLIPConfig)
-    text_pairs: TextPairsConfig = field(default_factory=TextPairsConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 @dataclass

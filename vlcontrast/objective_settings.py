@@ -7,26 +7,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vlcontrast.data.view_presets import MultiCropConfig, multicrop, multicrop_groups
 from vlcontrast.schema import NON_NEGATIVE, POSITIVE, ConfigError, between, choices
 
 
 @dataclass
 class HeadConfig:
     """An MLP head a method owns (projector, predictor): ``layers`` Linear layers, each hidden
-    one followed by [batch norm] and ReLU, the last one by ``out_norm`` (``none``; ``bn``:
-    batch norm, SimCLR v2 and lightly's ``SimCLRProjectionHead``; ``bn_noaffine``: batch norm
-    without gain and bias, SimSiam's and MoCo v3's heads)."""
+    one followed by [batch norm] and ``act`` (ReLU; GELU in DINO's head), the last one by
+    ``out_norm`` (``none``; ``bn``: batch norm, SimCLR v2 and lightly's
+    ``SimCLRProjectionHead``; ``bn_noaffine``: batch norm without gain and bias, SimSiam's and
+    MoCo v3's heads)."""
 
     layers: int = field(default=2, metadata=POSITIVE)
     hidden: int = field(default=0, metadata=NON_NEGATIVE)  # 0: the input's width
     dim: int = field(default=128, metadata=NON_NEGATIVE)  # output width; 0: the input's width
     bn: bool = True  # batch norm after every hidden layer
     out_norm: str = field(default="none", metadata=choices("none", "bn", "bn_noaffine"))
+    act: str = field(default="relu", metadata=choices("relu", "gelu"))
 
 
-def head(layers: int, hidden: int, dim: int, bn: bool, out_norm: str = "none"):
+def head(layers: int, hidden: int, dim: int, bn: bool, out_norm: str = "none", act: str = "relu"):
     """A ``field`` holding the paper's head (a fresh dataclass per config)."""
-    return field(default_factory=lambda: HeadConfig(layers, hidden, dim, bn, out_norm))
+    return field(default_factory=lambda: HeadConfig(layers, hidden, dim, bn, out_norm, act))
 
 
 # Objectives whose model carries a learnable logit bias (``model.logit_bias`` None resolves to
@@ -119,6 +122,75 @@ class BarlowTwinsConfig:
     lambda_offdiag: float = field(default=5e-3, metadata=POSITIVE)  # Zbontar et al., 5e-3
     # Barlow Twins' code: 3 layers of 8192 with batch norm, 8192 out
     projector: HeadConfig = head(3, 8192, 8192, True)
+
+
+@dataclass
+class DenseCLConfig(MoCoConfig):
+    """``objective.densecl.*``: MoCo v2 (its settings above) plus DenseCL's dense head and
+    second queue (Wang et al. 2021)."""
+
+    # DenseCL's neck: 1x1 conv (F -> F) -> ReLU -> 1x1 conv (F -> 128) on every location
+    dense_head: HeadConfig = head(2, 0, 128, False)
+    loss_lambda: float = field(default=0.5, metadata=between(0.0, 1.0))  # DenseCL: 0.5
+
+    def check(self) -> None:
+        if self.symmetric:
+            raise ConfigError("objective.densecl.symmetric: DenseCL has one query view per step")
+
+
+@dataclass
+class SwAVConfig:
+    """``objective.swav.*`` (Caron et al. 2020; the values of its ``main_swav.py``)."""
+
+    temperature: float = field(default=0.1, metadata=POSITIVE)
+    epsilon: float = field(default=0.05, metadata=POSITIVE)  # Sinkhorn's entropic weight
+    sinkhorn_iterations: int = field(default=3, metadata=POSITIVE)
+    prototypes: int = field(default=3000, metadata=POSITIVE)  # ImageNet: 3000
+    # prototypes take no step for this many steps (SwAV: 313, one epoch at batch 4096)
+    freeze_prototypes_steps: int = field(default=313, metadata=NON_NEGATIVE)
+    # embeddings of past batches whose scores join Sinkhorn's (0: none; SwAV: 3840 at batch
+    # 256), all ranks' together; a multiple of the global batch
+    queue_size: int = field(default=0, metadata=NON_NEGATIVE)
+    queue_start_epochs: float = field(default=15.0, metadata=NON_NEGATIVE)  # SwAV: epoch 15
+    crops: MultiCropConfig = multicrop([0.14, 1.0], 6, [0.05, 0.14])  # 2x224 + 6x96
+    # SwAV's code: Linear(F, 2048) -> BN -> ReLU -> Linear(2048, 128)
+    projector: HeadConfig = head(2, 2048, 128, True)
+
+    def check(self) -> None:
+        check_crops(self.crops, "swav")
+
+
+@dataclass
+class DINOConfig:
+    """``objective.dino.*`` (Caron et al. 2021; the defaults of its ``main_dino.py``)."""
+
+    out_dim: int = field(default=65536, metadata=POSITIVE)  # the last layer's outputs
+    norm_last_layer: bool = True  # weight norm with its gain fixed at 1 (ViT-S: True)
+    student_temp: float = field(default=0.1, metadata=POSITIVE)
+    # teacher temperature: linear from warmup_teacher_temp to teacher_temp over the warm-up
+    # (the released ViT-S/16: 0.04 -> 0.07 over 30 epochs)
+    teacher_temp: float = field(default=0.04, metadata=POSITIVE)
+    warmup_teacher_temp: float = field(default=0.04, metadata=POSITIVE)
+    warmup_teacher_temp_epochs: float = field(default=0.0, metadata=NON_NEGATIVE)
+    center_momentum: float = field(default=0.9, metadata=between(0.0, 1.0))
+    momentum: float = field(default=0.996, metadata=between(0.0, 1.0))  # cosine to momentum_end
+    momentum_end: float = field(default=1.0, metadata=between(0.0, 1.0))
+    freeze_last_layer_epochs: float = field(default=1.0, metadata=NON_NEGATIVE)
+    crops: MultiCropConfig = multicrop([0.4, 1.0], 8, [0.05, 0.4])  # 2x224 + 8x96
+    # DINOHead: 3 layers, 2048 hidden, GELU, no batch norm, 256-d bottleneck (then the
+    # weight-normed last layer of out_dim)
+    projector: HeadConfig = head(3, 2048, 256, False, act="gelu")
+
+    def check(self) -> None:
+        check_crops(self.crops, "dino")
+
+
+def check_crops(crops: MultiCropConfig, method: str) -> None:
+    """The crops' scales and augmentation keys, before anything is built."""
+    try:
+        multicrop_groups(crops, method, 224, f"objective.{method}.crops")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 @dataclass
@@ -231,3 +303,26 @@ class TextPairsConfig:
                 "objective.text_pairs.negatives: simcse mode has no hard negatives (its "
                 "positive is the anchor itself); set mode=pairs or negatives=0"
             )
+
+
+@dataclass
+class ObjectiveConfig:
+    """What the model is trained for; each objective's own settings live beside it."""
+
+    name: str = "clip"  # a key of vlcontrast.objectives.OBJECTIVES
+    clip: CLIPConfig = field(default_factory=CLIPConfig)
+    siglip: SigLIPConfig = field(default_factory=SigLIPConfig)
+    simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
+    moco: MoCoConfig = field(default_factory=MoCoConfig)
+    mocov3: MoCoV3Config = field(default_factory=MoCoV3Config)
+    byol: BYOLConfig = field(default_factory=BYOLConfig)
+    simsiam: SimSiamConfig = field(default_factory=SimSiamConfig)
+    barlow_twins: BarlowTwinsConfig = field(default_factory=BarlowTwinsConfig)
+    supcon: SupConConfig = field(default_factory=SupConConfig)
+    metric: MetricConfig = field(default_factory=MetricConfig)
+    slip: SLIPConfig = field(default_factory=SLIPConfig)
+    text_pairs: TextPairsConfig = field(default_factory=TextPairsConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    swav: SwAVConfig = field(default_factory=SwAVConfig)
+    dino: DINOConfig = field(default_factory=DINOConfig)
+    densecl: DenseCLConfig = field(default_factory=DenseCLConfig)

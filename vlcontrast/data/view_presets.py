@@ -11,6 +11,14 @@ Presets (``views.preset``), each parameter overridable per view:
   0 / 0.2 for the first / second view;
 - ``small``: 32-96 px data (SimCLR's CIFAR recipe): crop (0.08, 1), jitter strength 0.5, i.e.
   (0.4, 0.4, 0.4, 0.1) p 0.8, grayscale 0.2, no blur (blur destroys 32-px images).
+
+Multi-crop (:class:`MultiCropConfig`, ``objective.swav.crops`` / ``objective.dino.crops``): 2
+global crops at the training size and N local ones, each with its paper's augmentation:
+- SwAV (``main_swav.py``): every crop flip 0.5, jitter (0.8, 0.8, 0.8, 0.2) p 0.8, grayscale
+  0.2, blur p 0.5 with sigma in (0.1, 2); global scale (0.14, 1), local (0.05, 0.14);
+- DINO (``main_dino.py``): jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2; blur 1.0 on the
+  first global crop, 0.1 and solarisation 0.2 on the second, 0.5 on the local ones; global scale
+  (0.4, 1), local (0.05, 0.4).
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from vlcontrast.schema import NON_NEGATIVE, between
+from vlcontrast.schema import NON_NEGATIVE, POSITIVE, between
 
 PROBABILITY = between(0.0, 1.0)
 
@@ -88,3 +96,61 @@ class ViewGroup:
     def settings(self) -> list[ViewConfig]:
         """One augmentation per view."""
         return [self.augment[min(k, len(self.augment) - 1)] for k in range(self.count)]
+
+
+@dataclass
+class MultiCropConfig:
+    """Multi-crop views (SwAV, section 3.2): 2 global crops at ``image.image_size`` and
+    ``local_count`` local crops of ``local_size`` px, all cut from one decode, each augmented as
+    its paper does. ``augment`` changes every crop's preset (``{flip: 0, blur: 0}`` for 32-px
+    digits, where a mirror is another digit and blur erases strokes)."""
+
+    global_scale: list[float] = field(default_factory=lambda: [0.14, 1.0])
+    local_count: int = field(default=6, metadata=NON_NEGATIVE)  # SwAV: 2x224 + 6x96
+    local_size: int = field(default=96, metadata=POSITIVE)  # SwAV and DINO: 96 of 224
+    local_scale: list[float] = field(default_factory=lambda: [0.05, 0.14])
+    augment: dict = field(default_factory=dict)  # ViewConfig keys applied to every crop
+
+
+def multicrop(global_scale: list[float], local_count: int, local_scale: list[float]):
+    """A ``field`` holding a method's multi-crop defaults (a fresh dataclass per config)."""
+    return field(
+        default_factory=lambda: MultiCropConfig(list(global_scale), local_count, 96, local_scale)
+    )
+
+
+SWAV_CROP = dict(jitter=[0.8, 0.8, 0.8, 0.2], blur=0.5)
+DINO_JITTER = [0.4, 0.4, 0.2, 0.1]
+# method -> (augmentation of the first and second global crop, of every local crop)
+MULTICROP_PRESETS: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {
+    "swav": ([SWAV_CROP, SWAV_CROP], SWAV_CROP),
+    "dino": (
+        [dict(jitter=DINO_JITTER, blur=1.0), dict(jitter=DINO_JITTER, blur=0.1, solarize=0.2)],
+        dict(jitter=DINO_JITTER, blur=0.5),
+    ),
+}
+
+
+def multicrop_groups(crops: MultiCropConfig, method: str, size: int, where: str) -> list[ViewGroup]:
+    """The ``global`` and ``local`` view groups of ``method``'s preset with ``crops``'
+    sizes, scales and changes; ``where`` names the settings in error messages."""
+    global_views, local_view = MULTICROP_PRESETS[method]
+    known = set(ViewConfig.__dataclass_fields__) - {"scale"}
+    unknown = sorted(set(crops.augment) - known)
+    if unknown:
+        raise ValueError(
+            f"{where}.augment: unknown key(s) {', '.join(unknown)}; a crop takes "
+            f"{', '.join(sorted(known))}"
+        )
+
+    def views(presets: list[dict[str, Any]], scale: list[float], name: str) -> list[ViewConfig]:
+        out = [ViewConfig(**{**p, **crops.augment, "scale": list(scale)}) for p in presets]
+        for k, view in enumerate(out):
+            check_view(view, f"{where} ({name} crop {k})")
+        return out
+
+    groups = [ViewGroup("global", size, 2, views(global_views, crops.global_scale, "global"))]
+    if crops.local_count:
+        local = views([local_view], crops.local_scale, "local")
+        groups.append(ViewGroup("local", crops.local_size, crops.local_count, local))
+    return groups

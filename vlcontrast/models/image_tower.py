@@ -2,8 +2,9 @@
 
 Sits between ``data`` (uint8 or normalised image tensors) and the losses. ``num_classes=0`` makes
 timm return pooled features of size ``num_features`` for every architecture (timm's uniform model
-interface), so CNNs and ViTs are handled alike. ``img_size`` is passed to models whose constructor
-takes it (ViT-like, fixed position embeddings); CNNs reject it and accept any resolution anyway.
+interface), so CNNs and ViTs are handled alike. ``img_size`` (and, with ``image.dynamic_size``,
+``dynamic_img_size``) is passed to models whose constructor takes it (ViT-like, fixed position
+embeddings); CNNs reject it and accept any resolution anyway.
 """
 
 from __future__ import annotations
@@ -43,19 +44,23 @@ def create_trunk(cfg: ImageTowerConfig) -> nn.Module:
     kwargs = {"img_size": cfg.image_size, **cfg.model_kwargs}
     if cfg.patch_dropout:
         kwargs["patch_drop_rate"] = cfg.patch_dropout
+    if cfg.dynamic_size:  # a ViT interpolates its position embeddings to each image size
+        kwargs["dynamic_img_size"] = True
     if cfg.checkpoint_path:
         if not Path(cfg.checkpoint_path).is_file():
             raise ConfigError(f"image.checkpoint_path: no file {cfg.checkpoint_path}")
         kwargs["checkpoint_path"] = cfg.checkpoint_path
     common = {"pretrained": cfg.pretrained and not cfg.checkpoint_path, "num_classes": 0}
     try:
-        try:
-            return timm.create_model(cfg.model, **common, **kwargs)
-        except TypeError as err:
-            if "img_size" not in str(err) or "img_size" in cfg.model_kwargs:
-                raise
-        kwargs.pop("img_size")
-        return timm.create_model(cfg.model, **common, **kwargs)
+        for fixed_size in ("img_size", "dynamic_img_size", None):
+            try:
+                return timm.create_model(cfg.model, **common, **kwargs)
+            except TypeError as err:  # a CNN: takes any size and no size argument
+                if fixed_size is None or f"'{fixed_size}'" not in str(err):
+                    raise
+                if fixed_size in cfg.model_kwargs:
+                    raise
+            kwargs.pop(fixed_size)
     except TypeError as err:
         if "patch_drop_rate" in str(err):
             raise ConfigError(

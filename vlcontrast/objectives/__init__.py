@@ -48,6 +48,9 @@ OBJECTIVES: dict[str, Any] = _Registry(
     slip="slip:SLIPObjective",
     text_pairs="text_pairs:TextPairsObjective",
     finetune="finetune:FinetuneObjective",
+    swav="swav:SwAVObjective",
+    dino="dino:DINOObjective",
+    densecl="densecl:DenseCLObjective",
 )
 
 

@@ -31,6 +31,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from vlcontrast.schema import ConfigError
+
 
 class Objective(nn.Module):
     """``forward(batch)`` -> outputs; ``loss(outputs, batch)`` -> ``{"loss", "metrics"}``."""
@@ -45,6 +47,9 @@ class Objective(nn.Module):
     uses_text_tower: ClassVar[bool] = False
 
     bn_groups: int = 1  # model.bn_split: rows are ordered device by device (two_views)
+    # optimizer steps per epoch (dataset size / global batch), set by the loop before setup;
+    # 0: unknown. Settings counted in epochs (DINO's, SwAV's) become steps with it
+    epoch_steps: int = 0
 
     def setup(self, model: nn.Module, cfg: Any, global_batch: int) -> None:
         """Take the model and build the heads and state; subclasses call it first."""
@@ -71,6 +76,17 @@ class Objective(nn.Module):
     def after_step(self, step: int) -> None:
         """Runs after optimizer step ``step`` (1-based); the default does nothing."""
         return None
+
+    def epochs_to_steps(self, epochs: float, key: str) -> int:
+        """``epochs`` of the setting ``key`` in optimizer steps."""
+        if not epochs:
+            return 0
+        if not self.epoch_steps:
+            raise ConfigError(
+                f"{key}: counts epochs, but the dataset size is unknown, so an epoch has no "
+                f"length here; set data.num_samples (or the key to 0)"
+            )
+        return max(1, round(epochs * self.epoch_steps))
 
     def owned_state(self) -> dict[str, torch.Tensor]:
         """The heads and state of the method: the task's state without the shared model's."""

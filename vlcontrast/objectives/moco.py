@@ -89,13 +89,18 @@ class MoCoObjective(MomentumObjective):
             self.enqueue(self.pending)
             self.pending = None
 
-    @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
-        """Write ``keys`` (N, D) at the pointer, wrapping around; oldest keys are replaced."""
-        start, size = int(self.queue_ptr), len(self.queue)
-        rows = (start + torch.arange(len(keys), device=keys.device)) % size
-        self.queue[rows] = keys.to(self.queue.dtype)
-        self.queue_ptr.fill_((start + len(keys)) % size)
+        ring_write(self.queue, self.queue_ptr, keys)
+
+
+@torch.no_grad()
+def ring_write(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor) -> None:
+    """Write ``keys`` (N, D) into ``queue`` (K, D) at ``ptr``, wrapping around; the oldest keys
+    are replaced and ``ptr`` moves on."""
+    start, size = int(ptr), len(queue)
+    rows = (start + torch.arange(len(keys), device=keys.device)) % size
+    queue[rows] = keys.to(queue.dtype)
+    ptr.fill_((start + len(keys)) % size)
 
 
 class MoCoV3Objective(MomentumObjective):

@@ -92,6 +92,7 @@ def train(cfg: Config) -> dict[str, Any]:
     check_batch_fits(cfg, size, global_batch)
     resolve_steps(cfg, size, global_batch)
     fit_warmup(cfg)
+    task.epoch_steps = math.ceil(size / global_batch) if size else 0
     task.setup(model, cfg, global_batch)
     task = sync_batch_norm(task, cfg, accelerator)
     task.to(accelerator.device)

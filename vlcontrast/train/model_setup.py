@@ -14,11 +14,14 @@ from vlcontrast.objectives import objective_class
 
 
 def resolve_model_settings(cfg: Config) -> None:
-    """Fill the model keys the objective decides (``model.logit_bias`` left at None), so the
-    saved config rebuilds the same model without knowing the objective; check the model has
-    the towers the objective feeds."""
+    """Fill the model keys the objective decides (``model.logit_bias`` left at None;
+    ``image.dynamic_size`` for views of several sizes), so the saved config rebuilds the same
+    model without knowing the objective; check the model has the towers the objective feeds."""
     cls = objective_class(cfg.objective.name)
     config_lib.resolve(cfg)
+    groups = cls.view_groups(cfg) or []
+    if any(group.size != cfg.image.image_size for group in groups):
+        cfg.image.dynamic_size = True  # multi-crop: a ViT takes the local crops at their size
     if "text" in cls.modalities and not has_text(cfg):
         raise ConfigError(
             f"model.kind: objective {cfg.objective.name!r} trains on image-text pairs; "
