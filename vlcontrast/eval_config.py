@@ -29,18 +29,22 @@ class EvaluatorConfig:
 
     kind: str = field(
         default="zeroshot",
-        metadata=_choices("zeroshot", "retrieval", "linear_probe", "knn", "class_retrieval", "sts"),
+        metadata=_choices(
+            "zeroshot", "retrieval", "linear_probe", "knn", "class_retrieval", "sts", "dense_knn"
+        ),
     )
     name: str = field(default="", metadata=_doc("prefix of the logged metrics; default: kind"))
     data: str = field(
         default="",
         metadata=_doc(
-            "the evaluation set (sts: a table of sentence pairs and scores, .csv/.tsv/.jsonl)",
-            (*ALL_EVAL, "sts"),
+            "the evaluation set (sts: a table of sentence pairs and scores, .csv/.tsv/.jsonl; "
+            "dense_knn: shards of images with mask.png)",
+            (*ALL_EVAL, "sts", "dense_knn"),
         ),
     )
     train_data: str = field(
-        default="", metadata=_doc("the labelled set the classifier is fitted on", FITTED)
+        default="",
+        metadata=_doc("the labelled set the classifier is fitted on", (*FITTED, "dense_knn")),
     )
     gallery: str = field(
         default="",
@@ -72,7 +76,10 @@ class EvaluatorConfig:
     )
     classes: str = field(
         default="",
-        metadata=_doc("class names: JSON or one per line (default: the data's own)", LABELLED),
+        metadata=_doc(
+            "class names: JSON or one per line (default: the data's own)",
+            (*LABELLED, "dense_knn"),
+        ),
     )
     templates: list[str] = field(
         default_factory=list,
@@ -84,7 +91,10 @@ class EvaluatorConfig:
     )
     max_samples: int = field(
         default=0,
-        metadata={**NON_NEGATIVE, **_doc("only the first N samples (0 = all)", (*ALL_EVAL, "sts"))},
+        metadata={
+            **NON_NEGATIVE,
+            **_doc("only the first N samples (0 = all)", (*ALL_EVAL, "sts", "dense_knn")),
+        },
     )
     text_fields: list[str] = field(
         default_factory=lambda: ["sentence1", "sentence2"],
@@ -92,9 +102,12 @@ class EvaluatorConfig:
     )
     score_field: str = field(default="score", metadata=_doc("the gold similarity column", ("sts",)))
     k: int = field(
-        default=200, metadata={**POSITIVE, **_doc("neighbours (Wu et al. 2018)", ("knn",))}
+        default=200,
+        metadata={**POSITIVE, **_doc("neighbours (Wu et al. 2018)", ("knn", "dense_knn"))},
     )
-    temperature: float = field(default=0.1, metadata=_doc("similarity temperature", ("knn",)))
+    temperature: float = field(
+        default=0.1, metadata=_doc("similarity temperature", ("knn", "dense_knn"))
+    )
     recall_at: list[int] = field(
         default_factory=lambda: [1, 2, 4, 8],
         metadata=_doc("K of Recall@K (CUB-200 and Cars papers: 1, 2, 4, 8)", ("class_retrieval",)),

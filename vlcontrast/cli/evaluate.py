@@ -19,6 +19,8 @@ EVAL_KINDS = {
     "knn": "weighted k-nearest-neighbour classification on frozen image embeddings",
     "class-retrieval": "retrieval by class on labelled images: Recall@K, R-precision, MAP@R "
     "(Musgrave et al. 2020), the set against itself or against --gallery",
+    "dense-knn": "segmentation by patch kNN on frozen feature maps: mean IoU and pixel accuracy "
+    "of held-out masks labelled from the training masks' patches (shards with mask.png)",
     "sts": "semantic textual similarity: Spearman correlation (x100) of the cosine similarity "
     "of sentence pairs against gold scores, on a table you supply",
 }
@@ -32,7 +34,8 @@ REQUIRED = {"data", "train_data"}
 def add_commands(sub) -> None:
     evaluate = sub.add_parser(
         "eval",
-        help="evaluate a checkpoint: zeroshot, retrieval, linear-probe, knn, class-retrieval, sts",
+        help="evaluate a checkpoint: zeroshot, retrieval, linear-probe, knn, class-retrieval, "
+        "dense-knn, sts",
         description="Evaluate a checkpoint; the model, preprocessing and tokenizer are rebuilt "
         "from the checkpoint alone. Prints a table and, with --json, writes every number. Runs "
         "in one process or under torchrun (each rank embeds its share).",

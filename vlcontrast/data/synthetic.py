@@ -42,6 +42,7 @@ POSITIONS = {
     "at the bottom right": (0.73, 0.73),
 }
 CLASSNAMES = [f"{color} {shape}" for color in COLORS for shape in SHAPES]
+MASK_CLASSES = ["background", *SHAPES]  # the pixel values of a mask (eval/dense_knn.py)
 TEMPLATES = ["a {}", "a small {}", "a large {}"]
 
 
@@ -69,8 +70,17 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
     ]
 
 
-def render(color: str, shape: str, size: str, position: str, rng: random.Random, side: int = 64):
-    """One RGB image of ``side`` pixels."""
+def render(
+    color: str,
+    shape: str,
+    size: str,
+    position: str,
+    rng: random.Random,
+    side: int = 64,
+    mask: Image.Image | None = None,
+):
+    """One RGB image of ``side`` pixels; with ``mask`` (an "L" image of the same size), the
+    shape is drawn there too, as its index in ``MASK_CLASSES``."""
     base = [rng.randint(20, 90) for _ in range(3)]
     img = Image.new("RGB", (side, side), tuple(base))
     draw = ImageDraw.Draw(img)
@@ -83,10 +93,15 @@ def render(color: str, shape: str, size: str, position: str, rng: random.Random,
     cx, cy = fx * side + rng.uniform(-jitter, jitter), fy * side + rng.uniform(-jitter, jitter)
     r = SIZES[size] * side * rng.uniform(0.85, 1.15)
     fill = tuple(max(0, min(255, c + rng.randint(-20, 20))) for c in COLORS[color])
-    if shape == "circle":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    else:
-        draw.polygon(_polygon(shape, cx, cy, r, rng.uniform(-0.2, 0.2)), fill=fill)
+    angle = rng.uniform(-0.2, 0.2) if shape != "circle" else 0.0
+    label = MASK_CLASSES.index(shape)
+    for canvas, value in ((draw, fill), (ImageDraw.Draw(mask) if mask else None, label)):
+        if canvas is None:
+            continue
+        if shape == "circle":
+            canvas.ellipse((cx - r, cy - r, cx + r, cy + r), fill=value)
+        else:
+            canvas.polygon(_polygon(shape, cx, cy, r, angle), fill=value)
     return img
 
 
@@ -159,3 +174,37 @@ def make_corpus(
         "heldout_shards": str(out_dir / "heldout" / f"{{00000..{last_held:05d}}}.tar"),
         "tokenizer": str(out_dir / "tokenizer"),
     }
+
+
+def masked_samples(n: int, seed: int, side: int = 64):
+    """``n`` samples with a segmentation mask (``mask.png``: 0 background, 1-5 the shape, as
+    ``MASK_CLASSES``; the format of ``vlcontrast eval dense-knn``) beside jpg, txt and cls."""
+    rng = random.Random(seed)
+    for index in range(n):
+        color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+        size, position = rng.choice(list(SIZES)), rng.choice(list(POSITIONS))
+        mask = Image.new("L", (side, side), 0)
+        image = render(color, shape, size, position, rng, side, mask)
+        buffer, mask_png = io.BytesIO(), io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90)
+        mask.save(mask_png, format="PNG")
+        yield {
+            "__key__": f"{seed:04d}{index:07d}",
+            "jpg": buffer.getvalue(),
+            "mask.png": mask_png.getvalue(),
+            "txt": caption(color, shape, size, position, rng),
+            "cls": str(CLASSNAMES.index(f"{color} {shape}")),
+        }
+
+
+def make_masked_set(out_dir: str | Path, n_train: int = 1000, n_heldout: int = 200, side: int = 64):
+    """Train and held-out shards of :func:`masked_samples` with ``classes.json`` (the mask
+    classes) beside each: the synthetic set of ``vlcontrast eval dense-knn``."""
+    out = {}
+    for split, n, seed in (("train", n_train, 11), ("heldout", n_heldout, 12)):
+        folder = Path(out_dir) / split
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = write_shards(masked_samples(n, seed, side), folder, per_shard=max(n, 1))
+        (folder / "classes.json").write_text(json.dumps(MASK_CLASSES) + "\n")
+        out[split] = paths
+    return out

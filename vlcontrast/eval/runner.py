@@ -19,6 +19,7 @@ from torch import nn
 from vlcontrast.config import Config, ConfigError
 from vlcontrast.data.collection import class_info, open_source
 from vlcontrast.embed import Embedder
+from vlcontrast.eval.dense_knn import evaluate_dense_knn
 from vlcontrast.eval.probes import (
     evaluate_class_retrieval,
     evaluate_knn,
@@ -37,6 +38,7 @@ EVALUATORS: dict[str, Callable[..., dict[str, Any]]] = {
     "knn": evaluate_knn,
     "class_retrieval": evaluate_class_retrieval,
     "sts": evaluate_sts,
+    "dense_knn": evaluate_dense_knn,
 }
 
 
@@ -58,8 +60,11 @@ def check_evaluators(cfg: Config, tokenizer=None) -> None:
         key = f"eval.evaluators[{i}]"
         if not spec.data:
             raise ConfigError(f"{key}.data: set the evaluation set of {name!r}")
-        if spec.kind in ("knn", "linear_probe") and not spec.train_data:
+        if spec.kind in ("knn", "linear_probe", "dense_knn") and not spec.train_data:
             raise ConfigError(f"{key}.train_data: {spec.kind} needs a labelled training set")
+        if spec.kind == "dense_knn":
+            check_shards(spec, key, name)
+            continue
         if spec.kind == "sts":
             from pathlib import Path
 
@@ -80,6 +85,18 @@ def check_evaluators(cfg: Config, tokenizer=None) -> None:
             except (ValueError, OSError) as err:
                 raise ConfigError(f"{key} ({name}): {err}") from None
             warn_unknown_prompts(tokenizer, classnames, templates)
+
+
+def check_shards(spec, key: str, name: str) -> None:
+    """The shard patterns of a dense_knn evaluator name files that exist."""
+    from vlcontrast.data.sources import expand_urls, missing_shards
+
+    for field in ("data", "train_data"):
+        urls = expand_urls(getattr(spec, field))
+        missing = missing_shards(urls)
+        if not urls or missing:
+            first = missing[0] if missing else getattr(spec, field)
+            raise ConfigError(f"{key}.{field} ({name}): no shard {first}")
 
 
 def run_evaluators(
