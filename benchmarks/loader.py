@@ -21,12 +21,16 @@ be at least 35 dB, so a cheaper, worse resize cannot count as a win.
     python benchmarks/loader.py            # both image sizes, scale (0.9, 1.0) as OpenCLIP trains
     python benchmarks/loader.py --scale 0.08 1.0   # torchvision's default crop scale
     python benchmarks/loader.py --views simclr     # two augmented views per image (SSL)
+    python benchmarks/loader.py --multicrop swav   # SwAV's 2x224 + 6x96 crops (DINO: dino)
 
 ``--views PRESET`` times the image-only objectives' loaders instead, captions unread: the
 baseline decodes with PIL and runs a lightly/solo-learn style torchvision ``Compose`` twice per
 image (RandomResizedCrop, flip, ColorJitter, grayscale, GaussianBlur, solarize, ToTensor,
 Normalize, with the preset's parameters); vlcontrast decodes once and cuts both views from it
 (``data.transforms.MultiView`` + ``data.augment``), uint8 until the device.
+``--multicrop swav|dino`` does the same for the multi-crop methods' default crops (2 global at
+224 and 6 or 8 local at 96, each with its paper's augmentation): the baseline is lightly's
+``MultiCropTranform``, one torchvision pipeline per crop after one PIL decode.
 """
 
 from __future__ import annotations
@@ -107,14 +111,14 @@ def baseline_loader(pattern: str, tokenizer, workers: int, scale) -> DataLoader:
     return DataLoader(dataset, batch_size=BATCH, num_workers=workers)
 
 
-def view_compose(view) -> T.Compose:
+def view_compose(view, size: int = SIZE) -> T.Compose:
     """One view as lightly's and solo-learn's torchvision pipelines build it."""
-    side = max(3, int(view.blur_kernel * SIZE) // 2 * 2 + 1)
+    side = max(3, int(view.blur_kernel * size) // 2 * 2 + 1)
     b, c, s, h = view.jitter
     return T.Compose(
         [
             T.RandomResizedCrop(
-                SIZE, scale=tuple(view.scale), interpolation=T.InterpolationMode.BICUBIC
+                size, scale=tuple(view.scale), interpolation=T.InterpolationMode.BICUBIC
             ),
             T.RandomHorizontalFlip(view.flip),
             T.RandomApply([T.ColorJitter(b, c, s, h)], p=view.jitter_p),
@@ -127,30 +131,43 @@ def view_compose(view) -> T.Compose:
     )
 
 
-def preset_views(preset: str):
+def view_plan(views: str, multicrop: str) -> tuple[list, list]:
+    """The crops to cut, as (size, ViewConfig) each, and their groups ((name, count); []: one
+    tensor): a two-view preset's, or a multi-crop method's defaults (``swav``: 2 x 224 + 6 x
+    96; ``dino``: 2 x 224 + 8 x 96)."""
     from vlcontrast.data.augment import PRESETS, ViewConfig
 
-    return [ViewConfig(**spec) for spec in PRESETS[preset]]
+    if not multicrop:
+        return [(SIZE, ViewConfig(**spec)) for spec in PRESETS[views]], []
+    from vlcontrast.data.view_presets import multicrop_groups
+    from vlcontrast.objective_settings import DINOConfig, SwAVConfig
+
+    crops = {"swav": SwAVConfig().crops, "dino": DINOConfig().crops}[multicrop]
+    groups = multicrop_groups(crops, multicrop, SIZE, "crops")
+    plan = [(g.size, v) for g in groups for v in g.settings()]
+    return plan, [(g.name, g.count) for g in groups]
 
 
-def baseline_views_loader(pattern: str, preset: str, workers: int) -> DataLoader:
-    first, second = (view_compose(v) for v in preset_views(preset))
+def baseline_views_loader(pattern: str, plan: list, groups: list, workers: int) -> DataLoader:
+    """lightly's ``MultiViewTransform`` / ``MultiCropTranform``: PIL decode, then one
+    torchvision pipeline per view."""
+    composes = [view_compose(view, size) for size, view in plan]
     dataset = (
         wds.WebDataset(pattern, shardshuffle=False, nodesplitter=None, empty_check=False)
         .decode("pilrgb")
         .to_tuple("jpg")
-        .map(lambda sample: (first(sample[0]), second(sample[0])))
+        .map(lambda sample: [compose(sample[0]) for compose in composes])
     )
     return DataLoader(dataset, batch_size=BATCH, num_workers=workers)
 
 
-def vlcontrast_views_loader(pattern: str, preset: str, workers: int) -> DataLoader:
+def vlcontrast_views_loader(pattern: str, plan: list, groups: list, workers: int) -> DataLoader:
     from vlcontrast.data.augment import Augment
     from vlcontrast.data.transforms import MultiView
 
-    views = preset_views(preset)
-    crops = [CropResize(SIZE, "random_resized", tuple(v.scale)) for v in views]
-    decoder = Decoder(MultiView(crops, [Augment(v) for v in views]), caption_key="")
+    crops = [CropResize(size, "random_resized", tuple(v.scale)) for size, v in plan]
+    transform = MultiView(crops, [Augment(v) for _, v in plan], groups)
+    decoder = Decoder(transform, caption_key="")
     dataset = ShardDataset(parse_sources(pattern), decoder, Collate(), BATCH, shuffle_buffer=1)
     dataset.position = DataPosition()
     dataset.position.reset(max(1, workers))
@@ -257,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large", type=int, default=384, help="1600x1067 samples (0: skip)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure, best kept")
     parser.add_argument("--views", default="", help="a view preset: time two-view loaders")
+    parser.add_argument(
+        "--multicrop", default="", choices=["", "swav", "dino"], help="time multi-crop loaders"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -274,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
         what = (
             f"two views, preset {args.views}" if args.views else f"crop scale {tuple(args.scale)}"
         )
+        if args.multicrop:
+            plan, groups = view_plan("", args.multicrop)
+            counts = f"{groups[0][1]}x{plan[0][0]} + {groups[-1][1]}x{plan[-1][0]}"
+            what = f"multi-crop {args.multicrop}: {counts} crops per image"
         print(f"{what}, batch {BATCH}, torch threads 1 per process, best of {args.repeats} runs")
         for name, pattern in sets.items():
             print(f"{name}: {bits_per_pixel(pattern):.2f} bits per pixel (JPEG quality 90)")
@@ -287,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
             for workers in args.workers:
                 setting = (pattern, tokenizer, workers, args.scale)
                 builders = [baseline_loader, vlcontrast_loader]
-                if args.views:
-                    setting = (pattern, args.views, workers)
+                if args.views or args.multicrop:
+                    setting = (pattern, *view_plan(args.views, args.multicrop), workers)
                     builders = [baseline_views_loader, vlcontrast_views_loader]
                 (base, base_cpu), (ours, ours_cpu) = best_samples_per_s(
                     builders, setting, args.repeats

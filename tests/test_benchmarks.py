@@ -28,6 +28,27 @@ def test_loader_benchmark_runs_and_its_crops_pass_the_psnr_check():
     assert psnr[1:3] == ["crop", "PSNR"] and float(psnr[-4].rstrip(",")) >= 35
 
 
+def test_loader_benchmark_times_multicrop_against_one_pipeline_per_crop():
+    done = run_loader_benchmark(
+        "--small", "64", "--large", "0", "--workers", "0", "--multicrop", "swav"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "multi-crop swav: 2x224 + 6x96 crops per image" in done.stdout
+    timing = next(
+        line.split() for line in done.stdout.splitlines() if line.startswith("   384x256")
+    )
+    assert float(timing[2]) > 0 and float(timing[3]) > 0 and timing[4].endswith("x")
+
+
+def test_dense_benchmark_runs_random_moco_and_densecl():
+    command = [sys.executable, "benchmarks/dense_shapes.py", "--smoke"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = [line.split("|") for line in done.stdout.splitlines() if "|" in line][1:]
+    assert [r[0].strip() for r in rows] == ["random init", "moco", "densecl"]
+    assert all(0 <= float(r[1]) <= 1 for r in rows)
+
+
 def test_loader_benchmark_refuses_too_few_batches_to_time():
     done = run_loader_benchmark("--small", "64", "--large", "0", "--workers", "2")
     assert done.returncode == 1 and "raise --small/--large" in done.stderr
