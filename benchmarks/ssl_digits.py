@@ -64,8 +64,11 @@ METHODS = {
             f"objective.dino.crops={DIGIT_CROPS}",
             "objective.dino.projector={layers: 3, hidden: 256, dim: 64, bn: false, act: gelu}",
             "objective.dino.out_dim=1024",
-            "objective.dino.teacher_temp=0.07",  # the released ViT-S/16's, warmed from 0.04
-            "objective.dino.warmup_teacher_temp_epochs=5",
+            # a teacher whose average spans ~100 steps (DINO's 0.996 at 1,250 steps an epoch is
+            # a fifth of an epoch; here 0.996 holds the teacher near its random start for most
+            # of the 330 steps, and kNN fell below random init in a 4-epoch run)
+            "objective.dino.momentum=0.99",
+            "optim.lr=5e-4",  # DINO: 5e-4 x batch / 256 with AdamW; 2e-3 destabilised it
         ],
     ),
     "densecl": ("densecl", ["objective.densecl.queue_size=1024"]),

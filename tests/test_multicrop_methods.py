@@ -375,3 +375,30 @@ def test_kill_and_resume_is_bit_exact_state_included(corpus, tmp_path, monkeypat
         assert torch.equal(state_a[key], state_b[key]), key
     if name == "swav":
         assert state_a["queue_filled"] == 2 * 16 and state_a["queue"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["swav", "dino", "densecl"])
+def test_the_smoke_run_files_train_and_the_real_ones_load(corpus, tmp_path, name):
+    """configs/ssl/NAME_smoke.yaml trains (2 steps on the test corpus; its own evaluators
+    left out), and NAME_imagenet.yaml is a valid config naming the published target."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "ssl"
+    args = [
+        "train",
+        str(root / f"{name}_smoke.yaml"),
+        f"data.train_shards={corpus['train_shards']}",
+        "data.num_workers=0",
+        "train.steps=2",
+        "train.tensorboard=false",
+        "train.progress=false",
+        f"train.output_dir={tmp_path}",
+        "eval.evaluators=[]",
+    ]
+    if name == "dino":
+        args.append("image.model_kwargs={patch_size: 16, embed_dim: 32, depth: 1, num_heads: 2}")
+    assert cli.main(args) == 0
+    real = root / f"{name}_imagenet.yaml"
+    config_lib.load(str(real), [])
+    target = {"swav": "75.3", "dino": "74.5", "densecl": "58.7"}[name]
+    assert "Target: " in real.read_text() and target in real.read_text()
