@@ -402,3 +402,25 @@ def test_the_smoke_run_files_train_and_the_real_ones_load(corpus, tmp_path, name
     config_lib.load(str(real), [])
     target = {"swav": "75.3", "dino": "74.5", "densecl": "58.7"}[name]
     assert "Target: " in real.read_text() and target in real.read_text()
+
+
+@pytest.mark.parametrize("name", ["swav", "dino", "densecl"])
+def test_gradient_caching_gives_the_plain_steps_loss_and_gradients(name):
+    """Three micro-batches (each re-forwarded) give the one-pass step: SwAV's codes come from
+    the whole batch, DINO's centre update from the whole batch's teacher outputs."""
+    from vlcontrast.train.grad_cache import grad_cached_step
+
+    results = []
+    for steps in (1, 3):
+        task = case.make_objective(name)
+        out = grad_cached_step(task, case.global_batch(name, 1), steps)
+        grads = {n: p.grad.clone() for n, p in task.named_parameters() if p.grad is not None}
+        task.after_step(1)
+        results.append((out["loss"].detach(), grads, case.shared_state(task)))
+    (loss_a, grads_a, state_a), (loss_b, grads_b, state_b) = results
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-10, atol=1e-12)
+    assert set(grads_a) == set(grads_b)
+    for key in grads_a:
+        torch.testing.assert_close(grads_b[key], grads_a[key], rtol=1e-9, atol=1e-12)
+    for key in state_a:
+        torch.testing.assert_close(state_b[key], state_a[key], rtol=1e-9, atol=1e-12)

@@ -151,8 +151,8 @@ def grad_cached_step(
             rows = next(len(outputs[n]) for n in names if per_sample[n])
             tensors, tensor_grads = [], []
             for name in names:
-                if grads[name] is None:
-                    continue
+                if grads[name] is None or not outputs[name].requires_grad:
+                    continue  # no gradient, or none to pass on (a momentum encoder's keys)
                 if per_sample[name]:
                     tensors.append(outputs[name])
                     tensor_grads.append(grads[name][start : start + rows].to(outputs[name].dtype))
