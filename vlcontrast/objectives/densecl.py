@@ -70,21 +70,9 @@ class DenseCLObjective(MoCoObjective):
             "pooled": F.normalize(dense.mean(dim=1), dim=-1),
         }
 
-    @torch.no_grad()
-    def key_encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The momentum encoder on the key view; with split batch norm in MoCo's shuffled order
-        (``MoCoObjective.keys``), put back in order."""
-        if self.bn_groups == 1:
-            return self.encode(self.target, images)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.steps))
-        order = torch.randperm(len(images), generator=generator).to(images.device)
-        out = self.encode(self.target, images[order])
-        inverse = torch.argsort(order)
-        return {name: value[inverse] for name, value in out.items()}
-
     def outputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         query = self.encode(self.online(), view(batch, -2))
-        key = self.key_encode(view(batch, -1))
+        key = self.keys(view(batch, -1), lambda images: self.encode(self.target, images))
         index = dense_correspondence(query["feat"].detach(), key["feat"])  # (B, N)
         return {
             "q": query["emb"],

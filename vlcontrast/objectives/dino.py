@@ -106,9 +106,10 @@ class DINOObjective(MultiCrop, MomentumObjective):
         c = self.cfg
         student, teacher = full(outputs["student"]), full(outputs["teacher"])
         center = self.center.to(teacher.dtype)
-        loss = dino_loss(student, teacher, center, c.student_temp, self.teacher_temp())
+        temp = self.teacher_temp()
+        loss = dino_loss(student, teacher, center, c.student_temp, temp)
         self.pending = center_update(self.center, teacher, c.center_momentum)
-        probs = F.softmax((teacher[:, 0] - center) / self.teacher_temp(), dim=-1)
+        probs = F.softmax((teacher[:, 0].detach() - center) / temp, dim=-1)
         entropy = -(probs * probs.clamp(min=1e-12).log()).sum(-1).mean()
         return {"loss": loss, "metrics": {"teacher_entropy": detached(entropy)}}
 

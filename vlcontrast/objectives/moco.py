@@ -59,17 +59,21 @@ class MoCoObjective(MomentumObjective):
         return out
 
     @torch.no_grad()
-    def keys(self, images: torch.Tensor) -> torch.Tensor:
-        """The momentum encoder's embeddings of ``images``. With split batch norm, MoCo's
-        shuffle BN: the rows go through the key encoder in a random order (seeded by the step),
-        so a query and its key are normalised in different groups and cannot share batch
-        statistics; the output is put back in order."""
+    def keys(self, images: torch.Tensor, encode=None):
+        """The momentum encoder's embeddings of ``images`` (``encode``: another function of the
+        images, returning a tensor or a dict of tensors with the batch first). With split batch
+        norm, MoCo's shuffle BN: the rows go through the key encoder in a random order (seeded
+        by the step), so a query and its key are normalised in different groups and cannot
+        share batch statistics; the output is put back in order."""
+        encode = encode or self.target_embed
         if self.bn_groups == 1:
-            return self.target_embed(images)
+            return encode(images)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.steps))
         order = torch.randperm(len(images), generator=generator).to(images.device)
-        shuffled = self.target_embed(images[order])
-        return shuffled[torch.argsort(order)]
+        shuffled, inverse = encode(images[order]), torch.argsort(order)
+        if isinstance(shuffled, dict):
+            return {name: value[inverse] for name, value in shuffled.items()}
+        return shuffled[inverse]
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, Any]:
         q_a, k_b = full(outputs["q_a"]), full(outputs["k_b"])
