@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=2000, help="training images")
     parser.add_argument("--heldout", type=int, default=300)
     parser.add_argument("--side", type=int, default=64)
+    parser.add_argument("--objects", type=int, default=3, help="shapes per scene")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--queue", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        make_masked_set(tmp / "masks", args.train, args.heldout, args.side)
+        make_masked_set(tmp / "masks", args.train, args.heldout, args.side, args.objects)
         cfg = config_lib.load(None, overrides("moco", tmp / "masks", tmp, args))
         config_lib.resolve(cfg)
         torch.manual_seed(args.seed)
@@ -116,9 +117,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
     print(
-        f"\nshapes with masks at {args.side} px: {args.train} training, {args.heldout} held-out "
-        f"images; {args.model} {args.model_kwargs}, {args.epochs:g} epochs, batch {args.batch}, "
-        f"lr {args.lr:g}, queue {args.queue}, seed {args.seed}; dense kNN k=20 on patch tokens"
+        f"\nscenes of {args.objects} shapes with masks at {args.side} px: {args.train} training, "
+        f"{args.heldout} held-out images; {args.model} {args.model_kwargs}, {args.epochs:g} "
+        f"epochs, batch {args.batch}, lr {args.lr:g}, queue {args.queue}, seed {args.seed}; "
+        "dense kNN k=20 on patch tokens"
     )
     print(f"{'backbone':>12} | mean IoU | vs random | pixel acc | wall s")
     base = rows[0][1]

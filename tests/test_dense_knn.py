@@ -7,18 +7,26 @@ from __future__ import annotations
 
 import io
 import json
+import random
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from vlcontrast import cli
 from vlcontrast.data.image import CropResize
 from vlcontrast.data.shard_writer import write_shards
-from vlcontrast.data.synthetic import MASK_CLASSES, make_masked_set, masked_samples, samples
+from vlcontrast.data.synthetic import (
+    MASK_CLASSES,
+    _polygon,
+    make_masked_set,
+    masked_samples,
+    render_scene,
+    samples,
+)
 from vlcontrast.eval import dense_knn as dk
 
 
@@ -44,6 +52,33 @@ def test_masks_mark_the_shape_drawn_and_the_images_are_the_demos():
     # the demo corpus draws the same images it always did (the mask rides along)
     plain = next(samples(1, seed=3))
     assert plain["txt"] == sample["txt"] and plain["cls"] == sample["cls"]
+
+
+def test_scenes_mask_every_shape_drawn_with_later_shapes_on_top():
+    """``objects=3`` scenes: the mask equals the shapes redrawn here one by one in order (a
+    later one hides an earlier one), the text names them, and every shape pixel is bright
+    against the dark ground."""
+    mask = Image.new("L", (64, 64), 0)
+    image, drawn = render_scene(random.Random(7), 3, 64, mask)
+    plain, again = render_scene(random.Random(7), 3, 64)
+    assert again == drawn and plain.tobytes() == image.tobytes()  # the mask changes no draw
+    want = np.zeros((64, 64), dtype=np.uint8)
+    for shape in drawn:
+        alone = Image.new("L", (64, 64), 0)
+        canvas, (cx, cy, r) = ImageDraw.Draw(alone), shape["centre"] + (shape["radius"],)
+        if shape["shape"] == "circle":
+            canvas.ellipse((cx - r, cy - r, cx + r, cy + r), fill=1)
+        else:
+            canvas.polygon(_polygon(shape["shape"], cx, cy, r, shape["angle"]), fill=1)
+        want[np.asarray(alone) > 0] = MASK_CLASSES.index(shape["shape"])
+    assert np.array_equal(np.asarray(mask), want)
+    sample = next(masked_samples(1, seed=7, objects=3))
+    mask = np.asarray(Image.open(io.BytesIO(sample["mask.png"])))
+    named = [part.split()[-1] for part in sample["txt"].split(", ")]
+    assert len(named) == 3 and "cls" not in sample
+    assert {MASK_CLASSES[v] for v in np.unique(mask) if v} <= set(named)
+    pixels = np.asarray(Image.open(io.BytesIO(sample["jpg"])).convert("RGB"), dtype=float)
+    assert pixels[mask > 0].max(axis=1).mean() > pixels[mask == 0].max(axis=1).mean() + 80
 
 
 def test_patch_labels_are_the_majority_of_their_pixels():

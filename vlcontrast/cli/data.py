@@ -25,7 +25,8 @@ def add_commands(sub) -> None:
     masks = makers.add_parser(
         "masks",
         help="the demo's shapes with segmentation masks, for 'vlcontrast eval dense-knn'",
-        description="Write OUT/train and OUT/heldout shards of the demo's shapes, each sample "
+        description="Write OUT/train and OUT/heldout shards of scenes of the demo's shapes "
+        "(--objects per image, of random class, colour, size and place), each sample "
         "with a mask.png (0 background, 1-5 circle, square, triangle, star, cross) and "
         "classes.json beside the shards: the format 'eval dense-knn' reads.",
     )
@@ -33,6 +34,12 @@ def add_commands(sub) -> None:
     masks.add_argument("--train", type=int, default=1000, help="default: %(default)s")
     masks.add_argument("--heldout", type=int, default=200, help="default: %(default)s")
     masks.add_argument("--side", type=int, default=64, help="image side in px (%(default)s)")
+    masks.add_argument(
+        "--objects",
+        type=int,
+        default=3,
+        help="shapes per image (%(default)s); 1 gives the demo corpus's images",
+    )
 
     example = makers.add_parser(
         "example",
@@ -146,7 +153,10 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.maker == "masks":
         from vlcontrast.data.synthetic import make_masked_set
 
-        make_masked_set(args.out, args.train, args.heldout, args.side)
+        if args.objects < 1:
+            print("vlcontrast data masks: --objects must be at least 1", file=sys.stderr)
+            return 2
+        make_masked_set(args.out, args.train, args.heldout, args.side, args.objects)
         train, held = Path(args.out) / "train", Path(args.out) / "heldout"
         print(f"{args.train} + {args.heldout} masked images in {train} and {held}")
         print(

@@ -70,6 +70,36 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
     ]
 
 
+def _background(rng: random.Random, side: int, clutter: int = 12):
+    """A dark ground in a random tint with ``clutter`` dots a little lighter (never a shape's
+    colour)."""
+    base = [rng.randint(20, 90) for _ in range(3)]
+    img = Image.new("RGB", (side, side), tuple(base))
+    draw = ImageDraw.Draw(img)
+    for _ in range(clutter):
+        x, y = rng.uniform(0, side), rng.uniform(0, side)
+        tint = tuple(min(255, c + rng.randint(0, 40)) for c in base)
+        draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=tint)
+    return img, draw
+
+
+def _draw_shape(canvases, shape: str, cx: float, cy: float, r: float, angle: float) -> None:
+    """Draw one shape into each ``(ImageDraw, fill)`` of ``canvases``."""
+    for canvas, value in canvases:
+        if shape == "circle":
+            canvas.ellipse((cx - r, cy - r, cx + r, cy + r), fill=value)
+        else:
+            canvas.polygon(_polygon(shape, cx, cy, r, angle), fill=value)
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _fill(color: str, rng: random.Random) -> tuple:
+    return tuple(max(0, min(255, c + rng.randint(-20, 20))) for c in COLORS[color])
+
+
 def render(
     color: str,
     shape: str,
@@ -81,28 +111,40 @@ def render(
 ):
     """One RGB image of ``side`` pixels; with ``mask`` (an "L" image of the same size), the
     shape is drawn there too, as its index in ``MASK_CLASSES``."""
-    base = [rng.randint(20, 90) for _ in range(3)]
-    img = Image.new("RGB", (side, side), tuple(base))
-    draw = ImageDraw.Draw(img)
-    for _ in range(12):  # background clutter, never a shape's colour
-        x, y = rng.uniform(0, side), rng.uniform(0, side)
-        tint = tuple(min(255, c + rng.randint(0, 40)) for c in base)
-        draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=tint)
+    img, draw = _background(rng, side)
     fx, fy = POSITIONS[position]
     jitter = 0.05 * side
     cx, cy = fx * side + rng.uniform(-jitter, jitter), fy * side + rng.uniform(-jitter, jitter)
     r = SIZES[size] * side * rng.uniform(0.85, 1.15)
-    fill = tuple(max(0, min(255, c + rng.randint(-20, 20))) for c in COLORS[color])
+    fill = _fill(color, rng)
     angle = rng.uniform(-0.2, 0.2) if shape != "circle" else 0.0
-    label = MASK_CLASSES.index(shape)
-    for canvas, value in ((draw, fill), (ImageDraw.Draw(mask) if mask else None, label)):
-        if canvas is None:
-            continue
-        if shape == "circle":
-            canvas.ellipse((cx - r, cy - r, cx + r, cy + r), fill=value)
-        else:
-            canvas.polygon(_polygon(shape, cx, cy, r, angle), fill=value)
+    canvases = [(draw, fill)]
+    if mask is not None:
+        canvases.append((ImageDraw.Draw(mask), MASK_CLASSES.index(shape)))
+    _draw_shape(canvases, shape, cx, cy, r, angle)
     return img
+
+
+def render_scene(rng: random.Random, objects: int, side: int = 64, mask=None):
+    """A scene of ``objects`` shapes, each of a random class, colour and size (radius 0.1 to
+    0.2 of the side) anywhere in the image, drawn in turn so a later one hides an earlier
+    one, in the image and in ``mask`` alike. Returns the image and the shapes drawn, in order
+    (dicts of colour, shape, centre, radius and angle)."""
+    img, draw = _background(rng, side, clutter=6 * objects)
+    drawn = []
+    for _ in range(objects):
+        color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+        r = rng.uniform(0.1, 0.2) * side
+        cx, cy = rng.uniform(r, side - r), rng.uniform(r, side - r)
+        angle = rng.uniform(-0.4, 0.4) if shape != "circle" else 0.0
+        canvases = [(draw, _fill(color, rng))]
+        if mask is not None:
+            canvases.append((ImageDraw.Draw(mask), MASK_CLASSES.index(shape)))
+        _draw_shape(canvases, shape, cx, cy, r, angle)
+        drawn.append(
+            {"color": color, "shape": shape, "centre": (cx, cy), "radius": r, "angle": angle}
+        )
+    return img, drawn
 
 
 def caption(color: str, shape: str, size: str, position: str, rng: random.Random) -> str:
@@ -176,15 +218,26 @@ def make_corpus(
     }
 
 
-def masked_samples(n: int, seed: int, side: int = 64):
-    """``n`` samples with a segmentation mask (``mask.png``: 0 background, 1-5 the shape, as
-    ``MASK_CLASSES``; the format of ``vlcontrast eval dense-knn``) beside jpg, txt and cls."""
+def masked_samples(n: int, seed: int, side: int = 64, objects: int = 1):
+    """``n`` samples with a segmentation mask (``mask.png``: 0 background, 1-5 the shapes, as
+    ``MASK_CLASSES``; the format of ``vlcontrast eval dense-knn``) beside jpg and txt. With
+    ``objects=1`` the images are the demo corpus's (and carry its ``cls``); with more, each is a
+    scene of that many shapes of random class, colour, size and place (:func:`render_scene`)."""
     rng = random.Random(seed)
     for index in range(n):
-        color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
-        size, position = rng.choice(list(SIZES)), rng.choice(list(POSITIONS))
         mask = Image.new("L", (side, side), 0)
-        image = render(color, shape, size, position, rng, side, mask)
+        if objects == 1:
+            color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+            size, position = rng.choice(list(SIZES)), rng.choice(list(POSITIONS))
+            image = render(color, shape, size, position, rng, side, mask)
+            extra = {
+                "txt": caption(color, shape, size, position, rng),
+                "cls": str(CLASSNAMES.index(f"{color} {shape}")),
+            }
+        else:
+            image, drawn = render_scene(rng, objects, side, mask)
+            names = [(d["color"], d["shape"]) for d in drawn]
+            extra = {"txt": ", ".join(f"{_article(c)} {c} {shape}" for c, shape in names)}
         buffer, mask_png = io.BytesIO(), io.BytesIO()
         image.save(buffer, format="JPEG", quality=90)
         mask.save(mask_png, format="PNG")
@@ -192,19 +245,28 @@ def masked_samples(n: int, seed: int, side: int = 64):
             "__key__": f"{seed:04d}{index:07d}",
             "jpg": buffer.getvalue(),
             "mask.png": mask_png.getvalue(),
-            "txt": caption(color, shape, size, position, rng),
-            "cls": str(CLASSNAMES.index(f"{color} {shape}")),
+            **extra,
         }
 
 
-def make_masked_set(out_dir: str | Path, n_train: int = 1000, n_heldout: int = 200, side: int = 64):
+def make_masked_set(
+    out_dir: str | Path,
+    n_train: int = 1000,
+    n_heldout: int = 200,
+    side: int = 64,
+    objects: int = 3,
+):
     """Train and held-out shards of :func:`masked_samples` with ``classes.json`` (the mask
-    classes) beside each: the synthetic set of ``vlcontrast eval dense-knn``."""
+    classes) beside each: the synthetic set of ``vlcontrast eval dense-knn``. Scenes of
+    ``objects`` shapes by default, as a segmentation set should have (one shape per image
+    is the demo corpus, where a whole-image feature already says what every patch is)."""
+    if objects < 1:
+        raise ValueError(f"objects must be at least 1, got {objects}")
     out = {}
     for split, n, seed in (("train", n_train, 11), ("heldout", n_heldout, 12)):
         folder = Path(out_dir) / split
         folder.mkdir(parents=True, exist_ok=True)
-        paths = write_shards(masked_samples(n, seed, side), folder, per_shard=max(n, 1))
+        paths = write_shards(masked_samples(n, seed, side, objects), folder, per_shard=max(n, 1))
         (folder / "classes.json").write_text(json.dumps(MASK_CLASSES) + "\n")
         out[split] = paths
     return out
