@@ -153,10 +153,11 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.maker == "masks":
         from vlcontrast.data.synthetic import make_masked_set
 
-        if args.objects < 1:
-            print("vlcontrast data masks: --objects must be at least 1", file=sys.stderr)
+        try:
+            make_masked_set(args.out, args.train, args.heldout, args.side, args.objects)
+        except ValueError as err:  # the library's own check, before anything is written
+            print(f"vlcontrast data masks: --{err}", file=sys.stderr)
             return 2
-        make_masked_set(args.out, args.train, args.heldout, args.side, args.objects)
         train, held = Path(args.out) / "train", Path(args.out) / "heldout"
         print(f"{args.train} + {args.heldout} masked images in {train} and {held}")
         print(

@@ -257,9 +257,8 @@ def make_masked_set(
     objects: int = 3,
 ):
     """Train and held-out shards of :func:`masked_samples` with ``classes.json`` (the mask
-    classes) beside each: the synthetic set of ``vlcontrast eval dense-knn``. Scenes of
-    ``objects`` shapes by default, as a segmentation set should have (one shape per image
-    is the demo corpus, where a whole-image feature already says what every patch is)."""
+    classes) beside each: the synthetic set of ``vlcontrast eval dense-knn``: scenes of
+    ``objects`` shapes (``objects=1``: the demo corpus's images)."""
     if objects < 1:
         raise ValueError(f"objects must be at least 1, got {objects}")
     out = {}
