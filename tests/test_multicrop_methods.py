@@ -280,6 +280,25 @@ def test_densecl_encodes_the_keys_with_the_momentum_encoder():
     torch.testing.assert_close(task.dense_queue[:12], key["pooled"].detach())
 
 
+def test_densecl_trains_the_global_term_alone_until_the_dense_start_step():
+    """``dense_start_steps`` (DenseCL's lambda warm-up hook): lambda is 0 for that many
+    optimizer steps, then ``loss_lambda``; the dense head takes no gradient before it."""
+    task = case.make_objective("densecl")
+    task.cfg.dense_start_steps = 2
+    for step in range(3):
+        batch = case.global_batch("densecl", step)
+        task.zero_grad()
+        out = step_loss(task, batch)
+        single, dense = out["metrics"]["loss_single"], out["metrics"]["loss_dense"]
+        expected = single if step < 2 else 0.5 * single + 0.5 * dense
+        torch.testing.assert_close(out["loss"].detach().to(expected.dtype), expected)
+        out["loss"].backward()
+        grads = [p.grad for p in task.dense_head.parameters()]
+        silent = all(g is None or not g.any() for g in grads)
+        assert silent == (step < 2), step
+        task.after_step(step + 1)
+
+
 # --- across ranks ---------------------------------------------------------------------------
 
 

@@ -132,6 +132,10 @@ class DenseCLConfig(MoCoConfig):
     # DenseCL's neck: 1x1 conv (F -> F) -> ReLU -> 1x1 conv (F -> 128) on every location
     dense_head: HeadConfig = head(2, 0, 128, False)
     loss_lambda: float = field(default=0.5, metadata=between(0.0, 1.0))  # DenseCL: 0.5
+    # optimizer steps trained on the global loss alone (lambda 0) before the dense term joins,
+    # so the backbone's correspondences are no longer random (DenseCL's paper and its
+    # DenseCLWarmupHook, start_iters; off in its released configs)
+    dense_start_steps: int = field(default=0, metadata=NON_NEGATIVE)
 
     def check(self) -> None:
         if self.symmetric:

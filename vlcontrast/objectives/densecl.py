@@ -84,6 +84,7 @@ class DenseCLObjective(MoCoObjective):
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, Any]:
         t, lam = self.cfg.temperature, self.cfg.loss_lambda
+        lam = lam if int(self.steps) >= self.cfg.dense_start_steps else 0.0
         o = {name: full(value) for name, value in outputs.items()}
         queue = self.queue.to(o["q"].dtype, copy=True)
         dense_queue = self.dense_queue.to(o["q"].dtype, copy=True)
