@@ -5,7 +5,13 @@ import torch
 from torch import nn
 
 from vlcontrast.config import OptimConfig
-from vlcontrast.train.optim import build_optimizer, build_scheduler, cosine_factor
+from vlcontrast.train.optim import (
+    apply_settings,
+    build_optimizer,
+    build_scheduler,
+    cosine_factor,
+    set_weight_decay,
+)
 
 
 class Toy(nn.Module):
@@ -53,6 +59,39 @@ def test_a_checkpoint_saved_with_the_class_token_decayed_resumes_with_its_groups
     assert torch.equal(
         optimizer.state[model.cls_token]["exp_avg"], earlier.state[model.cls_token]["exp_avg"]
     )
+
+
+def dino_cosine(base: float, final: float, steps: int) -> list[float]:
+    """DINO's utils.cosine_scheduler without warm-up, as main_dino.py builds its weight decay
+    schedule (one value per iteration)."""
+    return [
+        final + 0.5 * (base - final) * (1 + math.cos(math.pi * i / steps)) for i in range(steps)
+    ]
+
+
+@pytest.mark.parametrize("layer_decay", [1.0, 0.5])
+def test_weight_decay_follows_dinos_cosine_on_the_decayed_groups_only(layer_decay):
+    model, steps = Toy(), 7
+    cfg = OptimConfig(weight_decay=0.04, weight_decay_end=0.4, layer_decay=layer_decay)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps)
+    plain = {id(p) for g in optimizer.param_groups if not g["decayed"] for p in g["params"]}
+    for step, want in enumerate(dino_cosine(0.04, 0.4, steps)):
+        set_weight_decay(optimizer, cfg, step, steps)
+        for group in optimizer.param_groups:
+            assert group["weight_decay"] == pytest.approx(want if group["decayed"] else 0.0)
+        assert decayed_ids(optimizer).isdisjoint(plain)
+        # a resume at this step (the checkpoint's constant weight decay restored first) decays
+        # as the uninterrupted run
+        apply_settings(optimizer, scheduler, cfg, step)
+        set_weight_decay(optimizer, cfg, step, steps)
+        assert [g["weight_decay"] for g in optimizer.param_groups] == [
+            want if g["decayed"] else 0.0 for g in optimizer.param_groups
+        ]
+    # without an end, the weight decay stays as built
+    constant = build_optimizer(model, OptimConfig(weight_decay=0.04))
+    set_weight_decay(constant, OptimConfig(weight_decay=0.04), 3, steps)
+    assert {g["weight_decay"] for g in constant.param_groups} == {0.04, 0.0}
 
 
 def test_cosine_schedule_with_warmup():

@@ -173,12 +173,18 @@ def ctrl_c_after(monkeypatch, batches: int, times: int = 1):
 
 
 def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(corpus, tmp_path, monkeypatch, capsys):
-    base = [*tiny_overrides(corpus, tmp_path / "whole", steps=5), "train.save_every=10"]
+    """With DINO's weight-decay cosine (0.04 -> 0.4) on, which the loop sets every step."""
+    decay = ["train.save_every=10", "optim.weight_decay=0.04", "optim.weight_decay_end=0.4"]
+    base = [*tiny_overrides(corpus, tmp_path / "whole", steps=5), *decay]
     assert cli.main(["train", run_file(tmp_path / "whole"), *base]) == 0
     whole = losses(tmp_path / "whole")
+    saved = checkpoint.latest(tmp_path / "whole" / "checkpoints") / checkpoint.STATE_JSON
+    groups = json.loads(saved.read_text())["parts"]["optimizer"]["param_groups"]
+    last = 0.4 + 0.5 * (0.04 - 0.4) * (1 + math.cos(math.pi * 4 / 5))  # set before step 5
+    assert sorted({round(g["weight_decay"], 12) for g in groups}) == [0.0, round(last, 12)]
 
     cut = tmp_path / "cut"
-    overrides = [*tiny_overrides(corpus, cut, steps=5), "train.save_every=10"]
+    overrides = [*tiny_overrides(corpus, cut, steps=5), *decay]
     restore = ctrl_c_after(monkeypatch, 2)  # during step 3
     capsys.readouterr()
     began = time.perf_counter()

@@ -16,6 +16,9 @@ class OptimConfig:
     name: str = field(default="adamw", metadata=_choices("adamw", "sgd", "lars"))
     lr: float = field(default=5e-4, metadata=POSITIVE)  # OpenCLIP's B/32 recipe
     weight_decay: float = field(default=0.2, metadata=NON_NEGATIVE)  # CLIP paper, OpenCLIP
+    # with a value, weight decay follows a cosine from weight_decay at step 0 to this at the
+    # last step (DINO: 0.04 -> 0.4, its main_dino.py's cosine_scheduler); None: constant
+    weight_decay_end: float | None = field(default=None, metadata=NON_NEGATIVE)
     # CLIP paper: beta2 0.98 and eps 1e-6 keep large-batch contrastive training stable
     beta1: float = field(default=0.9, metadata=between(0.0, 1.0, high_open=True))
     beta2: float = field(default=0.98, metadata=between(0.0, 1.0, high_open=True))  # CLIP paper

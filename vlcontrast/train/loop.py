@@ -55,7 +55,7 @@ from vlcontrast.train.model_setup import (
     set_tf32,
     sync_batch_norm,
 )
-from vlcontrast.train.optim import build_optimizer, build_scheduler
+from vlcontrast.train.optim import build_optimizer, build_scheduler, set_weight_decay
 from vlcontrast.train.precision import Precision
 from vlcontrast.train.resume import resolve_resume, resume, save_checkpoint
 from vlcontrast.train.task_state import TaskState
@@ -153,6 +153,7 @@ def train(cfg: Config) -> dict[str, Any]:
             if state["step"] == 0 and tokenizer is not None:
                 warn_unknown_captions(tokenizer, batch.get("texts", []))
             bad.check_all_ranks(accelerator.device)
+            set_weight_decay(optimizer, cfg.optim, state["step"], cfg.train.steps)
             loss, metrics = train_step(
                 accelerator, precision, trainee, optimizer, batch, cfg, state
             )

@@ -98,6 +98,28 @@ def cosine_factor(step: int, warmup: int, total: int, min_ratio: float) -> float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def weight_decay_at(cfg: OptimConfig, step: int, total: int) -> float:
+    """Weight decay for optimizer step ``step`` (0-based) of ``total``: ``weight_decay``, or
+    with ``weight_decay_end`` DINO's cosine, ``end + (start - end) (1 + cos(pi step / total))
+    / 2``."""
+    if cfg.weight_decay_end is None:
+        return cfg.weight_decay
+    start, end = cfg.weight_decay, cfg.weight_decay_end
+    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
+
+
+def set_weight_decay(optimizer: torch.optim.Optimizer, cfg: OptimConfig, step: int, total: int):
+    """Before optimizer step ``step``: the scheduled weight decay on every decayed group (the
+    others keep 0). A no-op without ``weight_decay_end``; after a resume the value depends on
+    ``step`` alone, so the resumed run decays as the uninterrupted one."""
+    if cfg.weight_decay_end is None:
+        return
+    value = weight_decay_at(cfg, step, total)
+    for i, group in enumerate(optimizer.param_groups):
+        if group.get("decayed", i == 0):
+            group["weight_decay"] = value
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
