@@ -44,9 +44,14 @@ def test_dense_benchmark_runs_random_moco_and_densecl():
     command = [sys.executable, "benchmarks/dense_shapes.py", "--smoke"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    rows = [line.split("|") for line in done.stdout.splitlines() if "|" in line][1:]
+    lines = done.stdout.splitlines()
+    head = next(i for i, line in enumerate(lines) if "mean IoU" in line)
+    rows = [line.split("|") for line in lines[head + 1 : head + 4]]
     assert [r[0].strip() for r in rows] == ["random init", "moco", "densecl"]
     assert all(0 <= float(r[1]) <= 1 for r in rows)
+    per_class = [line.split("|") for line in lines[lines.index("per-class IoU") + 1 :]]
+    assert [c.strip() for c in per_class[0][1:3]] == ["background", "circle"]
+    assert [r[0].strip() for r in per_class[1:]] == ["random init", "moco", "densecl"]
 
 
 def test_loader_benchmark_refuses_too_few_batches_to_time():

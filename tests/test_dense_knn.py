@@ -20,13 +20,17 @@ from vlcontrast import cli
 from vlcontrast.data.image import CropResize
 from vlcontrast.data.shard_writer import write_shards
 from vlcontrast.data.synthetic import (
+    GROUND,
     MASK_CLASSES,
+    ONE_COLOUR,
+    ONE_COLOUR_NAME,
     _polygon,
     make_masked_set,
     masked_samples,
     render_scene,
     samples,
 )
+from vlcontrast.data.tar_reader import iter_samples
 from vlcontrast.eval import dense_knn as dk
 
 
@@ -79,6 +83,29 @@ def test_scenes_mask_every_shape_drawn_with_later_shapes_on_top():
     assert {MASK_CLASSES[v] for v in np.unique(mask) if v} <= set(named)
     pixels = np.asarray(Image.open(io.BytesIO(sample["jpg"])).convert("RGB"), dtype=float)
     assert pixels[mask > 0].max(axis=1).mean() > pixels[mask == 0].max(axis=1).mean() + 80
+
+
+@pytest.mark.parametrize("objects", [1, 3])
+def test_one_colour_images_differ_by_their_shapes_only(objects):
+    """``one_colour``: every shape's pixels are ONE_COLOUR and the ground GROUND (give or take
+    the fill's +-20 and JPEG), where the default draws shapes of many colours on many grounds;
+    the masks and texts still name the shapes."""
+    medians = {}
+    for one_colour in (False, True):
+        found, yellow = [], []
+        for sample in masked_samples(30, seed=5, objects=objects, one_colour=one_colour):
+            mask = np.asarray(Image.open(io.BytesIO(sample["mask.png"])))
+            pixels = np.asarray(Image.open(io.BytesIO(sample["jpg"])).convert("RGB"), float)
+            found.append((np.median(pixels[mask > 0], 0), np.median(pixels[mask == 0], 0)))
+            words = set(sample["txt"].replace(",", "").split())
+            assert {MASK_CLASSES[v] for v in np.unique(mask) if v} <= words
+            yellow += [ONE_COLOUR_NAME in part.split() for part in sample["txt"].split(", ")]
+        assert all(yellow) == one_colour
+        medians[one_colour] = np.array(found)  # (images, shape / ground, RGB)
+    one = medians[True]
+    assert np.abs(one[:, 0] - ONE_COLOUR).max() < 30 and np.abs(one[:, 1] - GROUND).max() < 12
+    assert one.std(axis=0).max() < 15  # one colour (+-20 uniform: std 11.5), one ground ...
+    assert medians[False].std(axis=0).min() > 15  # ... where the default varies both
 
 
 def test_patch_labels_are_the_majority_of_their_pixels():
@@ -214,3 +241,15 @@ def test_data_masks_then_eval_dense_knn_through_the_cli(tmp_path, capsys):
     assert any("eval/dense_knn/miou" in row for row in logged)
     with pytest.raises(SystemExit):
         cli.main(["eval", "dense-knn", "--checkpoint", str(run / "latest"), "--data", "x.tar"])
+
+
+def test_data_masks_one_colour_writes_the_libraries_one_colour_images(tmp_path, capsys):
+    out = tmp_path / "masks"
+    command = ["data", "masks", str(out), "--train", "4", "--heldout", "2", "--objects", "1"]
+    assert cli.main([*command, "--one-colour"]) == 0
+    written = sorted(
+        (raw["__key__"], raw["jpg"])
+        for raw in iter_samples(str(out / "train" / "00000.tar"), print)
+    )
+    want = sorted((s["__key__"], s["jpg"]) for s in masked_samples(4, 11, 64, 1, one_colour=True))
+    assert written == want

@@ -40,6 +40,13 @@ def add_commands(sub) -> None:
         default=3,
         help="shapes per image (%(default)s); 1 gives the demo corpus's images",
     )
+    masks.add_argument(
+        "--one-colour",
+        action="store_true",
+        help="every shape in one yellow on one ground tint: only the shapes tell images "
+        "apart, not their colours (the setting where pretraining learns the shape classes: "
+        "docs/benchmarks.md)",
+    )
 
     example = makers.add_parser(
         "example",
@@ -154,7 +161,9 @@ def cmd_data(args: argparse.Namespace) -> int:
         from vlcontrast.data.synthetic import make_masked_set
 
         try:
-            make_masked_set(args.out, args.train, args.heldout, args.side, args.objects)
+            make_masked_set(
+                args.out, args.train, args.heldout, args.side, args.objects, args.one_colour
+            )
         except ValueError as err:  # the library's own check, before anything is written
             print(f"vlcontrast data masks: --{err}", file=sys.stderr)
             return 2

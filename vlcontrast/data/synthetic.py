@@ -44,6 +44,9 @@ POSITIONS = {
 CLASSNAMES = [f"{color} {shape}" for color in COLORS for shape in SHAPES]
 MASK_CLASSES = ["background", *SHAPES]  # the pixel values of a mask (eval/dense_knn.py)
 TEMPLATES = ["a {}", "a small {}", "a large {}"]
+# One-colour images (``one_colour=True``): every shape in one yellow on one ground tint, so only
+# the shapes (class, size, place) tell images apart, not their colours (benchmarks/dense_shapes.py)
+ONE_COLOUR, ONE_COLOUR_NAME, GROUND = (220, 200, 60), "yellow", (50, 50, 60)
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple]:
@@ -70,10 +73,10 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
     ]
 
 
-def _background(rng: random.Random, side: int, clutter: int = 12):
-    """A dark ground in a random tint with ``clutter`` dots a little lighter (never a shape's
-    colour)."""
-    base = [rng.randint(20, 90) for _ in range(3)]
+def _background(rng: random.Random, side: int, clutter: int = 12, base=None):
+    """A dark ground in a random tint (or ``base``) with ``clutter`` dots a little lighter
+    (never a shape's colour)."""
+    base = list(base) if base else [rng.randint(20, 90) for _ in range(3)]
     img = Image.new("RGB", (side, side), tuple(base))
     draw = ImageDraw.Draw(img)
     for _ in range(clutter):
@@ -96,8 +99,9 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _fill(color: str, rng: random.Random) -> tuple:
-    return tuple(max(0, min(255, c + rng.randint(-20, 20))) for c in COLORS[color])
+def _fill(color: str, rng: random.Random, one_colour: bool = False) -> tuple:
+    rgb = ONE_COLOUR if one_colour else COLORS[color]
+    return tuple(max(0, min(255, c + rng.randint(-20, 20))) for c in rgb)
 
 
 def render(
@@ -108,15 +112,17 @@ def render(
     rng: random.Random,
     side: int = 64,
     mask: Image.Image | None = None,
+    one_colour: bool = False,
 ):
     """One RGB image of ``side`` pixels; with ``mask`` (an "L" image of the same size), the
-    shape is drawn there too, as its index in ``MASK_CLASSES``."""
-    img, draw = _background(rng, side)
+    shape is drawn there too, as its index in ``MASK_CLASSES``. ``one_colour``: the shape in
+    ``ONE_COLOUR`` on the ``GROUND`` tint, whatever ``color`` says."""
+    img, draw = _background(rng, side, base=GROUND if one_colour else None)
     fx, fy = POSITIONS[position]
     jitter = 0.05 * side
     cx, cy = fx * side + rng.uniform(-jitter, jitter), fy * side + rng.uniform(-jitter, jitter)
     r = SIZES[size] * side * rng.uniform(0.85, 1.15)
-    fill = _fill(color, rng)
+    fill = _fill(color, rng, one_colour)
     angle = rng.uniform(-0.2, 0.2) if shape != "circle" else 0.0
     canvases = [(draw, fill)]
     if mask is not None:
@@ -125,19 +131,22 @@ def render(
     return img
 
 
-def render_scene(rng: random.Random, objects: int, side: int = 64, mask=None):
+def render_scene(
+    rng: random.Random, objects: int, side: int = 64, mask=None, one_colour: bool = False
+):
     """A scene of ``objects`` shapes, each of a random class, colour and size (radius 0.1 to
     0.2 of the side) anywhere in the image, drawn in turn so a later one hides an earlier
-    one, in the image and in ``mask`` alike. Returns the image and the shapes drawn, in order
-    (dicts of colour, shape, centre, radius and angle)."""
-    img, draw = _background(rng, side, clutter=6 * objects)
+    one, in the image and in ``mask`` alike (``one_colour``: as :func:`render`). Returns the
+    image and the shapes drawn, in order (dicts of colour, shape, centre, radius and angle)."""
+    img, draw = _background(rng, side, clutter=6 * objects, base=GROUND if one_colour else None)
     drawn = []
     for _ in range(objects):
         color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+        color = ONE_COLOUR_NAME if one_colour else color
         r = rng.uniform(0.1, 0.2) * side
         cx, cy = rng.uniform(r, side - r), rng.uniform(r, side - r)
         angle = rng.uniform(-0.4, 0.4) if shape != "circle" else 0.0
-        canvases = [(draw, _fill(color, rng))]
+        canvases = [(draw, _fill(color, rng, one_colour))]
         if mask is not None:
             canvases.append((ImageDraw.Draw(mask), MASK_CLASSES.index(shape)))
         _draw_shape(canvases, shape, cx, cy, r, angle)
@@ -218,24 +227,26 @@ def make_corpus(
     }
 
 
-def masked_samples(n: int, seed: int, side: int = 64, objects: int = 1):
+def masked_samples(n: int, seed: int, side: int = 64, objects: int = 1, one_colour: bool = False):
     """``n`` samples with a segmentation mask (``mask.png``: 0 background, 1-5 the shapes, as
     ``MASK_CLASSES``; the format of ``vlcontrast eval dense-knn``) beside jpg and txt. With
     ``objects=1`` the images are the demo corpus's (and carry its ``cls``); with more, each is a
-    scene of that many shapes of random class, colour, size and place (:func:`render_scene`)."""
+    scene of that many shapes of random class, colour, size and place (:func:`render_scene`).
+    ``one_colour``: every shape in one colour on one ground (:func:`render`)."""
     rng = random.Random(seed)
     for index in range(n):
         mask = Image.new("L", (side, side), 0)
         if objects == 1:
             color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+            color = ONE_COLOUR_NAME if one_colour else color
             size, position = rng.choice(list(SIZES)), rng.choice(list(POSITIONS))
-            image = render(color, shape, size, position, rng, side, mask)
+            image = render(color, shape, size, position, rng, side, mask, one_colour)
             extra = {
                 "txt": caption(color, shape, size, position, rng),
                 "cls": str(CLASSNAMES.index(f"{color} {shape}")),
             }
         else:
-            image, drawn = render_scene(rng, objects, side, mask)
+            image, drawn = render_scene(rng, objects, side, mask, one_colour)
             names = [(d["color"], d["shape"]) for d in drawn]
             extra = {"txt": ", ".join(f"{_article(c)} {c} {shape}" for c, shape in names)}
         buffer, mask_png = io.BytesIO(), io.BytesIO()
@@ -255,17 +266,21 @@ def make_masked_set(
     n_heldout: int = 200,
     side: int = 64,
     objects: int = 3,
+    one_colour: bool = False,
 ):
     """Train and held-out shards of :func:`masked_samples` with ``classes.json`` (the mask
     classes) beside each: the synthetic set of ``vlcontrast eval dense-knn``: scenes of
-    ``objects`` shapes (``objects=1``: the demo corpus's images)."""
+    ``objects`` shapes (``objects=1``: the demo corpus's images; ``one_colour``: all in one
+    colour on one ground)."""
     if objects < 1:
         raise ValueError(f"objects must be at least 1, got {objects}")
     out = {}
     for split, n, seed in (("train", n_train, 11), ("heldout", n_heldout, 12)):
         folder = Path(out_dir) / split
         folder.mkdir(parents=True, exist_ok=True)
-        paths = write_shards(masked_samples(n, seed, side, objects), folder, per_shard=max(n, 1))
+        paths = write_shards(
+            masked_samples(n, seed, side, objects, one_colour), folder, per_shard=max(n, 1)
+        )
         (folder / "classes.json").write_text(json.dumps(MASK_CLASSES) + "\n")
         out[split] = paths
     return out
