@@ -8,7 +8,8 @@ updates a momentum encoder but encodes the keys with the online one). Each query
 matched to the key location of highest backbone-feature cosine (``losses/densecl.py``) and
 contrasted with that key's dense projection, against a second queue holding each key image's
 mean dense projection (DenseCL's ``queue2``). Loss: ``(1 - loss_lambda) * global + loss_lambda
-* dense``. Both queues are buffers, written after the step with the keys of every rank.
+* dense``, with loss_lambda 0 for the first ``dense_start_steps`` optimizer steps (DenseCL's
+warm-up hook). Both queues are buffers, written after the step with the keys of every rank.
 """
 
 from __future__ import annotations
