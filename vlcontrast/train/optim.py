@@ -99,11 +99,9 @@ def cosine_factor(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 
 def weight_decay_at(cfg: OptimConfig, step: int, total: int) -> float:
-    """Weight decay for optimizer step ``step`` (0-based) of ``total``: ``weight_decay``, or
-    with ``weight_decay_end`` DINO's cosine, ``end + (start - end) (1 + cos(pi step / total))
+    """Weight decay for optimizer step ``step`` (0-based) of ``total`` on DINO's cosine from
+    ``weight_decay`` to ``weight_decay_end``: ``end + (start - end) (1 + cos(pi step / total))
     / 2``."""
-    if cfg.weight_decay_end is None:
-        return cfg.weight_decay
     start, end = cfg.weight_decay, cfg.weight_decay_end
     return end + 0.5 * (start - end) * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
 
