@@ -19,6 +19,7 @@ from vlcontrast.objective_settings import (
     BarlowTwinsConfig,
     BYOLConfig,
     HeadConfig,
+    MoCoConfig,
     MoCoV3Config,
     SimCLRConfig,
     SupConConfig,
@@ -26,7 +27,7 @@ from vlcontrast.objective_settings import (
 from vlcontrast.objectives.barlow import BarlowTwinsObjective
 from vlcontrast.objectives.base import step_loss
 from vlcontrast.objectives.byol import BYOLObjective
-from vlcontrast.objectives.moco import MoCoV3Objective
+from vlcontrast.objectives.moco import MoCoObjective, MoCoV3Objective
 from vlcontrast.objectives.simclr import SimCLRObjective
 from vlcontrast.objectives.supcon import SupConObjective
 
@@ -71,10 +72,11 @@ def make_objective(name: str, model: nn.Module):
         "byol": lambda: BYOLObjective(BYOLConfig(0.996, 1.0, **h)),
         "byol_bn": lambda: BYOLObjective(BYOLConfig(0.996, 1.0, **h)),
         "supcon": lambda: SupConObjective(SupConConfig(0.1, h["projector"])),
+        "moco_bn": lambda: MoCoObjective(MoCoConfig(0.2, 0.99, 24, False, h["projector"])),
         "probe": ProbeObjective,
     }[name]()
     cfg = SimpleNamespace(
-        objective=SimpleNamespace(name=name), train=SimpleNamespace(steps=10, fsdp=False)
+        objective=SimpleNamespace(name=name), train=SimpleNamespace(steps=10, fsdp=False, seed=0)
     )
     torch.manual_seed(1)  # the heads: the same in every process
     objective.setup(model, cfg, GLOBAL_BATCH)
@@ -82,8 +84,19 @@ def make_objective(name: str, model: nn.Module):
 
 
 # *_bn: batch norm in the model and heads, per device under DDP; compared with one process
-# whose batch norm is split into the devices' groups (model.bn_split)
-CASES = ["simclr", "mocov3", "barlow_twins", "byol", "supcon", "probe", "simclr_bn", "byol_bn"]
+# whose batch norm is split into the devices' groups (model.bn_split). moco_bn: MoCo v2's
+# shuffle BN, the keys encoded in a random order across the devices
+CASES = [
+    "simclr",
+    "mocov3",
+    "barlow_twins",
+    "byol",
+    "supcon",
+    "probe",
+    "simclr_bn",
+    "byol_bn",
+    "moco_bn",
+]
 
 
 def global_batch() -> dict[str, torch.Tensor]:

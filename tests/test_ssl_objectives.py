@@ -184,12 +184,13 @@ def distributed_results(request, tmp_path_factory):
     return torch.load(out)
 
 
-def split_bn_reference(world: int):
-    """One process with ``model.bn_split=world``: the library's SimCLR task on the whole
-    batch, batch norm split into the groups that ``world`` devices would normalise."""
+def split_bn_reference(name: str, world: int):
+    """One process with ``model.bn_split=world``: the library's task on the whole batch, batch
+    norm split into the groups that ``world`` devices would normalise (MoCo v2: its keys in the
+    shuffled order whose slices the devices encode)."""
     from vlcontrast.models.split_bn import split_batch_norm
 
-    task = split_batch_norm(case.make_objective("simclr_bn", case.model_for("simclr_bn")), world)
+    task = split_batch_norm(case.make_objective(name, case.model_for(name)), world)
     task.bn_groups = world
     loss = step_loss(task, case.global_batch())["loss"]
     loss.backward()
@@ -249,13 +250,15 @@ def test_distributed_steps_equal_the_single_process_step(distributed_results, na
     """Every objective, its heads' gradients included (``probe``: a test-fixture objective with
     its own head and buffer); ``simclr_bn``: per-device batch norm under DDP equals one process
     with split batch norm (``model.bn_split``), so a CPU run reproduces multi-GPU statistics;
-    ``byol_bn``: one forward per view, batch norm per view and device, as BYOL's code."""
+    ``byol_bn``: one forward per view, batch norm per view and device, as BYOL's code;
+    ``moco_bn``: MoCo v2's shuffle BN across devices (each encodes a random slice of the global
+    batch's keys) equals one process whose split batch norm takes the same slices."""
     if name not in distributed_results:
         pytest.skip("per-device batch norm is compared on even splits")
     got = distributed_results[name]
     world = distributed_results["world"]
-    if name == "simclr_bn":
-        want_loss, want_grads = split_bn_reference(world)
+    if name in ("simclr_bn", "moco_bn"):
+        want_loss, want_grads = split_bn_reference(name, world)
     else:
         want_loss, want_grads = reference(name, world)
     assert any(not n.startswith("model.") for n in want_grads)  # the heads took gradients

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from vlcontrast import distributed as dist_lib
 from vlcontrast.losses.ssl import moco_queue_loss, moco_v3_loss
@@ -61,19 +63,40 @@ class MoCoObjective(MomentumObjective):
     @torch.no_grad()
     def keys(self, images: torch.Tensor, encode=None):
         """The momentum encoder's embeddings of ``images`` (``encode``: another function of the
-        images, returning a tensor or a dict of tensors with the batch first). With split batch
-        norm, MoCo's shuffle BN: the rows go through the key encoder in a random order (seeded
-        by the step), so a query and its key are normalised in different groups and cannot
-        share batch statistics; the output is put back in order."""
+        images, returning a tensor or a dict of tensors with the batch first). MoCo's shuffle
+        BN, where the key encoder's batch norm normalises slices of the global batch (split
+        into ``model.bn_split`` groups, or one slice per rank under DDP): the global batch goes
+        through the key encoder in a random order (seeded by the step, the same on every rank),
+        so a query and its key are normalised with different images and cannot share batch
+        statistics. Across ranks, as MoCo's ``_batch_shuffle_ddp``: the images are gathered,
+        each rank encodes its slice of the shuffled batch, and the outputs are gathered and put
+        back in order."""
         encode = encode or self.target_embed
-        if self.bn_groups == 1:
+        if (self.bn_groups == 1 and dist_lib.world_size() == 1) or not self.key_batch_norm():
             return encode(images)
+        sizes = dist_lib.batch_sizes(len(images), images.device)
+        every = dist_lib.all_gather_no_grad(images, sizes)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.steps))
-        order = torch.randperm(len(images), generator=generator).to(images.device)
-        shuffled, inverse = encode(images[order]), torch.argsort(order)
+        order = torch.randperm(len(every), generator=generator).to(images.device)
+        start = sum(sizes[: dist_lib.rank()])
+        mine = slice(start, start + len(images))
+        inverse = torch.argsort(order)
+        shuffled = encode(every[order[mine]])
+
+        def unshuffle(value: torch.Tensor) -> torch.Tensor:
+            return dist_lib.all_gather_no_grad(value, sizes)[inverse][mine]
+
         if isinstance(shuffled, dict):
-            return {name: value[inverse] for name, value in shuffled.items()}
-        return shuffled[inverse]
+            return {name: unshuffle(value) for name, value in shuffled.items()}
+        return unshuffle(shuffled)
+
+    def key_batch_norm(self) -> bool:
+        """Whether the key encoder has batch norm over each device's rows (not torch's
+        SyncBatchNorm, whose statistics are the global batch's whatever the order)."""
+        return any(
+            isinstance(m, _BatchNorm) and not isinstance(m, nn.SyncBatchNorm)
+            for m in self.target.modules()
+        )
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, Any]:
         q_a, k_b = full(outputs["q_a"]), full(outputs["k_b"])
