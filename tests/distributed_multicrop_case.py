@@ -5,7 +5,8 @@ training steps run through the library's objective under DDP (SGD step and ``aft
 between them), so the second step uses what the first left: SwAV's queue (each rank scoring
 its share) and unfrozen prototypes, DINO's centre (reduced across ranks), warmed teacher
 temperature and unfrozen last layer, DenseCL's two queues (keys of every rank) and the
-momentum encoder. Rank 0 saves both steps' rank-averaged losses, the DDP-averaged gradients
+momentum encoder; ``densecl_bn`` with batch norm per device, its keys shuffled across ranks
+(MoCo's shuffle BN). Rank 0 saves both steps' rank-averaged losses, the DDP-averaged gradients
 and the state that every rank shares."""
 
 from __future__ import annotations
@@ -25,18 +26,20 @@ from vlcontrast.objectives.dino import DINOObjective
 from vlcontrast.objectives.swav import SwAVObjective
 
 GLOBAL_BATCH = 12
-METHODS = ["swav", "dino", "densecl"]
+METHODS = ["swav", "dino", "densecl", "densecl_bn"]
 
 
 class TinyMapModel(nn.Module):
     """The image-only model contract on flat 6-d 'images' in float64: a map of 3 locations of
-    width 8 (``img_map`` (B, 3, 8), a ViT's tokens) and pooled features ``img_feat``."""
+    width 8 (``img_map`` (B, 3, 8), a ViT's tokens) and pooled features ``img_feat``; with
+    ``bn``, batch norm (per device under DDP) before the map's tanh."""
 
-    def __init__(self):
+    def __init__(self, bn: bool = False):
         super().__init__()
         torch.manual_seed(0)
         self.image = SimpleNamespace(num_features=8)
-        self.locations = nn.Linear(6, 24)
+        linear = nn.Linear(6, 24)
+        self.locations = nn.Sequential(linear, nn.BatchNorm1d(24)) if bn else linear
         self.pool = nn.Linear(8, 8)
         self.double()
 
@@ -92,13 +95,13 @@ def make_objective(name: str):
     )
     task.epoch_steps = 1
     torch.manual_seed(1)  # the heads: the same in every process
-    task.setup(TinyMapModel(), cfg, GLOBAL_BATCH)
+    task.setup(TinyMapModel(bn=name.endswith("_bn")), cfg, GLOBAL_BATCH)
     return task
 
 
 def global_batch(name: str, step: int) -> dict:
     gen = torch.Generator().manual_seed(10 + step)
-    if name == "densecl":
+    if name.startswith("densecl"):
         return {"images": torch.randn(GLOBAL_BATCH, 2, 6, generator=gen, dtype=torch.float64)}
     return {
         "views": {
@@ -113,10 +116,17 @@ def rows(batch: dict, lo: int, hi: int) -> dict:
 
 
 def shared_state(task) -> dict:
-    """The state every rank holds alike: the momentum teacher, centre, queues and counters."""
+    """The state every rank holds alike: the momentum teacher, centre, queues and counters
+    (not batch-norm statistics: DDP keeps rank 0's, one process with split batch norm the mean
+    of the groups')."""
     keep = {"center", "steps", "queue", "queue_ptr", "queue_filled", "dense_queue"}
     state = task.state_dict()
-    return {k: v.clone() for k, v in state.items() if k.startswith("target.") or k in keep}
+    return {
+        k: v.clone()
+        for k, v in state.items()
+        if (k.startswith("target.") or k in keep)
+        and not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    }
 
 
 def two_steps(name: str, task, wrapped, lo: int, hi: int, world: int) -> dict:
@@ -144,7 +154,7 @@ def worker(rank: int, world: int, init_file: str, out_path: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         per = GLOBAL_BATCH // world
-        results = {}
+        results = {"world": world}
         for name in METHODS:
             task = make_objective(name)
             wrapped = DistributedDataParallel(task)
