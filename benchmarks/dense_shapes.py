@@ -91,7 +91,7 @@ def overrides(method: str, data: Path, out: Path, args) -> list[str]:
 
 
 def dense_eval(model, cfg) -> tuple[float, float, dict[str, float]]:
-    """Mean IoU, pixel accuracy and per-class IoU of ``model``'s patch tokens (the config's
+    """Mean IoU, pixel accuracy and per-class IoU of ``model``'s feature map (the config's
     dense kNN evaluator)."""
     result = run_evaluators(model.eval(), None, cfg)["dense_knn"]
     metrics = result["metrics"]
