@@ -137,6 +137,13 @@ def main(argv: list[str] | None = None) -> int:
         "normalised as 8 devices of 16 would",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="keep the masks and the two trained runs under this folder (DIR/masks, DIR/moco, "
+        "DIR/densecl) to evaluate them again later; by default they go with a temporary folder",
+    )
     parser.add_argument("--smoke", action="store_true", help="a few seconds: tiny sizes")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -144,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         args.model_kwargs = "{layers: [1, 1, 1, 1], channels: [8, 8, 16, 16], output_stride: 8}"
         args.bn_split = 2
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.keep if args.keep is not None else Path(scratch)
         make_masked_set(
             tmp / "masks", args.train, args.heldout, args.side, args.objects, args.colours == "one"
         )
