@@ -25,7 +25,8 @@ without blur: it erases 8-px structure; hue jitter ``--hue``), queue, temperatur
 momentum, projector and optimizer; DenseCL adds its dense head and loss (lambda 0.5). Each
 backbone's feature map is then scored by dense kNN (k=20, T=0.1): every held-out location
 labelled by its nearest training locations, the labels spread over the pixels and compared with
-the masks. Prints mean IoU, pixel accuracy, the gain over random init and the IoU of each class.
+the masks. Prints mean IoU, pixel accuracy, the gain over random init and the IoU of each class, and
+the mean IoU of the linear segmentation probe (``eval dense-linear``) on the same features.
 """
 
 from __future__ import annotations
@@ -47,10 +48,8 @@ from vlcontrast.train.loop import train
 
 
 def overrides(method: str, data: Path, out: Path, args) -> list[str]:
-    evaluator = (
-        f"[{{kind: dense_knn, data: '{data}/heldout/00000.tar', "
-        f"train_data: '{data}/train/00000.tar', k: 20}}]"
-    )
+    sets = f"data: '{data}/heldout/00000.tar', train_data: '{data}/train/00000.tar'"
+    evaluator = f"[{{kind: dense_knn, {sets}, k: 20}}, {{kind: dense_linear, {sets}}}]"
     head = "{layers: 2, hidden: 256, dim: 128, bn: false}"
     return [
         "model.kind=image",
@@ -90,12 +89,18 @@ def overrides(method: str, data: Path, out: Path, args) -> list[str]:
     )
 
 
-def dense_eval(model, cfg) -> tuple[float, float, dict[str, float]]:
-    """Mean IoU, pixel accuracy and per-class IoU of ``model``'s feature map (the config's
-    dense kNN evaluator)."""
-    result = run_evaluators(model.eval(), None, cfg)["dense_knn"]
-    metrics = result["metrics"]
-    return metrics["miou"], metrics["pixel_accuracy"], result["per_class_iou"]
+def dense_eval(model, cfg) -> tuple[float, float, dict[str, float], float]:
+    """Dense kNN's mean IoU, pixel accuracy and per-class IoU of ``model``'s feature map, and
+    the linear segmentation probe's mean IoU (the config's two evaluators)."""
+    results = run_evaluators(model.eval(), None, cfg)
+    knn, linear = results["dense_knn"], results["dense_linear"]
+    metrics = knn["metrics"]
+    return (
+        metrics["miou"],
+        metrics["pixel_accuracy"],
+        knn["per_class_iou"],
+        linear["metrics"]["miou"],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,15 +179,23 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.side} px: {args.train} training, "
         f"{args.heldout} held-out images; {args.model} {args.model_kwargs}, {args.epochs:g} "
         f"epochs, batch {args.batch}, lr {args.lr:g}, queue {args.queue}, seed {args.seed}; "
-        "dense kNN k=20 on the feature map"
+        "dense kNN k=20 and the linear probe on the feature map"
     )
-    print(f"{'backbone':>12} | mean IoU | vs random | pixel acc | wall s")
-    base = rows[0][1]
-    for name, miou, acc, _, seconds in rows:
-        print(f"{name:>12} | {miou:8.3f} | {miou - base:+9.3f} | {acc:9.3f} | {seconds:6.0f}")
+    print(f"{'':>12} | {'dense kNN':^30} | {'linear probe':^20} |")
+    print(f"{'backbone':>12} | mean IoU | vs random | pixel acc | mean IoU | vs random | wall s")
+    base, base_linear = rows[0][1], rows[0][4]
+    for name, miou, acc, _, linear, seconds in rows:
+        print(
+            f"{name:>12} | {miou:8.3f} | {miou - base:+9.3f} | {acc:9.3f} | {linear:8.3f} | "
+            f"{linear - base_linear:+9.3f} | {seconds:6.0f}"
+        )
     names = list(rows[0][3])
-    print("\nper-class IoU\n" + f"{'backbone':>12} | " + " | ".join(f"{n:>10}" for n in names))
-    for name, _, _, per_class, _ in rows:
+    print(
+        "\nper-class IoU of dense kNN\n"
+        + f"{'backbone':>12} | "
+        + " | ".join(f"{n:>10}" for n in names)
+    )
+    for name, _, _, per_class, _, _ in rows:
         cells = " | ".join(f"{per_class.get(n, 0.0):10.3f}" for n in names)
         print(f"{name:>12} | {cells}")
     return 0

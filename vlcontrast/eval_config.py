@@ -13,6 +13,7 @@ _choices = choices
 ALL_EVAL = ("zeroshot", "retrieval", "linear_probe", "knn", "class_retrieval")
 LABELLED = ("zeroshot", "linear_probe", "knn", "class_retrieval")
 FITTED = ("linear_probe", "knn")
+DENSE = ("dense_knn", "dense_linear")
 
 
 def _doc(text: str, kinds: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -30,7 +31,14 @@ class EvaluatorConfig:
     kind: str = field(
         default="zeroshot",
         metadata=_choices(
-            "zeroshot", "retrieval", "linear_probe", "knn", "class_retrieval", "sts", "dense_knn"
+            "zeroshot",
+            "retrieval",
+            "linear_probe",
+            "knn",
+            "class_retrieval",
+            "sts",
+            "dense_knn",
+            "dense_linear",
         ),
     )
     name: str = field(default="", metadata=_doc("prefix of the logged metrics; default: kind"))
@@ -38,13 +46,13 @@ class EvaluatorConfig:
         default="",
         metadata=_doc(
             "the evaluation set (sts: a table of sentence pairs and scores, .csv/.tsv/.jsonl; "
-            "dense_knn: shards of images with mask.png)",
-            (*ALL_EVAL, "sts", "dense_knn"),
+            "dense_knn, dense_linear: shards of images with mask.png)",
+            (*ALL_EVAL, "sts", *DENSE),
         ),
     )
     train_data: str = field(
         default="",
-        metadata=_doc("the labelled set the classifier is fitted on", (*FITTED, "dense_knn")),
+        metadata=_doc("the labelled set the classifier is fitted on", (*FITTED, *DENSE)),
     )
     gallery: str = field(
         default="",
@@ -78,7 +86,7 @@ class EvaluatorConfig:
         default="",
         metadata=_doc(
             "class names: JSON or one per line (default: the data's own)",
-            (*LABELLED, "dense_knn"),
+            (*LABELLED, *DENSE),
         ),
     )
     templates: list[str] = field(
@@ -93,7 +101,7 @@ class EvaluatorConfig:
         default=0,
         metadata={
             **NON_NEGATIVE,
-            **_doc("only the first N samples (0 = all)", (*ALL_EVAL, "sts", "dense_knn")),
+            **_doc("only the first N samples (0 = all)", (*ALL_EVAL, "sts", *DENSE)),
         },
     )
     text_fields: list[str] = field(
@@ -116,12 +124,15 @@ class EvaluatorConfig:
         default=0.2,
         metadata={
             **between(0.0, 0.9),
-            **_doc("held out from the train data to pick the L2 penalty", ("linear_probe",)),
+            **_doc(
+                "held out from the train data (dense_linear: its images) to pick the L2 penalty",
+                ("linear_probe", "dense_linear"),
+            ),
         },
     )
     weight_decays: list[float] = field(
         default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
-        metadata=_doc("L2 penalties swept", ("linear_probe",)),
+        metadata=_doc("L2 penalties swept", ("linear_probe", "dense_linear")),
     )
 
 

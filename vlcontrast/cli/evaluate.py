@@ -9,7 +9,7 @@ import dataclasses
 import typing
 from pathlib import Path
 
-from vlcontrast.eval_config import EvalConfig, EvaluatorConfig
+from vlcontrast.eval_config import ALL_EVAL, EvalConfig, EvaluatorConfig
 
 EVAL_KINDS = {
     "zeroshot": "zero-shot classification: top-1/top-5, mean per-class recall, confusion matrix",
@@ -21,6 +21,9 @@ EVAL_KINDS = {
     "(Musgrave et al. 2020), the set against itself or against --gallery",
     "dense-knn": "segmentation by patch kNN on frozen feature maps: mean IoU and pixel accuracy "
     "of held-out masks labelled from the training masks' patches (shards with mask.png)",
+    "dense-linear": "segmentation by a linear classifier on every patch of frozen feature maps, "
+    "its logits upsampled to the pixels (L2 penalty swept on held-out training images): mean "
+    "IoU and pixel accuracy (shards with mask.png)",
     "sts": "semantic textual similarity: Spearman correlation (x100) of the cosine similarity "
     "of sentence pairs against gold scores, on a table you supply",
 }
@@ -35,7 +38,7 @@ def add_commands(sub) -> None:
     evaluate = sub.add_parser(
         "eval",
         help="evaluate a checkpoint: zeroshot, retrieval, linear-probe, knn, class-retrieval, "
-        "dense-knn, sts",
+        "dense-knn, dense-linear, sts",
         description="Evaluate a checkpoint; the model, preprocessing and tokenizer are rebuilt "
         "from the checkpoint alone. Prints a table and, with --json, writes every number. Runs "
         "in one process or under torchrun (each rank embeds its share).",
@@ -63,7 +66,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
     )
     for name, f, typ in schema_fields(kind.replace("-", "_")):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        text = f.metadata["help"] + (DATA_HELP if name == "data" and kind != "sts" else "")
+        shards_only = kind.replace("-", "_") not in ALL_EVAL  # sts, dense-knn, dense-linear
+        text = f.metadata["help"] + (DATA_HELP if name == "data" and not shards_only else "")
         kwargs: dict[str, typing.Any] = {"default": default, "help": text}
         if name in REQUIRED:
             kwargs["required"] = True

@@ -145,22 +145,39 @@ def segmentation_metrics(pred: torch.Tensor, masks: torch.Tensor, classnames: li
     return {"metrics": metrics, "per_class_iou": per_class, "confusion": confusion.tolist()}
 
 
-def dense_knn(
+def dense_sets(
     model, device, transform, spec, batch_size: int = 64, max_pixels: int = MAX_PIXELS
 ) -> dict[str, Any]:
-    """Patch kNN of ``spec.data``'s pixels from ``spec.train_data``'s patches (``k``,
-    ``temperature``, ``max_samples``)."""
+    """What a dense evaluator scores: the unit-norm patch features (N, h, w, F) and masks
+    (N, S, S) of ``spec.train_data`` (``train_feat``, ``train_masks``) and ``spec.data``
+    (``test_feat``, ``test_masks``, its first ``spec.max_samples``), the ``classnames`` and the
+    skipped samples of both by reason."""
     model.eval()
     train = read_masked(spec.train_data, transform, 0, max_pixels)
     test = read_masked(spec.data, transform, spec.max_samples, max_pixels)
     labels = torch.cat([train["masks"].flatten(), test["masks"].flatten()])
     if not (labels != IGNORE).any():
         raise ValueError(f"{spec.data}: every mask pixel is {IGNORE} (ignored); nothing to score")
-    classnames = read_classnames(spec, int(labels[labels != IGNORE].max()) + 1)
-    train_feat = patch_features(model, train["images"], device, batch_size)
-    test_feat = patch_features(model, test["images"], device, batch_size)
+    skipped = {f"train/{k}": v for k, v in train["skipped"].items()}
+    return {
+        "classnames": read_classnames(spec, int(labels[labels != IGNORE].max()) + 1),
+        "train_feat": patch_features(model, train["images"], device, batch_size),
+        "train_masks": train["masks"],
+        "test_feat": patch_features(model, test["images"], device, batch_size),
+        "test_masks": test["masks"],
+        "skipped": {**skipped, **test["skipped"]},
+    }
+
+
+def dense_knn(
+    model, device, transform, spec, batch_size: int = 64, max_pixels: int = MAX_PIXELS
+) -> dict[str, Any]:
+    """Patch kNN of ``spec.data``'s pixels from ``spec.train_data``'s patches (``k``,
+    ``temperature``, ``max_samples``)."""
+    sets = dense_sets(model, device, transform, spec, batch_size, max_pixels)
+    classnames, train_feat, test_feat = sets["classnames"], sets["train_feat"], sets["test_feat"]
     grid = tuple(train_feat.shape[1:3])
-    train_lab = patch_labels(train["masks"], grid, len(classnames)).flatten()
+    train_lab = patch_labels(sets["train_masks"], grid, len(classnames)).flatten()
     bank = train_feat.flatten(0, 2)[train_lab >= 0]  # (P, F) labelled training patches
     scores = knn_scores(
         bank,
@@ -171,13 +188,12 @@ def dense_knn(
         spec.temperature,
     )
     pred = scores.argmax(dim=1).view(len(test_feat), *grid)  # (N, h, w)
-    size = test["masks"].shape[-1]
+    size = sets["test_masks"].shape[-1]
     pixels = F.interpolate(pred[:, None].float(), size=(size, size), mode="nearest")
-    result = segmentation_metrics(pixels[:, 0].long(), test["masks"], classnames)
+    result = segmentation_metrics(pixels[:, 0].long(), sets["test_masks"], classnames)
     result["metrics"].update(k=min(spec.k, len(bank)), patches=int(len(bank)))
     result["classnames"] = classnames
-    skipped = {f"train/{k}": v for k, v in train["skipped"].items()}
-    result["skipped"] = {**skipped, **test["skipped"]}
+    result["skipped"] = sets["skipped"]
     return result
 
 

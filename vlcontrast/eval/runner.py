@@ -20,6 +20,7 @@ from vlcontrast.config import Config, ConfigError
 from vlcontrast.data.collection import class_info, open_source
 from vlcontrast.embed import Embedder
 from vlcontrast.eval.dense_knn import evaluate_dense_knn
+from vlcontrast.eval.dense_linear import evaluate_dense_linear
 from vlcontrast.eval.probes import (
     evaluate_class_retrieval,
     evaluate_knn,
@@ -39,6 +40,7 @@ EVALUATORS: dict[str, Callable[..., dict[str, Any]]] = {
     "class_retrieval": evaluate_class_retrieval,
     "sts": evaluate_sts,
     "dense_knn": evaluate_dense_knn,
+    "dense_linear": evaluate_dense_linear,
 }
 
 
@@ -60,9 +62,12 @@ def check_evaluators(cfg: Config, tokenizer=None) -> None:
         key = f"eval.evaluators[{i}]"
         if not spec.data:
             raise ConfigError(f"{key}.data: set the evaluation set of {name!r}")
-        if spec.kind in ("knn", "linear_probe", "dense_knn") and not spec.train_data:
+        if (
+            spec.kind in ("knn", "linear_probe", "dense_knn", "dense_linear")
+            and not spec.train_data
+        ):
             raise ConfigError(f"{key}.train_data: {spec.kind} needs a labelled training set")
-        if spec.kind == "dense_knn":
+        if spec.kind in ("dense_knn", "dense_linear"):
             check_shards(spec, key, name)
             continue
         if spec.kind == "sts":
@@ -88,7 +93,7 @@ def check_evaluators(cfg: Config, tokenizer=None) -> None:
 
 
 def check_shards(spec, key: str, name: str) -> None:
-    """The shard patterns of a dense_knn evaluator name files that exist."""
+    """The shard patterns of a dense evaluator name files that exist."""
     from vlcontrast.data.sources import expand_urls, missing_shards
 
     for field in ("data", "train_data"):

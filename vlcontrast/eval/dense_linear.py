@@ -1,0 +1,91 @@
+"""Linear segmentation probe: one linear classifier on every patch of a frozen feature map.
+
+The linear protocol of frozen dense features (DINO's and Leopart's linear segmentation: a 1 x 1
+convolution on the patch features, its logits upsampled bilinearly to the pixels). The same
+data, crops and unit-norm patch features as dense kNN (``eval/dense_knn.py``); then:
+
+- each training patch is labelled with the majority of its pixels (a patch mostly ``ignore`` is
+  left out) and a multinomial logistic regression with an L2 penalty is fitted to them
+  (``eval/linear_probe.py``: strictly convex, L-BFGS to convergence, so the optimiser does not
+  change the answer);
+- the penalty is chosen from ``weight_decays`` by the mean IoU of a held-out ``val_fraction``
+  of the training *images* (the patches of one image are not independent samples), ties going
+  to the stronger penalty; the chosen one is refitted on every training image;
+- each held-out image's patch logits are upsampled bilinearly to its mask (a per-pixel linear
+  classifier on bilinearly interpolated features: interpolation and a linear map commute), the
+  arg max is each pixel's label, and the pixels are scored as dense kNN's: mean IoU over the
+  classes present, pixel accuracy, per-class IoU and the confusion matrix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vlcontrast.data.limits import MAX_PIXELS
+from vlcontrast.eval.dense_knn import dense_sets, patch_labels, segmentation_metrics
+from vlcontrast.eval.linear_probe import fit_logistic, validation_split
+
+
+def pixel_labels(feat: torch.Tensor, weight, bias, size: int) -> torch.Tensor:
+    """(N, h, w, F) patch features -> (N, size, size) the arg max of their logits ``feat @
+    weight + bias`` upsampled bilinearly (align_corners False, as a 1 x 1 conv head's)."""
+    logits = (feat.float() @ weight + bias).permute(0, 3, 1, 2)  # (N, C, h, w)
+    up = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+    return up.argmax(dim=1)
+
+
+def fit_patches(feat: torch.Tensor, masks: torch.Tensor, num_classes: int, weight_decay: float):
+    """The logistic regression of the labelled patches of ``feat`` (N, h, w, F) on their
+    majority labels from ``masks`` (N, S, S): ``weight`` (F, C), ``bias`` (C,)."""
+    labels = patch_labels(masks, tuple(feat.shape[1:3]), num_classes).flatten()
+    keep = labels >= 0
+    return fit_logistic(feat.flatten(0, 2)[keep], labels[keep], num_classes, weight_decay)
+
+
+def dense_linear(
+    model, device, transform, spec, batch_size: int = 64, max_pixels: int = MAX_PIXELS
+) -> dict[str, Any]:
+    """The linear probe of ``spec.train_data``'s patches scored on ``spec.data``'s pixels
+    (``weight_decays``, ``val_fraction``, ``max_samples``)."""
+    sets = dense_sets(model, device, transform, spec, batch_size, max_pixels)
+    classnames, feat, masks = sets["classnames"], sets["train_feat"], sets["train_masks"]
+    c, size = len(classnames), masks.shape[-1]
+    fit, val = validation_split(len(feat), spec.val_fraction)
+    curve = {}
+    sweep = sorted(spec.weight_decays) if len(spec.weight_decays) > 1 and len(feat) > 1 else []
+    for weight_decay in sweep:
+        weight, bias = fit_patches(feat[fit], masks[fit], c, weight_decay)
+        pred = pixel_labels(feat[val], weight, bias, size)
+        curve[weight_decay] = segmentation_metrics(pred, masks[val], classnames)["metrics"]["miou"]
+    best = (
+        max(sorted(curve, reverse=True), key=curve.__getitem__)
+        if curve
+        else max(spec.weight_decays)
+    )
+    weight, bias = fit_patches(feat, masks, c, best)
+    pred = pixel_labels(sets["test_feat"], weight, bias, sets["test_masks"].shape[-1])
+    result = segmentation_metrics(pred, sets["test_masks"], classnames)
+    result["metrics"].update(weight_decay=best)
+    result["val_miou"] = curve
+    result["classnames"] = classnames
+    result["skipped"] = sets["skipped"]
+    return result
+
+
+def evaluate_dense_linear(embedder, spec) -> dict[str, Any]:
+    """The evaluator entry (``eval.evaluators`` kind ``dense_linear``)."""
+    if not spec.train_data:
+        raise ValueError("train_data: dense_linear needs a training set with masks")
+    if not spec.weight_decays:
+        raise ValueError("weight_decays: give at least one L2 penalty to sweep")
+    return dense_linear(
+        embedder.model,
+        embedder.device,
+        embedder.transform,
+        spec,
+        embedder.batch_size,
+        embedder.max_pixels,
+    )
