@@ -76,6 +76,20 @@ def test_the_fit_is_the_optimum_of_the_labelled_patches_logistic_regression():
     assert grad_w.abs().max() < 1e-4 and grad_b.abs().max() < 1e-4  # float32 L-BFGS
 
 
+def test_standardise_by_the_training_features_statistics():
+    gen = torch.Generator().manual_seed(2)
+    train = torch.randn(4, 3, 3, 5, generator=gen) * torch.tensor([1.0, 2, 3, 4, 5]) + 7
+    train[..., 4] = 2.5  # a constant dimension: centred, not divided by zero
+    test = torch.randn(2, 3, 3, 5, generator=gen)
+    got_train, got_test = dl.standardise(train, test)
+    flat = got_train.reshape(-1, 5)
+    assert torch.allclose(flat.mean(0), torch.zeros(5), atol=1e-5)
+    assert torch.allclose(flat[:, :4].std(0), torch.ones(4), atol=1e-5)
+    assert torch.equal(flat[:, 4], torch.zeros(36))
+    mean, std = train.reshape(-1, 5).mean(0), train.reshape(-1, 5).std(0)
+    assert torch.allclose(got_test[..., :4], ((test - mean) / std)[..., :4], atol=1e-5)
+
+
 def spec_for(masked, **kwargs):
     fields = dict(
         train_data=masked["train"],
@@ -107,10 +121,14 @@ def test_oracle_features_segment_and_the_penalty_is_chosen_on_held_out_images(ma
     curve, chosen = result["val_miou"], result["metrics"]["weight_decay"]
     assert sorted(curve) == [1e-4, 1e-2, 1.0]
     assert curve[chosen] == max(curve.values()) and curve[1e-4] > curve[1.0]
-    # the same as refitting the chosen penalty on every training image by hand
-    feat = oracle(None, train["images"], "cpu")
+    # the same as refitting the chosen penalty on every training image by hand, on features
+    # standardised by the training patches' statistics
+    feat, test_feat = oracle(None, train["images"], "cpu"), oracle(None, test["images"], "cpu")
+    flat = feat.flatten(0, 2)
+    mean, std = flat.mean(0), flat.std(0)
+    feat, test_feat = (feat - mean) / std, (test_feat - mean) / std
     weight, bias = dl.fit_patches(feat, train["masks"], 6, chosen)
-    pred = dl.pixel_labels(oracle(None, test["images"], "cpu"), weight, bias, 64)
+    pred = dl.pixel_labels(test_feat, weight, bias, 64)
     want = dk.segmentation_metrics(pred, test["masks"], MASK_CLASSES)
     assert result["metrics"]["miou"] == pytest.approx(want["metrics"]["miou"])
     knn = dk.dense_knn(

@@ -4,6 +4,10 @@ The linear protocol of frozen dense features (DINO's and Leopart's linear segmen
 convolution on the patch features, its logits upsampled bilinearly to the pixels). The same
 data, crops and unit-norm patch features as dense kNN (``eval/dense_knn.py``); then:
 
+- every feature is standardised by the training patches' mean and standard deviation per
+  dimension (unit-norm features are small in each dimension, so an L2 penalty weighs far more on
+  them: on a small ResNet's features of the shapes set, the best penalty was below the default
+  sweep's 1e-6 without it, mean IoU 0.433 there against 0.516 standardised, at 1e-5 or 1e-6);
 - each training patch is labelled with the majority of its pixels (a patch mostly ``ignore`` is
   left out) and a multinomial logistic regression with an L2 penalty is fitted to them
   (``eval/linear_probe.py``: strictly convex, L-BFGS to convergence, so the optimiser does not
@@ -37,6 +41,15 @@ def pixel_labels(feat: torch.Tensor, weight, bias, size: int) -> torch.Tensor:
     return up.argmax(dim=1)
 
 
+def standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    """``train`` (..., F) and ``others`` less the mean and over the standard deviation of each
+    dimension of ``train``'s features (a constant dimension is only centred)."""
+    flat = train.flatten(0, -2)
+    mean, std = flat.mean(dim=0), flat.std(dim=0)
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    return [(feat - mean) / std for feat in (train, *others)]
+
+
 def fit_patches(feat: torch.Tensor, masks: torch.Tensor, num_classes: int, weight_decay: float):
     """The logistic regression of the labelled patches of ``feat`` (N, h, w, F) on their
     majority labels from ``masks`` (N, S, S): ``weight`` (F, C), ``bias`` (C,)."""
@@ -51,7 +64,8 @@ def dense_linear(
     """The linear probe of ``spec.train_data``'s patches scored on ``spec.data``'s pixels
     (``weight_decays``, ``val_fraction``, ``max_samples``)."""
     sets = dense_sets(model, device, transform, spec, batch_size, max_pixels)
-    classnames, feat, masks = sets["classnames"], sets["train_feat"], sets["train_masks"]
+    classnames, masks = sets["classnames"], sets["train_masks"]
+    feat, test_feat = standardise(sets["train_feat"], sets["test_feat"])
     c, size = len(classnames), masks.shape[-1]
     fit, val = validation_split(len(feat), spec.val_fraction)
     curve = {}
@@ -66,7 +80,7 @@ def dense_linear(
         else max(spec.weight_decays)
     )
     weight, bias = fit_patches(feat, masks, c, best)
-    pred = pixel_labels(sets["test_feat"], weight, bias, sets["test_masks"].shape[-1])
+    pred = pixel_labels(test_feat, weight, bias, sets["test_masks"].shape[-1])
     result = segmentation_metrics(pred, sets["test_masks"], classnames)
     result["metrics"].update(weight_decay=best)
     result["val_miou"] = curve
