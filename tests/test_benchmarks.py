@@ -48,8 +48,8 @@ def test_dense_benchmark_runs_random_moco_and_densecl():
     head = next(i for i, line in enumerate(lines) if "mean IoU" in line)
     rows = [line.split("|") for line in lines[head + 1 : head + 4]]
     assert [r[0].strip() for r in rows] == ["random init", "moco", "densecl"]
-    assert all(0 <= float(r[1]) <= 1 for r in rows)
-    per_class = [line.split("|") for line in lines[lines.index("per-class IoU") + 1 :]]
+    assert all(0 <= float(r[1]) <= 1 and 0 <= float(r[4]) <= 1 for r in rows)  # kNN, linear
+    per_class = [line.split("|") for line in lines[lines.index("per-class IoU of dense kNN") + 1 :]]
     assert [c.strip() for c in per_class[0][1:3]] == ["background", "circle"]
     assert [r[0].strip() for r in per_class[1:]] == ["random init", "moco", "densecl"]
 
