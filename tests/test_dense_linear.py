@@ -74,6 +74,8 @@ def test_the_fit_is_the_optimum_of_the_labelled_patches_logistic_regression():
     grad_w = x.T @ residual / len(x) + 0.05 * weight.double()
     grad_b = residual.mean(dim=0)
     assert grad_w.abs().max() < 1e-4 and grad_b.abs().max() < 1e-4  # float32 L-BFGS
+    with pytest.raises(ValueError, match="every training patch is mostly ignored"):
+        dl.fit_patches(feat, torch.full_like(masks, dk.IGNORE), 3, weight_decay=0.05)
 
 
 def test_standardise_by_the_training_features_statistics():

@@ -55,6 +55,8 @@ def fit_patches(feat: torch.Tensor, masks: torch.Tensor, num_classes: int, weigh
     majority labels from ``masks`` (N, S, S): ``weight`` (F, C), ``bias`` (C,)."""
     labels = patch_labels(masks, tuple(feat.shape[1:3]), num_classes).flatten()
     keep = labels >= 0
+    if not keep.any():
+        raise ValueError("train_data: every training patch is mostly ignored (255); nothing to fit")
     return fit_logistic(feat.flatten(0, 2)[keep], labels[keep], num_classes, weight_decay)
 
 
