@@ -30,6 +30,7 @@ from vlcontrast.eval.retrieval import evaluate_retrieval
 from vlcontrast.eval.sts import evaluate_sts
 from vlcontrast.eval.templates import resolve_templates
 from vlcontrast.eval.zeroshot import evaluate_zeroshot, warn_unknown_prompts
+from vlcontrast.eval_config import DENSE, FITTED
 
 # kind -> fn(embedder, EvaluatorConfig) -> {"metrics": {...}, ...}
 EVALUATORS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -62,12 +63,9 @@ def check_evaluators(cfg: Config, tokenizer=None) -> None:
         key = f"eval.evaluators[{i}]"
         if not spec.data:
             raise ConfigError(f"{key}.data: set the evaluation set of {name!r}")
-        if (
-            spec.kind in ("knn", "linear_probe", "dense_knn", "dense_linear")
-            and not spec.train_data
-        ):
+        if spec.kind in (*FITTED, *DENSE) and not spec.train_data:
             raise ConfigError(f"{key}.train_data: {spec.kind} needs a labelled training set")
-        if spec.kind in ("dense_knn", "dense_linear"):
+        if spec.kind in DENSE:
             check_shards(spec, key, name)
             continue
         if spec.kind == "sts":
