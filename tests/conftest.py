@@ -20,6 +20,20 @@ def corpus(tmp_path_factory):
     return make_corpus(out, n_train=256, n_heldout=64, per_shard=64)
 
 
+@pytest.fixture(scope="session")
+def masked(tmp_path_factory):
+    """The demo's shapes with masks (``make_masked_set``): 40 training and 12 held-out images
+    at 64 px, the paths of their shards."""
+    from vlcontrast.data.synthetic import make_masked_set
+
+    out = tmp_path_factory.mktemp("masked")
+    make_masked_set(out, n_train=40, n_heldout=12, side=64)
+    return {
+        "train": str(out / "train" / "00000.tar"),
+        "heldout": str(out / "heldout" / "00000.tar"),
+    }
+
+
 def tiny_overrides(corpus, out_dir, steps: int = 4) -> list[str]:
     """A CLIP small enough to take a few hundred ms per step."""
     return [

@@ -25,23 +25,12 @@ from vlcontrast.data.synthetic import (
     ONE_COLOUR,
     ONE_COLOUR_NAME,
     _polygon,
-    make_masked_set,
     masked_samples,
     render_scene,
     samples,
 )
 from vlcontrast.data.tar_reader import iter_samples
 from vlcontrast.eval import dense_knn as dk
-
-
-@pytest.fixture(scope="module")
-def masked(tmp_path_factory):
-    out = tmp_path_factory.mktemp("masked")
-    make_masked_set(out, n_train=40, n_heldout=12, side=64)
-    return {
-        "train": str(out / "train" / "00000.tar"),
-        "heldout": str(out / "heldout" / "00000.tar"),
-    }
 
 
 def test_masks_mark_the_shape_drawn_and_the_images_are_the_demos():

@@ -212,11 +212,12 @@ def read_classnames(spec, count: int) -> list[str]:
     return names
 
 
-def evaluate_dense_knn(embedder, spec) -> dict[str, Any]:
-    """The evaluator entry (``eval.evaluators`` kind ``dense_knn``)."""
+def run_dense(evaluate, kind: str, embedder, spec) -> dict[str, Any]:
+    """A dense evaluator (``dense_knn``, ``dense_linear``) on ``embedder``'s model, crops and
+    limits, once ``spec`` names its training set."""
     if not spec.train_data:
-        raise ValueError("train_data: dense_knn needs a training set with masks")
-    return dense_knn(
+        raise ValueError(f"train_data: {kind} needs a training set with masks")
+    return evaluate(
         embedder.model,
         embedder.device,
         embedder.transform,
@@ -224,3 +225,8 @@ def evaluate_dense_knn(embedder, spec) -> dict[str, Any]:
         embedder.batch_size,
         embedder.max_pixels,
     )
+
+
+def evaluate_dense_knn(embedder, spec) -> dict[str, Any]:
+    """The evaluator entry (``eval.evaluators`` kind ``dense_knn``)."""
+    return run_dense(dense_knn, "dense_knn", embedder, spec)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from vlcontrast.data.limits import MAX_PIXELS
-from vlcontrast.eval.dense_knn import dense_sets, patch_labels, segmentation_metrics
+from vlcontrast.eval.dense_knn import dense_sets, patch_labels, run_dense, segmentation_metrics
 from vlcontrast.eval.linear_probe import fit_logistic, validation_split
 
 
@@ -93,15 +93,6 @@ def dense_linear(
 
 def evaluate_dense_linear(embedder, spec) -> dict[str, Any]:
     """The evaluator entry (``eval.evaluators`` kind ``dense_linear``)."""
-    if not spec.train_data:
-        raise ValueError("train_data: dense_linear needs a training set with masks")
     if not spec.weight_decays:
         raise ValueError("weight_decays: give at least one L2 penalty to sweep")
-    return dense_linear(
-        embedder.model,
-        embedder.device,
-        embedder.transform,
-        spec,
-        embedder.batch_size,
-        embedder.max_pixels,
-    )
+    return run_dense(dense_linear, "dense_linear", embedder, spec)
