@@ -21,8 +21,10 @@ with a mask of another size or an unreadable image is skipped and counted by rea
 from __future__ import annotations
 
 import io
+import itertools
 import random
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tqdm.auto import tqdm
 
+from vlcontrast import distributed
 from vlcontrast.data.collection import read_classes
 from vlcontrast.data.image import decode_image
 from vlcontrast.data.limits import MAX_PIXELS
@@ -44,16 +48,15 @@ NEAREST = Image.Resampling.NEAREST
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 
-def read_masked(
-    pattern: str, transform, max_samples: int = 0, max_pixels: int = MAX_PIXELS
-) -> dict[str, Any]:
-    """Images (N, 3, S, S) uint8 and masks (N, S, S) long of the shards ``pattern``, cut by
-    ``transform`` (a centre ``CropResize``) alike, with skip counts by reason."""
-    images, masks, skipped = [], [], Counter()
+def masked_samples(
+    pattern: str, transform, skipped: Counter, max_samples: int = 0, max_pixels: int = MAX_PIXELS
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Each readable (image (3, S, S) uint8, mask (S, S) uint8) of the shards ``pattern``, cut
+    by ``transform`` (a centre ``CropResize``) alike, up to ``max_samples``; the rest are
+    counted in ``skipped`` by reason."""
+    count = 0
     for url in expand_urls(pattern):
         for raw in iter_samples(url, lambda reason: skipped.update([reason])):
-            if max_samples and len(images) >= max_samples:
-                break
             found = next((raw[k] for k in IMAGE_KEYS if k in raw), None)
             if found is None or "mask.png" not in raw:
                 skipped["missing_image" if found is None else "missing_mask"] += 1
@@ -67,11 +70,53 @@ def read_masked(
             except SkipSample as skip:
                 skipped[skip.reason] += 1
                 continue
-            images.append(image)
-            masks.append(cut)
-    if not images:
+            yield image, cut
+            count += 1
+            if count == max_samples:
+                return
+
+
+def read_masked(
+    pattern: str, transform, max_samples: int = 0, max_pixels: int = MAX_PIXELS
+) -> dict[str, Any]:
+    """All images (N, 3, S, S) and masks (N, S, S) of the shards ``pattern`` (uint8), with skip
+    counts by reason."""
+    skipped = Counter()
+    pairs = list(masked_samples(pattern, transform, skipped, max_samples, max_pixels))
+    if not pairs:
         raise ValueError(f"{pattern}: no image with a mask could be read ({dict(skipped)})")
+    images, masks = zip(*pairs, strict=True)
     return {"images": torch.stack(images), "masks": torch.stack(masks), "skipped": dict(skipped)}
+
+
+def masked_features(
+    model,
+    device,
+    transform,
+    pattern: str,
+    max_samples=0,
+    max_pixels=MAX_PIXELS,
+    batch_size=64,
+    desc: str = "",
+) -> dict[str, Any]:
+    """The unit-norm patch features (N, h, w, F) and uint8 masks (N, S, S) of the shards
+    ``pattern``, read and encoded ``batch_size`` images at a time (only the features and masks
+    are kept, never every decoded image), with skip counts by reason; a progress bar named
+    ``desc`` if one is given."""
+    skipped, feats, masks = Counter(), [], []
+    samples = masked_samples(pattern, transform, skipped, max_samples, max_pixels)
+    bar = tqdm(desc=desc, unit="img", leave=False) if desc else None
+    while batch := list(itertools.islice(samples, batch_size)):
+        images, cuts = zip(*batch, strict=True)
+        feats.append(patch_features(model, torch.stack(images), device, batch_size))
+        masks.append(torch.stack(cuts))
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    if not feats:
+        raise ValueError(f"{pattern}: no image with a mask could be read ({dict(skipped)})")
+    return {"feat": torch.cat(feats), "masks": torch.cat(masks), "skipped": dict(skipped)}
 
 
 def open_mask(data: bytes) -> Image.Image:
@@ -96,7 +141,7 @@ def cut_mask(mask: Image.Image, transform) -> torch.Tensor:
         if transform.shortest:
             left, top, w, h = (mask.size[0] - s) // 2, (mask.size[1] - s) // 2, s, s
         mask = mask.crop((left, top, left + w, top + h)).resize((s, s), NEAREST)
-        return torch.from_numpy(np.asarray(mask, dtype=np.int64).copy())
+        return torch.from_numpy(np.asarray(mask, dtype=np.uint8).copy())
     except Exception:  # noqa: BLE001
         raise SkipSample("corrupt_mask") from None
 
@@ -119,18 +164,24 @@ def patch_features(model, images: torch.Tensor, device, batch_size: int = 64) ->
 
 def patch_labels(masks: torch.Tensor, grid: tuple[int, int], num_classes: int) -> torch.Tensor:
     """(N, S, S) pixel masks -> (N, h, w) the majority label of each patch's pixels; -1 where
-    most pixels are ``IGNORE``."""
-    valid = masks < num_classes
-    onehot = F.one_hot(torch.where(valid, masks, num_classes), num_classes + 1).float()
-    counts = F.adaptive_avg_pool2d(onehot.permute(0, 3, 1, 2), grid)  # (N, C + 1, h, w)
-    best = counts.argmax(dim=1)
-    return torch.where(best == num_classes, -1, best)
+    most pixels are ``IGNORE``. 64 images at a time: a one-hot of every mask at once would be
+    (N, S, S, C + 1) floats."""
+    out = []
+    for chunk in masks.split(64):
+        chunk = chunk.long()
+        valid = chunk < num_classes
+        onehot = F.one_hot(torch.where(valid, chunk, num_classes), num_classes + 1).float()
+        counts = F.adaptive_avg_pool2d(onehot.permute(0, 3, 1, 2), grid)  # (n, C + 1, h, w)
+        best = counts.argmax(dim=1)
+        out.append(torch.where(best == num_classes, -1, best))
+    return torch.cat(out)
 
 
 def segmentation_metrics(pred: torch.Tensor, masks: torch.Tensor, classnames: list[str]):
     """Mean IoU over the classes present (in the masks or the predictions), pixel accuracy,
     per-class IoU and the (true, predicted) pixel confusion matrix."""
     c = len(classnames)
+    masks = masks.long()
     keep = masks < c
     confusion = torch.bincount(masks[keep] * c + pred[keep], minlength=c * c).view(c, c)
     tp = confusion.diag().double()
@@ -146,35 +197,44 @@ def segmentation_metrics(pred: torch.Tensor, masks: torch.Tensor, classnames: li
 
 
 def dense_sets(
-    model, device, transform, spec, batch_size: int = 64, max_pixels: int = MAX_PIXELS
+    model,
+    device,
+    transform,
+    spec,
+    batch_size: int = 64,
+    max_pixels: int = MAX_PIXELS,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """What a dense evaluator scores: the unit-norm patch features (N, h, w, F) and masks
     (N, S, S) of ``spec.train_data`` (``train_feat``, ``train_masks``) and ``spec.data``
     (``test_feat``, ``test_masks``, its first ``spec.max_samples``), the ``classnames`` and the
-    skipped samples of both by reason."""
+    skipped samples of both by reason; progress bars if ``progress``."""
     model.eval()
-    train = read_masked(spec.train_data, transform, 0, max_pixels)
-    test = read_masked(spec.data, transform, spec.max_samples, max_pixels)
+    read, desc = (device, transform), ("embed train", "embed") if progress else ("", "")
+    train = masked_features(model, *read, spec.train_data, 0, max_pixels, batch_size, desc[0])
+    test = masked_features(
+        model, *read, spec.data, spec.max_samples, max_pixels, batch_size, desc[1]
+    )
     labels = torch.cat([train["masks"].flatten(), test["masks"].flatten()])
     if not (labels != IGNORE).any():
         raise ValueError(f"{spec.data}: every mask pixel is {IGNORE} (ignored); nothing to score")
     skipped = {f"train/{k}": v for k, v in train["skipped"].items()}
     return {
         "classnames": read_classnames(spec, int(labels[labels != IGNORE].max()) + 1),
-        "train_feat": patch_features(model, train["images"], device, batch_size),
+        "train_feat": train["feat"],
         "train_masks": train["masks"],
-        "test_feat": patch_features(model, test["images"], device, batch_size),
+        "test_feat": test["feat"],
         "test_masks": test["masks"],
         "skipped": {**skipped, **test["skipped"]},
     }
 
 
 def dense_knn(
-    model, device, transform, spec, batch_size: int = 64, max_pixels: int = MAX_PIXELS
+    model, device, transform, spec, batch_size=64, max_pixels=MAX_PIXELS, progress=False
 ) -> dict[str, Any]:
     """Patch kNN of ``spec.data``'s pixels from ``spec.train_data``'s patches (``k``,
     ``temperature``, ``max_samples``)."""
-    sets = dense_sets(model, device, transform, spec, batch_size, max_pixels)
+    sets = dense_sets(model, device, transform, spec, batch_size, max_pixels, progress)
     classnames, train_feat, test_feat = sets["classnames"], sets["train_feat"], sets["test_feat"]
     grid = tuple(train_feat.shape[1:3])
     train_lab = patch_labels(sets["train_masks"], grid, len(classnames)).flatten()
@@ -224,6 +284,7 @@ def run_dense(evaluate, kind: str, embedder, spec) -> dict[str, Any]:
         spec,
         embedder.batch_size,
         embedder.max_pixels,
+        embedder.progress and distributed.is_main(),
     )
 
 

@@ -35,10 +35,14 @@ from vlcontrast.eval.linear_probe import fit_logistic, validation_split
 
 def pixel_labels(feat: torch.Tensor, weight, bias, size: int) -> torch.Tensor:
     """(N, h, w, F) patch features -> (N, size, size) the arg max of their logits ``feat @
-    weight + bias`` upsampled bilinearly (align_corners False, as a 1 x 1 conv head's)."""
-    logits = (feat.float() @ weight + bias).permute(0, 3, 1, 2)  # (N, C, h, w)
-    up = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
-    return up.argmax(dim=1)
+    weight + bias`` upsampled bilinearly (align_corners False, as a 1 x 1 conv head's); 16
+    images at a time, as the upsampled logits are C floats a pixel."""
+    out = []
+    for chunk in feat.split(16):
+        logits = (chunk.float() @ weight + bias).permute(0, 3, 1, 2)  # (n, C, h, w)
+        up = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+        out.append(up.argmax(dim=1))
+    return torch.cat(out)
 
 
 def standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
@@ -61,11 +65,11 @@ def fit_patches(feat: torch.Tensor, masks: torch.Tensor, num_classes: int, weigh
 
 
 def dense_linear(
-    model, device, transform, spec, batch_size: int = 64, max_pixels: int = MAX_PIXELS
+    model, device, transform, spec, batch_size=64, max_pixels=MAX_PIXELS, progress=False
 ) -> dict[str, Any]:
     """The linear probe of ``spec.train_data``'s patches scored on ``spec.data``'s pixels
     (``weight_decays``, ``val_fraction``, ``max_samples``)."""
-    sets = dense_sets(model, device, transform, spec, batch_size, max_pixels)
+    sets = dense_sets(model, device, transform, spec, batch_size, max_pixels, progress)
     classnames, masks = sets["classnames"], sets["train_masks"]
     feat, test_feat = standardise(sets["train_feat"], sets["test_feat"])
     c, size = len(classnames), masks.shape[-1]
