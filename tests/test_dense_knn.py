@@ -202,6 +202,46 @@ def test_bad_samples_are_skipped_and_counted(tmp_path):
     }
 
 
+def png(array: np.ndarray, mode: str | None = None) -> bytes:
+    out = io.BytesIO()
+    image = Image.fromarray(array)
+    (image.convert(mode) if mode else image).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_masks_in_other_png_modes_read_as_class_indices_or_skip_by_reason(tmp_path):
+    """The same labels as 8-bit grey, palette, 16-bit, grey saved as RGB and 1-bit (labels 0
+    and 1) read as those labels; a colour-coded mask and a 16-bit label over 255 are skipped
+    and counted, never read as other labels."""
+    good = next(masked_samples(1, seed=1))
+    labels = np.zeros((64, 64), np.uint8)
+    labels[10:30, 20:50], labels[40:, :8] = 3, 255
+    binary = (labels == 3).astype(np.uint8)
+    colour = np.zeros((64, 64, 3), np.uint8)
+    colour[10:30, 20:50] = (200, 10, 10)
+    over = labels.astype(np.uint16)
+    over[0, 0] = 300
+    masks = {
+        "grey": png(labels),
+        "palette": png(labels, "P"),
+        "sixteen": png(labels.astype(np.uint16)),
+        "rgb_grey": png(np.repeat(labels[..., None], 3, axis=2)),
+        "one_bit": png(binary.astype(bool)),
+        "colour": png(colour),
+        "over": png(over),
+    }
+    assert Image.open(io.BytesIO(masks["sixteen"])).mode.startswith("I")
+    assert Image.open(io.BytesIO(masks["one_bit"])).mode == "1"
+    rows = [{"__key__": k, "jpg": good["jpg"], "mask.png": v} for k, v in masks.items()]
+    write_shards(iter(rows), tmp_path, per_shard=10)
+    out = dk.read_masked(str(tmp_path / "00000.tar"), CropResize(64, "center"))
+    assert out["skipped"] == {"mask_not_one_channel": 1, "mask_label_over_255": 1}
+    want = torch.from_numpy(labels).long()
+    for mask in out["masks"][:4]:
+        assert torch.equal(mask.long(), want)
+    assert torch.equal(out["masks"][4].long(), torch.from_numpy(binary).long())
+
+
 def test_data_masks_then_eval_dense_knn_through_the_cli(tmp_path, capsys):
     out = tmp_path / "masks"
     assert cli.main(["data", "masks", str(out), "--train", "24", "--heldout", "8"]) == 0

@@ -15,7 +15,8 @@ Data: WebDataset shards whose samples hold an image (``jpg``, ``png``, ...) and 
 ``mask.png``: one 8-bit channel of the image's size, each pixel a class index, ``255`` ignored.
 ``classes.json`` beside the shards (a list of names, index = pixel value) names the classes.
 ``vlcontrast data masks`` writes such a set from the demo's shapes. A sample without a mask,
-with a mask of another size or an unreadable image is skipped and counted by reason.
+with a mask of another size, a colour-coded mask, a label over 255 or an unreadable image is
+skipped and counted by reason (``class_indices`` says which PNG modes are read).
 """
 
 from __future__ import annotations
@@ -127,11 +128,29 @@ def open_mask(data: bytes) -> Image.Image:
         raise SkipSample("corrupt_mask") from None
 
 
+def class_indices(mask: Image.Image) -> Image.Image:
+    """A mask as one 8-bit channel of class indices, or a skip that says why it is not one:
+    ``L`` and ``P`` (a palette mask's indices, as VOC's) as they are; ``1`` as 0 and 1; a
+    16- or 32-bit channel whose values all fit a byte; colour whose channels are all equal
+    (a grey mask saved as RGB). A colour-coded mask (``mask_not_one_channel``) or a label over
+    255 (``mask_label_over_255``) would otherwise be read as other labels without a word."""
+    if mask.mode in ("L", "P"):
+        return mask
+    values = np.asarray(mask)
+    if values.ndim == 3:
+        if not (values == values[..., :1]).all():
+            raise SkipSample("mask_not_one_channel")
+        values = values[..., 0]
+    if values.dtype != np.bool_ and (values.min() < 0 or values.max() > 255):
+        raise SkipSample("mask_label_over_255")
+    return Image.fromarray(values.astype(np.uint8))  # mode L
+
+
 def cut_mask(mask: Image.Image, transform) -> torch.Tensor:
     """The mask cut and resized as the image (``transform``: a centre ``CropResize``; its
-    shortest-side variant too), nearest: (S, S) long."""
+    shortest-side variant too), nearest: (S, S) uint8."""
     try:
-        mask = mask if mask.mode in ("L", "P") else mask.convert("L")
+        mask = class_indices(mask)
         s = transform.size
         if transform.shortest:  # shortest side to S, then the centred square
             w, h = mask.size
@@ -142,7 +161,9 @@ def cut_mask(mask: Image.Image, transform) -> torch.Tensor:
             left, top, w, h = (mask.size[0] - s) // 2, (mask.size[1] - s) // 2, s, s
         mask = mask.crop((left, top, left + w, top + h)).resize((s, s), NEAREST)
         return torch.from_numpy(np.asarray(mask, dtype=np.uint8).copy())
-    except Exception:  # noqa: BLE001
+    except SkipSample:
+        raise
+    except Exception:  # noqa: BLE001 - PIL raises many types for a truncated PNG
         raise SkipSample("corrupt_mask") from None
 
 
