@@ -173,6 +173,27 @@ def test_knn_matches_a_loop_reference(k, block):
     assert torch.allclose(got, want, rtol=1e-4)
 
 
+def test_knn_blocks_shrink_under_the_similarity_budget(monkeypatch):
+    """A bank too large for the budget is scored a few test points at a time, same scores."""
+    import vlcontrast.eval.knn as knn
+
+    gen = torch.Generator().manual_seed(1)
+    train_x = F.normalize(torch.randn(50, 6, generator=gen), dim=-1)
+    train_y = torch.randint(0, 4, (50,), generator=gen)
+    test_x = F.normalize(torch.randn(9, 6, generator=gen), dim=-1)
+    want = knn_reference(train_x, train_y, test_x, 4, 5, 0.1)
+    seen = []
+    matmul = torch.Tensor.__matmul__
+    monkeypatch.setattr(knn, "SIM_BUDGET", 100)  # 2 test points a block of a 50-point bank
+    monkeypatch.setattr(
+        torch.Tensor, "__matmul__", lambda a, b: seen.append(len(a)) or matmul(a, b)
+    )
+    got = knn_scores(train_x, train_y, test_x, 4, k=5, temperature=0.1)
+    monkeypatch.undo()
+    assert seen == [2, 2, 2, 2, 1]
+    assert torch.allclose(got, want, rtol=1e-4)
+
+
 def clusters(n_per_class: int, num_classes: int, dim: int, noise: float, seed: int):
     gen = torch.Generator().manual_seed(seed)
     centres = F.normalize(torch.randn(num_classes, dim, generator=gen), dim=-1)
