@@ -123,6 +123,26 @@ def all_gather_no_grad(x: torch.Tensor, sizes: list[int] | None = None) -> torch
         return all_gather_with_grad(x.detach(), sizes)
 
 
+def all_gather_rows(
+    x: torch.Tensor, sizes: list[int], device: torch.device | str = "cpu", chunk: int = 1024
+) -> torch.Tensor:
+    """Rows of ``x`` (on the CPU, ``sizes`` of every rank) from every rank in rank order, on the
+    CPU. Sent ``chunk`` rows at a time through ``device`` (NCCL gathers only GPU tensors), so a
+    large bank of features never needs to fit the GPU at once."""
+    if world_size() == 1:
+        return x
+    padded = x.new_zeros((max(sizes), *x.shape[1:]))
+    padded[: x.shape[0]] = x
+    parts: list[list[torch.Tensor]] = [[] for _ in sizes]
+    for start in range(0, max(sizes), chunk):
+        piece = padded[start : start + chunk].to(device).contiguous()
+        got = [torch.empty_like(piece) for _ in sizes]
+        dist.all_gather(got, piece)
+        for part, received in zip(parts, got, strict=True):
+            part.append(received.cpu())
+    return torch.cat([torch.cat(part)[:n] for part, n in zip(parts, sizes, strict=True)])
+
+
 def _send_recv(tensor: torch.Tensor, to: int, frm: int, recv_rows: int) -> torch.Tensor:
     received = tensor.new_empty((recv_rows, *tensor.shape[1:]))
     ops = [

@@ -50,17 +50,33 @@ IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 
 def masked_samples(
-    pattern: str, transform, skipped: Counter, max_samples: int = 0, max_pixels: int = MAX_PIXELS
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Each readable (image (3, S, S) uint8, mask (S, S) uint8) of the shards ``pattern``, cut
-    by ``transform`` (a centre ``CropResize``) alike, up to ``max_samples``; the rest are
-    counted in ``skipped`` by reason."""
-    count = 0
+    pattern: str,
+    transform,
+    skipped: list[tuple[int, str]],
+    max_samples: int = 0,
+    max_pixels: int = MAX_PIXELS,
+    share: tuple[int, int] = (0, 1),
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Each readable (index, image (3, S, S) uint8, mask (S, S) uint8) of the shards
+    ``pattern``, cut by ``transform`` (a centre ``CropResize``) alike, up to ``max_samples``;
+    ``index`` counts the samples in the shards. ``share`` (rank, world): only every world-th
+    sample from the rank-th is decoded. Each sample skipped is appended to ``skipped`` as
+    (index, reason); a bad shard by the first share only."""
+    rank, world = share
+    count, index = 0, -1
+
+    def shard_skip(reason: str) -> None:
+        if rank == 0:
+            skipped.append((index, reason))
+
     for url in expand_urls(pattern):
-        for raw in iter_samples(url, lambda reason: skipped.update([reason])):
+        for raw in iter_samples(url, shard_skip):
+            index += 1
+            if index % world != rank:
+                continue
             found = next((raw[k] for k in IMAGE_KEYS if k in raw), None)
             if found is None or "mask.png" not in raw:
-                skipped["missing_image" if found is None else "missing_mask"] += 1
+                skipped.append((index, "missing_image" if found is None else "missing_mask"))
                 continue
             try:
                 image = decode_image(found, transform, random.Random(0), max_pixels)
@@ -69,9 +85,9 @@ def masked_samples(
                         raise SkipSample("mask_size_mismatch")
                     cut = cut_mask(mask, transform)
             except SkipSample as skip:
-                skipped[skip.reason] += 1
+                skipped.append((index, skip.reason))
                 continue
-            yield image, cut
+            yield index, image, cut
             count += 1
             if count == max_samples:
                 return
@@ -81,13 +97,14 @@ def read_masked(
     pattern: str, transform, max_samples: int = 0, max_pixels: int = MAX_PIXELS
 ) -> dict[str, Any]:
     """All images (N, 3, S, S) and masks (N, S, S) of the shards ``pattern`` (uint8), with skip
-    counts by reason."""
-    skipped = Counter()
-    pairs = list(masked_samples(pattern, transform, skipped, max_samples, max_pixels))
-    if not pairs:
-        raise ValueError(f"{pattern}: no image with a mask could be read ({dict(skipped)})")
-    images, masks = zip(*pairs, strict=True)
-    return {"images": torch.stack(images), "masks": torch.stack(masks), "skipped": dict(skipped)}
+    counts by reason (one process)."""
+    skipped = []
+    found = list(masked_samples(pattern, transform, skipped, max_samples, max_pixels))
+    counts = dict(Counter(reason for _, reason in skipped))
+    if not found:
+        raise ValueError(f"{pattern}: no image with a mask could be read ({counts})")
+    _, images, masks = zip(*found, strict=True)
+    return {"images": torch.stack(images), "masks": torch.stack(masks), "skipped": counts}
 
 
 def masked_features(
@@ -103,21 +120,51 @@ def masked_features(
     """The unit-norm patch features (N, h, w, F) and uint8 masks (N, S, S) of the shards
     ``pattern``, read and encoded ``batch_size`` images at a time (only the features and masks
     are kept, never every decoded image), with skip counts by reason; a progress bar named
-    ``desc`` if one is given."""
-    skipped, feats, masks = Counter(), [], []
-    samples = masked_samples(pattern, transform, skipped, max_samples, max_pixels)
+    ``desc`` if one is given. Under a process group each rank decodes and encodes every
+    world-th sample, and every rank ends with the whole set in the shards' order."""
+    share = (distributed.rank(), distributed.world_size())
+    skipped, order, feats, masks = [], [], [], []
+    samples = masked_samples(pattern, transform, skipped, max_samples, max_pixels, share)
     bar = tqdm(desc=desc, unit="img", leave=False) if desc else None
     while batch := list(itertools.islice(samples, batch_size)):
-        images, cuts = zip(*batch, strict=True)
+        index, images, cuts = zip(*batch, strict=True)
+        order.extend(index)
         feats.append(patch_features(model, torch.stack(images), device, batch_size))
         masks.append(torch.stack(cuts))
         if bar is not None:
-            bar.update(len(batch))
+            bar.update(len(batch) * share[1])
     if bar is not None:
         bar.close()
-    if not feats:
-        raise ValueError(f"{pattern}: no image with a mask could be read ({dict(skipped)})")
-    return {"feat": torch.cat(feats), "masks": torch.cat(masks), "skipped": dict(skipped)}
+    if share[1] == 1:  # read in order, and no further than max_samples
+        counts = dict(Counter(reason for _, reason in skipped))
+        if not feats:
+            raise ValueError(f"{pattern}: no image with a mask could be read ({counts})")
+        return {"feat": torch.cat(feats), "masks": torch.cat(masks), "skipped": counts}
+    return gather_shares(pattern, order, skipped, feats, masks, max_samples, device)
+
+
+def gather_shares(pattern, order, skipped, feats, masks, max_samples, device) -> dict[str, Any]:
+    """Every rank's share of :func:`masked_features` (``order``: each row's sample index), in
+    the shards' order and cut at ``max_samples`` as one process would read them, with the skips
+    one process would have met."""
+    shapes = (feats[0].shape[1:], masks[0].shape[1:]) if feats else None
+    everyone = distributed.all_gather_objects((order, skipped, shapes))
+    order = [i for part in everyone for i in part[0]]
+    keep = sorted(range(len(order)), key=order.__getitem__)[: max_samples or None]
+    # a skip after the last sample kept is one a single process would not have read
+    last = order[keep[-1]] if max_samples and len(keep) == max_samples else float("inf")
+    counts = dict(Counter(reason for part in everyone for i, reason in part[1] if i < last))
+    if not keep:
+        raise ValueError(f"{pattern}: no image with a mask could be read ({counts})")
+    feat_shape, mask_shape = next(part[2] for part in everyone if part[2] is not None)
+    sizes, pick = [len(part[0]) for part in everyone], torch.tensor(keep)
+    feat = torch.cat(feats) if feats else torch.empty(0, *feat_shape)
+    mask = torch.cat(masks) if masks else torch.empty(0, *mask_shape, dtype=torch.uint8)
+    return {
+        "feat": distributed.all_gather_rows(feat, sizes, device)[pick],
+        "masks": distributed.all_gather_rows(mask, sizes, device)[pick],
+        "skipped": counts,
+    }
 
 
 def open_mask(data: bytes) -> Image.Image:
