@@ -4,6 +4,7 @@ held-out masks, ``vlcontrast eval dense-knn``) after MoCo v2 and DenseCL pretrai
 demo's shapes, against the same backbone at random initialisation, in one run.
 
     python benchmarks/dense_shapes.py [--seed 0] [--objects 1] [--colours one] [--smoke]
+    python benchmarks/dense_shapes.py --seeds 16-31 --jobs 2 --linear   # paired over seeds
 
 Data that needs no download: images of ``--objects`` of the demo's shapes at 64 px with their
 masks (``vlcontrast data masks``: background + 5 shape classes). By default one shape per image,
@@ -33,6 +34,8 @@ same features.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 import tempfile
 import time
@@ -40,12 +43,15 @@ from pathlib import Path
 
 import torch
 
-from vlcontrast import config as config_lib
-from vlcontrast.data.synthetic import make_masked_set
-from vlcontrast.eval.runner import run_evaluators
-from vlcontrast.models import build_model
-from vlcontrast.models.load import load_model
-from vlcontrast.train.loop import train
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import paired  # noqa: E402
+
+from vlcontrast import config as config_lib  # noqa: E402
+from vlcontrast.data.synthetic import make_masked_set  # noqa: E402
+from vlcontrast.eval.runner import run_evaluators  # noqa: E402
+from vlcontrast.models import build_model  # noqa: E402
+from vlcontrast.models.load import load_model  # noqa: E402
+from vlcontrast.train.loop import train  # noqa: E402
 
 
 def overrides(method: str, data: Path, out: Path, args) -> list[str]:
@@ -93,15 +99,15 @@ def overrides(method: str, data: Path, out: Path, args) -> list[str]:
 
 def dense_eval(model, cfg) -> tuple[float, float, dict[str, float], float]:
     """Dense kNN's mean IoU, pixel accuracy and per-class IoU of ``model``'s feature map, and
-    the linear segmentation probe's mean IoU (the config's two evaluators)."""
+    the linear segmentation probe's mean IoU (NaN without ``--linear``)."""
     results = run_evaluators(model.eval(), None, cfg)
-    knn, linear = results["dense_knn"], results["dense_linear"]
+    knn, linear = results["dense_knn"], results.get("dense_linear")
     metrics = knn["metrics"]
     return (
         metrics["miou"],
         metrics["pixel_accuracy"],
         knn["per_class_iou"],
-        linear["metrics"]["miou"],
+        linear["metrics"]["miou"] if linear else float("nan"),
     )
 
 
@@ -156,10 +162,27 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=None,
         help="keep the masks and the two trained runs under this folder (DIR/masks, DIR/moco, "
-        "DIR/densecl) to evaluate them again later; by default they go with a temporary folder",
+        "DIR/densecl) to evaluate them again later; by default they go with a temporary folder. "
+        "With --seeds, each seed's under DIR/sS",
     )
     parser.add_argument("--smoke", action="store_true", help="a few seconds: tiny sizes")
+    parser.add_argument(
+        "--seeds",
+        default="",
+        help="run these seeds (0-15 or 0,3,8), --jobs at a time, each in its own process with "
+        "its log in --out, and print the paired comparison of DenseCL with MoCo v2",
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run at once (%(default)s)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("dense_shapes_runs"), help="with --seeds: the logs"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write the rows to this file")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    if args.seeds:
+        return several_seeds(args, argv)
+    if args.keep is not None:
+        args.keep = Path(str(args.keep).format(seed=args.seed))
     if args.smoke:
         args.epochs, args.train, args.heldout, args.batch, args.queue = 1, 64, 16, 16, 64
         args.model_kwargs = "{layers: [1, 1, 1, 1], channels: [8, 8, 16, 16], output_stride: 8}"
@@ -200,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:>12} | {miou:8.3f} | {miou - base:+9.3f} | {acc:9.3f} | {linear:8.3f} | "
             f"{linear - base_linear:+9.3f} | {seconds:6.0f}"
         )
+    if args.json is not None:
+        fields = ("knn", "pixel_accuracy", "per_class", "linear", "seconds")
+        table = {name: dict(zip(fields, values, strict=True)) for name, *values in rows}
+        args.json.write_text(json.dumps({"seed": args.seed, "rows": table}))
     names = list(rows[0][3])
     print(
         "\nper-class IoU of dense kNN\n"
@@ -209,6 +236,53 @@ def main(argv: list[str] | None = None) -> int:
     for name, _, _, per_class, _, _ in rows:
         cells = " | ".join(f"{per_class.get(n, 0.0):10.3f}" for n in names)
         print(f"{name:>12} | {cells}")
+    return 0
+
+
+def child_args(argv: list[str]) -> list[str]:
+    """The command line without what only the parent uses (``--seeds``, ``--jobs``, ``--out``,
+    ``--keep``, ``--seed``, ``--json``)."""
+    parent = ("--seeds", "--jobs", "--out", "--keep", "--seed", "--json")  # flags with a value
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in parent:
+            skip = True
+        elif not arg.startswith(tuple(f"{flag}=" for flag in parent)):
+            out.append(arg)
+    return out
+
+
+def several_seeds(args, argv: list[str]) -> int:
+    """Each seed of ``--seeds`` in its own run; the per-seed table and the paired comparisons."""
+    seeds = paired.parse_seeds(args.seeds)
+    extra = child_args(argv)
+    if args.keep is not None:  # each seed's runs under KEEP/sS
+        extra += ["--keep", str(args.keep / "s{seed}")]
+    results = paired.run_seeds(__file__, extra, seeds, args.jobs, args.out)
+    rows = {seed: result["rows"] for seed, result in results.items()}
+    linear = not math.isnan(rows[seeds[0]]["moco"]["linear"])
+    head = "seed | random init | MoCo v2 | DenseCL | DenseCL - MoCo v2"
+    print("\ndense kNN mean IoU" + (" | linear probe mean IoU" if linear else ""))
+    print(head + (" | MoCo v2 | DenseCL | DenseCL - MoCo v2" if linear else ""))
+    for seed in seeds:
+        r = rows[seed]
+        cells = [r["random init"]["knn"], r["moco"]["knn"], r["densecl"]["knn"]]
+        cells.append(cells[2] - cells[1])
+        if linear:
+            cells += [r["moco"]["linear"], r["densecl"]["linear"]]
+            cells.append(cells[-1] - cells[-2])
+        print(
+            f"{seed:4d} | "
+            + " | ".join(f"{c:+.3f}" if i in (3, 6) else f"{c:.3f}" for i, c in enumerate(cells))
+        )
+    for key, what in (("knn", "dense kNN"), ("linear", "linear probe"))[: 1 + linear]:
+        moco = [rows[s]["moco"][key] for s in seeds]
+        densecl = [rows[s]["densecl"][key] for s in seeds]
+        mean = sum(moco) / len(moco), sum(densecl) / len(densecl)
+        print(f"\n{what}: MoCo v2 {mean[0]:.4f}, DenseCL {mean[1]:.4f} (means)")
+        print(paired.describe(f"{what}, DenseCL - MoCo v2", paired.paired_stats(moco, densecl)))
     return 0
 
 

@@ -40,10 +40,13 @@ def test_loader_benchmark_times_multicrop_against_one_pipeline_per_crop():
     assert float(timing[2]) > 0 and float(timing[3]) > 0 and timing[4].endswith("x")
 
 
-def test_dense_benchmark_runs_random_moco_and_densecl():
-    command = [sys.executable, "benchmarks/dense_shapes.py", "--smoke"]
+def test_dense_benchmark_runs_random_moco_and_densecl(tmp_path):
+    command = [sys.executable, "benchmarks/dense_shapes.py", "--smoke", "--json"]
+    command.append(str(tmp_path / "rows.json"))
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert set(rows) == {"random init", "moco", "densecl"}
     lines = done.stdout.splitlines()
     head = next(i for i, line in enumerate(lines) if "mean IoU" in line)
     rows = [line.split("|") for line in lines[head + 1 : head + 4]]
@@ -52,6 +55,48 @@ def test_dense_benchmark_runs_random_moco_and_densecl():
     per_class = [line.split("|") for line in lines[lines.index("per-class IoU of dense kNN") + 1 :]]
     assert [c.strip() for c in per_class[0][1:3]] == ["background", "circle"]
     assert [r[0].strip() for r in per_class[1:]] == ["random init", "moco", "densecl"]
+
+
+def test_dense_benchmark_over_seeds_prints_the_paired_comparison(tmp_path):
+    """Two seeds at once, each in its own process: the per-seed rows are the children's JSON
+    and the summary is the paired statistics of them."""
+    command = [sys.executable, "benchmarks/dense_shapes.py", "--smoke", "--seeds", "3-4"]
+    command += ["--jobs", "2", "--out", str(tmp_path / "runs"), "--keep", str(tmp_path / "k")]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    runs = {s: json.loads((tmp_path / "runs" / f"{s}.json").read_text()) for s in (3, 4)}
+    assert [runs[s]["seed"] for s in (3, 4)] == [3, 4]
+    assert (tmp_path / "k" / "s4" / "densecl").is_dir()
+    lines = done.stdout.splitlines()
+    row = next(line for line in lines if line.startswith("   4 |")).split("|")
+    want = runs[4]["rows"]
+    assert float(row[2]) == pytest.approx(want["moco"]["knn"], abs=5e-4)
+    assert float(row[4]) == pytest.approx(want["densecl"]["knn"] - want["moco"]["knn"], abs=1e-3)
+    summary = next(line for line in lines if line.startswith("dense kNN, DenseCL - MoCo v2"))
+    assert "over 2 seeds" in summary and any(line.startswith("linear probe,") for line in lines)
+
+
+def test_paired_statistics_against_statistics_and_a_binomial_written_here():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import math
+    import statistics
+
+    import paired
+
+    a = [0.435, 0.440, 0.441, 0.464, 0.430, 0.432]
+    b = [0.456, 0.454, 0.443, 0.422, 0.467, 0.432]
+    got = paired.paired_stats(a, b)
+    diffs = [y - x for x, y in zip(a, b, strict=True)]
+    assert got["mean"] == pytest.approx(statistics.mean(diffs))
+    assert got["sd"] == pytest.approx(statistics.stdev(diffs))
+    assert got["se"] == pytest.approx(statistics.stdev(diffs) / math.sqrt(6))
+    assert (got["wins"], got["losses"]) == (4, 1)  # the tie is left out of the sign test
+    # P(X >= 4), X ~ Binomial(5, 1/2) = (5 + 1) / 32
+    assert got["p"] == pytest.approx(6 / 32)
+    assert paired.sign_test(12, 4) == pytest.approx(
+        sum(math.comb(16, k) for k in range(12, 17)) / 2**16
+    )
+    assert paired.parse_seeds("0-3,8") == [0, 1, 2, 3, 8]
 
 
 def test_loader_benchmark_refuses_too_few_batches_to_time():
