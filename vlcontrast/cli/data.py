@@ -48,6 +48,31 @@ def add_commands(sub) -> None:
         "random init on the shape classes: docs/benchmarks.md)",
     )
 
+    segmentation = makers.add_parser(
+        "segmentation",
+        help="your images + masks (VOC, ADE20K or any two folders) for 'eval dense-knn'",
+        description="Write shards of image/mask pairs that 'eval dense-knn' and 'eval "
+        "dense-linear' read: each mask MASKS/ID.png (one 8-bit channel, each pixel a class "
+        "index, 255 ignored; palette, 16-bit and grey-as-RGB PNGs are read as their values) "
+        "with the image IMAGES/ID.jpg (.png, .webp, ...) of the same size. Pairs whose image or "
+        "mask is missing, unreadable, of another size or colour-coded are skipped and counted by "
+        "reason. VOC 2012: --images VOC2012/JPEGImages --masks VOC2012/SegmentationClass --ids "
+        "VOC2012/ImageSets/Segmentation/train.txt.",
+    )
+    segmentation.add_argument("--images", required=True, help="the images' folder")
+    segmentation.add_argument("--masks", required=True, help="the masks' folder (ID.png)")
+    segmentation.add_argument("--out", required=True, help="output directory")
+    segmentation.add_argument(
+        "--ids", default=None, help="a file of IDs, one a line (default: every mask under --masks)"
+    )
+    segmentation.add_argument(
+        "--classes",
+        default=None,
+        help="class names, index = pixel value: JSON list or one a line; written as "
+        "classes.json beside the shards",
+    )
+    segmentation.add_argument("--per-shard", type=int, default=1000, help="pairs per shard")
+
     example = makers.add_parser(
         "example",
         help="a folder of example images + captions.csv to try the commands on",
@@ -176,6 +201,8 @@ def cmd_data(args: argparse.Namespace) -> int:
         return 0
     if args.maker == "pairs":
         return make_pairs(args)
+    if args.maker == "segmentation":
+        return make_segmentation(args)
     try:
         if args.maker == "captions":
             source = convert.CaptionTable(
@@ -197,6 +224,38 @@ def cmd_data(args: argparse.Namespace) -> int:
         source, args.out, args.per_shard, args.resize, args.workers, not args.no_progress
     )
     print(convert.summary_line(summary))
+    return 0
+
+
+def make_segmentation(args: argparse.Namespace) -> int:
+    from vlcontrast.data.masks import write_segmentation_shards
+
+    if args.per_shard < 1:
+        print("vlcontrast data segmentation: --per-shard must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        summary = write_segmentation_shards(
+            args.images, args.masks, args.out, args.ids, args.classes, args.per_shard
+        )
+    except ValueError as err:
+        print(f"vlcontrast data segmentation: --{err}", file=sys.stderr)
+        return 2
+    skipped = summary["skipped"] or "none"
+    if not summary["samples"]:
+        print(
+            f"vlcontrast data segmentation: no pair of an image and a mask could be written "
+            f"(skipped: {skipped}); check --images, --masks and --ids",
+            file=sys.stderr,
+        )
+        return 1
+    shards = summary["shards"]
+    pattern = shards[0] if len(shards) == 1 else f"{{{shards[0][:-4]}..{shards[-1][:-4]}}}.tar"
+    print(f"{summary['samples']} image/mask pairs in {len(shards)} shard(s) under {args.out}")
+    print(f"skipped: {skipped}")
+    print(
+        "next: vlcontrast eval dense-knn --checkpoint RUN/latest "
+        f"--train-data '{args.out}/{pattern}' --data HELDOUT_SHARDS"
+    )
     return 0
 
 

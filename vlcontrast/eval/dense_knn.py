@@ -16,7 +16,7 @@ Data: WebDataset shards whose samples hold an image (``jpg``, ``png``, ...) and 
 ``classes.json`` beside the shards (a list of names, index = pixel value) names the classes.
 ``vlcontrast data masks`` writes such a set from the demo's shapes. A sample without a mask,
 with a mask of another size, a colour-coded mask, a label over 255 or an unreadable image is
-skipped and counted by reason (``class_indices`` says which PNG modes are read).
+skipped and counted by reason (``data/masks.py``'s ``class_indices`` says which PNG modes are read).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from vlcontrast import distributed
 from vlcontrast.data.collection import read_classes
 from vlcontrast.data.image import decode_image
 from vlcontrast.data.limits import MAX_PIXELS
+from vlcontrast.data.masks import class_indices, open_mask
 from vlcontrast.data.skip import SkipSample
 from vlcontrast.data.sources import expand_urls
 from vlcontrast.data.tar_reader import iter_samples
@@ -165,32 +166,6 @@ def gather_shares(pattern, order, skipped, feats, masks, max_samples, device) ->
         "masks": distributed.all_gather_rows(mask, sizes, device)[pick],
         "skipped": counts,
     }
-
-
-def open_mask(data: bytes) -> Image.Image:
-    """A mask's PNG, read lazily (its size is checked against the image's before decoding)."""
-    try:
-        return Image.open(io.BytesIO(data))
-    except Exception:  # noqa: BLE001 - PIL raises many types for corrupt files
-        raise SkipSample("corrupt_mask") from None
-
-
-def class_indices(mask: Image.Image) -> Image.Image:
-    """A mask as one 8-bit channel of class indices, or a skip that says why it is not one:
-    ``L`` and ``P`` (a palette mask's indices, as VOC's) as they are; ``1`` as 0 and 1; a
-    16- or 32-bit channel whose values all fit a byte; colour whose channels are all equal
-    (a grey mask saved as RGB). A colour-coded mask (``mask_not_one_channel``) or a label over
-    255 (``mask_label_over_255``) would otherwise be read as other labels without a word."""
-    if mask.mode in ("L", "P"):
-        return mask
-    values = np.asarray(mask)
-    if values.ndim == 3:
-        if not (values == values[..., :1]).all():
-            raise SkipSample("mask_not_one_channel")
-        values = values[..., 0]
-    if values.dtype != np.bool_ and (values.min() < 0 or values.max() > 255):
-        raise SkipSample("mask_label_over_255")
-    return Image.fromarray(values.astype(np.uint8))  # mode L
 
 
 def cut_mask(mask: Image.Image, transform) -> torch.Tensor:
