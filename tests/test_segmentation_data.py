@@ -121,3 +121,24 @@ def test_bad_flags_are_one_message_and_nothing_written(tmp_path, capsys):
     empty.mkdir()
     assert cli.main([*base[:3], str(images), "--masks", str(empty), "--out", str(out)]) == 1
     assert "no pair of an image and a mask" in capsys.readouterr().err
+
+
+def test_reduce_zero_label_ignores_other_and_shifts_the_rest(tmp_path, capsys):
+    """ADE20K's convention: 0 -> 255 (ignored), k -> k - 1, 255 stays 255."""
+    images, masks = tmp_path / "images", tmp_path / "annotations"
+    images.mkdir()
+    masks.mkdir()
+    Image.new("RGB", (16, 8), (90, 90, 90)).save(images / "ADE_1.jpg")
+    labels = np.array([[0, 1, 2, 150, 255, 7, 7, 0]] * 8, dtype=np.uint8)
+    labels = np.concatenate([labels, labels], axis=1)
+    Image.fromarray(labels).save(masks / "ADE_1.png")
+    out = tmp_path / "shards"
+    args = ["data", "segmentation", "--images", str(images), "--masks", str(masks)]
+    assert cli.main([*args, "--out", str(out), "--reduce-zero-label"]) == 0
+    capsys.readouterr()
+    from vlcontrast.data.tar_reader import iter_samples
+
+    (sample,) = list(iter_samples(str(out / "00000.tar"), print))
+    got = np.asarray(Image.open(io.BytesIO(sample["mask.png"])))
+    want = np.where((labels == 0) | (labels == 255), 255, labels.astype(int) - 1)
+    assert np.array_equal(got, want) and json.loads(sample["json"])["id"] == "ADE_1"

@@ -72,6 +72,12 @@ def add_commands(sub) -> None:
         "classes.json beside the shards",
     )
     segmentation.add_argument("--per-shard", type=int, default=1000, help="pairs per shard")
+    segmentation.add_argument(
+        "--reduce-zero-label",
+        action="store_true",
+        help="label 0 is 'other' (ADE20K): ignore it and move every other label down by one, "
+        "as mmsegmentation's reduce_zero_label",
+    )
 
     example = makers.add_parser(
         "example",
@@ -235,7 +241,13 @@ def make_segmentation(args: argparse.Namespace) -> int:
         return 2
     try:
         summary = write_segmentation_shards(
-            args.images, args.masks, args.out, args.ids, args.classes, args.per_shard
+            args.images,
+            args.masks,
+            args.out,
+            args.ids,
+            args.classes,
+            args.per_shard,
+            args.reduce_zero_label,
         )
     except ValueError as err:
         print(f"vlcontrast data segmentation: --{err}", file=sys.stderr)

@@ -53,9 +53,18 @@ def class_indices(mask: Image.Image) -> Image.Image:
     return Image.fromarray(values.astype(np.uint8))  # mode L
 
 
-def checked_mask(data: bytes, size: tuple[int, int]) -> bytes:
+def reduce_zero_label(indices: Image.Image) -> Image.Image:
+    """ADE20K's convention (mmsegmentation's ``reduce_zero_label``): label 0 ("other") becomes
+    ignored (255) and every other label moves down by one; 255 stays ignored."""
+    values = np.asarray(indices, dtype=np.int16)
+    values = np.where((values == 0) | (values == 255), 255, values - 1)
+    return Image.fromarray(values.astype(np.uint8))
+
+
+def checked_mask(data: bytes, size: tuple[int, int], zero_ignored: bool = False) -> bytes:
     """A mask PNG's bytes, as they are if it is 8-bit grey or palette and ``size`` (the image's)
-    wide and high, else re-encoded as 8-bit grey; or a counted skip."""
+    wide and high, else re-encoded as 8-bit grey (``zero_ignored``: with
+    :func:`reduce_zero_label` applied); or a counted skip."""
     with open_mask(data) as mask:
         if mask.size != size:
             raise SkipSample("mask_size_mismatch")
@@ -66,10 +75,11 @@ def checked_mask(data: bytes, size: tuple[int, int]) -> bytes:
             raise
         except Exception:  # noqa: BLE001 - a truncated PNG fails when its pixels are read
             raise SkipSample("corrupt_mask") from None
-        if mask.format == "PNG" and indices is mask:
+        if mask.format == "PNG" and indices is mask and not zero_ignored:
             return data
+        indices = reduce_zero_label(indices) if zero_ignored else indices.convert("L")
         out = io.BytesIO()
-        indices.convert("L").save(out, format="PNG")
+        indices.save(out, format="PNG")
         return out.getvalue()
 
 
@@ -92,7 +102,9 @@ def mask_pairs(images: Path, masks: Path, ids: list[str] | None) -> Iterator[tup
         yield name, find_image(images, name), mask if mask.is_file() else None
 
 
-def segmentation_samples(pairs, skipped: Counter) -> Iterator[dict[str, Any]]:
+def segmentation_samples(
+    pairs, skipped: Counter, zero_ignored: bool = False
+) -> Iterator[dict[str, Any]]:
     """Shard samples of checked (image, mask) pairs; the others counted in ``skipped``."""
     from vlcontrast.data.convert import encode_image
 
@@ -102,7 +114,7 @@ def segmentation_samples(pairs, skipped: Counter) -> Iterator[dict[str, Any]]:
                 raise SkipSample("missing_image" if image is None else "missing_mask")
             ext, data, sizes = encode_image(image.read_bytes(), 0)
             size = (sizes["width"], sizes["height"])
-            mask_png = checked_mask(mask.read_bytes(), size)
+            mask_png = checked_mask(mask.read_bytes(), size, zero_ignored)
         except SkipSample as skip:
             skipped[skip.reason] += 1
             continue
@@ -120,10 +132,12 @@ def write_segmentation_shards(
     ids: str | Path | None = None,
     classes: str | Path | None = None,
     per_shard: int = 1000,
+    zero_ignored: bool = False,
 ) -> dict[str, Any]:
     """Shards of the image/mask pairs of two folders (see the module), ``classes.json`` from
-    ``classes`` (JSON list or one name a line; index = pixel value) beside them. Returns the
-    samples written, the shard names and the skips by reason."""
+    ``classes`` (JSON list or one name a line; index = pixel value, after
+    :func:`reduce_zero_label` if ``zero_ignored``) beside them. Returns the samples written, the
+    shard names and the skips by reason."""
     images, masks = Path(images), Path(masks)
     for flag, folder in (("images", images), ("masks", masks)):
         if not folder.is_dir():
@@ -141,7 +155,7 @@ def write_segmentation_shards(
         if not classnames:
             raise ValueError(f"classes: {classes} names no class")
     skipped: Counter = Counter()
-    samples = segmentation_samples(mask_pairs(images, masks, names), skipped)
+    samples = segmentation_samples(mask_pairs(images, masks, names), skipped, zero_ignored)
     sizes = write_shards(samples, out, per_shard)
     written = sum(sizes.values())
     if classnames is not None:
