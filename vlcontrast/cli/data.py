@@ -248,6 +248,7 @@ def make_segmentation(args: argparse.Namespace) -> int:
             args.classes,
             args.per_shard,
             args.reduce_zero_label,
+            progress=True,
         )
     except ValueError as err:
         print(f"vlcontrast data segmentation: --{err}", file=sys.stderr)

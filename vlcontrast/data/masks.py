@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
 
 from vlcontrast.data.collection import read_classes
 from vlcontrast.data.limits import IMAGE_SUFFIXES
@@ -92,12 +93,13 @@ def find_image(folder: Path, name: str) -> Path | None:
     return None
 
 
-def mask_pairs(images: Path, masks: Path, ids: list[str] | None) -> Iterator[tuple]:
+def mask_pairs(images: Path, masks: Path, ids: list[str] | None, progress: bool = False):
     """(id, image path or None, mask path or None) for each id of ``ids`` (VOC's
-    ``ImageSets/Segmentation/train.txt``), else for each ``.png`` under ``masks``."""
+    ``ImageSets/Segmentation/train.txt``), else for each ``.png`` under ``masks``; with a
+    progress bar if ``progress``."""
     if ids is None:
         ids = [str(p.relative_to(masks).with_suffix("")) for p in sorted(masks.rglob("*.png"))]
-    for name in ids:
+    for name in tqdm(ids, desc="pairs", unit="pair", disable=not progress):
         mask = masks / f"{name}.png"
         yield name, find_image(images, name), mask if mask.is_file() else None
 
@@ -133,6 +135,7 @@ def write_segmentation_shards(
     classes: str | Path | None = None,
     per_shard: int = 1000,
     zero_ignored: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Shards of the image/mask pairs of two folders (see the module), ``classes.json`` from
     ``classes`` (JSON list or one name a line; index = pixel value, after
@@ -155,7 +158,8 @@ def write_segmentation_shards(
         if not classnames:
             raise ValueError(f"classes: {classes} names no class")
     skipped: Counter = Counter()
-    samples = segmentation_samples(mask_pairs(images, masks, names), skipped, zero_ignored)
+    pairs = mask_pairs(images, masks, names, progress)
+    samples = segmentation_samples(pairs, skipped, zero_ignored)
     sizes = write_shards(samples, out, per_shard)
     written = sum(sizes.values())
     if classnames is not None:
