@@ -40,26 +40,9 @@ def test_loader_benchmark_times_multicrop_against_one_pipeline_per_crop():
     assert float(timing[2]) > 0 and float(timing[3]) > 0 and timing[4].endswith("x")
 
 
-def test_dense_benchmark_runs_random_moco_and_densecl(tmp_path):
-    command = [sys.executable, "benchmarks/dense_shapes.py", "--smoke", "--json"]
-    command.append(str(tmp_path / "rows.json"))
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
-    assert set(rows) == {"random init", "moco", "densecl"}
-    lines = done.stdout.splitlines()
-    head = next(i for i, line in enumerate(lines) if "mean IoU" in line)
-    rows = [line.split("|") for line in lines[head + 1 : head + 4]]
-    assert [r[0].strip() for r in rows] == ["random init", "moco", "densecl"]
-    assert all(0 <= float(r[1]) <= 1 and 0 <= float(r[4]) <= 1 for r in rows)  # kNN, linear
-    per_class = [line.split("|") for line in lines[lines.index("per-class IoU of dense kNN") + 1 :]]
-    assert [c.strip() for c in per_class[0][1:3]] == ["background", "circle"]
-    assert [r[0].strip() for r in per_class[1:]] == ["random init", "moco", "densecl"]
-
-
 def test_dense_benchmark_over_seeds_prints_the_paired_comparison(tmp_path):
-    """Two seeds at once, each in its own process: the per-seed rows are the children's JSON
-    and the summary is the paired statistics of them."""
+    """Random init, MoCo v2 and DenseCL for two seeds at once, each in its own process: the
+    per-seed rows are the children's JSON and the summary is the paired statistics of them."""
     command = [sys.executable, "benchmarks/dense_shapes.py", "--smoke", "--seeds", "3-4"]
     command += ["--jobs", "2", "--out", str(tmp_path / "runs"), "--keep", str(tmp_path / "k")]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -74,6 +57,15 @@ def test_dense_benchmark_over_seeds_prints_the_paired_comparison(tmp_path):
     assert float(row[4]) == pytest.approx(want["densecl"]["knn"] - want["moco"]["knn"], abs=1e-3)
     summary = next(line for line in lines if line.startswith("dense kNN, DenseCL - MoCo v2"))
     assert "over 2 seeds" in summary and any(line.startswith("linear probe,") for line in lines)
+    # each seed's own run prints its table: kNN and the probe for each backbone, per-class IoU
+    log = (tmp_path / "runs" / "3.log").read_text().splitlines()
+    head = next(i for i, line in enumerate(log) if "mean IoU" in line)
+    table = [line.split("|") for line in log[head + 1 : head + 4]]
+    assert [r[0].strip() for r in table] == ["random init", "moco", "densecl"]
+    assert all(0 <= float(r[1]) <= 1 and 0 <= float(r[4]) <= 1 for r in table)  # kNN, linear
+    per_class = [line.split("|") for line in log[log.index("per-class IoU of dense kNN") + 1 :]]
+    assert [c.strip() for c in per_class[0][1:3]] == ["background", "circle"]
+    assert [r[0].strip() for r in per_class[1:]] == ["random init", "moco", "densecl"]
 
 
 def test_paired_statistics_against_statistics_and_a_binomial_written_here():
