@@ -141,3 +141,19 @@ def test_configs_saved_before_evaluators_still_load():
     )
     assert cfg.eval.every == 5
     assert config_lib.from_dict({"eval": {"zeroshot_shards": ""}}).eval.evaluators == []
+
+
+def test_train_prints_the_runs_own_evaluator_as_the_next_command():
+    """After training, the next command is the run's first evaluator with its sets (shell-quoted
+    patterns), not a generic kNN line; without evaluators, the model kind's usual one."""
+    from vlcontrast import config as config_lib
+    from vlcontrast.cli.run import next_commands
+
+    dense = "eval.evaluators=[{kind: dense_knn, data: 'h/{00000..00001}.tar', train_data: t.tar}]"
+    lines = next_commands("RUN", config_lib.load(None, ["model.kind=image", dense])).splitlines()
+    assert lines[1] == (
+        "  vlcontrast eval dense-knn --checkpoint RUN --train-data t.tar "
+        "--data 'h/{00000..00001}.tar'"
+    )
+    plain = next_commands("RUN", config_lib.load(None, ["model.kind=image"])).splitlines()
+    assert plain[1] == "  vlcontrast eval knn --checkpoint RUN --train-data TRAIN --data HELDOUT"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -93,13 +94,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def next_commands(checkpoint: str, cfg) -> str:
-    """What to run next with a fresh checkpoint, as ``demo`` prints it."""
+    """What to run next with a fresh checkpoint, as ``demo`` prints it: the run's own first
+    evaluator from the command line, else the usual one of its model kind; then search."""
     data = "HELDOUT"  # a held-out shard pattern or image folder of the user's
-    for spec in cfg.eval.evaluators:
-        data = spec.data or data
-        break
+    spec = next((spec for spec in cfg.eval.evaluators if spec.data), None)
+    data = spec.data if spec is not None else data
     lines = ["next:"]
-    if cfg.model.kind == "text":
+    if spec is not None:
+        extra = "".join(
+            f" --{flag} {shlex.quote(value)}"
+            for flag, value in (("train-data", spec.train_data), ("classes", spec.classes))
+            if value
+        )
+        kind = spec.kind.replace("_", "-")
+        data = shlex.quote(data)
+        lines.append(f"  vlcontrast eval {kind} --checkpoint {checkpoint}{extra} --data {data}")
+        data = "TEXTS" if cfg.model.kind == "text" else data
+    elif cfg.model.kind == "text":
         lines.append(f"  vlcontrast eval sts --checkpoint {checkpoint} --data PAIRS_TABLE")
         data = "TEXTS"  # caption or pair shards: a text index embeds each item's caption
     elif cfg.model.kind == "dual":
