@@ -292,6 +292,11 @@ def test_data_masks_then_eval_dense_knn_through_the_cli(tmp_path, capsys):
     )
     result = json.loads(report.read_text())["dense_knn"]
     assert 0 <= result["metrics"]["miou"] <= 1 and result["classnames"] == MASK_CLASSES
+    printed = capsys.readouterr().out.splitlines()
+    rows = printed[printed.index("  IoU per class:") + 1 :][: len(result["per_class_iou"])]
+    values = [float(row.split()[-1]) for row in rows]
+    assert values == sorted(values)  # worst first
+    assert {row.split()[0] for row in rows} == set(result["per_class_iou"])
     assert (tmp_path / "dense.confusion.png").is_file()
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("eval/dense_knn/miou" in row for row in logged)

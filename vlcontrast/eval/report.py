@@ -13,11 +13,21 @@ from PIL import Image, ImageDraw
 _INTERNAL = {"predictions", "labels", "img_emb", "keys"}
 
 
+SHOWN_CLASSES = 20  # per-class rows printed; --json holds them all
+
+
 def format_table(name: str, result: dict[str, Any]) -> str:
     rows = [f"{name}"]
     for key, value in result["metrics"].items():
         shown = _number(value)
         rows.append(f"  {key:<32} {shown:>10}")
+    per_class = result.get("per_class_iou") or {}
+    if per_class:  # the dense kinds: the classes a mean IoU hides, worst first
+        worst = sorted(per_class.items(), key=lambda item: item[1])
+        shown = worst if len(worst) <= SHOWN_CLASSES else worst[:SHOWN_CLASSES]
+        more = "" if len(worst) == len(shown) else f" ({len(shown)} lowest of {len(worst)})"
+        rows.append(f"  IoU per class{more}:")
+        rows.extend(f"    {name[:30]:<30} {_number(value):>10}" for name, value in shown)
     if result.get("skipped"):
         counts = ", ".join(f"{k}={v}" for k, v in sorted(result["skipped"].items()))
         rows.append(f"  skipped: {counts}")
