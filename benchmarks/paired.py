@@ -56,9 +56,10 @@ def paired_stats(a: list[float], b: list[float]) -> dict[str, float]:
 
 
 def describe(what: str, stats: dict[str, float]) -> str:
+    ratio = stats["mean"] / stats["se"] if stats["se"] > 0 else float("nan")
     return (
         f"{what} over {stats['n']} seeds: mean {stats['mean']:+.4f} (sd {stats['sd']:.4f}, "
-        f"se {stats['se']:.4f}, {stats['mean'] / stats['se']:+.1f} se from zero); ahead on "
+        f"se {stats['se']:.4f}, {ratio:+.1f} se from zero); ahead on "
         f"{stats['wins']}, behind on {stats['losses']}; one-sided sign test p = {stats['p']:.3f}"
     )
 
