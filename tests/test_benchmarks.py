@@ -68,6 +68,15 @@ def test_dense_benchmark_over_seeds_prints_the_paired_comparison(tmp_path):
     assert [r[0].strip() for r in per_class[1:]] == ["random init", "moco", "densecl"]
 
 
+def test_dense_memory_benchmark_runs_both_variants_and_they_agree():
+    command = [sys.executable, "benchmarks/dense_memory.py", "--images", "40", "--side", "64"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "features and patch labels agree" in done.stdout
+    rows = [line.split("|") for line in done.stdout.splitlines() if "|" in line][1:]
+    assert [r[0].strip() for r in rows] == ["whole", "streamed"]
+
+
 def test_paired_statistics_against_statistics_and_a_binomial_written_here():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import math

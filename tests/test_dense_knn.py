@@ -111,6 +111,22 @@ def test_patch_labels_are_the_majority_of_their_pixels():
                 assert got[n, i, j] == (-1 if best == 3 else best)
 
 
+def test_patch_labels_equal_the_arg_max_of_pooled_one_hots_on_uneven_grids():
+    """Over several chunks of masks, on a grid that does not divide the mask (overlapping
+    adaptive bins), with a label past the classes and ignored pixels: the same labels as the
+    arg max of adaptive-average-pooled one-hots (the ignored share as the last column)."""
+    gen = torch.Generator().manual_seed(1)
+    masks = torch.randint(0, 5, (70, 10, 10), generator=gen, dtype=torch.uint8)
+    masks[masks == 4] = dk.IGNORE
+    masks[3, :5, :5] = 7  # past the 4 classes: ignored as 255 is
+    got = dk.patch_labels(masks, (3, 3), 4)
+    m = masks.long()
+    onehot = F.one_hot(torch.where(m < 4, m, 4), 5).float().permute(0, 3, 1, 2)
+    best = F.adaptive_avg_pool2d(onehot, (3, 3)).argmax(dim=1)
+    assert torch.equal(got, torch.where(best == 4, -1, best))
+    assert (got == -1).any() and got.shape == (70, 3, 3)
+
+
 def test_segmentation_metrics_are_iou_and_accuracy():
     masks = torch.tensor([[[0, 0, 1, 1], [0, 2, 2, dk.IGNORE]]])
     pred = torch.tensor([[[0, 1, 1, 1], [0, 2, 0, 0]]])

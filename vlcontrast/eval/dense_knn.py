@@ -206,16 +206,22 @@ def patch_features(model, images: torch.Tensor, device, batch_size: int = 64) ->
 
 
 def patch_labels(masks: torch.Tensor, grid: tuple[int, int], num_classes: int) -> torch.Tensor:
-    """(N, S, S) pixel masks -> (N, h, w) the majority label of each patch's pixels; -1 where
-    most pixels are ``IGNORE``. 64 images at a time: a one-hot of every mask at once would be
-    (N, S, S, C + 1) floats."""
+    """(N, S, S) pixel masks -> (N, h, w) the majority label of each patch's pixels (its share
+    by adaptive average pooling; ties to the lower label); -1 where most pixels are ``IGNORE``
+    (or any label from ``num_classes`` on). 64 masks and one class at a time, over the classes
+    present: a one-hot of the masks would be C + 1 floats a pixel (150 classes of ADE20K at
+    224 px: 4 GB for 64 masks)."""
     out = []
     for chunk in masks.split(64):
-        chunk = chunk.long()
-        valid = chunk < num_classes
-        onehot = F.one_hot(torch.where(valid, chunk, num_classes), num_classes + 1).float()
-        counts = F.adaptive_avg_pool2d(onehot.permute(0, 3, 1, 2), grid)  # (n, C + 1, h, w)
-        best = counts.argmax(dim=1)
+        present = [c for c in torch.unique(chunk).tolist() if c < num_classes]
+        top = torch.zeros(len(chunk), *grid)
+        best = torch.full((len(chunk), *grid), -1, dtype=torch.long)
+        for label in [*present, num_classes]:  # ascending, the ignored share last
+            pixels = chunk >= num_classes if label == num_classes else chunk == label
+            share = F.adaptive_avg_pool2d(pixels[:, None].float(), grid)[:, 0]  # (n, h, w)
+            wins = share > top  # strictly: an earlier label keeps a tie, as an arg max does
+            best = torch.where(wins, label, best)
+            top = torch.where(wins, share, top)
         out.append(torch.where(best == num_classes, -1, best))
     return torch.cat(out)
 
