@@ -230,9 +230,12 @@ def segmentation_metrics(pred: torch.Tensor, masks: torch.Tensor, classnames: li
     """Mean IoU over the classes present (in the masks or the predictions), pixel accuracy,
     per-class IoU and the (true, predicted) pixel confusion matrix."""
     c = len(classnames)
-    masks = masks.long()
-    keep = masks < c
-    confusion = torch.bincount(masks[keep] * c + pred[keep], minlength=c * c).view(c, c)
+    confusion = torch.zeros(c * c, dtype=torch.long)
+    for true, guess in zip(masks.split(64), pred.split(64), strict=True):  # int64 copies bounded
+        true = true.long()
+        keep = true < c
+        confusion += torch.bincount(true[keep] * c + guess[keep].long(), minlength=c * c)
+    confusion = confusion.view(c, c)
     tp = confusion.diag().double()
     union = confusion.sum(0).double() + confusion.sum(1).double() - tp
     present = union > 0
@@ -298,8 +301,15 @@ def dense_knn(
     )
     pred = scores.argmax(dim=1).view(len(test_feat), *grid)  # (N, h, w)
     size = sets["test_masks"].shape[-1]
-    pixels = F.interpolate(pred[:, None].float(), size=(size, size), mode="nearest")
-    result = segmentation_metrics(pixels[:, 0].long(), sets["test_masks"], classnames)
+    pixels = torch.cat(  # each patch's label over its pixels, a byte each as the masks
+        [
+            F.interpolate(chunk[:, None].float(), size=(size, size), mode="nearest")[:, 0].to(
+                torch.uint8
+            )
+            for chunk in pred.split(64)
+        ]
+    )
+    result = segmentation_metrics(pixels, sets["test_masks"], classnames)
     result["metrics"].update(k=min(spec.k, len(bank)), patches=int(len(bank)))
     result["classnames"] = classnames
     result["skipped"] = sets["skipped"]

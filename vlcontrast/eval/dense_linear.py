@@ -37,11 +37,11 @@ def pixel_labels(feat: torch.Tensor, weight, bias, size: int) -> torch.Tensor:
     """(N, h, w, F) patch features -> (N, size, size) the arg max of their logits ``feat @
     weight + bias`` upsampled bilinearly (align_corners False, as a 1 x 1 conv head's); 16
     images at a time, as the upsampled logits are C floats a pixel."""
-    out = []
+    out, dtype = [], torch.uint8 if weight.shape[1] <= 256 else torch.long  # a byte a pixel
     for chunk in feat.split(16):
         logits = (chunk.float() @ weight + bias).permute(0, 3, 1, 2)  # (n, C, h, w)
         up = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
-        out.append(up.argmax(dim=1))
+        out.append(up.argmax(dim=1).to(dtype))
     return torch.cat(out)
 
 
