@@ -43,6 +43,7 @@ def voc_folders(root):
             Image.new("RGB", (64, 64), (128, 0, 0)).save(masks / f"{name}.png")
         else:
             Image.new("L", (32, 32)).save(masks / f"{name}.png")
+    assert Image.open(masks / "2007_000000.png").mode == "P"  # VOC's kind: palette indices
     ids = root / "train.txt"
     ids.write_text("\n".join([*sorted(labels), "2007_000004", "2007_000005", "2007_999999"]))
     return images, masks, ids, labels
