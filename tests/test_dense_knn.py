@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from tests.distributed_dense_case import PatchConv
 from vlcontrast import cli
 from vlcontrast.data.image import CropResize
 from vlcontrast.data.shard_writer import write_shards
@@ -169,22 +170,10 @@ def test_oracle_features_give_the_patch_majority_labels_spread_over_the_pixels(m
     assert result["metrics"]["patches"] == 40 * 64
 
 
-class PatchConv(torch.nn.Module):
-    """A 4-px patchify conv standing in for a backbone's feature map."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 8, 4, stride=4)
-
-    def forward(self, images, feature_map=True):
-        return {"img_map": self.conv(images.float() / 255)}
-
-
 def test_features_stream_in_batches_as_one_pass_with_uint8_masks(masked):
     """Reading and encoding 5 images at a time keeps only features and masks, and gives the
     features of encoding every image at once; masks are uint8 (a class index a byte) and
     ``max_samples`` stops the reading."""
-    torch.manual_seed(0)
     model, transform = PatchConv(), CropResize(32, "center")
     whole = dk.read_masked(masked["train"], transform)
     want = dk.patch_features(model, whole["images"], "cpu", batch_size=64)
