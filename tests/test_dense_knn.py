@@ -214,10 +214,17 @@ def png(array: np.ndarray, mode: str | None = None) -> bytes:
     return out.getvalue()
 
 
+def jpeg_bytes(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format="JPEG")
+    return out.getvalue()
+
+
 def test_masks_in_other_png_modes_read_as_class_indices_or_skip_by_reason(tmp_path):
     """The same labels as 8-bit grey, palette, 16-bit, grey saved as RGB and 1-bit (labels 0
-    and 1) read as those labels; a colour-coded mask and a 16-bit label over 255 are skipped
-    and counted, never read as other labels."""
+    and 1) read as those labels; a colour-coded mask, a 16-bit label over 255 and a JPEG (its
+    compression noise moves labels along the edges) are skipped and counted, never read as
+    other labels."""
     good = next(masked_samples(1, seed=1))
     labels = np.zeros((64, 64), np.uint8)
     labels[10:30, 20:50], labels[40:, :8] = 3, 255
@@ -234,13 +241,18 @@ def test_masks_in_other_png_modes_read_as_class_indices_or_skip_by_reason(tmp_pa
         "one_bit": png(binary.astype(bool)),
         "colour": png(colour),
         "over": png(over),
+        "jpeg": jpeg_bytes(labels),
     }
     assert Image.open(io.BytesIO(masks["sixteen"])).mode.startswith("I")
     assert Image.open(io.BytesIO(masks["one_bit"])).mode == "1"
     rows = [{"__key__": k, "jpg": good["jpg"], "mask.png": v} for k, v in masks.items()]
     write_shards(iter(rows), tmp_path, per_shard=10)
     out = dk.read_masked(str(tmp_path / "00000.tar"), CropResize(64, "center"))
-    assert out["skipped"] == {"mask_not_one_channel": 1, "mask_label_over_255": 1}
+    assert out["skipped"] == {
+        "mask_not_one_channel": 1,
+        "mask_label_over_255": 1,
+        "mask_lossy_jpeg": 1,
+    }
     want = torch.from_numpy(labels).long()
     for mask in out["masks"][:4]:
         assert torch.equal(mask.long(), want)

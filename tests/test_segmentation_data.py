@@ -118,9 +118,15 @@ def test_bad_flags_are_one_message_and_nothing_written(tmp_path, capsys):
     )
     assert "--images: no folder" in capsys.readouterr().err
     assert not out.exists()
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    assert cli.main([*base[:3], str(images), "--masks", str(empty), "--out", str(out)]) == 1
+    jpeg_masks = tmp_path / "jpeg_masks"  # lossy masks: refused, with what was found
+    jpeg_masks.mkdir()
+    Image.new("L", (64, 64)).save(jpeg_masks / "2007_000000.jpg")
+    assert cli.main([*base[:3], str(images), "--masks", str(jpeg_masks), "--out", str(out)]) == 2
+    assert "--masks: no .png mask under" in capsys.readouterr().err
+    assert not out.exists()
+    ids = tmp_path / "ids.txt"  # an ID list none of whose masks exist: counted skips
+    ids.write_text("nothing_here\n")
+    assert cli.main([*base, str(out), "--ids", str(ids)]) == 1
     assert "no pair of an image and a mask" in capsys.readouterr().err
 
 

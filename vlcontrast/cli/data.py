@@ -55,9 +55,9 @@ def add_commands(sub) -> None:
         "dense-linear' read: each mask MASKS/ID.png (one 8-bit channel, each pixel a class "
         "index, 255 ignored; palette, 16-bit and grey-as-RGB PNGs are read as their values) "
         "with the image IMAGES/ID.jpg (.png, .webp, ...) of the same size. Pairs whose image or "
-        "mask is missing, unreadable, of another size or colour-coded are skipped and counted by "
-        "reason. VOC 2012: --images VOC2012/JPEGImages --masks VOC2012/SegmentationClass --ids "
-        "VOC2012/ImageSets/Segmentation/train.txt.",
+        "mask is missing, unreadable, of another size, colour-coded or a JPEG are skipped and "
+        "counted by reason. VOC 2012: --images VOC2012/JPEGImages --masks "
+        "VOC2012/SegmentationClass --ids VOC2012/ImageSets/Segmentation/train.txt.",
     )
     segmentation.add_argument("--images", required=True, help="the images' folder")
     segmentation.add_argument("--masks", required=True, help="the masks' folder (ID.png)")

@@ -40,8 +40,11 @@ def class_indices(mask: Image.Image) -> Image.Image:
     """A mask as one 8-bit channel of class indices, or a skip that says why it is not one:
     ``L`` and ``P`` (a palette mask's indices, as VOC's) as they are; ``1`` as 0 and 1; a
     16- or 32-bit channel whose values all fit a byte; colour whose channels are all equal
-    (a grey mask saved as RGB). A colour-coded mask (``mask_not_one_channel``) or a label over
-    255 (``mask_label_over_255``) would otherwise be read as other labels without a word."""
+    (a grey mask saved as RGB). A colour-coded mask (``mask_not_one_channel``), a label over
+    255 (``mask_label_over_255``) or a JPEG (``mask_lossy_jpeg``: its compression noise
+    changes labels along every edge) would otherwise be read as other labels without a word."""
+    if mask.format == "JPEG":
+        raise SkipSample("mask_lossy_jpeg")
     if mask.mode in ("L", "P"):
         return mask
     values = np.asarray(mask)
@@ -93,12 +96,27 @@ def find_image(folder: Path, name: str) -> Path | None:
     return None
 
 
+def mask_ids(masks: Path) -> list[str]:
+    """The path under ``masks`` (without ``.png``) of each PNG mask in it, or a message that says
+    what is there instead: masks are lossless PNG, as VOC's and ADE20K's are (a JPEG mask's
+    compression noise would change labels along every edge)."""
+    ids = [str(p.relative_to(masks).with_suffix("")) for p in sorted(masks.rglob("*.png"))]
+    if not ids:
+        others = Counter(p.suffix.lower() for p in masks.rglob("*") if p.is_file())
+        found = ", ".join(f"{n} {suffix or 'without suffix'}" for suffix, n in others.items())
+        raise ValueError(
+            f"masks: no .png mask under {masks} ({found or 'no file'}); masks must be PNG, "
+            "one 8-bit channel of class indices"
+        )
+    return ids
+
+
 def mask_pairs(images: Path, masks: Path, ids: list[str] | None, progress: bool = False):
     """(id, image path or None, mask path or None) for each id of ``ids`` (VOC's
     ``ImageSets/Segmentation/train.txt``), else for each ``.png`` under ``masks``; with a
     progress bar if ``progress``."""
     if ids is None:
-        ids = [str(p.relative_to(masks).with_suffix("")) for p in sorted(masks.rglob("*.png"))]
+        ids = mask_ids(masks)
     for name in tqdm(ids, desc="pairs", unit="pair", disable=not progress):
         mask = masks / f"{name}.png"
         yield name, find_image(images, name), mask if mask.is_file() else None
@@ -157,6 +175,8 @@ def write_segmentation_shards(
         classnames = read_classes(classes)[0]
         if not classnames:
             raise ValueError(f"classes: {classes} names no class")
+    if names is None:
+        names = mask_ids(masks)  # before anything is written
     skipped: Counter = Counter()
     pairs = mask_pairs(images, masks, names, progress)
     samples = segmentation_samples(pairs, skipped, zero_ignored)
