@@ -112,7 +112,9 @@ class ImageTowerConfig:
     pretrained: bool = False  # timm weights by name (downloads them); False: random init
     image_size: int = field(default=224, metadata=POSITIVE)  # CLIP B/32 and B/16 resolution
     model_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model
-    # Weights from a local file (a timm/torch state dict, .safetensors or .pth) instead of the hub
+    # Weights from a local file instead of the hub: a timm/torch state dict (.safetensors, or
+    # .pth read tensors-only) or a released DINO/SwAV/MoCo/DenseCL checkpoint, its encoder found
+    # under its wrapper and prefix (models/backbone_weights.py). Read when the run starts only.
     checkpoint_path: str = ""
     # FLIP (Li et al. 2023): drop this fraction of patch tokens in training (ViTs; evaluation
     # sees every patch). 0.5: 1.50x the samples/s and 0.64x the memory of a ViT-S/32 step on

@@ -16,18 +16,24 @@ from pathlib import Path
 def add_commands(sub) -> None:
     imp = sub.add_parser(
         "import",
-        help="a released CLIP (Hugging Face CLIPModel directory) as a vlcontrast checkpoint",
+        help="a released CLIP (Hugging Face CLIPModel directory, OpenCLIP file) or image "
+        "backbone (DINO, SwAV, MoCo, DenseCL, timm) as a vlcontrast checkpoint",
         description="Read a CLIPModel save_pretrained directory (config.json, model.safetensors "
         "or pytorch_model.bin, tokenizer and preprocessor files) and write a vlcontrast "
         "checkpoint directory that eval, search and training (train.resume or as the start of "
         "fine-tuning) read. The vision tower becomes timm's CLIP ViT, the text tower "
-        "transformers' CLIPTextModel.",
+        "transformers' CLIPTextModel. 'import backbone FILE --model ARCH' does the same for an "
+        "image backbone's weights as their authors saved them (the encoder is found under its "
+        "wrapper and prefix; heads are left out); nothing is unpickled beyond tensors.",
     )
     imp.add_argument(
         "format",
-        choices=["hf", "openclip"],
+        choices=["hf", "openclip", "backbone"],
         help="hf: a transformers CLIPModel directory; openclip: an OpenCLIP "
-        "checkpoint file (.bin/.pt/.safetensors) with --config",
+        "checkpoint file (.bin/.pt/.safetensors) with --config; backbone: an image backbone's "
+        "weights (a timm or torchvision state dict, or a released DINO, SwAV, MoCo or DenseCL "
+        "checkpoint) with --model, as an image-only checkpoint for eval knn, linear-probe, "
+        "dense-knn and index",
     )
     imp.add_argument("source", help="the directory or file (download it first: nothing is fetched)")
     imp.add_argument("--out", required=True, help="new checkpoint directory")
@@ -41,6 +47,26 @@ def add_commands(sub) -> None:
         default="",
         help="openclip: a tokenizer directory (e.g. "
         "a CLIPTokenizer saved with save_pretrained); hf: the directory's own",
+    )
+    imp.add_argument(
+        "--model",
+        default="",
+        help="backbone: the timm architecture the file holds (resnet50, vit_small_patch16_224)",
+    )
+    imp.add_argument(
+        "--model-kwargs",
+        default="{}",
+        help="backbone: its timm arguments, YAML ('{patch_size: 8}' for DINO's ViT-S/8)",
+    )
+    imp.add_argument(
+        "--image-size", type=int, default=224, help="backbone: the evaluation size (224)"
+    )
+    imp.add_argument(
+        "--statistics",
+        choices=["imagenet", "clip"],
+        default="imagenet",
+        help="backbone: the mean and std the weights were trained with (imagenet: DINO's, "
+        "SwAV's, MoCo's, DenseCL's and timm's ResNets')",
     )
     exp = sub.add_parser(
         "export",
@@ -134,6 +160,8 @@ def cmd_import(args: argparse.Namespace) -> int:
             if not args.config:
                 raise ValueError("--config: an OpenCLIP import needs the model config JSON")
             model, tokenizer, cfg = import_openclip(args.source, args.config, args.tokenizer)
+        elif args.format == "backbone":
+            model, tokenizer, cfg = backbone(args)
         else:
             model, tokenizer, cfg = import_hf(args.source)
         out = save_model_dir(model, tokenizer, cfg, args.out)
@@ -149,9 +177,33 @@ def cmd_import(args: argparse.Namespace) -> int:
         )
         return 2
     print(f"imported {args.source} -> {out}")
-    print(f"  evaluate: vlcontrast eval zeroshot --checkpoint {out} --data DATA")
+    if args.format == "backbone":
+        sets = "--train-data TRAIN --data VAL"
+        print(f"  evaluate: vlcontrast eval knn --checkpoint {out} {sets}")
+        print(f"  segment:  vlcontrast eval dense-knn --checkpoint {out} {sets}")
+    else:
+        print(f"  evaluate: vlcontrast eval zeroshot --checkpoint {out} --data DATA")
     print(f"  fine-tune: vlcontrast train RUN.yaml model.init_from={out}")
     return 0
+
+
+def backbone(args: argparse.Namespace):
+    """``import backbone``: the flags checked, then ``models.backbone_weights``."""
+    import yaml
+
+    from vlcontrast.models.backbone_weights import import_backbone
+
+    if not args.model:
+        raise ValueError("--model: name the timm architecture the file holds (e.g. resnet50)")
+    try:
+        kwargs = yaml.safe_load(args.model_kwargs)
+    except yaml.YAMLError as err:
+        raise ValueError(f"--model-kwargs: not YAML ({err})") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--model-kwargs: {args.model_kwargs!r} is not a mapping")
+    if args.image_size < 1:
+        raise ValueError("--image-size: must be at least 1")
+    return import_backbone(args.source, args.model, kwargs, args.image_size, args.statistics)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlcontrast import distributed
 from vlcontrast.config import ConfigError, ImageTowerConfig
 from vlcontrast.data.image import normalize_uint8
+from vlcontrast.models.backbone_weights import describe, load_backbone
 from vlcontrast.models.heads import mlp
 
 HUB_PREFIXES = ("hf-hub:", "hf_hub:")  # timm names resolved on the Hugging Face hub
@@ -46,10 +48,24 @@ def create_trunk(cfg: ImageTowerConfig) -> nn.Module:
         kwargs["patch_drop_rate"] = cfg.patch_dropout
     if cfg.dynamic_size:  # a ViT interpolates its position embeddings to each image size
         kwargs["dynamic_img_size"] = True
-    if cfg.checkpoint_path:
-        if not Path(cfg.checkpoint_path).is_file():
-            raise ConfigError(f"image.checkpoint_path: no file {cfg.checkpoint_path}")
-        kwargs["checkpoint_path"] = cfg.checkpoint_path
+    if cfg.checkpoint_path and not Path(cfg.checkpoint_path).is_file():
+        raise ConfigError(f"image.checkpoint_path: no file {cfg.checkpoint_path}")
+    trunk = build_trunk(cfg, kwargs)
+    if cfg.checkpoint_path:  # read here, never by timm (models/backbone_weights.py says why)
+        report = load_backbone(trunk, cfg.checkpoint_path, cfg.model)
+        if distributed.rank() == 0:
+            hint = (
+                ""
+                if cfg.mean
+                else ". Set image.mean and image.std to the statistics these weights were "
+                "trained with (ImageNet's for DINO, SwAV, MoCo and DenseCL); now CLIP's"
+            )
+            print(describe(report, cfg.checkpoint_path) + hint)
+    return trunk
+
+
+def build_trunk(cfg: ImageTowerConfig, kwargs: dict) -> nn.Module:
+    """``timm.create_model`` with ``kwargs``, less the size arguments a CNN does not take."""
     common = {"pretrained": cfg.pretrained and not cfg.checkpoint_path, "num_classes": 0}
     try:
         for fixed_size in ("img_size", "dynamic_img_size", None):

@@ -47,6 +47,9 @@ def self_contained(cfg: Config, path: Path, allow_download: bool) -> Config:
     name that only a download could resolve is refused unless ``allow_download``."""
     cfg.image.pretrained = False
     cfg.text.pretrained = False
+    # the file a run started from is not read again (it may be gone, or a stranger's checkpoint
+    # may name a file of its own): its weights are in the checkpoint's
+    cfg.image.checkpoint_path = ""
     if cfg.image.model.startswith(HUB_PREFIXES) and not allow_download:
         raise ConfigError(
             f"{path}: image.model is the hub model {cfg.image.model!r}; building it downloads its "

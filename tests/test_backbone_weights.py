@@ -1,0 +1,201 @@
+"""``image.checkpoint_path``: backbones saved the ways the reference trainers save them (DINO's
+full checkpoint, MoCo's and DenseCL's ``state_dict`` of both encoders, SwAV's ``module.`` keys
+with its head and prototypes, a timm safetensors file) load into the timm trunk with every
+tensor equal to the encoder the authors evaluate; pickled code is refused; a file of another
+architecture is one error naming a tensor."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from vlcontrast import config as config_lib
+from vlcontrast.config import ConfigError, ImageTowerConfig
+from vlcontrast.models.backbone_weights import best_prefix
+from vlcontrast.models.image_tower import create_trunk
+
+RESNET = {"layers": [1, 1, 1, 1], "channels": [8, 8, 16, 16]}
+VIT = {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
+
+
+def tower(model="resnet18", kwargs=RESNET, path="", size=32) -> ImageTowerConfig:
+    return ImageTowerConfig(
+        model=model, model_kwargs=dict(kwargs), image_size=size, checkpoint_path=str(path)
+    )
+
+
+def random_trunk(cfg: ImageTowerConfig, seed: int):
+    torch.manual_seed(seed)
+    return create_trunk(cfg)
+
+
+def prefixed(state: dict, prefix: str) -> dict:
+    return {prefix + k: v for k, v in state.items()}
+
+
+def assert_same(trunk, state: dict):
+    got = trunk.state_dict()
+    assert set(got) == set(state)
+    for key, value in state.items():
+        assert torch.equal(got[key], value), key
+
+
+def test_moco_state_dict_of_both_encoders_loads_the_query_encoder(tmp_path, capsys):
+    """MoCo v2 / DenseCL (``module.encoder_q.`` and ``module.encoder_k.``, the MLP head under
+    ``fc``, the queue): the query encoder, first in the file, as MoCo's lincls keeps it."""
+    query = random_trunk(tower(), 1).state_dict()
+    key = random_trunk(tower(), 2).state_dict()
+    head = {"fc.0.weight": torch.randn(16, 16), "fc.2.weight": torch.randn(8, 16)}
+    state = {
+        **prefixed({**query, **head}, "module.encoder_q."),
+        **prefixed({**key, **head}, "module.encoder_k."),
+        "module.queue": torch.randn(8, 64),
+    }
+    path = tmp_path / "moco_v2_200ep.pth.tar"
+    torch.save({"epoch": 200, "arch": "resnet50", "state_dict": state}, path)
+    trunk = random_trunk(tower(path=path), 3)
+    assert_same(trunk, query)
+    printed = capsys.readouterr().out
+    assert "under 'state_dict'" in printed and "prefix 'module.encoder_q.' removed" in printed
+    assert "left out 2 not in the backbone" in printed  # the head; encoder_k is another prefix
+
+
+def test_dino_full_checkpoint_loads_the_teacher_backbone_resampled_to_the_size(tmp_path):
+    """DINO's full checkpoint (student and teacher, ``module.backbone.`` / ``backbone.`` and the
+    DINO head): the teacher's ViT, its position embeddings resampled from 32 to 64 px by timm."""
+    small = tower("vit_tiny_patch16_224", VIT, size=32)
+    teacher = random_trunk(small, 1).state_dict()
+    student = random_trunk(small, 2).state_dict()
+    dino_head = {"head.last_layer.weight_g": torch.ones(1, 4), "head.mlp.0.weight": torch.ones(4)}
+    path = tmp_path / "dino_vitt8_full.pth"
+    torch.save(
+        {
+            "student": prefixed({**student, **dino_head}, "module.backbone."),
+            "teacher": {**prefixed(teacher, "backbone."), **dino_head},
+            "epoch": 100,
+        },
+        path,
+    )
+    same_size = random_trunk(tower("vit_tiny_patch16_224", VIT, path, size=32), 3)
+    assert_same(same_size, teacher)
+    larger = random_trunk(tower("vit_tiny_patch16_224", VIT, path, size=64), 3)
+    assert larger.pos_embed.shape == (1, 1 + 8 * 8, 32)
+    for key, value in teacher.items():
+        if key != "pos_embed":
+            assert torch.equal(larger.state_dict()[key], value), key
+    assert larger(torch.randn(2, 3, 64, 64)).shape == (2, 32)
+
+
+def test_swav_module_keys_with_prototypes_and_a_timm_safetensors_file(tmp_path, capsys):
+    backbone = random_trunk(tower(), 1).state_dict()
+    swav = {
+        **prefixed(backbone, "module."),
+        "module.projection_head.0.weight": torch.randn(8, 16),
+        "module.prototypes.weight": torch.randn(30, 8),
+    }
+    torch.save(swav, tmp_path / "swav_800ep_pretrain.pth.tar")
+    assert_same(random_trunk(tower(path=tmp_path / "swav_800ep_pretrain.pth.tar"), 2), backbone)
+    assert "left out 2" in capsys.readouterr().out
+    save_file(backbone, str(tmp_path / "timm.safetensors"))
+    assert_same(random_trunk(tower(path=tmp_path / "timm.safetensors"), 2), backbone)
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_that_runs_code_is_refused_and_never_run(tmp_path):
+    marker = tmp_path / "ran"
+    backbone = random_trunk(tower(), 1).state_dict()
+    torch.save({"state_dict": backbone, "extra": Payload(marker)}, tmp_path / "evil.pth")
+    with pytest.raises(ConfigError, match="image.checkpoint_path: refusing to load"):
+        create_trunk(tower(path=tmp_path / "evil.pth"))
+    assert not marker.exists()
+
+
+def test_weights_of_another_architecture_are_one_error_naming_a_tensor(tmp_path):
+    wider = random_trunk(tower(kwargs={**RESNET, "channels": [8, 8, 16, 32]}), 1).state_dict()
+    torch.save(wider, tmp_path / "wider.pth")
+    with pytest.raises(ConfigError, match=r"layer4\..* is \(32, .*has \(16, "):
+        create_trunk(tower(path=tmp_path / "wider.pth"))
+    vit = random_trunk(tower("vit_tiny_patch16_224", VIT), 1).state_dict()
+    torch.save(vit, tmp_path / "vit.pth")
+    with pytest.raises(ConfigError, match="lacks .* of image.model 'resnet18'.*set image.model"):
+        create_trunk(tower(path=tmp_path / "vit.pth"))
+    torch.save([1, 2], tmp_path / "list.pth")
+    with pytest.raises(ConfigError, match="holds a list"):
+        create_trunk(tower(path=tmp_path / "list.pth"))
+
+
+def test_prefix_is_the_one_that_matches_most_keys_first_on_a_tie():
+    wanted = {"a.w", "b.w"}
+    keys = ["m.q.a.w", "m.q.b.w", "m.k.a.w", "m.k.b.w", "m.q.fc.w"]
+    assert best_prefix(keys, wanted) == "m.q."
+    assert best_prefix(["a.w", "b.w", "x.a.w"], wanted) == ""
+    assert best_prefix(["k.a.w", "q.a.w", "q.b.w"], wanted) == "q."
+
+
+def test_a_run_started_from_a_file_evaluates_without_it(tmp_path):
+    """The file a run started from is not read when the run's checkpoint is loaded: its
+    weights are in model.safetensors, and the file may be gone (or named by a stranger)."""
+    from vlcontrast.models import build_model
+    from vlcontrast.models.load import load_model, save_model_dir
+
+    backbone = random_trunk(tower(), 1).state_dict()
+    source = tmp_path / "start.pth"
+    torch.save(backbone, source)
+    overrides = [
+        "model.kind=image",
+        "objective.name=simclr",
+        "image.model=resnet18",
+        f"image.model_kwargs={RESNET}",
+        "image.image_size=32",
+        f"image.checkpoint_path={source}",
+    ]
+    cfg = config_lib.load(None, overrides)
+    model = build_model(cfg)
+    save_model_dir(model, None, cfg, tmp_path / "run")
+    source.unlink()
+    loaded, _, loaded_cfg = load_model(tmp_path / "run")
+    assert loaded_cfg.image.checkpoint_path == ""
+    assert_same(loaded.image.trunk, backbone)
+
+
+def test_import_backbone_then_dense_knn_through_the_cli(tmp_path, capsys):
+    """``vlcontrast import backbone`` writes an image-only checkpoint with the encoder's weights
+    and ImageNet's statistics, which ``eval dense-knn`` scores; bad flags are one message."""
+    from vlcontrast import cli
+    from vlcontrast.models.load import load_model
+
+    query = random_trunk(tower(kwargs={**RESNET, "output_stride": 8}), 1).state_dict()
+    state = {**prefixed(query, "module.encoder_q."), "module.queue": torch.randn(4, 8)}
+    torch.save({"state_dict": state}, tmp_path / "densecl.pth")
+    base = ["import", "backbone", str(tmp_path / "densecl.pth")]
+    kwargs = "{layers: [1, 1, 1, 1], channels: [8, 8, 16, 16], output_stride: 8}"
+    out = tmp_path / "ckpt"
+    assert cli.main([*base, "--out", str(out)]) == 2
+    assert "--model: name the timm architecture" in capsys.readouterr().err
+    assert cli.main([*base, "--model", "resnet18", "--model-kwargs", "[1]", "--out", str(out)]) == 2
+    assert "--model-kwargs: '[1]' is not a mapping" in capsys.readouterr().err
+    assert not out.exists()
+    flags = ["--model", "resnet18", "--model-kwargs", kwargs, "--image-size", "64"]
+    assert cli.main([*base, *flags, "--out", str(out)]) == 0
+    assert f"vlcontrast eval dense-knn --checkpoint {out}" in capsys.readouterr().out
+    model, _, cfg = load_model(out)
+    assert_same(model.image.trunk, query)
+    assert cfg.image.mean == [0.485, 0.456, 0.406] and cfg.image.checkpoint_path == ""
+    masks = tmp_path / "masks"
+    assert cli.main(["data", "masks", str(masks), "--train", "12", "--heldout", "4"]) == 0
+    capsys.readouterr()
+    train, heldout = masks / "train" / "00000.tar", masks / "heldout" / "00000.tar"
+    args = ["eval", "dense-knn", "--checkpoint", str(out), "--train-data", str(train)]
+    assert cli.main([*args, "--data", str(heldout), "--k", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "dense_knn" in printed and "miou" in printed

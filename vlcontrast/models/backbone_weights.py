@@ -1,0 +1,167 @@
+"""A backbone's weights from a local file into a timm trunk (``image.checkpoint_path``): timm's
+own files and the released self-supervised ones as their authors saved them (DINO's
+``dino_deitsmall16_pretrain.pth``, SwAV's ``swav_800ep_pretrain.pth.tar``, MoCo's and DenseCL's
+checkpoints), so that ``eval knn``, ``dense-knn`` or ``linear-probe`` can score them and
+training can start from them.
+
+Read without running code: a ``.safetensors`` file, anything else through
+``torch.load(weights_only=True)`` (``models/torch_format.py``); timm's ``checkpoint_path`` is
+not used, as timm before 1.0.12 under torch before 2.6 unpickles with ``weights_only=False``.
+Then, as the reference trainers' linear-evaluation scripts do (DINO's ``checkpoint_key``,
+MoCo's ``module.encoder_q.`` filter):
+
+- a wrapper dict is opened: the first of ``state_dict``, ``model``, ``teacher`` that holds
+  tensors (DINO's full checkpoints keep ``teacher`` and ``student``; DINO evaluates the teacher);
+- the key prefix is found, not listed: of every prefix the keys have up to a dot (``module.``,
+  ``module.encoder_q.``, ``backbone.``, ...), the one under which most keys are the trunk's. On
+  a tie (MoCo's ``encoder_q.`` and ``encoder_k.``, MoCo v3's ``base_encoder.`` and
+  ``momentum_encoder.``) the one first in the file: the online encoder, which the authors
+  evaluate;
+- timm's own ``checkpoint_filter_fn`` for the architecture, when it has one, adapts the rest
+  (a ViT's position embeddings resampled to ``image.image_size``);
+- tensors that are not the trunk's (projection heads, prototypes, a classifier) are left out
+  and counted; a trunk tensor the file lacks, or one of another shape, is an error naming it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlcontrast.models.torch_format import load_tensors_only
+from vlcontrast.schema import ConfigError
+
+WHAT = "image.checkpoint_path"
+WRAPPERS = ("state_dict", "model", "teacher")  # timm/MoCo/DenseCL, DeiT/MAE, DINO full ckpt
+
+
+def read_tensors(file: str | Path) -> dict[str, Any]:
+    """The file's top-level dict: safetensors, else a tensors-only torch load."""
+    file = Path(file)
+    if not file.is_file():
+        raise ConfigError(f"{WHAT}: no file {file}")
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(file))
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+            raise ConfigError(
+                f"{WHAT}: {file} is not a readable safetensors file ({err})"
+            ) from None
+    state = load_tensors_only(file, WHAT)
+    if not isinstance(state, dict):
+        raise ConfigError(f"{WHAT}: {file} holds a {type(state).__name__}, not a dict of tensors")
+    return state
+
+
+def unwrap(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
+    """The tensors of ``state`` or of its first wrapper that holds tensors, and that wrapper's
+    name ('' for none)."""
+    for key in ("", *WRAPPERS):
+        inner = state if not key else state.get(key)
+        if isinstance(inner, dict):
+            tensors = {k: v for k, v in inner.items() if isinstance(v, torch.Tensor)}
+            if tensors:
+                return tensors, key
+    raise ConfigError(f"{WHAT}: no tensors at the top level or under {', '.join(WRAPPERS)}")
+
+
+def best_prefix(keys: list[str], wanted: set[str]) -> str:
+    """The prefix (up to a dot, or '') under which most ``keys`` are in ``wanted``; on a tie,
+    the one that appears first in ``keys``' order."""
+    counts: dict[str, int] = {}  # in order of first appearance
+    for key in keys:
+        prefixes = [""] + [key[: i + 1] for i, char in enumerate(key) if char == "."]
+        for prefix in prefixes:
+            counts[prefix] = counts.get(prefix, 0) + (key[len(prefix) :] in wanted)
+    return max(counts, key=counts.__getitem__)  # max keeps the first of equals
+
+
+def trunk_state(state: dict[str, torch.Tensor], trunk: nn.Module) -> dict[str, Any]:
+    """``state`` as the trunk's keys: prefix stripped, timm's filter applied; the tensors that
+    are not the trunk's left out (returned under ``left_out``)."""
+    wanted = trunk.state_dict()
+    prefix = best_prefix(list(state), set(wanted))
+    state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    adapt = getattr(sys.modules.get(type(trunk).__module__), "checkpoint_filter_fn", None)
+    if adapt is not None:
+        try:
+            state = adapt(state, trunk)
+        except Exception:  # noqa: BLE001 - a filter for another layout; keys are checked below
+            pass
+    kept = {k: v for k, v in state.items() if k in wanted}
+    return {"state": kept, "prefix": prefix, "left_out": sorted(set(state) - set(kept))}
+
+
+def load_backbone(trunk: nn.Module, file: str | Path, model_name: str = "") -> dict[str, Any]:
+    """Load ``file`` into ``trunk`` (see the module): every trunk tensor present and of its
+    shape, else a ConfigError naming one. Returns the wrapper, the prefix, the number of
+    tensors loaded and the keys left out."""
+    tensors, wrapper = unwrap(read_tensors(file))
+    found = trunk_state(tensors, trunk)
+    wanted = trunk.state_dict()
+    for key, value in found["state"].items():
+        if value.shape != wanted[key].shape:
+            raise ConfigError(
+                f"{WHAT}: {file}'s {key} is {tuple(value.shape)}, image.model {model_name!r} "
+                f"has {tuple(wanted[key].shape)}: the weights are of another architecture or size"
+            )
+    missing = [k for k in wanted if k not in found["state"] and "num_batches_tracked" not in k]
+    if missing:
+        raise ConfigError(
+            f"{WHAT}: {file} lacks {len(missing)} of image.model {model_name!r}'s "
+            f"{len(wanted)} tensors ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}"
+            f"): set image.model (and image.model_kwargs) to the architecture the file holds"
+        )
+    trunk.load_state_dict(found["state"], strict=False)
+    return {"wrapper": wrapper, "loaded": len(found["state"])} | {
+        k: v for k, v in found.items() if k != "state"
+    }
+
+
+def describe(report: dict[str, Any], file: str | Path) -> str:
+    """One line: what :func:`load_backbone` took from ``file`` and what it left out."""
+    where = f" under {report['wrapper']!r}" if report["wrapper"] else ""
+    prefix = f", prefix {report['prefix']!r} removed" if report["prefix"] else ""
+    left = report["left_out"]
+    shown = ", ".join(left[:3]) + (", ..." if len(left) > 3 else "")
+    extra = f"; left out {len(left)} not in the backbone ({shown})" if left else ""
+    return f"{WHAT}: {report['loaded']} tensors from {file}{where}{prefix}{extra}"
+
+
+# ImageNet's statistics, which DINO, SwAV, MoCo and DenseCL normalise with (their data loaders)
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+STATISTICS = {"imagenet": IMAGENET, "clip": CLIP}
+
+
+def import_backbone(
+    file: str | Path,
+    model: str,
+    model_kwargs: dict | None = None,
+    image_size: int = 224,
+    statistics: str = "imagenet",
+):
+    """(model, None, config) of an image-only checkpoint holding ``file``'s backbone as timm's
+    ``model``, normalising with ``statistics``; ``vlcontrast import backbone`` saves it for
+    ``eval knn``, ``linear-probe``, ``dense-knn``, ``index`` and ``model.init_from``."""
+    from vlcontrast import config as config_lib
+    from vlcontrast.models.build import build_model
+
+    if statistics not in STATISTICS:
+        raise ConfigError(f"statistics: {statistics!r} is not one of {', '.join(STATISTICS)}")
+    # the model does not depend on the objective (methods own their heads); a run that starts
+    # from the import names its own
+    cfg = config_lib.load(None, ["model.kind=image", "objective.name=simclr"])
+    cfg.image.model, cfg.image.model_kwargs = model, dict(model_kwargs or {})
+    cfg.image.image_size = image_size
+    cfg.image.mean, cfg.image.std = (list(values) for values in STATISTICS[statistics])
+    cfg.image.checkpoint_path = str(file)
+    built = build_model(cfg)
+    cfg.image.checkpoint_path = ""  # the weights are the checkpoint's own from now on
+    return built, None, cfg
