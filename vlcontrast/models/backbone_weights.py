@@ -6,7 +6,8 @@ training can start from them.
 
 Read without running code: a ``.safetensors`` file, anything else through
 ``torch.load(weights_only=True)`` (``models/torch_format.py``); timm's ``checkpoint_path`` is
-not used, as timm before 1.0.12 under torch before 2.6 unpickles with ``weights_only=False``.
+not used: the early timm 1.0 releases that ``pyproject.toml`` admits call ``torch.load``
+without ``weights_only``, which before torch 2.6 unpickles anything.
 Then, as the reference trainers' linear-evaluation scripts do (DINO's ``checkpoint_key``,
 MoCo's ``module.encoder_q.`` filter):
 
