@@ -168,6 +168,36 @@ def test_oracle_features_give_the_patch_majority_labels_spread_over_the_pixels(m
     assert result["metrics"]["miou"] == pytest.approx(want["metrics"]["miou"])
     assert result["metrics"]["miou"] > 0.6 and result["classnames"] == MASK_CLASSES
     assert result["metrics"]["patches"] == 40 * 64
+    examples = result["examples"]  # the first held-out images with their predictions
+    assert torch.equal(examples["pred"], pixels[: dk.EXAMPLES].to(torch.uint8))
+    assert torch.equal(examples["masks"], test["masks"][: dk.EXAMPLES])
+    assert torch.equal(examples["images"], test["images"][: dk.EXAMPLES])
+
+
+def test_examples_png_shows_image_truth_and_prediction_in_voc_colours(tmp_path):
+    from vlcontrast.eval.report import class_colour, save_segmentation_png
+
+    voc = {0: (0, 0, 0), 1: (128, 0, 0), 2: (0, 128, 0), 15: (192, 128, 128), 255: (255,) * 3}
+    assert {label: class_colour(label) for label in voc} == voc  # VOC devkit's colours
+    images = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    images[:, 1] = 200  # green images
+    masks = torch.zeros(2, 32, 32, dtype=torch.uint8)
+    masks[:, :16] = 1
+    masks[1, :, 30:] = 255
+    pred = torch.full((2, 32, 32), 2, dtype=torch.uint8)
+    path = tmp_path / "examples.png"
+    examples = {"images": images, "masks": masks, "pred": pred}
+    save_segmentation_png(examples, ["bg", "cat", "dog"], path, "dense_knn")
+    sheet = Image.open(path).convert("RGB")
+    tile, gap, top = 96, 6, 36  # 32 px enlarged 3x to reach 96
+    assert sheet.size[0] >= 3 * tile + 4 * gap
+    second_row = top + tile + gap
+    at = lambda column, x, y: sheet.getpixel((gap + column * (tile + gap) + x, y))  # noqa: E731
+    assert at(0, 5, top + 5) == (0, 200, 0)  # the image
+    assert at(1, 5, top + 5) == (128, 0, 0) and at(1, 5, top + 80) == (0, 0, 0)  # truth
+    assert at(1, 94, second_row + 80) == (255, 255, 255)  # ignored
+    assert at(1, 94, top + 80) == (0, 0, 0)  # the first image's last columns are labelled
+    assert at(2, 50, second_row + 50) == (0, 128, 0)  # predicted: all class 2
 
 
 def test_features_stream_in_batches_as_one_pass_with_uint8_masks(masked):
@@ -315,6 +345,8 @@ def test_data_masks_then_eval_dense_knn_through_the_cli(tmp_path, capsys):
     assert values == sorted(values)  # worst first
     assert {row.split()[0] for row in rows} == set(result["per_class_iou"])
     assert (tmp_path / "dense.confusion.png").is_file()
+    assert Image.open(tmp_path / "dense.examples.png").size[1] > 6 * 96
+    assert "examples" not in result  # tensors stay out of the JSON
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("eval/dense_knn/miou" in row for row in logged)
     with pytest.raises(SystemExit):

@@ -102,7 +102,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
     )
     if kind not in ("retrieval", "sts"):
         parser.add_argument(
-            "--plot", default="", help="confusion-matrix PNG (default: beside --json)"
+            "--plot",
+            default="",
+            help="confusion-matrix PNG (default: beside --json); dense-knn and dense-linear "
+            "also draw the first held-out images with their true and predicted masks beside it "
+            "(NAME.examples.png)",
         )
 
 
@@ -134,4 +138,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if plot and "confusion" in result:
         report.save_confusion_png(result["confusion"], result["classnames"], plot)
         print(f"confusion matrix: {plot}")
+    if plot and "examples" in result:  # the dense kinds: what the masks look like
+        examples = str(Path(args.plot or args.json).with_suffix(".examples.png"))
+        miou = result["metrics"]["miou"]
+        title = f"{args.kind} on {args.checkpoint}: mean IoU {miou:.3f}; first held-out images"
+        report.save_segmentation_png(result["examples"], result["classnames"], examples, title)
+        print(f"examples: {examples}")
     return 0

@@ -313,7 +313,20 @@ def dense_knn(
     result["metrics"].update(k=min(spec.k, len(bank)), patches=int(len(bank)))
     result["classnames"] = classnames
     result["skipped"] = sets["skipped"]
+    result["examples"] = scored_examples(spec, transform, max_pixels, pixels)
     return result
+
+
+EXAMPLES = 6  # held-out images drawn by --plot: image, true mask, prediction
+
+
+def scored_examples(spec, transform, max_pixels: int, pred: torch.Tensor) -> dict[str, Any]:
+    """The first :data:`EXAMPLES` held-out images (N, 3, S, S), their masks and ``pred``'s
+    labels for them (N, S, S), for ``report.save_segmentation_png``: read again (a few
+    decodes), as only features are kept; the evaluation's order, so ``pred[i]`` is the i-th
+    readable sample's on every rank."""
+    read = read_masked(spec.data, transform, min(EXAMPLES, len(pred)), max_pixels)
+    return {"images": read["images"], "masks": read["masks"], "pred": pred[: len(read["masks"])]}
 
 
 def read_classnames(spec, count: int) -> list[str]:

@@ -29,7 +29,13 @@ import torch
 import torch.nn.functional as F
 
 from vlcontrast.data.limits import MAX_PIXELS
-from vlcontrast.eval.dense_knn import dense_sets, patch_labels, run_dense, segmentation_metrics
+from vlcontrast.eval.dense_knn import (
+    dense_sets,
+    patch_labels,
+    run_dense,
+    scored_examples,
+    segmentation_metrics,
+)
 from vlcontrast.eval.linear_probe import fit_logistic, validation_split
 
 
@@ -92,6 +98,7 @@ def dense_linear(
     result["val_miou"] = curve
     result["classnames"] = classnames
     result["skipped"] = sets["skipped"]
+    result["examples"] = scored_examples(spec, transform, max_pixels, pred)
     return result
 
 

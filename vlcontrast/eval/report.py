@@ -1,4 +1,5 @@
-"""Evaluation output for people and machines: a printed table, JSON, a confusion-matrix PNG."""
+"""Evaluation output for people and machines: a printed table, JSON, a confusion-matrix PNG and,
+for the dense kinds, a PNG of held-out images beside their true and predicted masks."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from PIL import Image, ImageDraw
 
 # Entries of a result that are working data (tensors, per-sample lists), not report material.
-_INTERNAL = {"predictions", "labels", "img_emb", "keys"}
+_INTERNAL = {"predictions", "labels", "img_emb", "keys", "examples"}
 
 
 SHOWN_CLASSES = 20  # per-class rows printed; --json holds them all
@@ -91,3 +92,52 @@ def _shade(rate: float) -> tuple[int, int, int]:
     v = rate**0.5
     navy = (8, 48, 107)
     return tuple(round(255 * (1 - v) + c * v) for c in navy)
+
+
+def class_colour(label: int) -> tuple[int, int, int]:
+    """Pascal VOC's palette (the bits of the label spread over R, G and B): 0 black, 1 dark red,
+    2 green, ...; 255 (ignored) white."""
+    if label == 255:
+        return (255, 255, 255)
+    rgb = [0, 0, 0]
+    for shift in range(8):
+        for channel in range(3):
+            rgb[channel] |= ((label >> channel) & 1) << (7 - shift)
+        label >>= 3
+    return tuple(rgb)
+
+
+def save_segmentation_png(examples: dict[str, torch.Tensor], classnames: list[str], path, title):
+    """One row per held-out image: the image, its true mask and the predicted one, each at
+    least 96 px (nearest-neighbour enlarged), then a key of the classes shown."""
+    images, masks, pred = examples["images"], examples["masks"], examples["pred"]
+    size = images.shape[-1]
+    scale = -(-96 // size)  # ceil: small images enlarged by a whole factor
+    tile, gap, top = size * scale, 6, 36
+    lut = torch.tensor([class_colour(i) for i in range(256)], dtype=torch.uint8)  # (256, 3)
+
+    def picture(array: torch.Tensor) -> Image.Image:  # (S, S, 3) uint8
+        return Image.fromarray(array.numpy()).resize((tile, tile), Image.Resampling.NEAREST)
+
+    shown = sorted({int(v) for v in torch.cat([masks.unique(), pred.unique()]) if v < 255})
+    shown = [v for v in shown if v < len(classnames)]
+    key_rows = -(-len(shown) // 3)
+    width = max(3 * tile + 4 * gap, 6 * len(title) + 12)
+    height = top + len(images) * (tile + gap) + 14 * key_rows + gap
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((gap, 4), title, fill="black")
+    for column, name in enumerate(("image", "true mask", "predicted")):
+        draw.text((gap + column * (tile + gap), 20), name, fill="dimgray")
+    for row, (image, mask, guess) in enumerate(zip(images, masks, pred, strict=True)):
+        y = top + row * (tile + gap)
+        tiles = (image.permute(1, 2, 0), lut[mask.long()], lut[guess.long().clamp(max=255)])
+        for column, array in enumerate(tiles):
+            sheet.paste(picture(array.contiguous()), (gap + column * (tile + gap), y))
+    y0 = top + len(images) * (tile + gap)
+    column_w = (width - gap) // 3
+    for i, label in enumerate(shown):
+        x, y = gap + (i % 3) * column_w, y0 + (i // 3) * 14
+        draw.rectangle([x, y + 1, x + 10, y + 11], fill=class_colour(label), outline="gray")
+        draw.text((x + 14, y), classnames[label][: column_w // 6 - 3], fill="black")
+    sheet.save(path)
