@@ -184,6 +184,8 @@ def test_import_backbone_then_dense_knn_through_the_cli(tmp_path, capsys):
     assert "--model: name the timm architecture" in capsys.readouterr().err
     assert cli.main([*base, "--model", "resnet18", "--model-kwargs", "[1]", "--out", str(out)]) == 2
     assert "--model-kwargs: '[1]' is not a mapping" in capsys.readouterr().err
+    assert cli.main([*base, "--model", "resnet18", "--eval-crop", "2", "--out", str(out)]) == 2
+    assert "--eval-crop: must be between" in capsys.readouterr().err
     assert not out.exists()
     flags = ["--model", "resnet18", "--model-kwargs", kwargs, "--image-size", "64"]
     assert cli.main([*base, *flags, "--out", str(out)]) == 0
@@ -191,6 +193,7 @@ def test_import_backbone_then_dense_knn_through_the_cli(tmp_path, capsys):
     model, _, cfg = load_model(out)
     assert_same(model.image.trunk, query)
     assert cfg.image.mean == [0.485, 0.456, 0.406] and cfg.image.checkpoint_path == ""
+    assert cfg.image.eval_crop == 0.875  # ImageNet's resize 256, centre 224
     masks = tmp_path / "masks"
     assert cli.main(["data", "masks", str(masks), "--train", "12", "--heldout", "4"]) == 0
     capsys.readouterr()

@@ -74,7 +74,7 @@ def photo_like(width: int, height: int) -> bytes:
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = (a.double() - b.double()).pow(2).mean().item()
-    return 10 * np.log10(255**2 / mse)
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
 
 
 def test_reduced_jpeg_decode_matches_a_full_decode_on_the_same_box():
@@ -140,3 +140,28 @@ def test_dataset_size_from_each_source(tmp_path, monkeypatch):
     size, how = dataset_size(urls, progress=False)
     assert size == 10 and how.startswith("counted")
     assert dataset_size(urls, progress=False)[1].startswith("cached count")
+
+
+@pytest.mark.parametrize("shortest", [False, True])
+def test_eval_crop_is_imagenets_resize_256_centre_224(shortest):
+    """``fraction`` 0.875 (``image.eval_crop``) gives the evaluation transform of DINO's, MoCo's
+    and SwAV's published figures, torchvision's Resize(256, bicubic) + CenterCrop(224), on a
+    non-square image: either order (cut the centred 7/8 then resize, or resize the shortest
+    side to 256 then cut) sees the same pixels."""
+    from torchvision import transforms
+
+    data = photo_like(600, 512)
+    reference = transforms.Compose(
+        [transforms.Resize(256, transforms.InterpolationMode.BICUBIC), transforms.CenterCrop(224)]
+    )
+    with Image.open(io.BytesIO(data)) as img:
+        ref = np.asarray(reference(img.convert("RGB"))).copy()
+    ref = torch.from_numpy(ref).permute(2, 0, 1)
+    transform = CropResize(224, "center", draft=False, shortest_side=shortest, fraction=0.875)
+    with Image.open(io.BytesIO(data)) as img:
+        ours = transform(img, random.Random(0))
+    assert ours.shape == (3, 224, 224) and psnr(ours, ref) > 60  # 70.8 dB cut first; equal
+    whole = CropResize(224, "center", draft=False, shortest_side=shortest)
+    with Image.open(io.BytesIO(data)) as img:
+        assert psnr(whole(img, random.Random(0)), ref) < 25  # the whole square is other pixels
+    assert CropResize(224, fraction=0.875).box(600, 512, random.Random(0)) == (76, 32, 448, 448)

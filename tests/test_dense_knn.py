@@ -363,3 +363,22 @@ def test_data_masks_one_colour_writes_the_libraries_one_colour_images(tmp_path, 
     )
     want = sorted((s["__key__"], s["jpg"]) for s in masked_samples(4, 11, 64, 1, one_colour=True))
     assert written == want
+
+
+@pytest.mark.parametrize("shortest", [False, True])
+def test_masks_are_cut_as_their_images_with_a_partial_centre_crop(tmp_path, shortest):
+    """``image.eval_crop`` < 1 in either mode: the mask keeps the pixels the image keeps. A
+    red region labelled 1 on blue labelled 2, its edge off-centre: after the cut, the red
+    pixels and the label-1 pixels coincide (bar the resampled edge)."""
+    labels = np.full((90, 120), 2, np.uint8)
+    labels[10:70, 20:57] = 1
+    colours = np.where(labels[..., None] == 1, [220, 0, 0], [0, 0, 220]).astype(np.uint8)
+    image = io.BytesIO()
+    Image.fromarray(colours).save(image, format="PNG")
+    row = {"__key__": "a", "png": image.getvalue(), "mask.png": png(labels)}
+    write_shards(iter([row]), tmp_path, per_shard=10)
+    transform = CropResize(48, "center", shortest_side=shortest, fraction=0.75)
+    out = dk.read_masked(str(tmp_path / "00000.tar"), transform)
+    red = out["images"][0, 0].long() > out["images"][0, 2].long()  # (48, 48)
+    agree = (red == (out["masks"][0] == 1)).float().mean()
+    assert agree > 0.97 and 0.1 < red.float().mean() < 0.9

@@ -130,6 +130,10 @@ class ImageTowerConfig:
     # preprocessing, which `vlcontrast import` sets so that an imported model sees the pixels of
     # transformers' CLIPImageProcessor (they differ on non-square images).
     eval_resize: str = field(default="crop", metadata=_choices("crop", "shortest"))
+    # The share of the centred square kept, either way: 1 keeps all of it (CLIP's); 0.875 is
+    # ImageNet evaluation's resize to 256, centre 224 (timm's crop_pct; the protocol DINO's,
+    # SwAV's and MoCo's published kNN and linear figures use), which `import backbone` sets.
+    eval_crop: float = field(default=1.0, metadata=between(0.1, 1.0))
     # A ViT takes images of any size, its position embeddings interpolated (timm's
     # dynamic_img_size): multi-crop's local crops. The swav and dino objectives set it.
     dynamic_size: bool = False

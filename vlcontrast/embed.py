@@ -172,9 +172,16 @@ def _gather_objects(local: dict[str, Any]) -> dict[str, Any]:
 def eval_transform(cfg: Config) -> CropResize:
     """The training pipeline's own centre crop (uint8; the model normalises on the device), so
     a file is the same tensor in training and evaluation; or, for an imported CLIP
-    (``image.eval_resize=shortest``), the release's own resize-then-crop."""
+    (``image.eval_resize=shortest``), the release's own resize-then-crop; ``image.eval_crop``
+    of the centred square either way."""
     shortest = cfg.image.eval_resize == "shortest"
-    return CropResize(cfg.image.image_size, "center", draft=cfg.data.draft, shortest_side=shortest)
+    return CropResize(
+        cfg.image.image_size,
+        "center",
+        draft=cfg.data.draft,
+        shortest_side=shortest,
+        fraction=cfg.image.eval_crop,
+    )
 
 
 @dataclass

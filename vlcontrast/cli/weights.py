@@ -62,6 +62,14 @@ def add_commands(sub) -> None:
         "--image-size", type=int, default=224, help="backbone: the evaluation size (224)"
     )
     imp.add_argument(
+        "--eval-crop",
+        type=float,
+        default=0.875,
+        help="backbone: the share of the centred square evaluation keeps (0.875: ImageNet's "
+        "resize 256, centre 224, the protocol of DINO's, SwAV's and MoCo's published figures; "
+        "1 keeps it whole)",
+    )
+    imp.add_argument(
         "--statistics",
         choices=["imagenet", "clip"],
         default="imagenet",
@@ -203,7 +211,11 @@ def backbone(args: argparse.Namespace):
         raise ValueError(f"--model-kwargs: {args.model_kwargs!r} is not a mapping")
     if args.image_size < 1:
         raise ValueError("--image-size: must be at least 1")
-    return import_backbone(args.source, args.model, kwargs, args.image_size, args.statistics)
+    if not 0.1 <= args.eval_crop <= 1:
+        raise ValueError("--eval-crop: must be between 0.1 and 1")
+    return import_backbone(
+        args.source, args.model, kwargs, args.image_size, args.statistics, args.eval_crop
+    )
 
 
 def cmd_export(args: argparse.Namespace) -> int:

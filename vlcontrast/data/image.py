@@ -92,11 +92,18 @@ class CropResize:
     # image so its shortest side is ``size``, then cuts the centred square (CLIP's order; full
     # decode, so the pixels equal transformers' CLIPImageProcessor)
     shortest_side: bool = False
+    # center crop only: the share of the centred square kept (0.875: resize to 256, cut 224)
+    fraction: float = 1.0
 
     def __post_init__(self):
         if self.crop not in ("center", "random_resized"):
             raise ValueError(f"data.crop: unknown crop {self.crop!r}; use center or random_resized")
         self.shortest = self.crop == "center" and self.shortest_side
+
+    def shortest_size(self) -> int:
+        """Shortest-side mode: the side the image is resized to before the centred ``size``
+        is cut (timm's ``floor(size / crop_pct)``: 256 for 224 at 0.875)."""
+        return max(self.size, math.floor(self.size / self.fraction))
 
     def box(self, width: int, height: int, rng: random.Random) -> Box:
         """The crop in source pixels; random_resized samples as torchvision's RandomResizedCrop
@@ -105,7 +112,7 @@ class CropResize:
         if self.shortest:
             return 0, 0, width, height
         if self.crop == "center":
-            side = min(width, height)
+            side = max(1, round(min(width, height) * self.fraction))
             return (width - side) // 2, (height - side) // 2, side, side
         area = width * height
         log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
@@ -151,8 +158,9 @@ class CropResize:
         pixels = pixels.permute(2, 0, 1).unsqueeze(0)  # (1, 3, h, w), channels-last strides
         if self.shortest:  # as transformers computes it: the long side truncated
             short, long = sorted((w, h))
-            new_long = int(self.size * long / short)
-            size = (new_long, self.size) if w <= h else (self.size, new_long)
+            new_short = self.shortest_size()
+            new_long = int(new_short * long / short)
+            size = (new_long, new_short) if w <= h else (new_short, new_long)
             out = F.interpolate(pixels, size=size, mode="bicubic", antialias=True)
             top, left = (size[0] - self.size) // 2, (size[1] - self.size) // 2
             return out[0, :, top : top + self.size, left : left + self.size]  # (3, S, S)

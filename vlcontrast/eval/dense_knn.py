@@ -174,10 +174,13 @@ def cut_mask(mask: Image.Image, transform) -> torch.Tensor:
     try:
         mask = class_indices(mask)
         s = transform.size
-        if transform.shortest:  # shortest side to S, then the centred square
+        if transform.shortest:  # shortest side to S (or S / eval_crop), the centred square
             w, h = mask.size
-            scale = s / min(w, h)
-            mask = mask.resize((max(s, round(w * scale)), max(s, round(h * scale))), NEAREST)
+            short = transform.shortest_size()
+            scale = short / min(w, h)
+            mask = mask.resize(
+                (max(short, round(w * scale)), max(short, round(h * scale))), NEAREST
+            )
         left, top, w, h = transform.box(*mask.size, random.Random(0))
         if transform.shortest:
             left, top, w, h = (mask.size[0] - s) // 2, (mask.size[1] - s) // 2, s, s

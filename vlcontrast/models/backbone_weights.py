@@ -147,10 +147,13 @@ def import_backbone(
     model_kwargs: dict | None = None,
     image_size: int = 224,
     statistics: str = "imagenet",
+    eval_crop: float = 0.875,
 ):
     """(model, None, config) of an image-only checkpoint holding ``file``'s backbone as timm's
-    ``model``, normalising with ``statistics``; ``vlcontrast import backbone`` saves it for
-    ``eval knn``, ``linear-probe``, ``dense-knn``, ``index`` and ``model.init_from``."""
+    ``model``, normalising with ``statistics`` and keeping ``eval_crop`` of the centred square
+    (0.875: the resize 256, centre 224 of the published ImageNet figures);
+    ``vlcontrast import backbone`` saves it for ``eval knn``, ``linear-probe``, ``dense-knn``,
+    ``index`` and ``model.init_from``."""
     from vlcontrast import config as config_lib
     from vlcontrast.models.build import build_model
 
@@ -159,10 +162,10 @@ def import_backbone(
     # the model does not depend on the objective (methods own their heads); a run that starts
     # from the import names its own
     cfg = config_lib.load(None, ["model.kind=image", "objective.name=simclr"])
-    cfg.image.model, cfg.image.model_kwargs = model, dict(model_kwargs or {})
-    cfg.image.image_size = image_size
-    cfg.image.mean, cfg.image.std = (list(values) for values in STATISTICS[statistics])
-    cfg.image.checkpoint_path = str(file)
+    mean, std = STATISTICS[statistics]
+    image = {"model": model, "model_kwargs": dict(model_kwargs or {}), "image_size": image_size}
+    image |= {"eval_crop": eval_crop, "mean": list(mean), "std": list(std)}
+    config_lib.apply(cfg, {"image": {**image, "checkpoint_path": str(file)}})  # keys checked
     built = build_model(cfg)
     cfg.image.checkpoint_path = ""  # the weights are the checkpoint's own from now on
     return built, None, cfg
