@@ -199,7 +199,7 @@ def backbone(args: argparse.Namespace):
     """``import backbone``: the flags checked, then ``models.backbone_weights``."""
     import yaml
 
-    from vlcontrast.models.backbone_weights import import_backbone
+    from vlcontrast.models.backbone_import import import_backbone
 
     if not args.model:
         raise ValueError("--model: name the timm architecture the file holds (e.g. resnet50)")

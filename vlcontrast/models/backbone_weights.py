@@ -133,39 +133,3 @@ def describe(report: dict[str, Any], file: str | Path) -> str:
     shown = ", ".join(left[:3]) + (", ..." if len(left) > 3 else "")
     extra = f"; left out {len(left)} not in the backbone ({shown})" if left else ""
     return f"{WHAT}: {report['loaded']} tensors from {file}{where}{prefix}{extra}"
-
-
-# ImageNet's statistics, which DINO, SwAV, MoCo and DenseCL normalise with (their data loaders)
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
-STATISTICS = {"imagenet": IMAGENET, "clip": CLIP}
-
-
-def import_backbone(
-    file: str | Path,
-    model: str,
-    model_kwargs: dict | None = None,
-    image_size: int = 224,
-    statistics: str = "imagenet",
-    eval_crop: float = 0.875,
-):
-    """(model, None, config) of an image-only checkpoint holding ``file``'s backbone as timm's
-    ``model``, normalising with ``statistics`` and keeping ``eval_crop`` of the centred square
-    (0.875: the resize 256, centre 224 of the published ImageNet figures);
-    ``vlcontrast import backbone`` saves it for ``eval knn``, ``linear-probe``, ``dense-knn``,
-    ``index`` and ``model.init_from``."""
-    from vlcontrast import config as config_lib
-    from vlcontrast.models.build import build_model
-
-    if statistics not in STATISTICS:
-        raise ConfigError(f"statistics: {statistics!r} is not one of {', '.join(STATISTICS)}")
-    # the model does not depend on the objective (methods own their heads); a run that starts
-    # from the import names its own
-    cfg = config_lib.load(None, ["model.kind=image", "objective.name=simclr"])
-    mean, std = STATISTICS[statistics]
-    image = {"model": model, "model_kwargs": dict(model_kwargs or {}), "image_size": image_size}
-    image |= {"eval_crop": eval_crop, "mean": list(mean), "std": list(std)}
-    config_lib.apply(cfg, {"image": {**image, "checkpoint_path": str(file)}})  # keys checked
-    built = build_model(cfg)
-    cfg.image.checkpoint_path = ""  # the weights are the checkpoint's own from now on
-    return built, None, cfg
