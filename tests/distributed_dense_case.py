@@ -13,6 +13,12 @@ import torch.distributed as dist
 from vlcontrast import distributed
 from vlcontrast.data.image import CropResize
 from vlcontrast.eval import dense_knn as dk
+from vlcontrast.eval.dense_linear import dense_linear
+
+
+# max_samples of the held-out set: all; the first sample only (the other ranks score none);
+# the first 7, cut among the ranks
+CAPS = (0, 1, 7)
 
 
 class PatchConv(torch.nn.Module):
@@ -29,15 +35,28 @@ class PatchConv(torch.nn.Module):
 
 
 def read(pattern: str, max_samples: int) -> dict:
-    """``masked_features`` of ``pattern`` in batches of 4, and dense kNN's metrics of the
-    same shards as training and held-out sets."""
+    """``masked_features`` of ``pattern`` in batches of 4, and dense kNN's and the linear
+    probe's metrics, confusion matrices and example predictions with the same shards as
+    training and held-out sets (each rank scoring its share of the held-out images)."""
     model, transform = PatchConv(), CropResize(32, "center")
     out = dk.masked_features(model, "cpu", transform, pattern, max_samples, batch_size=4)
     spec = SimpleNamespace(
-        train_data=pattern, data=pattern, max_samples=max_samples, k=5, temperature=0.1, classes=""
+        train_data=pattern,
+        data=pattern,
+        max_samples=max_samples,
+        k=5,
+        temperature=0.1,
+        classes="",
+        weight_decays=[1e-3],
+        val_fraction=0.2,
     )
     knn = dk.dense_knn(model, "cpu", transform, spec, batch_size=4)
-    return {**out, "knn": knn["metrics"], "knn_skipped": knn["skipped"]}
+    linear = dense_linear(model, "cpu", transform, spec, batch_size=4)
+    scored = {
+        name: {key: result[key] for key in ("metrics", "confusion", "examples", "skipped")}
+        for name, result in (("knn", knn), ("linear", linear))
+    }
+    return {**out, **scored}
 
 
 def rows_of(rank: int) -> torch.Tensor:
@@ -50,7 +69,7 @@ def worker(rank: int, world: int, init_file: str, pattern: str, out: str) -> Non
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        results = {cap: read(pattern, cap) for cap in (0, 7)}
+        results = {cap: read(pattern, cap) for cap in CAPS}
         digest = {
             cap: (r["feat"].sum().item(), r["masks"].sum().item()) for cap, r in results.items()
         }

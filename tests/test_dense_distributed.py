@@ -1,6 +1,8 @@
 """Distributed dense evaluation: 2 and 3 gloo processes, each decoding and encoding every
-world-th sample, give one process's features, masks, skip counts and dense kNN metrics, in the
-shards' order, with and without ``max_samples``, on shards with bad samples among the good."""
+world-th sample, give one process's features, masks and skip counts, in the shards' order, and
+the dense kNN's and linear probe's metrics, confusion matrices and example predictions with
+each rank scoring its share of the held-out images, with and without ``max_samples``, on shards
+with bad samples among the good."""
 
 import io
 
@@ -36,7 +38,7 @@ def shards(tmp_path_factory):
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_ranks_give_the_single_process_features_in_order(shards, tmp_path, world):
-    want = {cap: case.read(shards, cap) for cap in (0, 7)}
+    want = {cap: case.read(shards, cap) for cap in case.CAPS}
     assert len(want[0]["feat"]) == 34 and len(want[7]["feat"]) == 7
     assert sum(want[0]["skipped"].values()) == 4 and want[7]["skipped"] == {
         "missing_mask": 1,
@@ -47,9 +49,15 @@ def test_ranks_give_the_single_process_features_in_order(shards, tmp_path, world
     got = torch.load(out)
     assert got["ranks_agree"], "ranks ended with different features"
     assert torch.equal(got["rows"], torch.cat([case.rows_of(r) for r in range(world)]))
-    for cap in (0, 7):
+    for cap in case.CAPS:
         torch.testing.assert_close(got[cap]["feat"], want[cap]["feat"])
         assert torch.equal(got[cap]["masks"], want[cap]["masks"])
         assert got[cap]["skipped"] == want[cap]["skipped"]
-        assert got[cap]["knn"] == pytest.approx(want[cap]["knn"])
-        assert got[cap]["knn_skipped"] == want[cap]["knn_skipped"]
+        for name in ("knn", "linear"):  # each rank scored its share; the pixels summed
+            assert got[cap][name]["metrics"] == pytest.approx(want[cap][name]["metrics"])
+            assert got[cap][name]["confusion"] == want[cap][name]["confusion"]
+            assert got[cap][name]["skipped"] == want[cap][name]["skipped"]
+            for key in ("images", "masks", "pred"):
+                assert torch.equal(
+                    got[cap][name]["examples"][key], want[cap][name]["examples"][key]
+                )

@@ -117,12 +117,15 @@ def masked_features(
     max_pixels=MAX_PIXELS,
     batch_size=64,
     desc: str = "",
+    gather: bool = True,
 ) -> dict[str, Any]:
     """The unit-norm patch features (N, h, w, F) and uint8 masks (N, S, S) of the shards
     ``pattern``, read and encoded ``batch_size`` images at a time (only the features and masks
     are kept, never every decoded image), with skip counts by reason; a progress bar named
     ``desc`` if one is given. Under a process group each rank decodes and encodes every
-    world-th sample, and every rank ends with the whole set in the shards' order."""
+    world-th sample, and every rank ends with the whole set in the shards' order; without
+    ``gather``, with its own share only, each row's place in that order in ``positions`` (of
+    ``total``)."""
     share = (distributed.rank(), distributed.world_size())
     skipped, order, feats, masks = [], [], [], []
     samples = masked_samples(pattern, transform, skipped, max_samples, max_pixels, share)
@@ -140,14 +143,19 @@ def masked_features(
         counts = dict(Counter(reason for _, reason in skipped))
         if not feats:
             raise ValueError(f"{pattern}: no image with a mask could be read ({counts})")
-        return {"feat": torch.cat(feats), "masks": torch.cat(masks), "skipped": counts}
-    return gather_shares(pattern, order, skipped, feats, masks, max_samples, device)
+        out = {"feat": torch.cat(feats), "masks": torch.cat(masks), "skipped": counts}
+        return out | {"positions": torch.arange(len(out["feat"])), "total": len(out["feat"])}
+    plan = share_plan(pattern, order, skipped, feats, masks, max_samples)
+    if gather:
+        return gather_shares(plan, feats, masks, device)
+    return own_share(plan, feats, masks)
 
 
-def gather_shares(pattern, order, skipped, feats, masks, max_samples, device) -> dict[str, Any]:
-    """Every rank's share of :func:`masked_features` (``order``: each row's sample index), in
-    the shards' order and cut at ``max_samples`` as one process would read them, with the skips
-    one process would have met."""
+def share_plan(pattern, order, skipped, feats, masks, max_samples) -> dict[str, Any]:
+    """Where every rank's rows of :func:`masked_features` (``order``: each row's sample index)
+    go in the shards' order, cut at ``max_samples`` as one process would read them (``keep``:
+    the rows of the ranks' concatenation, in that order), with the skips one process would have
+    met."""
     shapes = (feats[0].shape[1:], masks[0].shape[1:]) if feats else None
     everyone = distributed.all_gather_objects((order, skipped, shapes))
     order = [i for part in everyone for i in part[0]]
@@ -157,14 +165,43 @@ def gather_shares(pattern, order, skipped, feats, masks, max_samples, device) ->
     counts = dict(Counter(reason for part in everyone for i, reason in part[1] if i < last))
     if not keep:
         raise ValueError(f"{pattern}: no image with a mask could be read ({counts})")
-    feat_shape, mask_shape = next(part[2] for part in everyone if part[2] is not None)
-    sizes, pick = [len(part[0]) for part in everyone], torch.tensor(keep)
+    sizes = [len(part[0]) for part in everyone]
+    return {
+        "keep": keep,
+        "sizes": sizes,
+        "start": sum(sizes[: distributed.rank()]),  # this rank's first row in the concatenation
+        "shapes": next(part[2] for part in everyone if part[2] is not None),
+        "skipped": counts,
+    }
+
+
+def gather_shares(plan, feats, masks, device) -> dict[str, Any]:
+    """Every rank's share, in the shards' order (:func:`share_plan`), on every rank."""
+    (feat_shape, mask_shape), pick = plan["shapes"], torch.tensor(plan["keep"])
+    feat = torch.cat(feats) if feats else torch.empty(0, *feat_shape)
+    mask = torch.cat(masks) if masks else torch.empty(0, *mask_shape, dtype=torch.uint8)
+    gathered = {
+        "feat": distributed.all_gather_rows(feat, plan["sizes"], device)[pick],
+        "masks": distributed.all_gather_rows(mask, plan["sizes"], device)[pick],
+    }
+    total = len(plan["keep"])
+    return gathered | {"skipped": plan["skipped"], "positions": torch.arange(total), "total": total}
+
+
+def own_share(plan, feats, masks) -> dict[str, Any]:
+    """This rank's rows that one process would have kept, with their places in the shards'
+    order (:func:`share_plan`)."""
+    (feat_shape, mask_shape), start = plan["shapes"], plan["start"]
+    place = {row: position for position, row in enumerate(plan["keep"])}
+    mine = [j for j in range(plan["sizes"][distributed.rank()]) if start + j in place]
     feat = torch.cat(feats) if feats else torch.empty(0, *feat_shape)
     mask = torch.cat(masks) if masks else torch.empty(0, *mask_shape, dtype=torch.uint8)
     return {
-        "feat": distributed.all_gather_rows(feat, sizes, device)[pick],
-        "masks": distributed.all_gather_rows(mask, sizes, device)[pick],
-        "skipped": counts,
+        "feat": feat[mine],
+        "masks": mask[mine],
+        "skipped": plan["skipped"],
+        "positions": torch.tensor([place[start + j] for j in mine], dtype=torch.long),
+        "total": len(plan["keep"]),
     }
 
 
@@ -229,15 +266,20 @@ def patch_labels(masks: torch.Tensor, grid: tuple[int, int], num_classes: int) -
     return torch.cat(out)
 
 
-def segmentation_metrics(pred: torch.Tensor, masks: torch.Tensor, classnames: list[str]):
+def segmentation_metrics(
+    pred: torch.Tensor, masks: torch.Tensor, classnames: list[str], device=None
+) -> dict[str, Any]:
     """Mean IoU over the classes present (in the masks or the predictions), pixel accuracy,
-    per-class IoU and the (true, predicted) pixel confusion matrix."""
+    per-class IoU and the (true, predicted) pixel confusion matrix; with a ``device``, of every
+    rank's pixels (the confusion matrices summed through it)."""
     c = len(classnames)
     confusion = torch.zeros(c * c, dtype=torch.long)
     for true, guess in zip(masks.split(64), pred.split(64), strict=True):  # int64 copies bounded
         true = true.long()
         keep = true < c
         confusion += torch.bincount(true[keep] * c + guess[keep].long(), minlength=c * c)
+    if device is not None and distributed.world_size() > 1:
+        confusion = distributed.all_reduce(confusion.to(device)).cpu()
     confusion = confusion.view(c, c)
     tp = confusion.diag().double()
     union = confusion.sum(0).double() + confusion.sum(1).double() - tp
@@ -261,27 +303,42 @@ def dense_sets(
     progress: bool = False,
 ) -> dict[str, Any]:
     """What a dense evaluator scores: the unit-norm patch features (N, h, w, F) and masks
-    (N, S, S) of ``spec.train_data`` (``train_feat``, ``train_masks``) and ``spec.data``
-    (``test_feat``, ``test_masks``, its first ``spec.max_samples``), the ``classnames`` and the
-    skipped samples of both by reason; progress bars if ``progress``."""
+    (N, S, S) of ``spec.train_data`` (``train_feat``, ``train_masks``: all of them on every
+    rank) and of this rank's share of ``spec.data`` (``test_feat``, ``test_masks``, its first
+    ``spec.max_samples``; ``test_positions``: each row's place in the shards' order), the
+    ``classnames`` and the skipped samples of both by reason; progress bars if ``progress``.
+    Each rank scores its share of the held-out images and the metrics sum their pixels."""
     model.eval()
     read, desc = (device, transform), ("embed train", "embed") if progress else ("", "")
     train = masked_features(model, *read, spec.train_data, 0, max_pixels, batch_size, desc[0])
     test = masked_features(
-        model, *read, spec.data, spec.max_samples, max_pixels, batch_size, desc[1]
+        model, *read, spec.data, spec.max_samples, max_pixels, batch_size, desc[1], gather=False
     )
-    labels = torch.cat([train["masks"].flatten(), test["masks"].flatten()])
-    if not (labels != IGNORE).any():
+    top = max(
+        largest_label(train["masks"]), *distributed.all_gather_objects(largest_label(test["masks"]))
+    )
+    if top < 0:
         raise ValueError(f"{spec.data}: every mask pixel is {IGNORE} (ignored); nothing to score")
     skipped = {f"train/{k}": v for k, v in train["skipped"].items()}
     return {
-        "classnames": read_classnames(spec, int(labels[labels != IGNORE].max()) + 1),
+        "classnames": read_classnames(spec, top + 1),
         "train_feat": train["feat"],
         "train_masks": train["masks"],
         "test_feat": test["feat"],
         "test_masks": test["masks"],
+        "test_positions": test["positions"],
         "skipped": {**skipped, **test["skipped"]},
     }
+
+
+def largest_label(masks: torch.Tensor) -> int:
+    """The largest label in ``masks`` other than :data:`IGNORE`, -1 if none (64 at a time)."""
+    top = -1
+    for chunk in masks.split(64):
+        labelled = chunk[chunk != IGNORE]
+        if len(labelled):
+            top = max(top, int(labelled.max()))
+    return top
 
 
 def dense_knn(
@@ -312,24 +369,32 @@ def dense_knn(
             for chunk in pred.split(64)
         ]
     )
-    result = segmentation_metrics(pixels, sets["test_masks"], classnames)
+    result = segmentation_metrics(pixels, sets["test_masks"], classnames, device)
     result["metrics"].update(k=min(spec.k, len(bank)), patches=int(len(bank)))
     result["classnames"] = classnames
     result["skipped"] = sets["skipped"]
-    result["examples"] = scored_examples(spec, transform, max_pixels, pixels)
+    result["examples"] = scored_examples(spec, transform, max_pixels, pixels, sets)
     return result
 
 
 EXAMPLES = 6  # held-out images drawn by --plot: image, true mask, prediction
 
 
-def scored_examples(spec, transform, max_pixels: int, pred: torch.Tensor) -> dict[str, Any]:
-    """The first :data:`EXAMPLES` held-out images (N, 3, S, S), their masks and ``pred``'s
-    labels for them (N, S, S), for ``report.save_segmentation_png``: read again (a few
-    decodes), as only features are kept; the evaluation's order, so ``pred[i]`` is the i-th
-    readable sample's on every rank."""
-    read = read_masked(spec.data, transform, min(EXAMPLES, len(pred)), max_pixels)
-    return {"images": read["images"], "masks": read["masks"], "pred": pred[: len(read["masks"])]}
+def scored_examples(spec, transform, max_pixels: int, pred: torch.Tensor, sets) -> dict:
+    """The first :data:`EXAMPLES` held-out images (N, 3, S, S), their masks and the labels
+    ``pred`` (this rank's rows of ``sets["test_positions"]``) gives them (N, S, S), for
+    ``report.save_segmentation_png``: the predictions gathered from the ranks that hold them,
+    the images read again (a few decodes), as only features are kept."""
+    first = (sets["test_positions"] < EXAMPLES).nonzero().flatten()
+    shown = distributed.all_gather_objects(
+        (sets["test_positions"][first].tolist(), pred[first].clone())
+    )
+    by_place = {}
+    for places, rows in shown:
+        by_place.update(zip(places, rows, strict=True))
+    read = read_masked(spec.data, transform, len(by_place), max_pixels)
+    pred = torch.stack([by_place[place] for place in sorted(by_place)])
+    return {"images": read["images"], "masks": read["masks"], "pred": pred}
 
 
 def read_classnames(spec, count: int) -> list[str]:

@@ -93,12 +93,12 @@ def dense_linear(
     )
     weight, bias = fit_patches(feat, masks, c, best)
     pred = pixel_labels(test_feat, weight, bias, sets["test_masks"].shape[-1])
-    result = segmentation_metrics(pred, sets["test_masks"], classnames)
+    result = segmentation_metrics(pred, sets["test_masks"], classnames, device)
     result["metrics"].update(weight_decay=best)
     result["val_miou"] = curve
     result["classnames"] = classnames
     result["skipped"] = sets["skipped"]
-    result["examples"] = scored_examples(spec, transform, max_pixels, pred)
+    result["examples"] = scored_examples(spec, transform, max_pixels, pred, sets)
     return result
 
 
