@@ -1,6 +1,7 @@
 """Worker side of the distributed dense-evaluation test (spawned by test_dense_distributed.py):
 each gloo process decodes and encodes its share of the masked shards, and every rank ends with
-the whole set; rank 0 saves what it holds, and whether every rank holds the same."""
+the whole set (``masked_features``), or labels its share of the held-out set (the dense
+evaluators); rank 0 saves what it holds, and whether every rank holds the same."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from vlcontrast import distributed
 from vlcontrast.data.image import CropResize
 from vlcontrast.eval import dense_knn as dk
 from vlcontrast.eval.dense_linear import dense_linear
-
 
 # max_samples of the held-out set: all; the first sample only (the other ranks score none);
 # the first 7, cut among the ranks

@@ -626,9 +626,10 @@ def test_view_groups_of_two_sizes_flow_through_the_loader_into_a_task(
 
 
 @pytest.mark.parametrize("name", ["byol", "slip"])
-def test_checkpoints_written_before_tasks_index_search_and_export(corpus, tmp_path, name):
+def test_checkpoints_written_before_tasks_index_search_and_export(corpus, tmp_path, name, capsys):
     """Search and export of an earlier-layout checkpoint work through the CLI as they did (the
-    heads it kept in model.safetensors are left out)."""
+    heads it kept in model.safetensors are left out); the next command printed searches by
+    image where the model has no text tower (BYOL) and by text where it has (SLIP)."""
     from safetensors.torch import load_file
 
     from vlcontrast.search.engine import SearchIndex
@@ -638,6 +639,8 @@ def test_checkpoints_written_before_tasks_index_search_and_export(corpus, tmp_pa
     args = ["index", "build", "--checkpoint", str(path), "--data", corpus["heldout_shards"]]
     assert cli.main([*args, "--out", str(index), "--workers", "0"]) == 0
     assert len(SearchIndex(index)) == 64
+    query = "--image QUERY.jpg" if name == "byol" else '"a photo of a dog"'
+    assert f"search: vlcontrast search {index} {query}" in capsys.readouterr().out
     flat = tmp_path / "weights.safetensors"
     assert cli.main(["export", str(path), "--to", "safetensors", str(flat)]) == 0
     exported = load_file(flat)

@@ -241,7 +241,10 @@ def print_summary(summary: dict) -> None:
             f"  faiss {f['kind']} {f['params']}: built in {f['build_s']:.1f} s, "
             f"recall@10 vs exact {f['recall_at_10']:.3f}"
         )
-    print(f'  search: vlcontrast search {summary["index"]} "a photo of a dog"')
+    if summary.get("text_queries", True):
+        print(f'  search: vlcontrast search {summary["index"]} "a photo of a dog"')
+    else:  # an image-only model (an SSL run, an imported backbone): images find images
+        print(f"  search: vlcontrast search {summary['index']} --image QUERY.jpg")
     print(f"  serve:  vlcontrast serve {summary['index']}")
 
 

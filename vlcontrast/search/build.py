@@ -38,7 +38,7 @@ from vlcontrast.data.skip import SkipSample
 from vlcontrast.data.sources import known_size
 from vlcontrast.embed import encode_images, eval_transform
 from vlcontrast.models import manifest, sharded_weights
-from vlcontrast.models.build import has_image
+from vlcontrast.models.build import has_image, has_text
 from vlcontrast.models.load import WEIGHTS, load_model, resolve_checkpoint
 from vlcontrast.models.text_tower import load_tokenizer
 from vlcontrast.search import layout
@@ -106,6 +106,7 @@ def build_index(
         "embedded_now": images,
         "images_per_s": images / seconds if seconds > 0 and images else 0.0,
         "skipped": dict(files.skipped),
+        "text_queries": has_text(cfg),  # an image-only model is searched by image
     }
     if distributed.is_main() and (options.faiss != "none" or _has_faiss(out_dir)):
         from vlcontrast.search.backends import build_faiss
