@@ -157,3 +157,39 @@ def test_train_prints_the_runs_own_evaluator_as_the_next_command():
     )
     plain = next_commands("RUN", config_lib.load(None, ["model.kind=image"])).splitlines()
     assert plain[1] == "  vlcontrast eval knn --checkpoint RUN --train-data TRAIN --data HELDOUT"
+
+
+def test_an_evaluator_the_model_cannot_run_is_one_message_naming_what_it_can(
+    corpus, tmp_path, capsys
+):
+    """Zero-shot on an image-only model (an SSL run, an imported backbone) needs a text tower:
+    a training run is refused before it writes anything, and ``vlcontrast eval`` says which
+    kinds the checkpoint can run instead of a traceback."""
+    out = tmp_path / "run"
+    zeroshot = f"eval.evaluators=[{{kind: zeroshot, data: '{corpus['heldout_shards']}'}}]"
+    image_only = ["model.kind=image", "objective.name=simclr", "views.preset=small"]
+    args = ["train", run_file(tmp_path), *tiny_overrides(corpus, out), *image_only, zeroshot]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "eval.evaluators[0].kind: zeroshot (zeroshot) needs a text tower" in err
+    assert "model.kind=image" in err and "it can run: linear_probe, knn" in err
+    assert not out.exists()
+    byol = ROOT / "tests" / "data" / "format2" / "byol"  # an image-only checkpoint
+    for kind in ("zeroshot", "retrieval", "sts"):
+        assert cli.main(["eval", kind, "--checkpoint", str(byol), "--data", "x.tar"]) == 2
+        err = capsys.readouterr().err
+        assert f"vlcontrast eval {kind}: needs a text tower" in err, err
+        assert "it can run: linear-probe, knn, class-retrieval, dense-knn" in err
+
+
+def test_the_towers_each_kind_needs():
+    from vlcontrast.eval.runner import EVALUATORS, missing_tower
+
+    def model(kind):
+        return config_lib.load(None, [f"model.kind={kind}"])
+
+    assert all(missing_tower(model("dual"), kind) is None for kind in EVALUATORS)
+    assert missing_tower(model("text"), "knn") == ("image", ["sts"])
+    assert missing_tower(model("text"), "zeroshot")[0] == "image"
+    assert missing_tower(model("image"), "sts")[0] == "text"
+    assert missing_tower(model("image"), "dense_knn") is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import typing
 from pathlib import Path
 
@@ -115,11 +116,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from vlcontrast import config as config_lib
     from vlcontrast.eval import report
-    from vlcontrast.eval.runner import run_evaluators
+    from vlcontrast.eval.runner import missing_tower, run_evaluators
     from vlcontrast.models.load import load_model
 
     model, tokenizer, cfg = load_model(Path(args.checkpoint), args.allow_download, args.weights)
     kind = args.kind.replace("-", "_")
+    if found := missing_tower(cfg, kind):
+        kinds = ", ".join(k.replace("_", "-") for k in found[1])
+        print(
+            f"vlcontrast eval {args.kind}: needs a {found[0]} tower, and {args.checkpoint} "
+            f"(model.kind={cfg.model.kind}) has none; it can run: {kinds}",
+            file=sys.stderr,
+        )
+        return 2
     entry = {"kind": kind, **{name: getattr(args, name) for name, _, _ in schema_fields(kind)}}
     eval_cfg = {"evaluators": [entry], "batch_size": args.batch_size, "num_workers": args.workers}
     config_lib.apply(cfg, {"eval": eval_cfg})

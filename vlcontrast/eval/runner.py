@@ -31,6 +31,7 @@ from vlcontrast.eval.sts import evaluate_sts
 from vlcontrast.eval.templates import resolve_templates
 from vlcontrast.eval.zeroshot import evaluate_zeroshot, warn_unknown_prompts
 from vlcontrast.eval_config import DENSE, FITTED
+from vlcontrast.models.build import has_image, has_text
 
 # kind -> fn(embedder, EvaluatorConfig) -> {"metrics": {...}, ...}
 EVALUATORS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -43,6 +44,30 @@ EVALUATORS: dict[str, Callable[..., dict[str, Any]]] = {
     "dense_knn": evaluate_dense_knn,
     "dense_linear": evaluate_dense_linear,
 }
+
+
+# the towers each kind embeds with; the others: the image tower alone
+TOWERS = {"zeroshot": ("image", "text"), "retrieval": ("image", "text"), "sts": ("text",)}
+
+
+def missing_tower(cfg: Config, kind: str) -> tuple[str, list[str]] | None:
+    """None if ``kind`` can run on the model ``model.kind`` builds, else the tower it lacks and
+    the kinds that can run (zero-shot needs a text tower; kNN an image tower)."""
+    has = {"image": has_image(cfg), "text": has_text(cfg)}
+    missing = [tower for tower in TOWERS.get(kind, ("image",)) if not has[tower]]
+    if not missing:
+        return None
+    return missing[0], [k for k in EVALUATORS if all(has[t] for t in TOWERS.get(k, ("image",)))]
+
+
+def check_towers(cfg: Config, key: str, name: str, kind: str) -> None:
+    """A ConfigError naming ``key`` if ``kind`` cannot run on the model
+    (:func:`missing_tower`)."""
+    if found := missing_tower(cfg, kind):
+        raise ConfigError(
+            f"{key}.kind: {kind} ({name}) needs a {found[0]} tower, and this model "
+            f"(model.kind={cfg.model.kind}) has none; it can run: {', '.join(found[1])}"
+        )
 
 
 def evaluator_names(cfg: Config) -> list[str]:
@@ -61,6 +86,7 @@ def check_evaluators(cfg: Config, tokenizer=None) -> None:
     warning when the prompts are mostly unknown to ``tokenizer``)."""
     for i, (name, spec) in enumerate(zip(evaluator_names(cfg), cfg.eval.evaluators, strict=True)):
         key = f"eval.evaluators[{i}]"
+        check_towers(cfg, key, name, spec.kind)
         if not spec.data:
             raise ConfigError(f"{key}.data: set the evaluation set of {name!r}")
         if spec.kind in (*FITTED, *DENSE) and not spec.train_data:
@@ -110,6 +136,7 @@ def run_evaluators(
     embedder = Embedder.from_model(model, tokenizer, cfg, device, progress)
     results = {}
     for i, (name, spec) in enumerate(zip(evaluator_names(cfg), cfg.eval.evaluators, strict=True)):
+        check_towers(cfg, f"eval.evaluators[{i}]", name, spec.kind)
         if not spec.data:
             raise ConfigError(f"eval.evaluators[{i}].data: set the evaluation set of {name!r}")
         try:
