@@ -7,6 +7,7 @@ architecture is one error naming a tensor."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -202,3 +203,36 @@ def test_import_backbone_then_dense_knn_through_the_cli(tmp_path, capsys):
     assert cli.main([*args, "--data", str(heldout), "--k", "3"]) == 0
     printed = capsys.readouterr().out
     assert "dense_knn" in printed and "miou" in printed
+
+
+def test_export_to_timm_loads_in_timm_alone_and_imports_back(tmp_path, capsys):
+    """``export --to timm``: timm's own ``local-dir:`` loader builds the backbone with its
+    weights and preprocessing, and it computes our image tower's features; ``import backbone``
+    of its weights gives the same tensors back."""
+    import timm
+
+    from vlcontrast import cli
+    from vlcontrast.models.load import load_model
+
+    byol = Path(__file__).parent / "data" / "format2" / "byol"  # a ViT trained with BYOL
+    out = tmp_path / "timm_vit"
+    assert cli.main(["export", str(byol), "--to", "timm", str(out)]) == 0
+    assert f'timm.create_model("local-dir:{out}", pretrained=True)' in capsys.readouterr().out
+    ours = load_model(byol)[0].image.eval()
+    theirs = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    assert_same(theirs, ours.trunk.state_dict())
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    cfg = theirs.pretrained_cfg
+    mean, std = (torch.tensor(cfg[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    with torch.no_grad():
+        want = ours.features(images)
+        got = theirs((images.float() / 255 - mean) / std)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert list(cfg["input_size"]) == [3, 32, 32]
+    back = tmp_path / "back"
+    kwargs = "{patch_size: 8, depth: 1, embed_dim: 32, num_heads: 2}"  # byol's config.json
+    flags = ["--model", "test_vit", "--model-kwargs", kwargs]
+    args = ["import", "backbone", str(out / "model.safetensors"), *flags, "--image-size", "32"]
+    assert cli.main([*args, "--out", str(back)]) == 0
+    assert_same(load_model(back)[0].image.trunk, ours.trunk.state_dict())
+    assert cli.main(["export", str(back), "--to", "hf", str(tmp_path / "hf")]) == 2

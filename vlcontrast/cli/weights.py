@@ -83,13 +83,22 @@ def add_commands(sub) -> None:
         "CLIPModel.from_pretrained and CLIPProcessor for CLIP-shaped towers (a timm CLIP ViT, "
         "vit_*_clip_*, and a clip_text_model text tower), VisionTextDualEncoderModel and its "
         "processor for a timm CLIP ViT with another text tower (BERT, ...) trained with "
-        "text.pooling=pooler; --to safetensors writes the plain state dict of any model.",
+        "text.pooling=pooler; --to safetensors writes the plain state dict of any model; "
+        "--to timm writes the image backbone (any method's) as a folder timm loads with "
+        "timm.create_model('local-dir:OUT', pretrained=True): its weights under timm's names "
+        "and its config with the preprocessing it was trained with.",
     )
     exp.add_argument(
         "checkpoint",
         help="a checkpoint (step_*), a run folder or RUN/latest (its newest checkpoint)",
     )
-    exp.add_argument("--to", required=True, choices=["hf", "safetensors"])
+    exp.add_argument(
+        "--to",
+        required=True,
+        choices=["hf", "safetensors", "timm"],
+        help="hf: a transformers directory; safetensors: the plain state dict; timm: the image "
+        "backbone as a folder timm.create_model('local-dir:OUT', pretrained=True) loads",
+    )
     exp.add_argument(
         "--weights",
         choices=["model", "ema"],
@@ -228,6 +237,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         model, tokenizer, cfg = load_model(Path(args.checkpoint), weights=args.weights)
         if args.to == "hf":
             export_hf(model, tokenizer, cfg, args.out)
+        elif args.to == "timm":
+            from vlcontrast.models.timm_export import export_timm
+
+            export_timm(model, cfg, args.out)
         else:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             save_model(model, args.out)
@@ -235,6 +248,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"vlcontrast export: {err}", file=sys.stderr)
         return 2
     print(f"exported {args.checkpoint} -> {args.out} ({args.to})")
+    if args.to == "timm":
+        print(f'  in timm: timm.create_model("local-dir:{args.out}", pretrained=True)')
     return 0
 
 
