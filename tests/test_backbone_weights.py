@@ -141,6 +141,8 @@ def test_prefix_is_the_one_that_matches_most_keys_first_on_a_tie():
     assert best_prefix(keys, wanted) == "m.q."
     assert best_prefix(["a.w", "b.w", "x.a.w"], wanted) == ""
     assert best_prefix(["k.a.w", "q.a.w", "q.b.w"], wanted) == "q."
+    assert best_prefix(["a.b.c.d." + "a.w", "a.b.c.d." + "b.w"], wanted) == "a.b.c.d."
+    assert best_prefix(["." * 100_000 + "a.w"], wanted) == ""  # bounded work, nothing found
 
 
 def test_a_run_started_from_a_file_evaluates_without_it(tmp_path):

@@ -38,6 +38,9 @@ from vlcontrast.schema import ConfigError
 
 WHAT = "image.checkpoint_path"
 WRAPPERS = ("state_dict", "model", "teacher")  # timm/MoCo/DenseCL, DeiT/MAE, DINO full ckpt
+# Prefixes tried: up to 4 levels (``_orig_mod.module.encoder_q.`` is 3) in a key's first 256
+# characters, so a file with absurd keys costs no more than a real one
+MAX_DEPTH, MAX_PREFIX = 4, 256
 
 
 def read_tensors(file: str | Path) -> dict[str, Any]:
@@ -77,8 +80,8 @@ def best_prefix(keys: list[str], wanted: set[str]) -> str:
     the one that appears first in ``keys``' order."""
     counts: dict[str, int] = {}  # in order of first appearance
     for key in keys:
-        prefixes = [""] + [key[: i + 1] for i, char in enumerate(key) if char == "."]
-        for prefix in prefixes:
+        ends = [i + 1 for i, char in enumerate(key[:MAX_PREFIX]) if char == "."]
+        for prefix in ["", *(key[:end] for end in ends[:MAX_DEPTH])]:
             counts[prefix] = counts.get(prefix, 0) + (key[len(prefix) :] in wanted)
     return max(counts, key=counts.__getitem__)  # max keeps the first of equals
 
