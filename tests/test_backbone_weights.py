@@ -184,7 +184,7 @@ def test_import_backbone_then_dense_knn_through_the_cli(tmp_path, capsys):
     kwargs = "{layers: [1, 1, 1, 1], channels: [8, 8, 16, 16], output_stride: 8}"
     out = tmp_path / "ckpt"
     assert cli.main([*base, "--out", str(out)]) == 2
-    assert "--model: name the timm architecture" in capsys.readouterr().err
+    assert "model: name the timm architecture" in capsys.readouterr().err
     assert cli.main([*base, "--model", "resnet18", "--model-kwargs", "[1]", "--out", str(out)]) == 2
     assert "--model-kwargs: '[1]' is not a mapping" in capsys.readouterr().err
     assert cli.main([*base, "--model", "resnet18", "--eval-crop", "2", "--out", str(out)]) == 2
@@ -237,4 +237,11 @@ def test_export_to_timm_loads_in_timm_alone_and_imports_back(tmp_path, capsys):
     args = ["import", "backbone", str(out / "model.safetensors"), *flags, "--image-size", "32"]
     assert cli.main([*args, "--out", str(back)]) == 0
     assert_same(load_model(back)[0].image.trunk, ours.trunk.state_dict())
+    folder = tmp_path / "from_folder"  # the folder alone: its config names the rest
+    assert cli.main(["import", "backbone", str(out), "--out", str(folder)]) == 0
+    model, _, cfg = load_model(folder)
+    assert_same(model.image.trunk, ours.trunk.state_dict())
+    image = cfg.image
+    assert (image.model, image.image_size, image.eval_crop) == ("test_vit", 32, 1.0)
+    assert image.mean == list(ours.mean) and image.model_kwargs["embed_dim"] == 32
     assert cli.main(["export", str(back), "--to", "hf", str(tmp_path / "hf")]) == 2

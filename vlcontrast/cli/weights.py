@@ -51,30 +51,35 @@ def add_commands(sub) -> None:
     imp.add_argument(
         "--model",
         default="",
-        help="backbone: the timm architecture the file holds (resnet50, vit_small_patch16_224)",
+        help="backbone: the timm architecture the file holds (resnet50, vit_small_patch16_224); "
+        "a timm model folder (config.json + model.safetensors) names its own",
     )
     imp.add_argument(
         "--model-kwargs",
-        default="{}",
-        help="backbone: its timm arguments, YAML ('{patch_size: 8}' for DINO's ViT-S/8)",
+        default=None,
+        help="backbone: its timm arguments, YAML ('{patch_size: 8}' for DINO's ViT-S/8; "
+        "default: the folder's, else none)",
     )
     imp.add_argument(
-        "--image-size", type=int, default=224, help="backbone: the evaluation size (224)"
+        "--image-size",
+        type=int,
+        default=None,
+        help="backbone: the evaluation size (default: the folder's, else 224)",
     )
     imp.add_argument(
         "--eval-crop",
         type=float,
-        default=0.875,
-        help="backbone: the share of the centred square evaluation keeps (0.875: ImageNet's "
-        "resize 256, centre 224, the protocol of DINO's, SwAV's and MoCo's published figures; "
-        "1 keeps it whole)",
+        default=None,
+        help="backbone: the share of the centred square evaluation keeps (default: the "
+        "folder's crop_pct, else 0.875: ImageNet's resize 256, centre 224, the protocol of "
+        "DINO's, SwAV's and MoCo's published figures; 1 keeps it whole)",
     )
     imp.add_argument(
         "--statistics",
         choices=["imagenet", "clip"],
-        default="imagenet",
-        help="backbone: the mean and std the weights were trained with (imagenet: DINO's, "
-        "SwAV's, MoCo's, DenseCL's and timm's ResNets')",
+        default=None,
+        help="backbone: the mean and std the weights were trained with (default: the "
+        "folder's, else imagenet: DINO's, SwAV's, MoCo's, DenseCL's and timm's ResNets')",
     )
     exp = sub.add_parser(
         "export",
@@ -205,22 +210,22 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def backbone(args: argparse.Namespace):
-    """``import backbone``: the flags checked, then ``models.backbone_weights``."""
+    """``import backbone``: the flags checked, then ``models.backbone_import``."""
     import yaml
 
     from vlcontrast.models.backbone_import import import_backbone
 
-    if not args.model:
-        raise ValueError("--model: name the timm architecture the file holds (e.g. resnet50)")
-    try:
-        kwargs = yaml.safe_load(args.model_kwargs)
-    except yaml.YAMLError as err:
-        raise ValueError(f"--model-kwargs: not YAML ({err})") from None
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"--model-kwargs: {args.model_kwargs!r} is not a mapping")
-    if args.image_size < 1:
+    kwargs = None
+    if args.model_kwargs is not None:
+        try:
+            kwargs = yaml.safe_load(args.model_kwargs)
+        except yaml.YAMLError as err:
+            raise ValueError(f"--model-kwargs: not YAML ({err})") from None
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"--model-kwargs: {args.model_kwargs!r} is not a mapping")
+    if args.image_size is not None and args.image_size < 1:
         raise ValueError("--image-size: must be at least 1")
-    if not 0.1 <= args.eval_crop <= 1:
+    if args.eval_crop is not None and not 0.1 <= args.eval_crop <= 1:
         raise ValueError("--eval-crop: must be between 0.1 and 1")
     return import_backbone(
         args.source, args.model, kwargs, args.image_size, args.statistics, args.eval_crop
