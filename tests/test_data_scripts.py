@@ -191,3 +191,34 @@ def test_captions_keep_labels_for_evaluation(tmp_path, how, capsys):
         }
     assert len(labels) == 6
     assert sorted(classes[label] for label in labels.values()) == sorted(r["label"] for r in rows)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height`` grey pixels in a few bytes (no pixel data)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_images_too_large_are_skipped_from_their_header_unless_resized():
+    """Over data.max_pixels' 50 MP (which training would skip) or past PIL's bomb guard:
+    ``too_large``, decided from the header; a file without its pixels stays ``corrupt_image``."""
+    from vlcontrast.data.convert import encode_image
+    from vlcontrast.data.skip import SkipSample
+
+    for size in ((8000, 7000), (20000, 20000)):  # 56 MP; 400 MP (PIL: DecompressionBombError)
+        with pytest.raises(SkipSample) as skip:
+            encode_image(png_header(*size), 0)
+        assert skip.value.reason == "too_large", size
+    with pytest.raises(SkipSample) as skip:  # resized: decoded, and this one has no pixels
+        encode_image(png_header(8000, 7000), 256)
+    assert skip.value.reason == "corrupt_image"
+    small = io.BytesIO()
+    Image.new("RGB", (40, 30)).save(small, format="PNG")
+    assert encode_image(small.getvalue(), 0)[2]["width"] == 40

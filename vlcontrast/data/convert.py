@@ -41,7 +41,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from vlcontrast.data.captions import parse_captions
-from vlcontrast.data.image import IMAGE_SUFFIXES, to_rgb
+from vlcontrast.data.image import IMAGE_SUFFIXES, MAX_PIXELS, to_rgb
 from vlcontrast.data.shard_writer import add_member
 from vlcontrast.data.skip import SkipSample
 
@@ -242,9 +242,12 @@ class HFImageText:
 
 def encode_image(data: bytes, resize: int) -> tuple[str, bytes, dict[str, int]]:
     """(extension, bytes, sizes): checked by a full decode; re-encoded only when resized or in a
-    format the loader does not read."""
+    format the loader does not read. Not resized, an image over ``MAX_PIXELS`` is skipped from
+    its header (``too_large``), as training would skip it, without decoding it."""
     try:
         with Image.open(io.BytesIO(data)) as img:
+            if not resize and img.size[0] * img.size[1] > MAX_PIXELS:
+                raise SkipSample("too_large")
             img.load()
             fmt, (width, height) = img.format, img.size
             rgb = None
@@ -254,6 +257,10 @@ def encode_image(data: bytes, resize: int) -> tuple[str, bytes, dict[str, int]]:
                 rgb = to_rgb(img).resize(size, Image.BICUBIC)
             elif fmt not in KEEP_FORMATS:
                 rgb = to_rgb(img)
+    except SkipSample:
+        raise
+    except Image.DecompressionBombError:  # PIL's own guard, past twice its pixel limit
+        raise SkipSample("too_large") from None
     except Exception:  # noqa: BLE001 - PIL raises many types for corrupt files
         raise SkipSample("corrupt_image") from None
     sizes = {"original_width": width, "original_height": height}
