@@ -11,6 +11,7 @@ import shutil
 import threading
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +132,40 @@ def test_the_api_answers_bad_requests_with_a_message(served):
     status, body, _ = get("/api/search?q=a%20green%20star&k=3")
     hits = json.loads(body)["results"]
     assert [h["key"] for h in hits] == [h["key"] for h in index.search_text("a green star", 3)]
+
+
+def test_an_image_only_index_offers_image_search_only(tmp_path, planted):  # noqa: F811
+    """An index of an image-only model (an SSL run, an imported backbone): /api/info says words
+    cannot be searched, and the page greys out its text box and asks for an image."""
+    byol = Path(__file__).parent / "data" / "format2" / "byol"
+    summary = build(tmp_path, str(byol), planted["pattern"])
+    assert summary["text_queries"] is False
+    index = SearchIndex(tmp_path / "index")
+    server = make_server(index, "127.0.0.1", 0, k=K)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        with urllib.request.urlopen(url + "/api/info") as response:
+            assert json.loads(response.read())["text_queries"] is False
+        executable, sync_playwright = browser_or_skip()
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=executable)
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.wait_for_function(
+                "document.getElementById('status').textContent.includes('Search by an image')"
+            )
+            assert page.is_disabled("#q") and page.is_disabled("#go")
+            assert "no text tower" in page.get_attribute("#q", "placeholder")
+            upload = tmp_path / "upload.jpg"
+            upload.write_bytes(planted["items"][9]["jpg"])
+            page.set_input_files("#upload", str(upload))
+            page.wait_for_function(
+                "document.getElementById('status').textContent.includes('upload')"
+            )
+            assert shown_keys(page)[0] == planted["items"][9]["__key__"]  # itself, first
+            browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -165,6 +165,17 @@ class SearchIndex:
         ext = (where.get("ext") or Path(where.get("path", "")).suffix.lstrip(".")).lower()
         return data, CONTENT_TYPES.get(ext) or _sniff(data)
 
+    def text_queries(self) -> bool:
+        """Whether the index's model has a text tower (else it is searched by image), from the
+        checkpoint's config alone (the model is not loaded for it)."""
+        from vlcontrast.models.build import has_text
+        from vlcontrast.models.load import read_config
+
+        try:
+            return has_text(self._model[2] if self._model else read_config(self.checkpoint))
+        except (ValueError, OSError):  # unreadable: a text query will say why
+            return True
+
     def model(self):
         """(model, tokenizer, config) of the index's checkpoint, loaded on first use."""
         if self._model is None:

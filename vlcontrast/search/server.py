@@ -6,7 +6,7 @@ Routes (JSON unless said):
     GET  /api/similar?row=R&k=N the neighbours of indexed item R (a click on a thumbnail)
     POST /api/image?k=N         image-to-image search; the body is the image file, or a
                                 multipart form with it (``curl -F file=@x.png``)
-    GET  /api/info              items, dimension, checkpoint
+    GET  /api/info              items, dimension, checkpoint, whether words can be searched
     GET  /api/sample?k=N        N items spread over the index (the page before a search)
     GET  /image/R               item R's image, the member's bytes read by offset from its shard
 
@@ -184,6 +184,7 @@ def info(index: SearchIndex) -> dict:
         "dim": index.files.dim,
         "checkpoint": str(index.checkpoint),
         "backend": index.backend.name,
+        "text_queries": index.text_queries(),  # false: an image-only model, searched by image
     }
 
 
