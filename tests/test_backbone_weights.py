@@ -192,7 +192,9 @@ def test_import_backbone_then_dense_knn_through_the_cli(tmp_path, capsys):
     assert not out.exists()
     flags = ["--model", "resnet18", "--model-kwargs", kwargs, "--image-size", "64"]
     assert cli.main([*base, *flags, "--out", str(out)]) == 0
-    assert f"vlcontrast eval dense-knn --checkpoint {out}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"vlcontrast eval dense-knn --checkpoint {out}" in printed
+    assert f"vlcontrast train {out}/config.json model.init_from={out}" in printed
     model, _, cfg = load_model(out)
     assert_same(model.image.trunk, query)
     assert cfg.image.mean == [0.485, 0.456, 0.406] and cfg.image.checkpoint_path == ""

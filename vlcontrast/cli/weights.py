@@ -203,8 +203,13 @@ def cmd_import(args: argparse.Namespace) -> int:
         sets = "--train-data TRAIN --data VAL"
         print(f"  evaluate: vlcontrast eval knn --checkpoint {out} {sets}")
         print(f"  segment:  vlcontrast eval dense-knn --checkpoint {out} {sets}")
-    else:
-        print(f"  evaluate: vlcontrast eval zeroshot --checkpoint {out} --data DATA")
+        # its config.json carries the architecture and the statistics the weights expect
+        print(
+            f"  pretrain further: vlcontrast train {out}/config.json model.init_from={out} "
+            "objective.name=METHOD data.train_shards=SHARDS"
+        )
+        return 0
+    print(f"  evaluate: vlcontrast eval zeroshot --checkpoint {out} --data DATA")
     print(f"  fine-tune: vlcontrast train RUN.yaml model.init_from={out}")
     return 0
 
