@@ -218,3 +218,18 @@ def test_wiseft_benchmark_pretrains_finetunes_and_draws_the_curve(tmp_path):
     assert "| alpha | heldout_plain | heldout_inverted | heldout_rotated |" in done.stdout
     curve = json.loads((tmp_path / "curve" / "wiseft.json").read_text())
     assert curve["alphas"] == [0.0, 1.0] and (tmp_path / "curve" / "wiseft.png").is_file()
+
+
+def test_lightly_comparison_runs_or_says_how_to_install_lightly():
+    """With lightly installed, every pair agrees to 1e-9 (exit 0); without it, exit 2 and the
+    install line."""
+    done = subprocess.run(
+        [sys.executable, "benchmarks/against_lightly.py"], cwd=ROOT, capture_output=True, text=True
+    )
+    try:
+        import lightly  # noqa: F401
+    except ImportError:
+        assert done.returncode == 2 and "pip install --no-deps lightly" in done.stderr
+    else:
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "within 1e-9" in done.stdout
