@@ -6,6 +6,7 @@ architecture is one error naming a tensor."""
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -77,6 +78,7 @@ def test_dino_full_checkpoint_loads_the_teacher_backbone_resampled_to_the_size(t
             "student": prefixed({**student, **dino_head}, "module.backbone."),
             "teacher": {**prefixed(teacher, "backbone."), **dino_head},
             "epoch": 100,
+            "args": argparse.Namespace(arch="vit_tiny", patch_size=8, lr=5e-4),  # as DINO's
         },
         path,
     )
@@ -118,6 +120,10 @@ def test_a_pickle_that_runs_code_is_refused_and_never_run(tmp_path):
     torch.save({"state_dict": backbone, "extra": Payload(marker)}, tmp_path / "evil.pth")
     with pytest.raises(ConfigError, match="image.checkpoint_path: refusing to load"):
         create_trunk(tower(path=tmp_path / "evil.pth"))
+    hidden = {"state_dict": backbone, "args": argparse.Namespace(hook=Payload(marker))}
+    torch.save(hidden, tmp_path / "evil_args.pth")  # the Namespace's values are checked too
+    with pytest.raises(ConfigError, match="image.checkpoint_path: refusing to load"):
+        create_trunk(tower(path=tmp_path / "evil_args.pth"))
     assert not marker.exists()
 
 

@@ -26,6 +26,7 @@ MoCo's ``module.encoder_q.`` filter):
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,10 @@ def read_tensors(file: str | Path) -> dict[str, Any]:
             raise ConfigError(
                 f"{WHAT}: {file} is not a readable safetensors file ({err})"
             ) from None
-    state = load_tensors_only(file, WHAT)
+    # DINO's full checkpoints (and many trainers') keep their command line as an
+    # argparse.Namespace: an attribute bag, rebuilt without calling code, whose values the
+    # tensors-only unpickler still checks
+    state = load_tensors_only(file, WHAT, [argparse.Namespace])
     if not isinstance(state, dict):
         raise ConfigError(f"{WHAT}: {file} holds a {type(state).__name__}, not a dict of tensors")
     return state
