@@ -12,6 +12,7 @@ The CLI (``vlcontrast search``) and the web page (``vlcontrast serve``) return t
 
 from __future__ import annotations
 
+import functools
 import io
 import random
 import threading
@@ -165,9 +166,10 @@ class SearchIndex:
         ext = (where.get("ext") or Path(where.get("path", "")).suffix.lstrip(".")).lower()
         return data, CONTENT_TYPES.get(ext) or _sniff(data)
 
+    @functools.cached_property
     def text_queries(self) -> bool:
         """Whether the index's model has a text tower (else it is searched by image), from the
-        checkpoint's config alone (the model is not loaded for it)."""
+        checkpoint's config alone (the model is not loaded for it), read once."""
         from vlcontrast.models.build import has_text
         from vlcontrast.models.load import read_config
 

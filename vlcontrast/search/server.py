@@ -184,7 +184,7 @@ def info(index: SearchIndex) -> dict:
         "dim": index.files.dim,
         "checkpoint": str(index.checkpoint),
         "backend": index.backend.name,
-        "text_queries": index.text_queries(),  # false: an image-only model, searched by image
+        "text_queries": index.text_queries,  # false: an image-only model, searched by image
     }
 
 
