@@ -50,6 +50,8 @@ def export_timm(model: nn.Module, cfg: Config, out: str | Path) -> Path:
     if image is None or not hasattr(image, "trunk"):
         raise ValueError("export --to timm: this checkpoint's model has no image tower")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"export --to timm: {out} is a file; name a folder to write")
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in image.trunk.state_dict().items()}
     save_file(state, str(out / "model.safetensors"))
