@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from vlcontrast import config as config_lib
+from vlcontrast.models.backbone_weights import describe, load_backbone
 from vlcontrast.models.build import build_model
 from vlcontrast.models.image_tower import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from vlcontrast.schema import ConfigError
@@ -54,11 +55,11 @@ def import_backbone(
         "eval_crop": eval_crop or found.get("eval_crop") or 0.875,
         "mean": list(mean),
         "std": list(std),
-        "checkpoint_path": str(found["file"]),
     }
     config_lib.apply(cfg, {"image": image})  # each value checked, its key named
     built = build_model(cfg)
-    cfg.image.checkpoint_path = ""  # the weights are the checkpoint's own from now on
+    report = load_backbone(built.image.trunk, found["file"], model, "import backbone")
+    print(describe(report, found["file"], "import backbone"))
     return built, None, cfg
 
 

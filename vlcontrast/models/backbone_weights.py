@@ -44,11 +44,12 @@ WRAPPERS = ("state_dict", "model", "teacher")  # timm/MoCo/DenseCL, DeiT/MAE, DI
 MAX_DEPTH, MAX_PREFIX = 4, 256
 
 
-def read_tensors(file: str | Path) -> dict[str, Any]:
-    """The file's top-level dict: safetensors, else a tensors-only torch load."""
+def read_tensors(file: str | Path, what: str = WHAT) -> dict[str, Any]:
+    """The file's top-level dict: safetensors, else a tensors-only torch load (``what``: the
+    option or command named in errors)."""
     file = Path(file)
     if not file.is_file():
-        raise ConfigError(f"{WHAT}: no file {file}")
+        raise ConfigError(f"{what}: no file {file}")
     if file.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -56,18 +57,18 @@ def read_tensors(file: str | Path) -> dict[str, Any]:
             return load_file(str(file))
         except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
             raise ConfigError(
-                f"{WHAT}: {file} is not a readable safetensors file ({err})"
+                f"{what}: {file} is not a readable safetensors file ({err})"
             ) from None
     # DINO's full checkpoints (and many trainers') keep their command line as an
     # argparse.Namespace: an attribute bag, rebuilt without calling code, whose values the
     # tensors-only unpickler still checks
-    state = load_tensors_only(file, WHAT, [argparse.Namespace])
+    state = load_tensors_only(file, what, [argparse.Namespace])
     if not isinstance(state, dict):
-        raise ConfigError(f"{WHAT}: {file} holds a {type(state).__name__}, not a dict of tensors")
+        raise ConfigError(f"{what}: {file} holds a {type(state).__name__}, not a dict of tensors")
     return state
 
 
-def unwrap(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
+def unwrap(state: dict[str, Any], what: str = WHAT) -> tuple[dict[str, torch.Tensor], str]:
     """The tensors of ``state`` or of its first wrapper that holds tensors, and that wrapper's
     name ('' for none)."""
     for key in ("", *WRAPPERS):
@@ -76,7 +77,7 @@ def unwrap(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
             tensors = {k: v for k, v in inner.items() if isinstance(v, torch.Tensor)}
             if tensors:
                 return tensors, key
-    raise ConfigError(f"{WHAT}: no tensors at the top level or under {', '.join(WRAPPERS)}")
+    raise ConfigError(f"{what}: no tensors at the top level or under {', '.join(WRAPPERS)}")
 
 
 def best_prefix(keys: list[str], wanted: set[str]) -> str:
@@ -106,23 +107,25 @@ def trunk_state(state: dict[str, torch.Tensor], trunk: nn.Module) -> dict[str, A
     return {"state": kept, "prefix": prefix, "left_out": sorted(set(state) - set(kept))}
 
 
-def load_backbone(trunk: nn.Module, file: str | Path, model_name: str = "") -> dict[str, Any]:
+def load_backbone(
+    trunk: nn.Module, file: str | Path, model_name: str = "", what: str = WHAT
+) -> dict[str, Any]:
     """Load ``file`` into ``trunk`` (see the module): every trunk tensor present and of its
     shape, else a ConfigError naming one. Returns the wrapper, the prefix, the number of
     tensors loaded and the keys left out."""
-    tensors, wrapper = unwrap(read_tensors(file))
+    tensors, wrapper = unwrap(read_tensors(file, what), what)
     found = trunk_state(tensors, trunk)
     wanted = trunk.state_dict()
     for key, value in found["state"].items():
         if value.shape != wanted[key].shape:
             raise ConfigError(
-                f"{WHAT}: {file}'s {key} is {tuple(value.shape)}, image.model {model_name!r} "
+                f"{what}: {file}'s {key} is {tuple(value.shape)}, image.model {model_name!r} "
                 f"has {tuple(wanted[key].shape)}: the weights are of another architecture or size"
             )
     missing = [k for k in wanted if k not in found["state"] and "num_batches_tracked" not in k]
     if missing:
         raise ConfigError(
-            f"{WHAT}: {file} lacks {len(missing)} of image.model {model_name!r}'s "
+            f"{what}: {file} lacks {len(missing)} of image.model {model_name!r}'s "
             f"{len(wanted)} tensors ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}"
             f"): set image.model (and image.model_kwargs) to the architecture the file holds"
         )
@@ -132,11 +135,11 @@ def load_backbone(trunk: nn.Module, file: str | Path, model_name: str = "") -> d
     }
 
 
-def describe(report: dict[str, Any], file: str | Path) -> str:
+def describe(report: dict[str, Any], file: str | Path, what: str = WHAT) -> str:
     """One line: what :func:`load_backbone` took from ``file`` and what it left out."""
     where = f" under {report['wrapper']!r}" if report["wrapper"] else ""
     prefix = f", prefix {report['prefix']!r} removed" if report["prefix"] else ""
     left = report["left_out"]
     shown = ", ".join(left[:3]) + (", ..." if len(left) > 3 else "")
     extra = f"; left out {len(left)} not in the backbone ({shown})" if left else ""
-    return f"{WHAT}: {report['loaded']} tensors from {file}{where}{prefix}{extra}"
+    return f"{what}: {report['loaded']} tensors from {file}{where}{prefix}{extra}"
