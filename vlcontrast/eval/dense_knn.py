@@ -177,9 +177,8 @@ def share_plan(pattern, order, skipped, feats, masks, max_samples) -> dict[str, 
 
 def gather_shares(plan, feats, masks, device) -> dict[str, Any]:
     """Every rank's share, in the shards' order (:func:`share_plan`), on every rank."""
-    (feat_shape, mask_shape), pick = plan["shapes"], torch.tensor(plan["keep"])
-    feat = torch.cat(feats) if feats else torch.empty(0, *feat_shape)
-    mask = torch.cat(masks) if masks else torch.empty(0, *mask_shape, dtype=torch.uint8)
+    feat, mask = own_rows(plan, feats, masks)
+    pick = torch.tensor(plan["keep"])
     gathered = {
         "feat": distributed.all_gather_rows(feat, plan["sizes"], device)[pick],
         "masks": distributed.all_gather_rows(mask, plan["sizes"], device)[pick],
@@ -188,14 +187,20 @@ def gather_shares(plan, feats, masks, device) -> dict[str, Any]:
     return gathered | {"skipped": plan["skipped"], "positions": torch.arange(total), "total": total}
 
 
+def own_rows(plan, feats, masks) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's features and masks as two tensors (empty, of the set's shapes, if none)."""
+    feat_shape, mask_shape = plan["shapes"]
+    feat = torch.cat(feats) if feats else torch.empty(0, *feat_shape)
+    mask = torch.cat(masks) if masks else torch.empty(0, *mask_shape, dtype=torch.uint8)
+    return feat, mask
+
+
 def own_share(plan, feats, masks) -> dict[str, Any]:
     """This rank's rows that one process would have kept, with their places in the shards'
     order (:func:`share_plan`)."""
-    (feat_shape, mask_shape), start = plan["shapes"], plan["start"]
+    start, (feat, mask) = plan["start"], own_rows(plan, feats, masks)
     place = {row: position for position, row in enumerate(plan["keep"])}
     mine = [j for j in range(plan["sizes"][distributed.rank()]) if start + j in place]
-    feat = torch.cat(feats) if feats else torch.empty(0, *feat_shape)
-    mask = torch.cat(masks) if masks else torch.empty(0, *mask_shape, dtype=torch.uint8)
     return {
         "feat": feat[mine],
         "masks": mask[mine],
