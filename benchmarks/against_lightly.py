@@ -10,8 +10,11 @@ Pairs compared (ours | lightly): SwAV's Sinkhorn codes and swapped-prediction lo
 4 local crops) | ``sinkhorn``, ``SwaVLoss``; DINO's loss and centre update (2 global + 4 local
 crops) | ``DINOLoss``; NT-Xent (SimCLR) | ``NTXentLoss``; BYOL's regression loss |
 ``NegativeCosineSimilarity`` (ours is ``2 - 2 cos``, theirs ``-cos``: compared as such);
-Barlow Twins | ``BarlowTwinsLoss``. Prints each pair's largest absolute difference of loss and
-of gradient, and exits 1 if one is over 1e-9.
+Barlow Twins | ``BarlowTwinsLoss``; MoCo v2's queue loss | ``NTXentLoss`` with a memory bank
+holding our queue; DenseCL's correspondence and dense loss | ``select_most_similar`` (as
+lightly's DenseCL example) and the memory-bank ``NTXentLoss`` over the locations. Prints
+each pair's largest absolute difference of loss and of gradient (the correspondence: how many
+matches differ), and exits 1 if one is over 1e-9.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from vlcontrast.losses import dino, ssl, supcon, swav
+from vlcontrast.losses import densecl, dino, ssl, supcon, swav
 
 TOLERANCE = 1e-9
 
@@ -54,6 +57,7 @@ def main() -> int:
             SwaVLoss,
         )
         from lightly.loss.swav_loss import sinkhorn as lightly_sinkhorn
+        from lightly.models.utils import most_similar_index, select_most_similar
     except ImportError:
         print("lightly is not installed: pip install --no-deps lightly", file=sys.stderr)
         return 2
@@ -123,6 +127,39 @@ def main() -> int:
             z,
         )
     )
+
+    # MoCo v2 and DenseCL: lightly's memory-bank NT-Xent with its bank set to our queue (K, D);
+    # the key carries no gradient in either (MoCo's keys come from the momentum encoder)
+    queue = F.normalize(torch.randn(k, d, dtype=torch.float64), dim=1)
+
+    def bank_loss(q, key):
+        loss = NTXentLoss(temperature=0.2, memory_bank_size=(k, d)).double()
+        loss.memory_bank.bank.copy_(queue)
+        return loss(q, key.detach())
+
+    def moco_ours(q, key):
+        key = F.normalize(key, dim=1).detach()  # as the objective passes it
+        return ssl.moco_queue_loss(F.normalize(q, dim=1), key, queue, 0.2)
+
+    rows.append(compare("MoCo v2 queue loss", moco_ours, bank_loss, a, z))
+
+    # DenseCL on a 4 x 4 map: backbone features (B, N, F) pick each query location's key
+    # location; dense projections (B, N, D) are contrasted with it against the queue
+    q_feat, k_feat = torch.randn(2, 8, 16, 24, dtype=torch.float64)
+    q_grid, k_grid = torch.randn(2, 8, 16, d, dtype=torch.float64)
+    index = densecl.dense_correspondence(q_feat, k_feat)
+    moved = (index != most_similar_index(q_feat, k_feat)).sum().item()
+    rows.append((f"DenseCL matches ({index.numel()})", float(moved), 0.0))
+
+    def densecl_ours(q, key):
+        matched = densecl.matched_keys(F.normalize(key, dim=-1), index)
+        return densecl.dense_loss(F.normalize(q, dim=-1), matched, queue, 0.2)
+
+    def densecl_theirs(q, key):
+        matched = select_most_similar(q_feat, k_feat, key)  # lightly's DenseCL example
+        return bank_loss(q.flatten(end_dim=1), matched.flatten(end_dim=1))
+
+    rows.append(compare("DenseCL dense loss", densecl_ours, densecl_theirs, q_grid, k_grid))
 
     print(f"vlcontrast vs lightly {lightly.__version__}, float64, batch {b}")
     print(f"{'loss':<28} | {'|loss diff|':>11} | {'max |grad diff|':>15}")

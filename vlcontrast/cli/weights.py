@@ -83,7 +83,8 @@ def add_commands(sub) -> None:
     )
     exp = sub.add_parser(
         "export",
-        help="a vlcontrast checkpoint as a transformers CLIPModel directory or plain safetensors",
+        help="a vlcontrast checkpoint as a transformers CLIPModel directory, plain safetensors "
+        "or a timm model folder (the image backbone)",
         description="--to hf writes a directory that transformers loads without vlcontrast: "
         "CLIPModel.from_pretrained and CLIPProcessor for CLIP-shaped towers (a timm CLIP ViT, "
         "vit_*_clip_*, and a clip_text_model text tower), VisionTextDualEncoderModel and its "
