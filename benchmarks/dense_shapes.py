@@ -24,7 +24,8 @@ query shares batch statistics with its key. ``--model vit_tiny_patch16_224 --mod
 Both methods train the same backbone from the same seed with the same views (``mocov2`` preset
 without blur: it erases 8-px structure; hue jitter ``--hue``), queue, temperature, key-encoder
 momentum, projector and optimizer; DenseCL adds its dense head and loss (lambda 0.5). Each
-backbone's feature map is then scored by dense kNN (k=20, T=0.1): every held-out location
+backbone's feature map is then scored by dense kNN (k=20, T=0.1; fixed before the evaluator's
+default became 30, and kept so every seed's row is scored alike): every held-out location
 labelled by its nearest training locations, the labels spread over the pixels and compared with
 the masks. Prints mean IoU, pixel accuracy, the gain over random init and the IoU of each class, and
 with ``--linear`` the mean IoU of the linear segmentation probe (``eval dense-linear``) on the

@@ -123,7 +123,7 @@ def test_a_config_saved_before_the_seams_migrates():
         ("optim.lr=1e39", "optim.lr: expected a finite number"),
         ("data.crop_scale=[0.5, x]", "data.crop_scale[1]: expected float"),
         ("data.weights=3", "data.weights: expected list[float]"),
-        ("eval.evaluators=[{kind: knn, k: 0}]", "eval.evaluators[0].k: expected a positive"),
+        ("eval.evaluators=[{kind: knn, k: -5}]", "eval.evaluators[0].k: expected a number >= 0"),
         ("eval.evaluators=[7]", "eval.evaluators[0]: expected a mapping"),
         ("objective.clip.tile_size=0", "objective.clip.tile_size: expected a positive"),
         ("model.kind=audio", "model.kind: expected one of dual, image, text"),

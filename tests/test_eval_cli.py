@@ -119,9 +119,9 @@ def test_a_run_folder_or_latest_names_its_newest_checkpoint(trained, corpus, tmp
 
 
 def test_evaluator_keys_are_checked_and_names_must_be_unique(corpus, tmp_path, capsys):
-    bad = "eval.evaluators=[{kind: zeroshot, data: x.tar, k: 0}]"
+    bad = "eval.evaluators=[{kind: zeroshot, data: x.tar, k: -1}]"
     assert cli.main(["train", run_file(tmp_path), *tiny_overrides(corpus, tmp_path), bad]) == 2
-    assert "eval.evaluators[0].k: expected a positive number" in capsys.readouterr().err
+    assert "eval.evaluators[0].k: expected a number >= 0, got -1" in capsys.readouterr().err
     twice = "eval.evaluators=[{kind: knn, data: a}, {kind: knn, data: b}]"
     assert cli.main(["train", run_file(tmp_path), *tiny_overrides(corpus, tmp_path), twice]) == 2
     assert "eval.evaluators[1].name: 'knn' is used twice" in capsys.readouterr().err

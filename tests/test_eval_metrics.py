@@ -237,8 +237,16 @@ def test_linear_probe_sweep_picks_the_best_validation_penalty():
 
 
 def test_evaluator_config_defaults_follow_the_protocols():
+    from vlcontrast.cli import build_parser
+    from vlcontrast.eval_config import neighbours
+
     spec = EvaluatorConfig(kind="knn")
-    assert spec.k == 200 and spec.temperature == 0.1
+    assert neighbours(spec) == 200 and spec.temperature == 0.1  # Wu et al. 2018, DINO
+    assert neighbours(EvaluatorConfig(kind="dense_knn")) == 30  # Hummingbird's evaluation
+    assert neighbours(EvaluatorConfig(kind="dense_knn", k=7)) == 7
+    for kind, k in (("knn", 200), ("dense-knn", 30)):  # the command line shows the same
+        args = ["eval", kind, "--checkpoint", "c", "--data", "d", "--train-data", "t"]
+        assert build_parser().parse_args(args).k == k
 
 
 def test_the_confusion_png_labels_both_axes_and_keeps_its_title_inside(tmp_path):

@@ -67,6 +67,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
     )
     for name, f, typ in schema_fields(kind.replace("-", "_")):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = f.metadata.get("kind_defaults", {}).get(kind.replace("-", "_"), default)
         shards_only = kind.replace("-", "_") not in ALL_EVAL  # sts, dense-knn, dense-linear
         text = f.metadata["help"] + (DATA_HELP if name == "data" and not shards_only else "")
         kwargs: dict[str, typing.Any] = {"default": default, "help": text}

@@ -44,6 +44,7 @@ from vlcontrast.data.skip import SkipSample
 from vlcontrast.data.sources import expand_urls
 from vlcontrast.data.tar_reader import iter_samples
 from vlcontrast.eval.knn import knn_scores
+from vlcontrast.eval_config import neighbours
 
 IGNORE = 255
 NEAREST = Image.Resampling.NEAREST
@@ -361,7 +362,7 @@ def dense_knn(
         train_lab[train_lab >= 0],
         test_feat.flatten(0, 2),
         len(classnames),
-        spec.k,
+        neighbours(spec),
         spec.temperature,
     )
     pred = scores.argmax(dim=1).view(len(test_feat), *grid)  # (N, h, w)
@@ -375,7 +376,7 @@ def dense_knn(
         ]
     )
     result = segmentation_metrics(pixels, sets["test_masks"], classnames, device)
-    result["metrics"].update(k=min(spec.k, len(bank)), patches=int(len(bank)))
+    result["metrics"].update(k=min(neighbours(spec), len(bank)), patches=int(len(bank)))
     result["classnames"] = classnames
     result["skipped"] = sets["skipped"]
     result["examples"] = scored_examples(spec, transform, max_pixels, pixels, sets)

@@ -15,6 +15,7 @@ from vlcontrast.eval.knn import knn_scores
 from vlcontrast.eval.labels import drop_out_of_range
 from vlcontrast.eval.linear_probe import linear_probe
 from vlcontrast.eval.metrics import classification_metrics
+from vlcontrast.eval_config import neighbours
 
 
 def embed_train_test(embedder: Embedder, spec) -> dict[str, Any]:
@@ -63,7 +64,7 @@ def evaluate_linear_probe(embedder: Embedder, spec) -> dict[str, Any]:
 def evaluate_knn(embedder: Embedder, spec) -> dict[str, Any]:
     data = embed_train_test(embedder, spec)
     train, test, classnames = data["train"], data["test"], data["classnames"]
-    k, bank = spec.k, len(train["labels"])
+    k, bank = neighbours(spec), len(train["labels"])
     if k > bank:
         name = spec.name or spec.kind
         print0(f"note: {name}: k={k} is more than the {bank} labelled images; using k={bank}")
