@@ -222,3 +222,65 @@ def test_images_too_large_are_skipped_from_their_header_unless_resized():
     small = io.BytesIO()
     Image.new("RGB", (40, 30)).save(small, format="PNG")
     assert encode_image(small.getvalue(), 0)[2]["width"] == 40
+
+
+def test_a_folder_of_unlabelled_images_becomes_image_only_shards(tmp_path, capsys):
+    """``data images``: every image at any depth, no captions or labels; bad files counted; the
+    image-only loader reads each once; inspect calls them image-only, not missing captions."""
+    photos = tmp_path / "photos"
+    colours = {"a.jpg": "red", "trip/b.png": "green", "trip/day2/c.jpg": "blue"}
+    for name, colour in colours.items():
+        save_image(photos / name, COLORS[colour], fmt="PNG" if name.endswith(".png") else "JPEG")
+    (photos / "trip" / "broken.jpg").write_bytes(b"not an image")
+    (photos / "notes.txt").write_text("not an image either")
+    out = tmp_path / "shards"
+    assert cli.main(["data", "images", str(photos), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "3 samples in 1 shard(s)" in printed and "skipped: corrupt_image=1" in printed
+    assert "objective.name=simclr" in printed  # the next command trains an image-only method
+
+    import tarfile
+
+    with tarfile.open(out / "00000.tar") as tar:
+        names = tar.getnames()
+        paths = [json.loads(tar.extractfile(n).read())["path"] for n in names if ".json" in n]
+    assert not [n for n in names if n.endswith((".txt", ".cls"))]
+    assert paths == sorted(colours) and not (out / "classes.json").exists()
+
+    decoder_ds = dataset(str(out / "00000.tar"), None, batch=1, caption_key="")
+    seen = {}
+    for batch in batches(decoder_ds, 0, DataPosition(), steps=3):
+        assert "texts" not in batch or not batch["texts"]
+        seen[batch["keys"][0]] = tuple(batch["images"][0].float().mean(dim=(1, 2)).tolist())
+    assert len(seen) == 3
+    for colour, mean in zip(sorted(colours.items()), seen.values(), strict=True):
+        assert close(mean, COLORS[colour[1]])
+
+    sheet = tmp_path / "sheet.png"
+    assert cli.main(["shards", "inspect", str(out / "00000.tar"), "--sheet", str(sheet)]) == 0
+    printed = capsys.readouterr().out
+    assert "problems: none" in printed and "captions: none (image-only shards" in printed
+    assert "missing_caption" not in printed and "contact sheet" in printed and sheet.is_file()
+
+
+def test_pointing_training_at_an_image_folder_says_how_to_make_shards(tmp_path, capsys):
+    save_image(tmp_path / "photos" / "a.jpg", COLORS["red"])
+    out = tmp_path / "run"
+    args = ["train", "model.kind=image", "objective.name=simclr", f"train.output_dir={out}"]
+    assert cli.main([*args, f"data.train_shards={tmp_path / 'photos'}"]) == 2
+    err = capsys.readouterr().err
+    assert "holds images, not shards" in err and "vlcontrast data images" in err
+    assert not out.exists()  # refused before anything is written
+
+
+def test_imagefolder_counts_the_images_beside_its_class_folders(tmp_path, capsys):
+    save_image(tmp_path / "tree" / "red" / "1.jpg", COLORS["red"])
+    save_image(tmp_path / "tree" / "loose.jpg", COLORS["blue"])
+    args = ["data", "imagefolder", str(tmp_path / "tree"), "--out", str(tmp_path / "s")]
+    assert cli.main([*args, "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "1 samples" in printed and "note: 1 image(s) directly under" in printed
+    flat = tmp_path / "flat"
+    save_image(flat / "x.jpg", COLORS["red"])
+    assert cli.main(["data", "imagefolder", str(flat), "--out", str(tmp_path / "t")]) == 2
+    assert f"'vlcontrast data images {flat} --out SHARDS'" in capsys.readouterr().err

@@ -116,6 +116,16 @@ def add_commands(sub) -> None:
         help="caption templates with {} for the class name; one is picked per image",
     )
 
+    images = makers.add_parser(
+        "images",
+        help="a folder of images, no captions or labels (for SimCLR, MoCo, DINO, ...)",
+        description="Write every image under ROOT, at any depth, as image-only shards "
+        "({key}.jpg and {key}.json with its path; no captions, no labels): what the "
+        "self-supervised methods (objective.name=simclr, mocov2, byol, dino, swav, densecl, "
+        "...) train on. Unreadable, truncated and oversized images are skipped and counted.",
+    )
+    images.add_argument("root", help="the folder (searched at every depth)")
+
     hf = makers.add_parser("hf", help="a Hugging Face datasets dataset with image + text")
     hf.add_argument("name", help="save_to_disk directory, dataset folder or hub name")
     hf.add_argument("--split", default="train", help="default: %(default)s")
@@ -138,7 +148,7 @@ def add_commands(sub) -> None:
     )
     pairs.add_argument("--per-shard", type=int, default=10000, help="pairs per shard")
 
-    for maker in (captions, folder, hf):
+    for maker in (captions, folder, images, hf):
         maker.add_argument("--out", required=True, help="output directory")
         maker.add_argument("--per-shard", type=int, default=1000, help="samples per shard")
         maker.add_argument("--resize", type=int, default=0, help="shorter side max (0: keep)")
@@ -221,6 +231,8 @@ def cmd_data(args: argparse.Namespace) -> int:
             )
         elif args.maker == "imagefolder":
             source = convert.ClassFolder(args.root, args.templates)
+        elif args.maker == "images":
+            source = convert.ImageFiles(args.root)
         else:
             source = convert.HFImageText(args.name, args.split, args.image_column, args.text_column)
     except (ValueError, OSError) as err:
@@ -230,6 +242,23 @@ def cmd_data(args: argparse.Namespace) -> int:
         source, args.out, args.per_shard, args.resize, args.workers, not args.no_progress
     )
     print(convert.summary_line(summary))
+    if getattr(source, "loose", 0):
+        print(
+            f"note: {source.loose} image(s) directly under {args.root} are in no class folder "
+            f"and were left out (root/CLASS/IMAGE)"
+        )
+    shards = f"'{summary['pattern']}'"
+    if args.maker == "images":
+        print(
+            f"next: vlcontrast shards inspect {shards} --sheet shards.png\n"
+            f"      vlcontrast train model.preset=tiny model.kind=image objective.name=simclr "
+            f"data.train_shards={shards} train.epochs=100"
+        )
+    else:
+        print(
+            f"next: vlcontrast shards inspect {shards} --sheet shards.png\n"
+            f"      vlcontrast tokenizer train --shards {shards} --out TOKENIZER"
+        )
     return 0
 
 

@@ -11,6 +11,8 @@ Sources, each an indexable list of records (``key``, image bytes or path, captio
   (``"a photo of a {}."``) filled with the class name, picked per image with a seeded generator;
   the label is also written as ``cls`` and the class names as ``classes.json``, so the shards
   serve zero-shot evaluation too.
+* :class:`ImageFiles`: every image under a folder, at any depth, without captions or labels
+  (``{key}.jpg`` and ``{key}.json`` only), for the image-only methods.
 * :class:`HFImageText`: a Hugging Face ``datasets`` dataset (a ``save_to_disk`` directory, a
   local dataset folder or a hub name) with an image and a text column (a list of captions is kept
   whole in the JSON, its first caption in ``txt``).
@@ -67,7 +69,10 @@ def scan_class_folder(
         if path.suffix.lower() in IMAGE_SUFFIXES
     ]
     if not items:
-        raise ValueError(f"{root}: no images in class sub-folders (root/CLASS/IMAGE.jpg)")
+        raise ValueError(
+            f"{root}: no images in class sub-folders (root/CLASS/IMAGE.jpg); for images "
+            f"without labels, 'vlcontrast data images {root} --out SHARDS'"
+        )
     return classes, items
 
 
@@ -155,11 +160,14 @@ class ClassFolder:
     seed: int = 0
     classes: list = field(default_factory=list)
     items: list = field(default_factory=list, repr=False)
+    loose: int = 0  # images directly under root, in no class folder: not written
 
     def __post_init__(self):
         if any("{}" not in t for t in self.templates):
             raise ValueError("--templates: every template needs a {} for the class name")
         folders, items = scan_class_folder(self.root)
+        # images beside the class folders have no class: left out (as torchvision's), counted
+        self.loose = sum(1 for p in Path(self.root).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         self.classes = class_names(folders)
         self.items = [(str(path.relative_to(self.root)), label) for path, label in items]
 
@@ -176,6 +184,39 @@ class ClassFolder:
             "label": label,
             "meta": {"path": relative, "label": label, "classname": name},
         }
+
+
+@dataclass
+class ImageFiles:
+    """Every image under ``root``, at any depth, in the order of their paths: no captions and
+    no labels, for the image-only methods (a folder of unlabelled photos, as lightly's
+    ``LightlyDataset(input_dir)`` takes). Each sample's JSON keeps its path."""
+
+    root: str
+    items: list = field(default_factory=list, repr=False)
+
+    def __post_init__(self):
+        root = Path(self.root)
+        if not root.is_dir():
+            raise ValueError(f"{root}: no such folder")
+        self.items = sorted(
+            str(path.relative_to(root))
+            for path in root.rglob("*")
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+        )
+        if not self.items:
+            suffixes = Counter(p.suffix.lower() or p.name for p in root.rglob("*") if p.is_file())
+            held = ", ".join(f"{n} {s}" for s, n in suffixes.most_common(3)) or "nothing"
+            raise ValueError(
+                f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in it; it holds {held}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def record(self, index: int) -> dict[str, Any]:
+        relative = self.items[index]
+        return {"image": (Path(self.root) / relative).read_bytes(), "meta": {"path": relative}}
 
 
 @dataclass
@@ -287,7 +328,8 @@ def write_shard(source, index: int, per_shard: int, out_dir: str, resize: int) -
             key = f"{index:05d}{position - start:0{digits}d}"
             try:
                 record = source.record(position)
-                captions = parse_captions(record.get("caption"))
+                # a source without captions (ImageFiles) writes image-only samples
+                captions = parse_captions(record["caption"]) if "caption" in record else []
                 ext, payload, sizes = encode_image(record["image"], resize)
             except SkipSample as skip:
                 skipped[skip.reason] += 1
@@ -295,11 +337,13 @@ def write_shard(source, index: int, per_shard: int, out_dir: str, resize: int) -
             except OSError:
                 skipped["unreadable_image"] += 1
                 continue
-            meta = {"key": key, "caption": captions[0], **sizes, **record.get("meta", {})}
+            first = {"caption": captions[0]} if captions else {}
+            meta = {"key": key, **first, **sizes, **record.get("meta", {})}
             if len(captions) > 1:
                 meta["captions"] = captions
             add_member(tar, f"{key}.{ext}", payload)
-            add_member(tar, f"{key}.txt", captions[0].encode())
+            if captions:
+                add_member(tar, f"{key}.txt", captions[0].encode())
             add_member(tar, f"{key}.json", json.dumps(meta, default=str).encode())
             if "label" in record:
                 add_member(tar, f"{key}.cls", str(record["label"]).encode())

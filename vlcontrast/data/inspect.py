@@ -46,8 +46,9 @@ def inspect_shards(
     decode: int = 1000,
 ) -> dict[str, Any]:
     """Statistics of the shards of ``pattern`` and up to ``sheet`` (image, caption) pairs drawn
-    uniformly from all of them, in reading order. The images of the first ``decode`` samples
-    (-1: all) are decoded, so corrupt ones are counted."""
+    uniformly from all of them, in reading order (caption "" where a sample has none). The
+    images of the first ``decode`` samples (-1: all) are decoded, so corrupt ones are
+    counted."""
     urls = expand_urls(pattern)
     missing = missing_shards(urls)
     members, problems, lengths = Counter(), Counter(), Counter()
@@ -75,16 +76,21 @@ def inspect_shards(
             except SkipSample as skip:
                 problems[skip.reason] += 1
                 caption = None
-            if image_key and caption and sheet > 0:  # reservoir sampling (Vitter's algorithm R)
+            if image_key and sheet > 0:  # reservoir sampling (Vitter's algorithm R)
                 candidates += 1
-                example = (samples, raw["__key__"], raw[image_key], caption)
+                example = (samples, raw["__key__"], raw[image_key], caption or "")
                 if len(examples) < sheet:
                     examples.append(example)
                 elif (slot := rng.randrange(candidates)) < sheet:
                     examples[slot] = example
+    # shards with no caption at all are image-only (``data images``), not missing captions
+    image_only = samples > 0 and problems.get("missing_caption", 0) == samples
+    if image_only:
+        del problems["missing_caption"]
     return {
         "shards": len(urls),
         "missing_shards": len(missing),
+        "image_only": image_only,
         "samples": samples,
         "decoded": decoded,
         "bytes": size,
@@ -126,8 +132,14 @@ def report(stats: dict[str, Any]) -> str:
         "problems: "
         + (", ".join(f"{k}={v}" for k, v in stats["problems"].items()) or "none")
         + f" (images of {stats['decoded']} samples decoded)",
-        "caption length (words):",
-        *("  " + line for line in histogram_lines(stats["caption_words"])),
+        *(
+            ["captions: none (image-only shards, for the image-only methods: simclr, dino, ...)"]
+            if stats.get("image_only")
+            else [
+                "caption length (words):",
+                *("  " + line for line in histogram_lines(stats["caption_words"])),
+            ]
+        ),
     ]
     return "\n".join(lines)
 

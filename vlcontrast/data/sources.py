@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import itertools
 import json
 import os
 import posixpath
@@ -26,6 +27,7 @@ from pathlib import Path
 import webdataset as wds
 from tqdm.auto import tqdm
 
+from vlcontrast.data.limits import IMAGE_SUFFIXES
 from vlcontrast.data.tar_reader import count_samples
 
 
@@ -77,9 +79,23 @@ def parse_sources(pattern: str, weights: Sequence[float] = ()) -> list[Source]:
     for index, part in enumerate(patterns):
         urls = [url for braced in wds.shardlists.expand_urls(part) for url in expand_local(braced)]
         if not urls:
-            raise ValueError(f"data.train_shards: pattern {part!r} matches no shard")
+            raise ValueError(f"data.train_shards: pattern {part!r} matches no shard{hint(part)}")
         sources.append(Source(part, urls, float(weights[index]) if weights else 1.0))
     return sources
+
+
+def hint(pattern: str) -> str:
+    """What to do when ``pattern`` is a folder of images rather than of shards."""
+    folder = Path(pattern)
+    if not is_local(pattern) or not folder.is_dir():
+        return ""
+    if any(p.suffix.lower() in IMAGE_SUFFIXES for p in itertools.islice(folder.rglob("*"), 10000)):
+        return (
+            f"; {pattern} holds images, not shards: write them as shards with 'vlcontrast data "
+            f"images {pattern} --out SHARDS' (or 'data imagefolder' for class folders, 'data "
+            f"captions' with a captions table)"
+        )
+    return ""
 
 
 def _read_json(url: str) -> dict | None:
