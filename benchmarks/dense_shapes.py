@@ -175,7 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--jobs", type=int, default=1, help="seeds run at once (%(default)s)")
     parser.add_argument(
-        "--out", type=Path, default=Path("dense_shapes_runs"), help="with --seeds: the logs"
+        "--out",
+        type=Path,
+        default=Path("dense_shapes_runs"),
+        help="with --seeds: each seed's log and result; a seed that finished there with the "
+        "same arguments and code is read back, so a long study can stop and go on",
     )
     parser.add_argument("--json", type=Path, default=None, help="write the rows to this file")
     argv = sys.argv[1:] if argv is None else argv

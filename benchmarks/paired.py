@@ -64,14 +64,34 @@ def describe(what: str, stats: dict[str, float]) -> str:
     )
 
 
+def code_hash(script: str) -> str:
+    """A hash of ``script`` and every source file of the vlcontrast package it runs."""
+    import hashlib
+
+    import vlcontrast
+
+    digest = hashlib.sha256(Path(script).read_bytes())
+    for path in sorted(Path(vlcontrast.__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def run_seeds(script: str, args: list[str], seeds: list[int], jobs: int, out: Path) -> dict:
     """``{seed: the JSON its run wrote}``, running ``jobs`` seeds at a time; a failed run stops
-    everything with the end of its log."""
+    everything with the end of its log. A seed whose run finished in ``out`` with the same
+    arguments and the same code (``S.run.json``: the arguments and a hash of the script and
+    the library) is read back, not run again, so a study of many seeds can be stopped and
+    continued."""
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
+    stamp = {"args": args, "code": code_hash(script)}
 
     def one(seed: int) -> dict:
-        result, log = out / f"{seed}.json", out / f"{seed}.log"
+        result, log, ran = out / f"{seed}.json", out / f"{seed}.log", out / f"{seed}.run.json"
+        if result.is_file() and ran.is_file() and json.loads(ran.read_text()) == stamp:
+            print(f"seed {seed}: kept from an earlier run ({result})", flush=True)
+            return json.loads(result.read_text())
+        ran.unlink(missing_ok=True)
         command = [sys.executable, script, *args, "--seed", str(seed), "--json", str(result)]
         with open(log, "w") as sink:
             done = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
@@ -79,6 +99,7 @@ def run_seeds(script: str, args: list[str], seeds: list[int], jobs: int, out: Pa
             tail = log.read_text()[-2000:]
             raise RuntimeError(f"seed {seed} failed (exit {done.returncode}); {log}:\n{tail}")
         print(f"seed {seed} done ({log})", flush=True)
+        ran.write_text(json.dumps(stamp))  # last: marks the seed done
         return json.loads(result.read_text())
 
     with ThreadPoolExecutor(jobs) as pool:

@@ -100,6 +100,36 @@ def test_paired_statistics_against_statistics_and_a_binomial_written_here():
     assert paired.parse_seeds("0-3,8") == [0, 1, 2, 3, 8]
 
 
+def test_a_seed_study_continues_where_it_stopped(tmp_path):
+    """``paired.run_seeds`` reads back a seed that finished with the same arguments and code,
+    and runs it again when either differs or when its run did not finish."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import paired
+
+    script = tmp_path / "fake.py"
+    script.write_text(
+        "import json, sys\n"
+        "seed = int(sys.argv[sys.argv.index('--seed') + 1])\n"
+        "out = sys.argv[sys.argv.index('--json') + 1]\n"
+        f"open({str(tmp_path / 'calls')!r}, 'a').write(f'{{seed}} ')\n"
+        "json.dump({'seed': seed, 'value': seed * 2}, open(out, 'w'))\n"
+    )
+    calls = tmp_path / "calls"
+    out = tmp_path / "runs"
+    first = paired.run_seeds(str(script), ["--x", "1"], [0, 1], 2, out)
+    assert first == {0: {"seed": 0, "value": 0}, 1: {"seed": 1, "value": 2}}
+    assert sorted(calls.read_text().split()) == ["0", "1"]
+    (out / "1.run.json").unlink()  # seed 1 was stopped before its stamp was written
+    assert paired.run_seeds(str(script), ["--x", "1"], [0, 1, 2], 1, out) == {
+        s: {"seed": s, "value": 2 * s} for s in (0, 1, 2)
+    }
+    assert sorted(calls.read_text().split()[2:]) == ["1", "2"]  # 0 read back, 1 and 2 run
+    paired.run_seeds(str(script), ["--x", "2"], [0], 1, out)  # other arguments: run again
+    script.write_text(script.read_text() + "# changed\n")
+    paired.run_seeds(str(script), ["--x", "2"], [0], 1, out)  # other code: run again
+    assert calls.read_text().split()[4:] == ["0", "0"]
+
+
 def test_loader_benchmark_refuses_too_few_batches_to_time():
     done = run_loader_benchmark("--small", "64", "--large", "0", "--workers", "2")
     assert done.returncode == 1 and "raise --small/--large" in done.stderr
