@@ -269,3 +269,31 @@ def test_reference_library_comparisons_run_or_say_how_to_install_it(script, modu
     else:
         assert done.returncode == 0, done.stdout + done.stderr
         assert "largest difference" in done.stdout
+
+
+def test_dense_k_scores_each_k_as_the_eval_command_does(tmp_path, capsys):
+    """Each cell of ``benchmarks/dense_k.py`` is ``vlcontrast eval dense-knn --k K``'s mean IoU."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import dense_k
+
+    from tests.test_dense_knn import tiny_densecl_run
+    from vlcontrast import cli
+
+    masks, run = tmp_path / "masks", tmp_path / "run"
+    assert cli.main(["data", "masks", str(masks), "--train", "24", "--heldout", "8"]) == 0
+    assert cli.main(tiny_densecl_run(masks, run)) == 0
+    sets = ["--train-data", f"{masks}/train/00000.tar", "--data", f"{masks}/heldout/00000.tar"]
+    expected = {}
+    for k in (3, 7):
+        report = tmp_path / f"k{k}.json"
+        args = ["eval", "dense-knn", "--checkpoint", str(run), "--k", str(k), *sets]
+        assert cli.main([*args, "--json", str(report)]) == 0
+        expected[k] = json.loads(report.read_text())["dense_knn"]["metrics"]["miou"]
+    capsys.readouterr()
+    assert dense_k.main([str(run), "--random-init", "--k", "3", "7", *sets]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[1].startswith("| random init |") and rows[2].startswith(f"| {run} |")
+    assert [float(cell) for cell in rows[2].strip("| ").split(" | ")[1:]] == [
+        round(expected[3], 3),
+        round(expected[7], 3),
+    ]

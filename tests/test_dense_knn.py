@@ -289,13 +289,11 @@ def test_masks_in_other_png_modes_read_as_class_indices_or_skip_by_reason(tmp_pa
     assert torch.equal(out["masks"][4].long(), torch.from_numpy(binary).long())
 
 
-def test_data_masks_then_eval_dense_knn_through_the_cli(tmp_path, capsys):
-    out = tmp_path / "masks"
-    assert cli.main(["data", "masks", str(out), "--train", "24", "--heldout", "8"]) == 0
-    assert "eval dense-knn" in capsys.readouterr().out
-    assert json.loads((out / "heldout" / "classes.json").read_text()) == MASK_CLASSES
-    run = tmp_path / "run"
-    args = [
+def tiny_densecl_run(masks, run) -> list[str]:
+    """The command line of 2 DenseCL steps of a tiny ViT on ``masks`` (``data masks``), with
+    a dense-kNN monitor, into ``run``."""
+    out = masks
+    return [
         "train",
         "model.kind=image",
         "objective.name=densecl",
@@ -316,7 +314,15 @@ def test_data_masks_then_eval_dense_knn_through_the_cli(tmp_path, capsys):
         f"eval.evaluators=[{{kind: dense_knn, data: '{out}/heldout/00000.tar', "
         f"train_data: '{out}/train/00000.tar', k: 5}}]",
     ]
-    assert cli.main(args) == 0
+
+
+def test_data_masks_then_eval_dense_knn_through_the_cli(tmp_path, capsys):
+    out = tmp_path / "masks"
+    assert cli.main(["data", "masks", str(out), "--train", "24", "--heldout", "8"]) == 0
+    assert "eval dense-knn" in capsys.readouterr().out
+    assert json.loads((out / "heldout" / "classes.json").read_text()) == MASK_CLASSES
+    run = tmp_path / "run"
+    assert cli.main(tiny_densecl_run(out, run)) == 0
     report = tmp_path / "dense.json"
     assert (
         cli.main(

@@ -353,17 +353,22 @@ def dense_knn(
     """Patch kNN of ``spec.data``'s pixels from ``spec.train_data``'s patches (``k``,
     ``temperature``, ``max_samples``)."""
     sets = dense_sets(model, device, transform, spec, batch_size, max_pixels, progress)
+    result = score_knn(sets, neighbours(spec), spec.temperature, device)
+    result["skipped"] = sets["skipped"]
+    result["examples"] = scored_examples(spec, transform, max_pixels, result.pop("pixels"), sets)
+    return result
+
+
+def score_knn(sets: dict[str, Any], k: int, temperature: float, device="cpu") -> dict[str, Any]:
+    """The metrics of :func:`dense_knn` on embedded ``sets`` (:func:`dense_sets`) at ``k`` and
+    ``temperature``, with the predicted ``pixels`` (this rank's held-out rows, (N, S, S)), so
+    one embedding can be scored at several k (``benchmarks/dense_k.py``)."""
     classnames, train_feat, test_feat = sets["classnames"], sets["train_feat"], sets["test_feat"]
     grid = tuple(train_feat.shape[1:3])
     train_lab = patch_labels(sets["train_masks"], grid, len(classnames)).flatten()
     bank = train_feat.flatten(0, 2)[train_lab >= 0]  # (P, F) labelled training patches
     scores = knn_scores(
-        bank,
-        train_lab[train_lab >= 0],
-        test_feat.flatten(0, 2),
-        len(classnames),
-        neighbours(spec),
-        spec.temperature,
+        bank, train_lab[train_lab >= 0], test_feat.flatten(0, 2), len(classnames), k, temperature
     )
     pred = scores.argmax(dim=1).view(len(test_feat), *grid)  # (N, h, w)
     size = sets["test_masks"].shape[-1]
@@ -376,11 +381,8 @@ def dense_knn(
         ]
     )
     result = segmentation_metrics(pixels, sets["test_masks"], classnames, device)
-    result["metrics"].update(k=min(neighbours(spec), len(bank)), patches=int(len(bank)))
-    result["classnames"] = classnames
-    result["skipped"] = sets["skipped"]
-    result["examples"] = scored_examples(spec, transform, max_pixels, pixels, sets)
-    return result
+    result["metrics"].update(k=min(k, len(bank)), patches=int(len(bank)))
+    return result | {"classnames": classnames, "pixels": pixels}
 
 
 EXAMPLES = 6  # held-out images drawn by --plot: image, true mask, prediction
