@@ -65,6 +65,42 @@ def test_moco_state_dict_of_both_encoders_loads_the_query_encoder(tmp_path, caps
     assert "left out 2 not in the backbone" in printed  # the head; encoder_k is another prefix
 
 
+def test_a_lightly_resnet_in_a_lightning_checkpoint_computes_torchvisions_features(
+    tmp_path, capsys
+):
+    """lightly's examples keep torchvision's ResNet as ``nn.Sequential(*children()[:-1])``
+    (``backbone.0.weight`` is ``conv1.weight``, ``backbone.4.0...`` is ``layer1.0...``) beside
+    their projection head, in a Lightning checkpoint: the timm trunk then computes the features
+    torchvision's own module does."""
+    import torchvision
+    from torch import nn
+
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18()
+    backbone = nn.Sequential(*list(resnet.children())[:-1]).eval()
+    head = {"projection_head.layer.0.weight": torch.randn(16, 512)}
+    state = {**prefixed(backbone.state_dict(), "backbone."), **head}
+    assert "backbone.4.0.conv1.weight" in state  # lightly's layout indeed
+    checkpoint = {
+        "epoch": 9,
+        "global_step": 990,
+        "pytorch-lightning_version": "2.4.0",
+        "state_dict": state,
+        "hyper_parameters": {"lr": 0.06, "max_epochs": 10},
+    }
+    path = tmp_path / "epoch=9-step=990.ckpt"
+    torch.save(checkpoint, path)
+    trunk = random_trunk(tower(kwargs={}, path=path, size=64), 1).eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want = backbone(images).flatten(1)  # (2, 512)
+        got = trunk.forward_head(trunk.forward_features(images), pre_logits=True)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    printed = capsys.readouterr().out
+    assert "prefix 'backbone.' removed" in printed and "lightly's layout" in printed
+    assert f"{len(backbone.state_dict())} tensors from" in printed  # every one, head aside
+
+
 def test_dino_full_checkpoint_loads_the_teacher_backbone_resampled_to_the_size(tmp_path):
     """DINO's full checkpoint (student and teacher, ``module.backbone.`` / ``backbone.`` and the
     DINO head): the teacher's ViT, its position embeddings resampled from 32 to 64 px by timm."""

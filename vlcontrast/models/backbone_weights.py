@@ -18,6 +18,10 @@ MoCo's ``module.encoder_q.`` filter):
   a tie (MoCo's ``encoder_q.`` and ``encoder_k.``, MoCo v3's ``base_encoder.`` and
   ``momentum_encoder.``) the one first in the file: the online encoder, which the authors
   evaluate;
+- a ResNet saved as lightly's examples and benchmarks build it,
+  ``nn.Sequential(*list(torchvision_resnet.children())[:-1])`` (``backbone.0.weight`` for
+  ``conv1.weight``, ``backbone.4.0.conv1.weight`` for ``layer1.0.conv1.weight``), has its
+  children's numbers named (``RESNET_CHILDREN``) when that matches more of the trunk's keys;
 - timm's own ``checkpoint_filter_fn`` for the architecture, when it has one, adapts the rest
   (a ViT's position embeddings resampled to ``image.image_size``);
 - tensors that are not the trunk's (projection heads, prototypes, a classifier) are left out
@@ -42,6 +46,16 @@ WRAPPERS = ("state_dict", "model", "teacher")  # timm/MoCo/DenseCL, DeiT/MAE, DI
 # Prefixes tried: up to 4 levels (``_orig_mod.module.encoder_q.`` is 3) in a key's first 256
 # characters, so a file with absurd keys costs no more than a real one
 MAX_DEPTH, MAX_PREFIX = 4, 256
+# torchvision's ResNet children by position (2 relu, 3 maxpool, 8 avgpool and 9 fc hold no
+# tensors): the names of a ResNet kept as nn.Sequential(*children()[:-1]), lightly's layout
+RESNET_CHILDREN = {
+    "0": "conv1",
+    "1": "bn1",
+    "4": "layer1",
+    "5": "layer2",
+    "6": "layer3",
+    "7": "layer4",
+}
 
 
 def read_tensors(file: str | Path, what: str = WHAT) -> dict[str, Any]:
@@ -91,12 +105,37 @@ def best_prefix(keys: list[str], wanted: set[str]) -> str:
     return max(counts, key=counts.__getitem__)  # max keeps the first of equals
 
 
+def named_children(key: str) -> str:
+    """``key`` with its first numeric part named as a torchvision ResNet's child
+    (``backbone.4.0.conv1.weight`` -> ``backbone.layer1.0.conv1.weight``)."""
+    parts = key.split(".")
+    first = next((i for i, part in enumerate(parts) if part.isdigit()), None)
+    if first is None or parts[first] not in RESNET_CHILDREN:
+        return key
+    return ".".join([*parts[:first], RESNET_CHILDREN[parts[first]], *parts[first + 1 :]])
+
+
+def matched(state: dict[str, torch.Tensor], wanted: set[str]) -> dict[str, Any]:
+    """``state`` under its best prefix (:func:`best_prefix`), with that prefix and its layout:
+    the file's own names or, if they match more of ``wanted``, lightly's ResNet layout named
+    (:func:`named_children`, layout ``sequential_resnet``)."""
+    best: dict[str, Any] = {"hits": -1}
+    renamed = {named_children(k): v for k, v in state.items()}
+    for layout, names in (("", state), ("sequential_resnet", renamed)):
+        prefix = best_prefix(list(names), wanted)
+        found = {k[len(prefix) :]: v for k, v in names.items() if k.startswith(prefix)}
+        hits = sum(k in wanted for k in found)
+        if hits > best["hits"]:
+            best = {"state": found, "prefix": prefix, "layout": layout, "hits": hits}
+    return best
+
+
 def trunk_state(state: dict[str, torch.Tensor], trunk: nn.Module) -> dict[str, Any]:
     """``state`` as the trunk's keys: prefix stripped, timm's filter applied; the tensors that
     are not the trunk's left out (returned under ``left_out``)."""
     wanted = trunk.state_dict()
-    prefix = best_prefix(list(state), set(wanted))
-    state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    found = matched(state, set(wanted))
+    state, prefix = found["state"], found["prefix"]
     adapt = getattr(sys.modules.get(type(trunk).__module__), "checkpoint_filter_fn", None)
     if adapt is not None:
         try:
@@ -104,7 +143,8 @@ def trunk_state(state: dict[str, torch.Tensor], trunk: nn.Module) -> dict[str, A
         except Exception:  # noqa: BLE001 - a filter for another layout; keys are checked below
             pass
     kept = {k: v for k, v in state.items() if k in wanted}
-    return {"state": kept, "prefix": prefix, "left_out": sorted(set(state) - set(kept))}
+    left_out = sorted(set(state) - set(kept))
+    return {"state": kept, "prefix": prefix, "layout": found["layout"], "left_out": left_out}
 
 
 def load_backbone(
@@ -139,6 +179,8 @@ def describe(report: dict[str, Any], file: str | Path, what: str = WHAT) -> str:
     """One line: what :func:`load_backbone` took from ``file`` and what it left out."""
     where = f" under {report['wrapper']!r}" if report["wrapper"] else ""
     prefix = f", prefix {report['prefix']!r} removed" if report["prefix"] else ""
+    if report.get("layout") == "sequential_resnet":
+        prefix += ", a ResNet's nn.Sequential children named (lightly's layout)"
     left = report["left_out"]
     shown = ", ".join(left[:3]) + (", ..." if len(left) > 3 else "")
     extra = f"; left out {len(left)} not in the backbone ({shown})" if left else ""
