@@ -7,6 +7,7 @@ preferred wherever both exist (``models/hf_clip.py``).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,16 @@ def load_tensors_only(file: str | Path, what: str, allowed: list | tuple = ()) -
         with torch.serialization.safe_globals(list(allowed)):
             return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        if "Weights only load failed" in str(err):
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()  # torch's bold, as plain text
+        first = text.splitlines()[0][:200] if text else type(err).__name__
+        if "Weights only load failed" in text:
+            found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", text, re.IGNORECASE)
+            held = f"a pickled {found.group(1)}" if found else "pickled objects"
             raise ConfigError(
-                f"{what}: refusing to load {file}: it holds pickled objects other than tensors "
-                f"and plain data, which could run code ({first}). Use a .safetensors copy of "
-                f"these weights, or re-save them from code you trust"
+                f"{what}: refusing to load {file}: it holds {held}, not only tensors and plain "
+                f"data, and unpickling it could run code. Use a .safetensors copy of these "
+                f"weights, or, if you trust the file, re-save its tensors alone from your own "
+                f"code (a Lightning checkpoint: torch.save(checkpoint['state_dict'], "
+                f"'weights.pth'))"
             ) from None
         raise ConfigError(f"{what}: {file} is not a readable torch file ({first})") from None
