@@ -101,6 +101,35 @@ def test_a_lightly_resnet_in_a_lightning_checkpoint_computes_torchvisions_featur
     assert f"{len(backbone.state_dict())} tensors from" in printed  # every one, head aside
 
 
+def test_a_vissl_checkpoint_loads_its_trunk_from_deep_inside(tmp_path, capsys):
+    """VISSL's model zoo (SwAV, SimCLR, Barlow Twins, ...) nests the trunk as
+    ``classy_state_dict.base_model.model.trunk`` with ``_feature_blocks.`` keys, beside its
+    heads, and its loss's state (a queue) sits shallower: the trunk is the dict that matches."""
+    trunk_weights = random_trunk(tower(), 1).state_dict()
+    checkpoint = {
+        "phase_idx": 12,
+        "iteration": 6000,
+        "classy_state_dict": {
+            "train": True,
+            "loss": {"queue": torch.randn(2, 64, 16)},  # shallower, and not the trunk
+            "base_model": {
+                "model": {
+                    "trunk": prefixed(trunk_weights, "_feature_blocks."),
+                    "heads": {"0.projection_head.0.weight": torch.randn(16, 16)},
+                },
+                "meta": {"version": "0.1.6"},
+            },
+        },
+    }
+    path = tmp_path / "model_final_checkpoint_phase799.torch"
+    torch.save(checkpoint, path)
+    trunk = random_trunk(tower(path=path), 2)
+    assert_same(trunk, trunk_weights)
+    printed = capsys.readouterr().out
+    assert "under 'classy_state_dict.base_model.model.trunk'" in printed
+    assert "prefix '_feature_blocks.' removed" in printed
+
+
 def test_dino_full_checkpoint_loads_the_teacher_backbone_resampled_to_the_size(tmp_path):
     """DINO's full checkpoint (student and teacher, ``module.backbone.`` / ``backbone.`` and the
     DINO head): the teacher's ViT, its position embeddings resampled from 32 to 64 px by timm."""

@@ -11,8 +11,11 @@ without ``weights_only``, which before torch 2.6 unpickles anything.
 Then, as the reference trainers' linear-evaluation scripts do (DINO's ``checkpoint_key``,
 MoCo's ``module.encoder_q.`` filter):
 
-- a wrapper dict is opened: the first of ``state_dict``, ``model``, ``teacher`` that holds
-  tensors (DINO's full checkpoints keep ``teacher`` and ``student``; DINO evaluates the teacher);
+- the wrapper dict is found: of the top level, ``state_dict``, ``model``, ``teacher`` and
+  every dict nested in them (VISSL's model zoo keeps the trunk under
+  ``classy_state_dict.base_model.model.trunk``), the one under which most tensors are the
+  trunk's; on a tie the first in that order (DINO's full checkpoints keep ``teacher`` and
+  ``student``; DINO evaluates the teacher);
 - the key prefix is found, not listed: of every prefix the keys have up to a dot (``module.``,
   ``module.encoder_q.``, ``backbone.``, ...), the one under which most keys are the trunk's. On
   a tie (MoCo's ``encoder_q.`` and ``encoder_k.``, MoCo v3's ``base_encoder.`` and
@@ -82,16 +85,30 @@ def read_tensors(file: str | Path, what: str = WHAT) -> dict[str, Any]:
     return state
 
 
-def unwrap(state: dict[str, Any], what: str = WHAT) -> tuple[dict[str, torch.Tensor], str]:
-    """The tensors of ``state`` or of its first wrapper that holds tensors, and that wrapper's
-    name ('' for none)."""
-    for key in ("", *WRAPPERS):
-        inner = state if not key else state.get(key)
-        if isinstance(inner, dict):
-            tensors = {k: v for k, v in inner.items() if isinstance(v, torch.Tensor)}
-            if tensors:
-                return tensors, key
-    raise ConfigError(f"{what}: no tensors at the top level or under {', '.join(WRAPPERS)}")
+def tensors_of(inner: Any) -> dict[str, torch.Tensor]:
+    """The tensor entries of ``inner`` if it is a dict, else none."""
+    if not isinstance(inner, dict):
+        return {}
+    return {k: v for k, v in inner.items() if isinstance(v, torch.Tensor)}
+
+
+def wrappers(state: dict[str, Any]) -> list[tuple[dict[str, torch.Tensor], str]]:
+    """Every dict of ``state`` that holds tensors, with its path ('' for the top level): the
+    top level and ``WRAPPERS`` first, then the nested dicts shallowest first in the file's
+    order (VISSL's ``classy_state_dict.base_model.model.trunk``), at most ``MAX_DEPTH + 2``
+    levels down and 10,000 dicts opened, however the file nests."""
+    found = [(tensors_of(state if not key else state.get(key)), key) for key in ("", *WRAPPERS)]
+    queue, opened = [(state, "")], 0
+    while queue and opened < 10_000:
+        inner, path = queue.pop(0)
+        opened += 1
+        if path and path not in WRAPPERS:
+            found.append((tensors_of(inner), path))
+        if path.count(".") < MAX_DEPTH + 1:
+            queue += [
+                (v, f"{path}.{k}".lstrip(".")) for k, v in inner.items() if isinstance(v, dict)
+            ]
+    return [(tensors, path) for tensors, path in found if tensors]
 
 
 def best_prefix(keys: list[str], wanted: set[str]) -> str:
@@ -153,9 +170,14 @@ def load_backbone(
     """Load ``file`` into ``trunk`` (see the module): every trunk tensor present and of its
     shape, else a ConfigError naming one. Returns the wrapper, the prefix, the number of
     tensors loaded and the keys left out."""
-    tensors, wrapper = unwrap(read_tensors(file, what), what)
-    found = trunk_state(tensors, trunk)
+    candidates = wrappers(read_tensors(file, what))
+    if not candidates:
+        raise ConfigError(f"{what}: {file} holds no tensors, at the top level or in any dict")
     wanted = trunk.state_dict()
+    # the wrapper under which most tensors are the trunk's; on a tie the first (DINO's teacher)
+    hits = [matched(tensors, set(wanted))["hits"] for tensors, _ in candidates]
+    tensors, wrapper = candidates[hits.index(max(hits))]
+    found = trunk_state(tensors, trunk)
     for key, value in found["state"].items():
         if value.shape != wanted[key].shape:
             raise ConfigError(
