@@ -377,10 +377,10 @@ def build_shards(
     todo = [i for i in range(n_shards) if i not in done]
     bar = tqdm(total=n_shards, initial=len(done), desc="shards", unit="shard", disable=not progress)
     if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            futures = [
-                pool.submit(write_shard, source, i, per_shard, str(out), resize) for i in todo
-            ]
+        # the source goes to each worker once and a task is a shard number: a source's list of
+        # paths pickles to 50 MB for ImageNet's 1.28M images, which every task carried before
+        with ProcessPoolExecutor(workers, initializer=_hold, initargs=(source,)) as pool:
+            futures = [pool.submit(_write_held, i, per_shard, str(out), resize) for i in todo]
             for future in futures:
                 future.result()
                 bar.update(1)
@@ -391,6 +391,17 @@ def build_shards(
     bar.close()
     classes = getattr(source, "classes", None)
     return summarize(out, n_shards, resumed=len(done), classes=classes)
+
+
+_HELD: list = []  # a pool worker's source (build_shards)
+
+
+def _hold(source) -> None:
+    _HELD[:] = [source]
+
+
+def _write_held(index: int, per_shard: int, out_dir: str, resize: int) -> dict[str, Any]:
+    return write_shard(_HELD[0], index, per_shard, out_dir, resize)
 
 
 def _finished(out: Path, index: int) -> bool:
