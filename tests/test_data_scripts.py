@@ -233,10 +233,12 @@ def test_a_folder_of_unlabelled_images_becomes_image_only_shards(tmp_path, capsy
         save_image(photos / name, COLORS[colour], fmt="PNG" if name.endswith(".png") else "JPEG")
     (photos / "trip" / "broken.jpg").write_bytes(b"not an image")
     (photos / "notes.txt").write_text("not an image either")
+    (photos / "gone.jpg").symlink_to(photos / "deleted.jpg")  # a broken link
     out = tmp_path / "shards"
     assert cli.main(["data", "images", str(photos), "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "3 samples in 1 shard(s)" in printed and "skipped: corrupt_image=1" in printed
+    assert "3 samples in 1 shard(s)" in printed
+    assert "corrupt_image=1" in printed and "unreadable_image=1" in printed
     assert "objective.name=simclr" in printed  # the next command trains an image-only method
 
     import tarfile

@@ -202,7 +202,8 @@ class ImageFiles:
         self.items = sorted(
             str(path.relative_to(root))
             for path in root.rglob("*")
-            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+            # a broken link is listed too: it is then skipped and counted, not lost unseen
+            if path.suffix.lower() in IMAGE_SUFFIXES and (path.is_file() or path.is_symlink())
         )
         if not self.items:
             suffixes = Counter(p.suffix.lower() or p.name for p in root.rglob("*") if p.is_file())
