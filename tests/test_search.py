@@ -450,3 +450,17 @@ def test_index_add_rebuilds_a_saved_faiss_index_with_its_own_settings(tmp_path, 
     assert summary["rows"] == 48
     assert summary["faiss"]["kind"] == "hnsw" and summary["faiss"]["params"]["M"] == 8
     assert open_backend(layout.IndexFiles.open(tmp_path / "ix")).name == "faiss"  # current again
+
+
+def test_k_is_spelled_as_eval_spells_it_too():
+    """``eval knn --k`` and ``search -k``: each search command takes both spellings."""
+    from vlcontrast.cli import build_parser
+
+    for command in (
+        ["search", "IDX", "q"],
+        ["serve", "IDX"],
+        ["index", "dedup", "IDX", "--threshold", "0.9"],
+    ):
+        short = build_parser().parse_args([*command, "-k", "3"])
+        long = build_parser().parse_args([*command, "--k", "3"])
+        assert short.k == long.k == 3

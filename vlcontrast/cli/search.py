@@ -108,7 +108,11 @@ def add_commands(sub) -> None:
     )
     dedup.add_argument("--out", default="", help="table path (default: INDEX/duplicates.tsv)")
     dedup.add_argument(
-        "-k", type=int, default=16, help="neighbours looked at per item (default: %(default)s)"
+        "-k",
+        "--k",
+        type=int,
+        default=16,
+        help="neighbours looked at per item (default: %(default)s)",
     )
     info = actions.add_parser("info", help="rows, units, skip counts and backends of an index")
     info.add_argument("index", help="index directory")
@@ -122,7 +126,7 @@ def add_commands(sub) -> None:
     search.add_argument("index", help="index directory")
     search.add_argument("query", nargs="?", default="", help="the text to search for")
     search.add_argument("--image", default="", help="search by this image file instead")
-    search.add_argument("-k", type=int, default=10, help="results (default: %(default)s)")
+    search.add_argument("-k", "--k", type=int, default=10, help="results (default: %(default)s)")
     search.add_argument("--json", action="store_true", help="print the records as JSON")
     search.add_argument(
         "--sheet", default="", help="also draw the hits with their scores into this PNG"
@@ -145,7 +149,9 @@ def add_commands(sub) -> None:
         help="address to bind (default: %(default)s, this machine only)",
     )
     serve.add_argument("--port", type=int, default=8000, help="default: %(default)s")
-    serve.add_argument("-k", type=int, default=24, help="results per query (default: %(default)s)")
+    serve.add_argument(
+        "-k", "--k", type=int, default=24, help="results per query (default: %(default)s)"
+    )
     serve.add_argument("--backend", default="auto", choices=["auto", "exact", "faiss"])
     serve.add_argument(
         "--checkpoint", default="", help="the index's checkpoint, if it moved since the build"
