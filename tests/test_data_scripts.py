@@ -286,3 +286,26 @@ def test_imagefolder_counts_the_images_beside_its_class_folders(tmp_path, capsys
     save_image(flat / "x.jpg", COLORS["red"])
     assert cli.main(["data", "imagefolder", str(flat), "--out", str(tmp_path / "t")]) == 2
     assert f"'vlcontrast data images {flat} --out SHARDS'" in capsys.readouterr().err
+
+
+def test_a_rerun_into_another_sources_shards_is_refused(tmp_path, capsys):
+    """A rerun keeps finished shards; from another folder, or with another --per-shard, it
+    would mix two sources' records, so it stops before writing and says what changed."""
+    for folder, colour in (("first", "red"), ("second", "blue")):
+        for i in range(4):
+            save_image(tmp_path / folder / f"{i}.jpg", COLORS[colour])
+    out = tmp_path / "shards"
+    args = ["data", "images", "--out", str(out), "--per-shard", "2", "--no-progress"]
+    assert cli.main([*args, str(tmp_path / "first")]) == 0
+    (out / "00001_stats.json").unlink()  # stopped half-way
+    before = (out / "00000.tar").read_bytes()
+    assert cli.main([*args, str(tmp_path / "second")]) == 2
+    err = capsys.readouterr().err
+    assert "holds shards made from another source or with other settings" in err
+    assert "write to a new --out" in err and (out / "00000.tar").read_bytes() == before
+    assert not (out / "00001_stats.json").exists()  # nothing written
+    other = ["data", "images", "--out", str(out), "--per-shard", "3", "--no-progress"]
+    assert cli.main([*other, str(tmp_path / "first")]) == 2
+    assert "per_shard 2 -> 3" in capsys.readouterr().err
+    assert cli.main([*args, str(tmp_path / "first")]) == 0  # the same source finishes
+    assert "(1 already done)" in capsys.readouterr().out

@@ -238,9 +238,13 @@ def cmd_data(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as err:
         print(f"vlcontrast data {args.maker}: {err}", file=sys.stderr)
         return 2
-    summary = convert.build_shards(
-        source, args.out, args.per_shard, args.resize, args.workers, not args.no_progress
-    )
+    try:
+        summary = convert.build_shards(
+            source, args.out, args.per_shard, args.resize, args.workers, not args.no_progress
+        )
+    except ValueError as err:  # another source's shards in --out, refused before writing
+        print(f"vlcontrast data {args.maker}: {err}", file=sys.stderr)
+        return 2
     print(convert.summary_line(summary))
     if getattr(source, "loose", 0):
         print(

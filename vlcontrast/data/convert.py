@@ -28,6 +28,7 @@ done, so a rerun skips finished shards and redoes the rest. Skipped records are 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -127,6 +128,12 @@ class CaptionTable:
             self.classes = sorted({self._label_name(row) for row in self.rows})
             self._ids = {name: i for i, name in enumerate(self.classes)}
 
+    def identity(self):
+        """What these shards are made of (:func:`fingerprint`)."""
+        columns = (self.image_column, self.caption_column, self.label_column)
+        yield from (str(Path(self.images).resolve()), columns, self.label_from_folder)
+        yield from self.rows
+
     def _label_name(self, row: dict[str, Any]) -> str:
         if self.label_from_folder:
             return Path(str(row[self.image_column])).parent.name or Path(self.images).name
@@ -174,6 +181,11 @@ class ClassFolder:
     def __len__(self) -> int:
         return len(self.items)
 
+    def identity(self):
+        """What these shards are made of (:func:`fingerprint`)."""
+        yield from (str(Path(self.root).resolve()), list(self.templates), self.seed)
+        yield from self.items
+
     def record(self, index: int) -> dict[str, Any]:
         relative, label = self.items[index]
         name = self.classes[label]
@@ -215,6 +227,11 @@ class ImageFiles:
     def __len__(self) -> int:
         return len(self.items)
 
+    def identity(self):
+        """What these shards are made of (:func:`fingerprint`)."""
+        yield str(Path(self.root).resolve())
+        yield from self.items
+
     def record(self, index: int) -> dict[str, Any]:
         relative = self.items[index]
         return {"image": (Path(self.root) / relative).read_bytes(), "meta": {"path": relative}}
@@ -236,6 +253,11 @@ class HFImageText:
                     f"{self.name}: no column {column!r} (columns: {data.column_names}); "
                     f"set --image-column/--text-column"
                 )
+
+    def identity(self):
+        """What these shards are made of (:func:`fingerprint`): the dataset's own fingerprint."""
+        yield from (self.name, self.split, self.image_column, self.text_column)
+        yield getattr(self.data, "_fingerprint", len(self.data))
 
     @property
     def data(self):
@@ -361,6 +383,35 @@ def write_shard(source, index: int, per_shard: int, out_dir: str, resize: int) -
     return stats
 
 
+MANIFEST = "vlcontrast_source.json"  # what a folder's shards were made from (build_shards)
+
+
+def fingerprint(source) -> str:
+    """A digest of what ``source``'s shards are made of: its kind, its ``identity()`` (paths,
+    table rows, a dataset's own fingerprint) and its number of records."""
+    digest = hashlib.sha256(f"{type(source).__name__}/{len(source)}".encode())
+    for part in source.identity():
+        digest.update(json.dumps(part, default=str, sort_keys=True).encode() + b"\n")
+    return digest.hexdigest()[:16]
+
+
+def check_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    """Refuse to finish ``out``'s shards from another source or other settings than the
+    finished ones were made from (a rerun keeps finished shards): each shard would otherwise
+    hold records of one and the next of the other. A folder without a manifest is adopted."""
+    path = out / MANIFEST
+    if path.is_file():
+        before = json.loads(path.read_text())
+        changed = [k for k in manifest if before.get(k) != manifest[k]]
+        if changed and any(out.glob("*_stats.json")):
+            said = ", ".join(f"{k} {before.get(k)!r} -> {manifest[k]!r}" for k in changed)
+            raise ValueError(
+                f"{out} holds shards made from another source or with other settings ({said}); "
+                f"write to a new --out, or empty {out} to start again"
+            )
+    path.write_text(json.dumps(manifest, indent=1) + "\n")
+
+
 def build_shards(
     source,
     out_dir: str | Path,
@@ -370,9 +421,12 @@ def build_shards(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Write ``source`` as shards in ``out_dir``; returns a summary (samples, shards written or
-    already done, skipped by reason)."""
+    already done, skipped by reason). A rerun finishes the shards of the same source and
+    settings and refuses another's (:func:`check_manifest`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    manifest = {"source": fingerprint(source), "records": len(source)}
+    check_manifest(out, manifest | {"per_shard": per_shard, "resize": resize})
     n_shards = -(-len(source) // per_shard)
     done = {i for i in range(n_shards) if _finished(out, i)}
     todo = [i for i in range(n_shards) if i not in done]
