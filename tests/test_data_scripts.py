@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -234,11 +235,14 @@ def test_a_folder_of_unlabelled_images_becomes_image_only_shards(tmp_path, capsy
     (photos / "trip" / "broken.jpg").write_bytes(b"not an image")
     (photos / "notes.txt").write_text("not an image either")
     (photos / "gone.jpg").symlink_to(photos / "deleted.jpg")  # a broken link
+    (photos / "zero.jpg").symlink_to("/dev/zero")  # reading it would never end
+    os.mkfifo(photos / "pipe.png")  # reading it would block
     out = tmp_path / "shards"
     assert cli.main(["data", "images", str(photos), "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "3 samples in 1 shard(s)" in printed
-    assert "corrupt_image=1" in printed and "unreadable_image=1" in printed
+    assert "corrupt_image=1" in printed and "missing_image=1" in printed
+    assert "not_a_file=2" in printed
     assert "objective.name=simclr" in printed  # the next command trains an image-only method
 
     import tarfile
@@ -277,11 +281,13 @@ def test_pointing_training_at_an_image_folder_says_how_to_make_shards(tmp_path, 
 
 def test_imagefolder_counts_the_images_beside_its_class_folders(tmp_path, capsys):
     save_image(tmp_path / "tree" / "red" / "1.jpg", COLORS["red"])
+    (tmp_path / "tree" / "red" / "zero.jpg").symlink_to("/dev/zero")  # skipped, never read
     save_image(tmp_path / "tree" / "loose.jpg", COLORS["blue"])
     args = ["data", "imagefolder", str(tmp_path / "tree"), "--out", str(tmp_path / "s")]
     assert cli.main([*args, "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "1 samples" in printed and "note: 1 image(s) directly under" in printed
+    assert "skipped: not_a_file=1" in printed
     flat = tmp_path / "flat"
     save_image(flat / "x.jpg", COLORS["red"])
     assert cli.main(["data", "imagefolder", str(flat), "--out", str(tmp_path / "t")]) == 2

@@ -183,3 +183,30 @@ def test_undecodable_label_and_caption_members_are_skipped_not_raised(tmp_path):
     source = open_source(spec, spec.data, spec.split)
     assert embed(source)["skipped"] == {"bad_label": 1}
     assert embed(source, label=False, captions=True)["skipped"] == {"bad_json": 1}
+
+
+def test_a_folder_collection_never_reads_a_device_or_a_pipe(tmp_path):
+    """A link to /dev/zero or a pipe named like an image would never end or would block; the
+    evaluation and search collections skip them (``missing_image``) without reading them, and
+    the segmentation maker counts them as ``not_a_file``."""
+    import os
+    from collections import Counter
+
+    from vlcontrast.data.image import read_image_file
+    from vlcontrast.data.skip import SkipSample
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(folder / "a.jpg")
+    (folder / "b.jpg").symlink_to("/dev/zero")
+    os.mkfifo(folder / "c.png")
+    from vlcontrast.data.collection import ImageFolderSource
+
+    source = ImageFolderSource(folder)
+    read = {r["key"]: r["image"] for r in source.read(range(len(source)), Counter())}
+    assert read["a.jpg"] and read["b.jpg"] is None and read["c.png"] is None
+    for name in ("b.jpg", "c.png"):
+        with pytest.raises(SkipSample, match="not_a_file"):
+            read_image_file(folder / name)
+    with pytest.raises(SkipSample, match="missing_mask"):
+        read_image_file(folder / "gone.png", "missing_mask")

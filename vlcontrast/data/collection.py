@@ -29,7 +29,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from vlcontrast import distributed
 from vlcontrast.data.captions import member_value, parse_captions, parse_label
 from vlcontrast.data.convert import class_names, scan_class_folder
-from vlcontrast.data.image import IMAGE_EXTENSIONS, MAX_PIXELS, decode_image
+from vlcontrast.data.image import IMAGE_EXTENSIONS, MAX_PIXELS, decode_image, read_image_file
 from vlcontrast.data.skip import SkipSample
 from vlcontrast.data.sources import dataset_size, expand_local, expand_urls, missing_shards
 from vlcontrast.data.tar_reader import iter_samples, read_member
@@ -113,7 +113,7 @@ class ImageFolderSource(IndexedSource):
 
     @staticmethod
     def read_at(url: str, where: dict[str, Any]) -> bytes:
-        return (Path(url) / where["path"]).read_bytes()
+        return read_image_file(Path(url) / where["path"])
 
 
 class ShardSource:
@@ -264,8 +264,8 @@ FORMATS = {"imagefolder": ImageFolderSource, "wds": ShardSource, "hf": HFSource}
 
 def _read(path: str | None) -> bytes | None:
     try:
-        return Path(path).read_bytes() if path else None
-    except OSError:
+        return read_image_file(path) if path else None  # never a device or a pipe
+    except (OSError, SkipSample):
         return None  # counted as missing_image
 
 

@@ -44,7 +44,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from vlcontrast.data.captions import parse_captions
-from vlcontrast.data.image import IMAGE_SUFFIXES, MAX_PIXELS, to_rgb
+from vlcontrast.data.image import IMAGE_SUFFIXES, MAX_PIXELS, read_image_file, to_rgb
 from vlcontrast.data.shard_writer import add_member
 from vlcontrast.data.skip import SkipSample
 
@@ -145,11 +145,10 @@ class CaptionTable:
     def record(self, index: int) -> dict[str, Any]:
         row = self.rows[index]
         path = Path(self.images) / str(row[self.image_column])
-        if not path.is_file():
-            raise SkipSample("missing_image")
+        image = read_image_file(path)
         extra = {k: v for k, v in row.items() if k not in (self.image_column, self.caption_column)}
         record = {
-            "image": path.read_bytes(),
+            "image": image,
             "caption": row.get(self.caption_column),
             "meta": {"path": str(row[self.image_column]), **extra},
         }
@@ -191,7 +190,7 @@ class ClassFolder:
         name = self.classes[label]
         template = random.Random(f"{self.seed}/{relative}").choice(list(self.templates))
         return {
-            "image": (Path(self.root) / relative).read_bytes(),
+            "image": read_image_file(Path(self.root) / relative),
             "caption": template.format(name),
             "label": label,
             "meta": {"path": relative, "label": label, "classname": name},
@@ -214,8 +213,8 @@ class ImageFiles:
         self.items = sorted(
             str(path.relative_to(root))
             for path in root.rglob("*")
-            # a broken link is listed too: it is then skipped and counted, not lost unseen
-            if path.suffix.lower() in IMAGE_SUFFIXES and (path.is_file() or path.is_symlink())
+            # all but folders: a broken link or a device is skipped and counted, not lost unseen
+            if path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir()
         )
         if not self.items:
             suffixes = Counter(p.suffix.lower() or p.name for p in root.rglob("*") if p.is_file())
@@ -234,7 +233,7 @@ class ImageFiles:
 
     def record(self, index: int) -> dict[str, Any]:
         relative = self.items[index]
-        return {"image": (Path(self.root) / relative).read_bytes(), "meta": {"path": relative}}
+        return {"image": read_image_file(Path(self.root) / relative), "meta": {"path": relative}}
 
 
 @dataclass

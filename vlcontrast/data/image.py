@@ -33,13 +33,19 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vlcontrast.data.limits import IMAGE_EXTENSIONS, IMAGE_SUFFIXES, MAX_PIXELS  # noqa: F401
+from vlcontrast.data.limits import (  # noqa: F401
+    IMAGE_EXTENSIONS,
+    IMAGE_SUFFIXES,
+    MAX_FILE_BYTES,
+    MAX_PIXELS,
+)
 from vlcontrast.data.skip import SkipSample
 
 
@@ -223,3 +229,16 @@ def decode_image(data: bytes, transform, rng: random.Random, max_pixels: int = M
         return transform.finish(decoded, rng)
     except Exception:  # noqa: BLE001
         raise SkipSample("transform_failed") from None
+
+
+def read_image_file(path: str | Path, missing: str = "missing_image") -> bytes:
+    """The bytes of an image (or mask) file. A path that is not a regular file is skipped,
+    never read (a link to ``/dev/zero`` named ``x.jpg`` would never end, a pipe would block): a
+    broken link or absent file as ``missing``, a device, pipe or folder as ``not_a_file``; a
+    file over ``MAX_FILE_BYTES`` as ``too_large``."""
+    path = Path(path)
+    if not path.is_file():
+        raise SkipSample("not_a_file" if path.exists() else missing)
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise SkipSample("too_large")
+    return path.read_bytes()

@@ -10,3 +10,8 @@ MAX_PIXELS = 50_000_000
 # Member extensions (shards) and file suffixes (folders) read as images, in order of preference.
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 IMAGE_SUFFIXES = (*(f".{e}" for e in IMAGE_EXTENSIONS), ".bmp", ".gif", ".tif", ".tiff")
+
+# Image files above this many bytes are skipped (``too_large``) before they are read: the
+# largest 50-megapixel image a camera or scanner writes (16-bit RGBA TIFF, uncompressed) is
+# 400 MB, and a shard maker holds a file's bytes in memory while it checks them.
+MAX_FILE_BYTES = 512 << 20

@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from vlcontrast.data.collection import read_classes
+from vlcontrast.data.image import read_image_file
 from vlcontrast.data.limits import IMAGE_SUFFIXES
 from vlcontrast.data.shard_writer import write_shards
 from vlcontrast.data.skip import SkipSample
@@ -132,9 +133,9 @@ def segmentation_samples(
         try:
             if image is None or mask is None:
                 raise SkipSample("missing_image" if image is None else "missing_mask")
-            ext, data, sizes = encode_image(image.read_bytes(), 0)
+            ext, data, sizes = encode_image(read_image_file(image), 0)
             size = (sizes["width"], sizes["height"])
-            mask_png = checked_mask(mask.read_bytes(), size, zero_ignored)
+            mask_png = checked_mask(read_image_file(mask, "missing_mask"), size, zero_ignored)
         except SkipSample as skip:
             skipped[skip.reason] += 1
             continue

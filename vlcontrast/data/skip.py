@@ -7,9 +7,10 @@ makers, ``shards inspect``) raises :class:`SkipSample` and counts it by ``reason
 sample is never a crash and never silent. The reasons (the README lists them):
 
 ``unreadable_shard``, ``truncated_shard`` (the tar), ``missing_image``, ``corrupt_image``,
-``transform_failed`` (the image), ``missing_caption``, ``empty_caption``,
-``bad_caption_encoding``, ``bad_json`` (the caption), ``missing_label``, ``bad_label`` (the
-label), ``tokenize_failed`` (the tokenizer).
+``transform_failed``, ``too_large``, ``not_a_file`` (the image; the last for a path that is a
+device, a pipe or a folder, which the shard makers never read), ``missing_caption``,
+``empty_caption``, ``bad_caption_encoding``, ``bad_json`` (the caption), ``missing_label``,
+``bad_label`` (the label), ``tokenize_failed`` (the tokenizer).
 """
 
 from __future__ import annotations
