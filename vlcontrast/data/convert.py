@@ -290,7 +290,8 @@ class HFImageText:
         image = row[self.image_column]
         if isinstance(image, dict):  # datasets.Image(decode=False): {"bytes", "path"}
             data, path = image.get("bytes"), image.get("path")
-            image = Path(path).read_bytes() if data is None and path else data
+            # a stranger's dataset may name any path: read only a regular file
+            image = read_image_file(path) if data is None and path else data
         elif isinstance(image, Image.Image):
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlcontrast.data.image import decode_image
+from vlcontrast.data.image import decode_image, read_image_file
 from vlcontrast.data.skip import SkipSample
 from vlcontrast.embed import eval_transform
 from vlcontrast.search.backends import open_backend
@@ -103,7 +103,7 @@ class SearchIndex:
             if isinstance(image, Image.Image):
                 pixels = transform(image, rng)
             else:
-                data = Path(image).read_bytes() if isinstance(image, str | Path) else image
+                data = read_image_file(image) if isinstance(image, str | Path) else image
                 limit = cfg.data.max_pixels if max_pixels is None else max_pixels
                 pixels = decode_image(data, transform, rng, limit)
         except SkipSample as skip:
