@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -98,16 +99,16 @@ def wrappers(state: dict[str, Any]) -> list[tuple[dict[str, torch.Tensor], str]]
     order (VISSL's ``classy_state_dict.base_model.model.trunk``), at most ``MAX_DEPTH + 2``
     levels down and 10,000 dicts opened, however the file nests."""
     found = [(tensors_of(state if not key else state.get(key)), key) for key in ("", *WRAPPERS)]
-    queue, opened = [(state, "")], 0
+    queue, opened = deque([(state, "")]), 0
     while queue and opened < 10_000:
-        inner, path = queue.pop(0)
+        inner, path = queue.popleft()
         opened += 1
         if path and path not in WRAPPERS:
             found.append((tensors_of(inner), path))
         if path.count(".") < MAX_DEPTH + 1:
-            queue += [
+            queue.extend(
                 (v, f"{path}.{k}".lstrip(".")) for k, v in inner.items() if isinstance(v, dict)
-            ]
+            )
     return [(tensors, path) for tensors, path in found if tensors]
 
 
