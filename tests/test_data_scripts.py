@@ -112,6 +112,26 @@ def first_member(tar_path, suffix):
         return tar.extractfile(member).read()
 
 
+def test_a_datasets_image_path_is_read_only_if_it_is_a_regular_file(tmp_path):
+    """A stranger's dataset may point an image at any path (``{"bytes": None, "path": ...}``,
+    as ``datasets.Image(decode=False)`` gives it): a device is skipped as ``not_a_file``,
+    never read. (The rows are given as they come out of the dataset: building a real dataset
+    with such a path makes ``datasets`` itself read it.)"""
+    from vlcontrast.data.convert import HFImageText
+    from vlcontrast.data.skip import SkipSample
+
+    save_image(tmp_path / "ok.jpg", COLORS["red"])
+    source = object.__new__(HFImageText)
+    source.image_column, source.text_column = "image", "text"
+    source._data = [
+        {"image": {"bytes": None, "path": str(tmp_path / "ok.jpg")}, "text": "a red one"},
+        {"image": {"bytes": None, "path": "/dev/zero"}, "text": "endless"},
+    ]
+    assert source.record(0)["image"] == (tmp_path / "ok.jpg").read_bytes()
+    with pytest.raises(SkipSample, match="not_a_file"):
+        source.record(1)
+
+
 def test_hf_dataset_round_trip_with_several_captions(tmp_path, tokenizer, capsys):
     import datasets
 

@@ -292,6 +292,9 @@ def test_queries_that_cannot_be_answered_say_why(tmp_path, trained, planted, cap
         index.search_text("a" * 5000)
     with pytest.raises(QueryError, match="not an image"):
         index.search_image(b"<html>nope</html>")
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")  # never read: it would never end
+    with pytest.raises(QueryError, match="not_a_file"):
+        index.search_image(tmp_path / "zero.jpg")
     with pytest.raises(QueryError, match="no item 48"):
         index.similar(48)
     assert cli.main(["search", str(tmp_path / "index"), ""]) == 2
