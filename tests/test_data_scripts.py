@@ -264,6 +264,7 @@ def test_a_folder_of_unlabelled_images_becomes_image_only_shards(tmp_path, capsy
     assert "corrupt_image=1" in printed and "missing_image=1" in printed
     assert "not_a_file=2" in printed
     assert "objective.name=simclr" in printed  # the next command trains an image-only method
+    assert "data.batch_size=2" in printed  # fewer images than the default batch
 
     import tarfile
 

@@ -253,10 +253,15 @@ def cmd_data(args: argparse.Namespace) -> int:
         )
     shards = f"'{summary['pattern']}'"
     if args.maker == "images":
+        # the default batch (256) needs 256 images; fewer get the largest power of two that
+        # leaves at least two batches an epoch
+        samples, batch = summary["samples"], ""
+        if samples < 512:
+            batch = f" data.batch_size={max(2, 1 << max(1, (samples // 2).bit_length() - 1))}"
         print(
             f"next: vlcontrast shards inspect {shards} --sheet shards.png\n"
             f"      vlcontrast train model.preset=tiny model.kind=image objective.name=simclr "
-            f"data.train_shards={shards} train.epochs=100"
+            f"data.train_shards={shards} train.epochs=100{batch}"
         )
     else:
         print(
