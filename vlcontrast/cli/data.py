@@ -242,7 +242,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         summary = convert.build_shards(
             source, args.out, args.per_shard, args.resize, args.workers, not args.no_progress
         )
-    except ValueError as err:  # another source's shards in --out, refused before writing
+    except convert.OtherSource as err:  # another source's shards in --out, refused unwritten
         print(f"vlcontrast data {args.maker}: {err}", file=sys.stderr)
         return 2
     print(convert.summary_line(summary))
@@ -252,6 +252,7 @@ def cmd_data(args: argparse.Namespace) -> int:
             f"and were left out (root/CLASS/IMAGE)"
         )
     shards = f"'{summary['pattern']}'"
+    print(f"next: vlcontrast shards inspect {shards} --sheet shards.png")
     if args.maker == "images":
         # the default batch (256) needs 256 images; fewer get the largest power of two that
         # leaves at least two batches an epoch
@@ -259,15 +260,11 @@ def cmd_data(args: argparse.Namespace) -> int:
         if samples < 512:
             batch = f" data.batch_size={max(2, 1 << max(1, (samples // 2).bit_length() - 1))}"
         print(
-            f"next: vlcontrast shards inspect {shards} --sheet shards.png\n"
             f"      vlcontrast train model.preset=tiny model.kind=image objective.name=simclr "
             f"data.train_shards={shards} train.epochs=100{batch}"
         )
     else:
-        print(
-            f"next: vlcontrast shards inspect {shards} --sheet shards.png\n"
-            f"      vlcontrast tokenizer train --shards {shards} --out TOKENIZER"
-        )
+        print(f"      vlcontrast tokenizer train --shards {shards} --out TOKENIZER")
     return 0
 
 

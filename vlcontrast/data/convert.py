@@ -395,6 +395,10 @@ def fingerprint(source) -> str:
     return digest.hexdigest()[:16]
 
 
+class OtherSource(ValueError):
+    """An output folder whose finished shards came from another source or settings."""
+
+
 def check_manifest(out: Path, manifest: dict[str, Any]) -> None:
     """Refuse to finish ``out``'s shards from another source or other settings than the
     finished ones were made from (a rerun keeps finished shards): each shard would otherwise
@@ -405,7 +409,7 @@ def check_manifest(out: Path, manifest: dict[str, Any]) -> None:
         changed = [k for k in manifest if before.get(k) != manifest[k]]
         if changed and any(out.glob("*_stats.json")):
             said = ", ".join(f"{k} {before.get(k)!r} -> {manifest[k]!r}" for k in changed)
-            raise ValueError(
+            raise OtherSource(
                 f"{out} holds shards made from another source or with other settings ({said}); "
                 f"write to a new --out, or empty {out} to start again"
             )
