@@ -55,6 +55,7 @@ def add_commands(sub) -> None:
     add.add_argument("index", help="index directory")
     for parser in (build, add):
         parser.add_argument("--data", required=True, action="append", help=DATA_HELP)
+        add_allow_pipe(parser)
         parser.add_argument(
             "--format", default="auto", choices=["auto", "wds", "imagefolder", "hf"]
         )
@@ -132,6 +133,7 @@ def add_commands(sub) -> None:
         "--sheet", default="", help="also draw the hits with their scores into this PNG"
     )
     search.add_argument("--backend", default="auto", choices=["auto", "exact", "faiss"])
+    add_allow_pipe(search)
     search.add_argument(
         "--checkpoint", default="", help="the index's checkpoint, if it moved since the build"
     )
@@ -153,6 +155,7 @@ def add_commands(sub) -> None:
         "-k", "--k", type=int, default=24, help="results per query (default: %(default)s)"
     )
     serve.add_argument("--backend", default="auto", choices=["auto", "exact", "faiss"])
+    add_allow_pipe(serve)
     serve.add_argument(
         "--checkpoint", default="", help="the index's checkpoint, if it moved since the build"
     )
@@ -162,6 +165,16 @@ def add_commands(sub) -> None:
         default=MAX_UPLOAD_PIXELS,
         help="uploaded images above this many pixels are refused from their header, before "
         "decoding (default: %(default)s, a 12-megapixel photo passes)",
+    )
+
+
+def add_allow_pipe(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-pipe",
+        action="store_true",
+        help="let the index read its images through the pipe: shell commands it was built "
+        "from; without it an index holding any is refused, as one from someone else could run "
+        "anything (a build given the same pipe: --data needs no flag)",
     )
 
 
@@ -220,6 +233,7 @@ def _index(args: argparse.Namespace) -> int:
         faiss_params=_faiss_params(args.faiss_param),
         overwrite=getattr(args, "overwrite", False),
         allow_download=getattr(args, "allow_download", False),
+        allow_pipe=args.allow_pipe,
         progress=not args.no_progress,
         device=state.device,
     )
@@ -281,7 +295,12 @@ def _info(index_dir: str) -> int:
 def open_index(args: argparse.Namespace):
     from vlcontrast.search.engine import SearchIndex
 
-    index = SearchIndex(args.index, backend=args.backend, checkpoint=args.checkpoint or None)
+    index = SearchIndex(
+        args.index,
+        backend=args.backend,
+        checkpoint=args.checkpoint or None,
+        allow_pipe=args.allow_pipe,
+    )
     if index.files.pending:
         print(
             f"note: {len(index.files.pending)} unit(s) of {args.index} are not built yet; "

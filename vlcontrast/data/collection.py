@@ -113,7 +113,12 @@ class ImageFolderSource(IndexedSource):
 
     @staticmethod
     def read_at(url: str, where: dict[str, Any]) -> bytes:
-        return read_image_file(Path(url) / where["path"])
+        """The image at ``where["path"]`` under the folder ``url``; a path that would leave
+        the folder (absolute, or through ``..``: a search index's record is data) is refused."""
+        relative = Path(where["path"])
+        if relative.is_absolute() or ".." in relative.parts:
+            raise OSError(f"{where['path']!r} is not a path inside {url}")
+        return read_image_file(Path(url) / relative)
 
 
 class ShardSource:

@@ -35,7 +35,7 @@ from vlcontrast.data.batching import Collate
 from vlcontrast.data.collection import record_image
 from vlcontrast.data.image import MAX_PIXELS
 from vlcontrast.data.skip import SkipSample
-from vlcontrast.data.sources import known_size
+from vlcontrast.data.sources import expand_urls, known_size
 from vlcontrast.embed import encode_images, eval_transform
 from vlcontrast.models import manifest, sharded_weights
 from vlcontrast.models.build import has_image, has_text
@@ -62,6 +62,7 @@ class BuildOptions:
     faiss_params: dict[str, Any] = field(default_factory=dict)
     overwrite: bool = False
     allow_download: bool = False
+    allow_pipe: bool = False  # an existing index's pipe: URLs may run (layout.check_commands)
     progress: bool = True
     device: str | torch.device | None = None
 
@@ -139,6 +140,7 @@ def plan(
         raise ValueError(f"{out_dir}: no index to add to; make one with 'vlcontrast index build'")
     if exists:
         manifest = layout.read_manifest(out_dir)
+        layout.check_commands(out_dir, manifest, options.allow_pipe or given_commands(sources))
         if Path(manifest["checkpoint"]).resolve() != checkpoint.resolve():
             raise ValueError(
                 f"{out_dir} was built from {manifest['checkpoint']}, not {checkpoint}: embeddings "
@@ -176,6 +178,14 @@ def plan(
         known.update(unit.url for unit in new)
     layout.write_manifest(out_dir, manifest)
     return manifest
+
+
+def given_commands(sources: list[SourceSpec]) -> set[str]:
+    """The ``pipe:`` URLs of the sources the user named, as written and brace-expanded: the
+    shell commands a resumed build may run."""
+    parts = {part.strip() for spec in sources for part in spec.data.split("::")}
+    pipes = {part for part in parts if part.startswith("pipe:")}
+    return pipes | {url for part in pipes for url in expand_urls(part)}
 
 
 def weights_stamp(checkpoint: Path) -> str:

@@ -24,22 +24,15 @@ import torch
 from PIL import Image
 
 from vlcontrast.data.image import decode_image, read_image_file
+from vlcontrast.data.limits import MAX_FILE_BYTES
 from vlcontrast.data.skip import SkipSample
 from vlcontrast.embed import eval_transform
 from vlcontrast.search.backends import open_backend
-from vlcontrast.search.layout import IndexFiles
+from vlcontrast.search.layout import IndexFiles, check_commands
 from vlcontrast.search.units import SourceSpec, read_image
 
 MAX_QUERY_CHARS = 1000
 MAX_K = 10_000
-CONTENT_TYPES = {
-    "jpg": "image/jpeg",
-    "jpeg": "image/jpeg",
-    "png": "image/png",
-    "webp": "image/webp",
-    "gif": "image/gif",
-    "bmp": "image/bmp",
-}
 
 
 class QueryError(ValueError):
@@ -57,8 +50,10 @@ class SearchIndex:
         checkpoint: str | Path | None = None,
         device: str | torch.device = "cpu",
         allow_download: bool = False,
+        allow_pipe: bool = False,
     ):
         self.files = IndexFiles.open(index_dir)
+        check_commands(index_dir, self.files.manifest, allow_pipe)  # a stranger's pipe: URLs
         self.backend = open_backend(self.files, backend)
         self.checkpoint = Path(checkpoint or self.files.manifest["checkpoint"])
         self.device, self.allow_download = torch.device(device), allow_download
@@ -158,13 +153,24 @@ class SearchIndex:
         return self.files.records([row])[0]
 
     def image_bytes(self, row: int) -> tuple[bytes, str]:
-        """(the image member's bytes, exactly as in the shard, and its content type)."""
+        """(the image member's bytes, exactly as in the shard, and their content type). Only
+        an image is returned, its type from its bytes: an index's records say where to read,
+        and one that points at another kind of file (or past ``MAX_FILE_BYTES``) gets a
+        QueryError, not the file."""
         record = self.record(row)
         unit = self.files.unit_of(row)
         where = record["where"]
-        data = read_image(self._collection(unit["source"]), unit, where)
-        ext = (where.get("ext") or Path(where.get("path", "")).suffix.lstrip(".")).lower()
-        return data, CONTENT_TYPES.get(ext) or _sniff(data)
+        if int(where.get("size", 0)) > MAX_FILE_BYTES:
+            raise QueryError(f"item {row}: its image is over {MAX_FILE_BYTES >> 20} MB")
+        try:
+            data = read_image(self._collection(unit["source"]), unit, where)
+        except (OSError, SkipSample) as err:
+            reason = err.reason if isinstance(err, SkipSample) else err
+            raise QueryError(f"item {row}: its image cannot be read ({reason})") from None
+        content_type = _sniff(data)
+        if not content_type.startswith("image/"):
+            raise QueryError(f"item {row}: what its record points at is not an image")
+        return data, content_type
 
     @functools.cached_property
     def text_queries(self) -> bool:
@@ -203,6 +209,8 @@ class SearchIndex:
 
 
 def _sniff(data: bytes) -> str:
+    """The MIME type of the image format PIL reads in ``data``'s header, else
+    ``application/octet-stream``."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             return Image.MIME.get(img.format or "", "application/octet-stream")

@@ -9,6 +9,11 @@ dataset), its embeddings and records, each unit written atomically.
                                 embedded again by a resumed build
     DIR/faiss.index, faiss.json an optional approximate index (``search.backends``)
 
+An index is a file a stranger may hand over, so opening one runs nothing: a source or unit URL
+that is a ``pipe:`` shell command (webdataset's, which reading an image would run) is refused
+unless the user vouches for it (:func:`check_commands`: ``--allow-pipe``, or the same
+``--data`` on the command line of a build), and the server sends only bytes that are an image.
+
 Rows are numbered across units in manifest order. Metadata is looked up by row through the line
 offsets (one slice of a memory map per row), so k = 10,000 records take milliseconds however
 large the collection (clip-retrieval's users' complaint was slow look-ups on big result sets).
@@ -55,6 +60,30 @@ def read_manifest(index_dir: str | Path) -> dict[str, Any]:
             f"{FORMAT}); build the index again"
         )
     return manifest
+
+
+def shell_commands(manifest: dict[str, Any]) -> list[str]:
+    """The ``pipe:`` URLs among an index's sources (``::``-joined lists too) and units: the
+    shell commands that reading its images would run."""
+    urls = [part.strip() for s in manifest["sources"] for part in str(s["data"]).split("::")]
+    urls += [str(unit["url"]) for unit in manifest["units"]]
+    return sorted({url for url in urls if url.startswith("pipe:")})
+
+
+def check_commands(index_dir: str | Path, manifest: dict[str, Any], trusted=()) -> None:
+    """A ValueError if reading the index's images would run a shell command that is not in
+    ``trusted`` (the URLs the user gave; ``True``: any, ``--allow-pipe``; ``False``: none)."""
+    if trusted is True:
+        return
+    allowed = set(trusted or ())
+    strange = [url for url in shell_commands(manifest) if url not in allowed]
+    if strange:
+        raise ValueError(
+            f"{index_dir}: this index reads its images through {len(strange)} shell "
+            f"command(s) ({strange[0][:120]!r}...), which would run on this machine. An index "
+            f"you made yourself: pass --allow-pipe. One from anyone else: build it again "
+            f"from its shards"
+        )
 
 
 def write_manifest(index_dir: Path, manifest: dict[str, Any]) -> None:

@@ -150,6 +150,7 @@ def make_server(
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
+            self.send_header("X-Content-Type-Options", "nosniff")  # an image stays an image
             if cache:
                 self.send_header("Cache-Control", "max-age=3600")
             self.end_headers()
