@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -191,6 +192,23 @@ def test_a_pickle_that_runs_code_is_refused_and_never_run(tmp_path):
     with pytest.raises(ConfigError, match="image.checkpoint_path: refusing to load"):
         create_trunk(tower(path=tmp_path / "evil_args.pth"))
     assert not marker.exists()
+
+
+def test_an_old_torch_reads_no_pickle_at_all(tmp_path, monkeypatch):
+    """torch before 2.10 has known holes in its weights_only unpickler: even a benign file is
+    refused, with the upgrade to make, and the file is not opened."""
+    from vlcontrast.models import torch_format
+
+    torch.save(random_trunk(tower(), 1).state_dict(), tmp_path / "plain.pth")
+    assert create_trunk(tower(path=tmp_path / "plain.pth"))  # today's torch reads it
+    opened = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: opened.append(a))
+    for version in ("2.5.1+cu121", "2.9.0"):
+        monkeypatch.setattr(torch, "__version__", version)
+        with pytest.raises(ConfigError, match=f"torch {re.escape(version)}.*pip install -U torch"):
+            create_trunk(tower(path=tmp_path / "plain.pth"))
+    assert not opened
+    assert torch_format.torch_release("2.10.0a0+git") == (2, 10) > (2, 9)
 
 
 def test_weights_of_another_architecture_are_one_error_naming_a_tensor(tmp_path):

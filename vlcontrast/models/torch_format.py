@@ -3,6 +3,10 @@ Face ``pytorch_model.bin``, this project's pre-safetensors ``train_state.pt``): 
 they are read, always with ``torch.load(weights_only=True)``, which rebuilds tensors and plain
 containers and refuses any other object instead of running its code. Safetensors files are
 preferred wherever both exist (``models/hf_clip.py``).
+
+That promise holds only from torch 2.10: a crafted file ran code through ``weights_only=True``
+before 2.6 (CVE-2025-32434) and could corrupt memory before 2.10 (CVE-2026-24747). So an older
+torch reads no pickle at all (:data:`SAFE_TORCH`), whatever ``pip install --no-deps`` left.
 """
 
 from __future__ import annotations
@@ -15,12 +19,26 @@ import torch
 
 from vlcontrast.schema import ConfigError
 
+SAFE_TORCH = (2, 10)  # the first torch whose weights_only unpickler has no known hole
+
+
+def torch_release(version: str) -> tuple[int, int]:
+    """(major, minor) of a torch version string such as ``2.14.1+cu130``."""
+    found = re.match(r"(\d+)\.(\d+)", version)
+    return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+
 
 def load_tensors_only(file: str | Path, what: str, allowed: list | tuple = ()) -> Any:
     """``torch.load(file, weights_only=True)`` on the CPU, ``allowed`` extra globals admitted;
     a file holding anything else, or a damaged one, is one ConfigError naming the file and what
     to do (``what``: the option or command it was given to)."""
     file = Path(file)
+    if torch_release(torch.__version__) < SAFE_TORCH:
+        raise ConfigError(
+            f"{what}: {file} is a pickle, and torch {torch.__version__}'s weights_only loader "
+            f"can be made to run code (fixed in torch {SAFE_TORCH[0]}.{SAFE_TORCH[1]}): "
+            f"pip install -U torch torchvision, or use a .safetensors copy of these weights"
+        )
     try:
         with torch.serialization.safe_globals(list(allowed)):
             return torch.load(file, map_location="cpu", weights_only=True)
