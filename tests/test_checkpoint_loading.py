@@ -13,6 +13,7 @@ from tests.conftest import run_file
 from tests.test_checkpoint import Payload
 from vlcontrast import cli
 from vlcontrast.models.load import load_model
+from vlcontrast.schema import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -74,3 +75,32 @@ def test_a_checkpoint_loads_only_what_it_contains(saved_checkpoint, corpus, monk
     err = capsys.readouterr().err
     assert "image.model is the hub model 'hf-hub:some-org/some-image-model'" in err
     assert "--allow-download" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        {"checkpoint_path": "PTH"},  # timm reads the file itself after building
+        {"pretrained_cfg_overlay": {"file": "PTH"}},  # ... or as its pretrained weights
+    ],
+)
+def test_a_saved_config_cannot_make_timm_read_a_file(
+    saved_checkpoint, tmp_path, monkeypatch, planted
+):
+    """timm's own loading arguments in ``image.model_kwargs`` would read a file the config
+    names (past ``image.checkpoint_path``'s checks): refused, before the file is opened."""
+    import torch
+
+    ckpt, _ = saved_checkpoint
+    pth = tmp_path / "named.pth"
+    torch.save({}, pth)
+    values = json.loads((ckpt / "config.json").read_text())
+    text = json.dumps(planted).replace("PTH", str(pth))
+    values["image"]["model_kwargs"] = {**values["image"]["model_kwargs"], **json.loads(text)}
+    (ckpt / "config.json").write_text(json.dumps(values))
+    opened = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: opened.append(a) or real_load(*a, **k))
+    with pytest.raises(ConfigError, match=f"image.model_kwargs.{next(iter(planted))}: timm"):
+        load_model(ckpt)
+    assert not opened

@@ -29,6 +29,10 @@ from vlcontrast import cli
         ("eval.evaluators=[{kind: knn, data: x.tar}]", "eval.evaluators[0].train_data:"),
         ("eval.evaluators=[{data: '/no/such/{0..1}.tar'}]", "2 of the 2 shard(s) of"),
         ("data.train_shards=/no/such/{0..3}.tar", "4 of the 4 shard(s) named do not exist"),
+        (
+            "image.model_kwargs.checkpoint_path=w.pth",
+            "image.model_kwargs.checkpoint_path: timm would fetch or read weights by it",
+        ),
     ],
 )
 def test_each_config_mistake_is_one_line_naming_the_key(

@@ -9,11 +9,27 @@ from typing import Any
 from vlcontrast.data.view_presets import check_view
 from vlcontrast.schema import ConfigError
 
+# timm.create_model's own ways to fetch or read weights: they would bypass the checks of
+# image.pretrained (downloads only when asked) and image.checkpoint_path (never a pickle that
+# runs code, never a file a saved config names), so model_kwargs may not carry them
+TIMM_LOADING = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path")
+
+
+def check_model_kwargs(model_kwargs: dict) -> None:
+    """A ConfigError if ``image.model_kwargs`` holds one of :data:`TIMM_LOADING`."""
+    found = [key for key in TIMM_LOADING if key in model_kwargs]
+    if found:
+        raise ConfigError(
+            f"image.model_kwargs.{found[0]}: timm would fetch or read weights by it, past this "
+            f"project's checks; use image.pretrained=true or image.checkpoint_path=FILE"
+        )
+
 
 def validate(cfg: Any) -> None:
     """The cross-field checks that need neither data nor a model, run by ``load`` so that
     ``vlcontrast config`` refuses what ``train`` would (one message naming the key)."""
     data = cfg.data
+    check_model_kwargs(cfg.image.model_kwargs)
     if cfg.train.grad_cache_steps > data.batch_size:
         raise ConfigError(
             f"train.grad_cache_steps: {cfg.train.grad_cache_steps} micro-batches cannot split a "

@@ -20,6 +20,7 @@ from torch import nn
 
 from vlcontrast import distributed
 from vlcontrast.config import ConfigError, ImageTowerConfig
+from vlcontrast.config_checks import check_model_kwargs
 from vlcontrast.data.image import normalize_uint8
 from vlcontrast.models.backbone_weights import describe, load_backbone
 from vlcontrast.models.heads import mlp
@@ -43,6 +44,7 @@ def check_model_name(name: str) -> None:
 def create_trunk(cfg: ImageTowerConfig) -> nn.Module:
     """timm model with its classifier removed; ``img_size`` goes only where it is accepted."""
     check_model_name(cfg.model)
+    check_model_kwargs(cfg.model_kwargs)  # a saved config too: from_dict does not validate
     kwargs = {"img_size": cfg.image_size, **cfg.model_kwargs}
     if cfg.patch_dropout:
         kwargs["patch_drop_rate"] = cfg.patch_dropout
