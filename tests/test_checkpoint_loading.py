@@ -104,3 +104,22 @@ def test_a_saved_config_cannot_make_timm_read_a_file(
     with pytest.raises(ConfigError, match=f"image.model_kwargs.{next(iter(planted))}: timm"):
         load_model(ckpt)
     assert not opened
+
+
+def test_a_checkpoint_without_a_tokenizer_does_not_fetch_the_one_it_names(
+    saved_checkpoint, corpus, monkeypatch, capsys
+):
+    ckpt, _ = saved_checkpoint
+    shutil.rmtree(ckpt / "tokenizer")
+    values = json.loads((ckpt / "config.json").read_text())
+    values["text"]["tokenizer"] = "some-org/some-tokenizer"
+    (ckpt / "config.json").write_text(json.dumps(values))
+    fetched = []
+    monkeypatch.setattr(
+        "transformers.AutoTokenizer.from_pretrained", lambda name, *a, **k: fetched.append(name)
+    )
+    args = ["eval", "zeroshot", "--checkpoint", str(ckpt), "--data", corpus["heldout_shards"]]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert "the tokenizer it recorded, 'some-org/some-tokenizer'" in err
+    assert "--allow-download" in err and not fetched

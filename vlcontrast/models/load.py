@@ -44,7 +44,9 @@ def architecture_files(model: nn.Module) -> dict[str, str]:
 def self_contained(cfg: Config, path: Path, allow_download: bool) -> Config:
     """Point ``cfg`` at the checkpoint's own files: weights come from ``model.safetensors``, so
     nothing pretrained is fetched; the text tower is rebuilt from ``text_config.json``. A hub
-    name that only a download could resolve is refused unless ``allow_download``."""
+    name that only a download could resolve (a tower, or the tokenizer of a checkpoint without
+    ``tokenizer/``) is refused unless ``allow_download``."""
+    recorded_tokenizer = cfg.text.tokenizer or cfg.text.model  # read_config's, if no tokenizer/
     cfg.image.pretrained = False
     cfg.text.pretrained = False
     # the file a run started from is not read again (it may be gone, or a stranger's checkpoint
@@ -68,6 +70,13 @@ def self_contained(cfg: Config, path: Path, allow_download: bool) -> Config:
                 f"no {TEXT_CONFIG} (written by earlier versions); building it downloads its "
                 f"config. Pass --allow-download (eval) or allow_download=True to let it"
             )
+    tokenizer = recorded_tokenizer
+    if has_text(cfg) and tokenizer and not Path(tokenizer).exists() and not allow_download:
+        raise ConfigError(
+            f"{path}: holds no tokenizer/, and the tokenizer it recorded, {tokenizer!r}, is not "
+            f"on this machine; loading it would download it. Pass --allow-download (eval) or "
+            f"allow_download=True to let it"
+        )
     return cfg
 
 
