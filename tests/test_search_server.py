@@ -19,6 +19,7 @@ from PIL import Image
 from tests.test_search import build, planted, trained  # noqa: F401 - fixtures
 from tests.test_search_page import served  # noqa: F401 - fixture
 from vlcontrast.search import uploads
+from vlcontrast.search.server import host_name
 
 
 def rss_mb() -> float:
@@ -54,11 +55,8 @@ def exchange(url: str, head: str, body=b"", hang_up: bool = False) -> tuple[int,
 
 
 def post(path: str, **headers: str) -> str:
-    lines = [
-        f"POST {path} HTTP/1.1",
-        "Host: x",
-        *(f"{k.replace('_', '-')}: {v}" for k, v in headers.items()),
-    ]
+    headers = {"Host": "127.0.0.1", **headers}
+    lines = [f"POST {path} HTTP/1.1", *(f"{k.replace('_', '-')}: {v}" for k, v in headers.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -152,3 +150,20 @@ def test_read_body_never_reads_past_the_limit():
     with pytest.raises(uploads.UploadError, match="at most"):
         uploads.read_body({"Transfer-Encoding": "chunked"}, stream, limit=100)
     assert uploads.read_body({"Content-Length": "3"}, Counting(b"abcdef"), limit=100) == b"abc"
+
+
+def test_a_page_elsewhere_rebound_to_this_machine_gets_nothing(served):  # noqa: F811
+    """DNS rebinding: a browser sends the attacker's name in Host; bound to 127.0.0.1 the
+    server answers 403 to it, and every name of this machine still works."""
+    _, url = served
+    port = url.rsplit(":", 1)[1]
+    for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", "10.0.0.5"):
+        status, answer = exchange(url, f"GET /api/info HTTP/1.1\nHost: {host}\n")
+        assert status == 403 and "answers only to" in answer["error"], host
+        status, answer = exchange(url, post("/api/image", Host=host, Content_Length="0"))
+        assert status == 403, host
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}", ""):
+        head = f"GET /api/info HTTP/1.1\nHost: {host}\n" if host else "GET /api/info HTTP/1.0\n"
+        status, answer = exchange(url, head)
+        assert status == 200 and answer["items"] == 48, host
+    assert host_name("[::1]:80") == "::1" and host_name("::1") == "::1"

@@ -11,12 +11,14 @@ Routes (JSON unless said):
     GET  /image/R               item R's image, the member's bytes read by offset from its shard
 
 Bound to 127.0.0.1 by default: the page reads the collection's files, so exposing it is the
-user's choice (``--host 0.0.0.0``). A bad query, and any malformed request, gets a 4xx status
-and ``{"error": message}`` that the page shows; an unexpected failure gets 500 with the message,
-never a stack trace. Uploads are bounded by what is read (``search/uploads.py``), an image over
-``max_upload_pixels`` is refused from its header (``too_large``), and uploads are decoded one at
-a time, so N hostile uploads cost one decode's memory, not N. A client that hangs up is one log
-line.
+user's choice (``--host 0.0.0.0``). Bound to this machine, it answers only requests addressed to
+it by name (``Host: localhost``, ``127.0.0.1`` or ``[::1]``, any port): a web page elsewhere
+whose name an attacker points at 127.0.0.1 (DNS rebinding) gets 403, not the collection.
+A bad query, and any malformed request, gets a 4xx status and ``{"error": message}`` that the
+page shows; an unexpected failure gets 500 with the message, never a stack trace. Uploads are
+bounded by what is read (``search/uploads.py``), an image over ``max_upload_pixels`` is refused
+from its header (``too_large``), and uploads are decoded one at a time, so N hostile uploads
+cost one decode's memory, not N. A client that hangs up is one log line.
 """
 
 from __future__ import annotations
@@ -40,6 +42,15 @@ from vlcontrast.search.uploads import (
 )
 
 TIMEOUT = 30  # seconds a client may take to send its request (slow-header sockets are closed)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # the names this machine answers to
+
+
+def host_name(header: str) -> str:
+    """The name in a ``Host`` header, without its port: ``[::1]:8000`` -> ``::1``."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
 class Server(ThreadingHTTPServer):
@@ -66,6 +77,7 @@ def make_server(
     """The HTTP server (not started); ``port=0`` picks a free port (``server.server_port``)."""
     body = page(k)
     decoding = threading.Lock()  # one upload decoded at a time
+    loopback_only = host in LOOPBACK
 
     class Handler(BaseHTTPRequestHandler):
         timeout = TIMEOUT
@@ -82,7 +94,19 @@ def make_server(
             except OSError:
                 pass
 
+        def foreign(self) -> bool:
+            """Answered with 403 if bound to this machine and addressed by another name (a
+            missing Host header, as curl -0 sends, is this machine)."""
+            name = host_name(self.headers.get("Host") or "localhost")
+            if not loopback_only or name in LOOPBACK:
+                return False
+            self.close_connection = True
+            self.json(403, {"error": f"this server answers only to {', '.join(LOOPBACK)}"})
+            return True
+
         def do_GET(self):  # noqa: N802 - the base class's name
+            if self.foreign():
+                return
             url = urlparse(self.path)
             query = parse_qs(url.query)
             if url.path in ("/", "/index.html"):
@@ -100,6 +124,8 @@ def make_server(
             return self.json(404, {"error": f"no page {url.path}"})
 
         def do_POST(self):  # noqa: N802
+            if self.foreign():
+                return
             url = urlparse(self.path)
             if url.path != "/api/image":
                 self.close_connection = True  # its body, if any, is never read
