@@ -134,3 +134,35 @@ def test_a_shard_record_claiming_a_huge_member_is_refused_before_reading(
     with pytest.raises(QueryError, match="not an image"):
         index.image_bytes(1)
     assert index.image_bytes(2)[1] == "image/jpeg"
+
+
+def test_an_index_naming_a_hub_dataset_fetches_nothing_unless_allowed(
+    tmp_path,
+    trained,  # noqa: F811
+    planted,  # noqa: F811
+    monkeypatch,
+):
+    """Built from a local dataset, then the manifest names a hub dataset instead: reading an
+    image would download it, so it is refused unless ``allow_download``."""
+    import datasets
+
+    items = planted["items"][:3]
+    rows = {"image": [{"bytes": item["jpg"], "path": None} for item in items]}
+    features = datasets.Features({"image": datasets.Image()})
+    data = datasets.Dataset.from_dict(rows, features=features)
+    datasets.DatasetDict({"train": data}).save_to_disk(str(tmp_path / "hf"))
+    build(tmp_path, trained, str(tmp_path / "hf"))
+    index_dir = tmp_path / "index"
+
+    def rename(manifest):
+        manifest["sources"][0]["data"] = "hf:some-org/some-dataset"
+
+    tamper_manifest(index_dir, rename)
+    fetched = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, *a, **k: fetched.append(name))
+    with pytest.raises(QueryError, match="'hf:some-org/some-dataset'.*--allow-download"):
+        SearchIndex(index_dir).image_bytes(0)
+    assert not fetched
+    with pytest.raises(Exception):  # noqa: B017 - what the stand-in returns is no dataset
+        SearchIndex(index_dir, allow_download=True).image_bytes(0)
+    assert fetched == ["some-org/some-dataset"]

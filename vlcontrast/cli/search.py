@@ -133,7 +133,7 @@ def add_commands(sub) -> None:
         "--sheet", default="", help="also draw the hits with their scores into this PNG"
     )
     search.add_argument("--backend", default="auto", choices=["auto", "exact", "faiss"])
-    add_allow_pipe(search)
+    add_reading_flags(search)
     search.add_argument(
         "--checkpoint", default="", help="the index's checkpoint, if it moved since the build"
     )
@@ -155,7 +155,7 @@ def add_commands(sub) -> None:
         "-k", "--k", type=int, default=24, help="results per query (default: %(default)s)"
     )
     serve.add_argument("--backend", default="auto", choices=["auto", "exact", "faiss"])
-    add_allow_pipe(serve)
+    add_reading_flags(serve)
     serve.add_argument(
         "--checkpoint", default="", help="the index's checkpoint, if it moved since the build"
     )
@@ -166,6 +166,17 @@ def add_commands(sub) -> None:
         help="uploaded images above this many pixels are refused from their header, before "
         "decoding (default: %(default)s, a 12-megapixel photo passes)",
     )
+
+
+def add_reading_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of the commands that read an index's images (search, serve)."""
+    parser.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let an index of a Hugging Face hub dataset fetch its images, and a checkpoint "
+        "that names a hub model fetch its config",
+    )
+    add_allow_pipe(parser)
 
 
 def add_allow_pipe(parser: argparse.ArgumentParser) -> None:
@@ -299,6 +310,7 @@ def open_index(args: argparse.Namespace):
         args.index,
         backend=args.backend,
         checkpoint=args.checkpoint or None,
+        allow_download=args.allow_download,
         allow_pipe=args.allow_pipe,
     )
     if index.files.pending:

@@ -197,6 +197,12 @@ class SearchIndex:
         spec = SourceSpec(**self.files.manifest["sources"][source])
         if spec.format != "hf":
             return spec
+        local = Path(spec.data.removeprefix("hf:")).exists()
+        if not local and not self.allow_download:  # an index's hub name is a stranger's choice
+            raise QueryError(
+                f"this index reads its images from the Hugging Face dataset {spec.data!r}, which "
+                f"is not on this machine; pass --allow-download to let it be fetched"
+            )
         if source not in self._collections:  # a dataset is opened once, not per image
             from vlcontrast.search.units import open_collection
 
