@@ -45,12 +45,16 @@ from vlcontrast.data.limits import (  # noqa: F401
     IMAGE_SUFFIXES,
     MAX_FILE_BYTES,
     MAX_PIXELS,
+    Oversized,
 )
 from vlcontrast.data.skip import SkipSample
 
 
 def open_image(data: bytes) -> Image.Image:
-    """A lazily decoded PIL image over ``data``, set to decode in one read."""
+    """A lazily decoded PIL image over ``data``, set to decode in one read; a shard member
+    too large to have been read (``limits.Oversized``) is a ``too_large`` skip."""
+    if isinstance(data, Oversized):
+        raise SkipSample("too_large")
     img = Image.open(io.BytesIO(data))
     # One read for the whole file, not 64 KB blocks: each block is a return to Python, a copy of
     # the leftover bytes and a suspension of the JPEG decoder.

@@ -15,3 +15,14 @@ IMAGE_SUFFIXES = (*(f".{e}" for e in IMAGE_EXTENSIONS), ".bmp", ".gif", ".tif", 
 # largest 50-megapixel image a camera or scanner writes (16-bit RGBA TIFF, uncompressed) is
 # 400 MB, and a shard maker holds a file's bytes in memory while it checks them.
 MAX_FILE_BYTES = 512 << 20
+
+
+class Oversized(bytes):
+    """What a reader gives (empty bytes) for a shard member over ``MAX_FILE_BYTES``, left
+    unread so that a stranger's shard cannot make each loader worker allocate gigabytes: as
+    an image it is skipped as ``too_large``; anything else reads as empty."""
+
+    def __new__(cls, size: int):
+        made = super().__new__(cls, b"")
+        made.size = size
+        return made

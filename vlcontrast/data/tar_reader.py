@@ -17,6 +17,8 @@ from typing import Any
 
 import webdataset as wds
 
+from vlcontrast.data.limits import MAX_FILE_BYTES, Oversized
+
 BLOCK = 512
 # A member size beyond this is a damaged header, not an image or a caption: reading it would
 # allocate that much (a GNU base-256 size field can claim 2^62 bytes).
@@ -75,7 +77,8 @@ def iter_members(
     """(name, payload, offset, size) of the regular files of a tar stream, read with one call
     per member; ``offset`` is where the member's data starts in the (uncompressed) tar, so
     search can read one image back without unpacking the shard. The payload is None (and
-    skipped, by seeking where possible) when ``wanted(name)`` is false. GNU long names and pax
+    skipped, by seeking where possible) when ``wanted(name)`` is false, and an empty
+    ``Oversized`` for a member over ``MAX_FILE_BYTES``. GNU long names and pax
     paths are honoured. Raises :class:`Truncated` on a cut tar. (Python's tarfile in stream mode
     copies each member through 10 KB reads and ends silently on a header cut short.)"""
     long_name: str | None = None
@@ -104,7 +107,10 @@ def iter_members(
         if kind not in (b"0", b"\0", b"7"):  # directories, links, global headers
             _skip(stream, padded)
             continue
-        if wanted(name):
+        if wanted(name) and size > MAX_FILE_BYTES:  # never read: limits.Oversized says why
+            _skip(stream, padded)
+            yield name, Oversized(size), offset, size
+        elif wanted(name):
             yield name, _read_exactly(stream, padded)[:size], offset, size
         else:
             _skip(stream, padded)
