@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.conftest import run_file, tiny_overrides
@@ -92,6 +93,28 @@ def test_an_image_above_max_pixels_is_skipped_from_its_header(tmp_path, tokenize
     got = batches(ds, 0, DataPosition(), 1, bad)
     assert got[0]["keys"] == ["k0000"] and bad.by_reason == {"too_large": 1}
     assert (3000, 2000) not in decoded  # counted from the header, never decoded
+
+
+def test_a_huge_caption_is_cut_before_tokenizing_and_gives_the_same_tokens(
+    tmp_path, tokenizer, monkeypatch
+):
+    """A huge caption (a stranger's shard): the tokenizer sees 64k characters, not all, and
+    the batch's tokens equal those of the whole text truncated to the context."""
+    from vlcontrast.data.captions import MAX_CAPTION_CHARS
+
+    caption = "a small red circle at the top left " * 9_000  # 315,000 characters
+    write_shards([{**good(0), "txt": caption}, good(1)], tmp_path, per_shard=2)
+    seen = []
+    real = Collate.tokenize
+    monkeypatch.setattr(
+        Collate, "tokenize", lambda self, texts: seen.extend(map(len, texts)) or real(self, texts)
+    )
+    decoder = Decoder(CropResize(8))
+    ds = ShardDataset(parse_sources(str(tmp_path / "00000.tar")), decoder, Collate(tokenizer, 8), 2)
+    got = batches(ds, 0, DataPosition(), 1)
+    assert got[0]["keys"] == ["k0000", "k0001"] and max(seen) == MAX_CAPTION_CHARS
+    whole = real(Collate(tokenizer, 8), [caption.strip()])
+    assert torch.equal(got[0]["input_ids"][0], whole["input_ids"][0])
 
 
 def test_globs_and_directories_are_shard_specs_and_inspect_decodes(tmp_path, capsys):
