@@ -61,6 +61,46 @@ def test_multicrop_presets_are_the_papers_crops():
     assert multicrop_groups(MultiCropConfig(local_count=0), "swav", 32, "x")[0].size == 32
 
 
+def test_local_crops_keep_the_papers_share_of_any_training_size(capsys):
+    """``local_size: 0``: 96 of 224 at any size, on a ViT's patch grid; the run writes the
+    size it chose into its config with a note. (It was 96 px whatever the size: a 32-px
+    model's local crops were three times its global ones, and DINO at model.preset=tiny took
+    44 s a step on 2 cores.)"""
+    from vlcontrast.data.view_presets import fitted_local_size, vit_patch
+    from vlcontrast.train.model_setup import resolve_model_settings
+
+    assert [fitted_local_size(224, p) for p in (1, 8, 14, 16, 32)] == [96, 96, 98, 96, 96]
+    assert fitted_local_size(32, 4) == 12 and fitted_local_size(8, 16) == 16
+    assert vit_patch("vit_small_patch14_dinov2", {}) == 14
+    assert vit_patch("vit_base_patch32_clip_224", {"patch_size": 4}) == 4
+    assert vit_patch("resnet50", {}) == 1
+    for name in ("swav", "dino"):
+        cfg = config_lib.load(
+            None, ["model.preset=tiny", "model.kind=image", f"objective.name={name}"]
+        )
+        resolve_model_settings(cfg)
+        assert getattr(cfg.objective, name).crops.local_size == 12
+        note = f"objective.{name}.crops.local_size=0 -> 12 (96/224 of image.image_size=32, a"
+        assert note in capsys.readouterr().out
+    cfg = config_lib.load(None, ["objective.name=dino", "model.kind=image", "image.model=resnet18"])
+    resolve_model_settings(cfg)
+    assert cfg.objective.dino.crops.local_size == 96  # image.image_size 224: the papers' crops
+
+
+def test_a_model_preset_leaves_an_image_only_methods_heads_alone():
+    """A preset's model.embed_dim is its shared space's size; in run files from before methods
+    owned their heads the key shaped an image-only projection, and the preset's value was taken
+    for that: SimCLR's MLP head became one linear layer, DINO's 3-layer head one layer."""
+    for name in ("simclr", "dino", "byol"):
+        plain = config_lib.load(None, ["model.kind=image", f"objective.name={name}"])
+        tiny = config_lib.load(
+            None, ["model.preset=tiny", "model.kind=image", f"objective.name={name}"]
+        )
+        assert getattr(tiny.objective, name).projector == getattr(plain.objective, name).projector
+    old = config_lib.load(None, ["model.kind=image", "objective.name=simclr", "model.embed_dim=64"])
+    assert (old.objective.simclr.projector.layers, old.objective.simclr.projector.dim) == (1, 64)
+
+
 @pytest.mark.parametrize(
     ("override", "key"),
     [

@@ -349,6 +349,9 @@ def build(values: dict[str, Any], overrides: list[str] | None = None) -> Config:
     if preset:
         apply(cfg, {"model": {"preset": preset}})  # checks the name
         apply(cfg, PRESETS[preset])
+        # the preset's model.embed_dim is its shared space's size, not an image-only method's
+        # projection (what the key meant in run files before methods owned their heads)
+        cfg.__dict__.pop("_moved", None)
         # another tower named over a preset replaces the preset's tower, not only its name
         if _named(values, overrides or [], "image", "model") not in (None, cfg.image.model):
             cfg.image.model_kwargs = {}

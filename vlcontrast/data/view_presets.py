@@ -19,14 +19,18 @@ global crops at the training size and N local ones, each with its paper's augmen
 - DINO (``main_dino.py``): jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2; blur 1.0 on the
   first global crop, 0.1 and solarisation 0.2 on the second, 0.5 on the local ones; global scale
   (0.4, 1), local (0.05, 0.4).
+Local crops are 96 px of 224 in both papers; ``local_size: 0`` (the default) keeps that share
+of ``image.image_size``, on a ViT's patch grid (:func:`fitted_local_size`), so a 32-px model's
+local crops are 12 px, not three times its global ones.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from vlcontrast.schema import NON_NEGATIVE, POSITIVE, between
+from vlcontrast.schema import NON_NEGATIVE, between
 
 PROBABILITY = between(0.0, 1.0)
 
@@ -107,7 +111,8 @@ class MultiCropConfig:
 
     global_scale: list[float] = field(default_factory=lambda: [0.14, 1.0])
     local_count: int = field(default=6, metadata=NON_NEGATIVE)  # SwAV: 2x224 + 6x96
-    local_size: int = field(default=96, metadata=POSITIVE)  # SwAV and DINO: 96 of 224
+    # 0: 96/224 of image.image_size on the patch grid (fitted_local_size); SwAV, DINO: 96 of 224
+    local_size: int = field(default=0, metadata=NON_NEGATIVE)
     local_scale: list[float] = field(default_factory=lambda: [0.05, 0.14])
     augment: dict = field(default_factory=dict)  # ViewConfig keys applied to every crop
 
@@ -115,8 +120,27 @@ class MultiCropConfig:
 def multicrop(global_scale: list[float], local_count: int, local_scale: list[float]):
     """A ``field`` holding a method's multi-crop defaults (a fresh dataclass per config)."""
     return field(
-        default_factory=lambda: MultiCropConfig(list(global_scale), local_count, 96, local_scale)
+        default_factory=lambda: MultiCropConfig(list(global_scale), local_count, 0, local_scale)
     )
+
+
+LOCAL_SHARE = 96 / 224  # SwAV's and DINO's local crop against their global one
+
+
+def vit_patch(model: str, model_kwargs: dict) -> int:
+    """A timm ViT's patch size, from ``model_kwargs`` or the ``patchN`` of its name; 1 for
+    anything else (a CNN takes crops of any size)."""
+    if "patch_size" in model_kwargs:
+        return int(model_kwargs["patch_size"])
+    found = re.search(r"patch(\d+)", model)
+    return int(found.group(1)) if found else 1
+
+
+def fitted_local_size(image_size: int, patch: int = 1) -> int:
+    """``local_size: 0``: :data:`LOCAL_SHARE` of ``image_size``, to the nearest multiple of
+    ``patch`` (a ViT cuts only whole patches) and at least one: 96 at 224 for patches of 8,
+    16 or 32, 98 for DINOv2's 14 (its own local size), 12 for a 32-px model of 4-px patches."""
+    return max(patch, round(image_size * LOCAL_SHARE / patch) * patch)
 
 
 SWAV_CROP = dict(jitter=[0.8, 0.8, 0.8, 0.2], blur=0.5)
@@ -131,9 +155,12 @@ MULTICROP_PRESETS: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
-def multicrop_groups(crops: MultiCropConfig, method: str, size: int, where: str) -> list[ViewGroup]:
+def multicrop_groups(
+    crops: MultiCropConfig, method: str, size: int, where: str, patch: int = 1
+) -> list[ViewGroup]:
     """The ``global`` and ``local`` view groups of ``method``'s preset with ``crops``'
-    sizes, scales and changes; ``where`` names the settings in error messages."""
+    sizes, scales and changes (``local_size: 0`` fitted to ``size`` and a ViT's ``patch``);
+    ``where`` names the settings in error messages."""
     global_views, local_view = MULTICROP_PRESETS[method]
     known = set(ViewConfig.__dataclass_fields__) - {"scale"}
     unknown = sorted(set(crops.augment) - known)
@@ -152,5 +179,6 @@ def multicrop_groups(crops: MultiCropConfig, method: str, size: int, where: str)
     groups = [ViewGroup("global", size, 2, views(global_views, crops.global_scale, "global"))]
     if crops.local_count:
         local = views([local_view], crops.local_scale, "local")
-        groups.append(ViewGroup("local", crops.local_size, crops.local_count, local))
+        local_size = crops.local_size or fitted_local_size(size, patch)
+        groups.append(ViewGroup("local", local_size, crops.local_count, local))
     return groups

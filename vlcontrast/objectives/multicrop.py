@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from vlcontrast.data.view_presets import multicrop_groups
+from vlcontrast.data.view_presets import multicrop_groups, vit_patch
 from vlcontrast.schema import ConfigError
 
 
@@ -30,8 +30,9 @@ class MultiCrop:
         name = cfg.objective.name
         where = f"objective.{name}.crops"
         crops = getattr(cfg.objective, name).crops
+        patch = vit_patch(cfg.image.model, cfg.image.model_kwargs)
         try:
-            return multicrop_groups(crops, cls.crop_preset, cfg.image.image_size, where)
+            return multicrop_groups(crops, cls.crop_preset, cfg.image.image_size, where, patch)
         except ValueError as err:
             raise ConfigError(str(err)) from None
 

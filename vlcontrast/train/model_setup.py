@@ -8,9 +8,27 @@ from torch import nn
 
 from vlcontrast import config as config_lib
 from vlcontrast.config import Config, ConfigError
+from vlcontrast.data.view_presets import vit_patch
+from vlcontrast.distributed import print0
 from vlcontrast.models.build import has_text
 from vlcontrast.models.split_bn import split_batch_norm
 from vlcontrast.objectives import objective_class
+
+
+def fit_local_size(cfg: Config, groups: list) -> None:
+    """Write the local crops' fitted size (``crops.local_size: 0``) into the config, so the
+    saved config says it, with a note."""
+    crops = getattr(getattr(cfg.objective, cfg.objective.name, None), "crops", None)
+    local = next((group.size for group in groups if group.name == "local"), 0)
+    if crops is None or crops.local_size or not local:
+        return
+    crops.local_size = local
+    patch = vit_patch(cfg.image.model, cfg.image.model_kwargs)
+    grid = f", a multiple of the patch {patch}" if patch > 1 else ""
+    print0(
+        f"note: objective.{cfg.objective.name}.crops.local_size=0 -> {local} (96/224 of "
+        f"image.image_size={cfg.image.image_size}{grid})"
+    )
 
 
 def resolve_model_settings(cfg: Config) -> None:
@@ -22,6 +40,7 @@ def resolve_model_settings(cfg: Config) -> None:
     groups = cls.view_groups(cfg) or []
     if any(group.size != cfg.image.image_size for group in groups):
         cfg.image.dynamic_size = True  # multi-crop: a ViT takes the local crops at their size
+    fit_local_size(cfg, groups)
     if "text" in cls.modalities and not has_text(cfg):
         raise ConfigError(
             f"model.kind: objective {cfg.objective.name!r} trains on image-text pairs; "
