@@ -170,3 +170,42 @@ def test_the_separable_blur_equals_torchvisions_gaussian_blur(side, sigma):
     assert ours.dtype == torch.uint8 and ours.shape == image.shape
     assert (ours.int() - theirs.int()).abs().max() <= 1  # float rounding of the same sums
     assert (ours != theirs).float().mean() < 1e-3
+
+
+@pytest.mark.parametrize(
+    ("method", "paper"),
+    [
+        ("simclr", "simclr"),
+        ("moco", "mocov2"),
+        ("mocov3", "mocov3"),
+        ("byol", "byol"),
+        ("simsiam", "mocov2"),  # SimSiam's code: MoCo v2's augmentation
+        ("barlow_twins", "byol"),  # Barlow Twins: BYOL's asymmetric blur and solarisation
+        ("supcon", "simclr"),
+        ("densecl", "mocov2"),
+    ],
+)
+def test_a_method_that_names_no_views_gets_its_papers(method, paper, capsys):
+    """Without ``views.preset`` a two-view method trains on its paper's views (before, every
+    method got one generic pair: BYOL without its asymmetric blur and solarisation), on
+    SimCLR's small-image recipe at 96 px or less, each with a note; a preset or a per-view key
+    the user gives wins."""
+    base = ["model.kind=image", f"objective.name={method}"]
+    cfg = config_lib.load(None, base)
+    want = [ViewConfig(**{**ViewConfig().__dict__, **v}) for v in PRESETS[paper]]
+    assert cfg.views.preset == paper and [cfg.views.first, cfg.views.second] == want
+    assert f"note: views.preset={paper} ({method}'s paper's views" in capsys.readouterr().err
+    small = config_lib.load(None, [*base, "image.image_size=32"])
+    assert small.views.preset == "small" and small.views.first.blur == 0
+    assert config_lib.load(None, [*base, "model.preset=tiny"]).views.preset == "small"
+    assert config_lib.load(None, [*base, "views.preset=simclr"]).views.preset == "simclr"
+    generic = config_lib.load(None, [*base, "views.preset="])  # "" keeps the generic pair
+    assert generic.views.preset == "" and generic.views.first == ViewConfig()
+    changed = config_lib.load(None, [*base, "views.second.flip=0"])
+    assert changed.views.second.flip == 0 and changed.views.first == want[0]
+
+
+def test_image_text_objectives_get_no_view_preset(capsys):
+    for name in ("clip", "siglip", "swav", "dino"):
+        assert config_lib.load(None, [f"objective.name={name}"]).views.preset == ""
+    assert "views.preset" not in capsys.readouterr().err

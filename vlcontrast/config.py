@@ -31,8 +31,8 @@ from vlcontrast.config_layouts import (
     renamed,
 )
 from vlcontrast.data.limits import IMAGE_EXTENSIONS, MAX_PIXELS
+from vlcontrast.data.view_presets import METHOD_VIEWS, ViewConfig, method_views
 from vlcontrast.data.view_presets import PRESETS as VIEW_PRESETS
-from vlcontrast.data.view_presets import ViewConfig
 from vlcontrast.eval_config import EvalConfig, EvaluatorConfig
 from vlcontrast.objective_settings import USES_LOGIT_BIAS, ObjectiveConfig
 from vlcontrast.optim_config import OptimConfig
@@ -358,6 +358,8 @@ def build(values: dict[str, Any], overrides: list[str] | None = None) -> Config:
         if _named(values, overrides or [], "text", "model"):
             cfg.text.config = {}
     views = _preset_named(values, overrides or [], "views")
+    if not _sets(values, overrides or [], "views", "preset"):
+        views = _method_views(cfg, values, overrides or [])
     if views:
         apply(cfg, {"views": {"preset": views}})  # checks the name
         first, second = VIEW_PRESETS[views]
@@ -368,6 +370,23 @@ def build(values: dict[str, Any], overrides: list[str] | None = None) -> Config:
     _command_line_sets_the_length(cfg, overrides or [])
     validate(cfg)
     return cfg
+
+
+def _method_views(cfg: Config, values: dict[str, Any], overrides: list[str]) -> str:
+    """The views of a two-view method that names no ``views.preset``: its paper's, or
+    ``small`` for images of 96 px or less (``data.view_presets.method_views``), with a note."""
+    method = str(_named(values, overrides, "objective", "name") or cfg.objective.name)
+    size = _named(values, overrides, "image", "image_size") or cfg.image.image_size
+    try:
+        views = method_views(method, int(size))
+    except (TypeError, ValueError):  # a bad size: the schema names it below
+        return ""
+    if views and os.environ.get("RANK", "0") == "0":
+        why = f"{method}'s paper's views"
+        if views == "small":
+            why = f"{size}-px images, which {method}'s own ({METHOD_VIEWS[method]}) would blur away"
+        print(f"note: views.preset={views} ({why}; set views.preset to choose)", file=sys.stderr)
+    return views
 
 
 def _command_line_sets_the_length(cfg: Config, overrides: list[str]) -> None:

@@ -67,6 +67,32 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
 }
 
 
+# Each two-view method's own paper's views, the preset a run gets when it names none; SimSiam
+# and DenseCL took MoCo v2's, Barlow Twins BYOL's, SupCon and SLIP SimCLR's
+METHOD_VIEWS = {
+    "simclr": "simclr",
+    "supcon": "simclr",
+    "slip": "simclr",
+    "moco": "mocov2",
+    "simsiam": "mocov2",
+    "densecl": "mocov2",
+    "byol": "byol",
+    "barlow_twins": "byol",
+    "mocov3": "mocov3",
+}
+# ... and images of at most this many pixels a side get ``small`` instead (SimCLR's CIFAR
+# recipe: a Gaussian blur of a 32-px image erases it)
+SMALL_SIDE = 96
+
+
+def method_views(method: str, image_size: int) -> str:
+    """The ``views.preset`` a run of ``method`` at ``image_size`` px gets when it names none
+    ("" for a method without two views)."""
+    if method not in METHOD_VIEWS:
+        return ""
+    return "small" if image_size <= SMALL_SIDE else METHOD_VIEWS[method]
+
+
 def check_view(view: ViewConfig, where: str) -> None:
     """Range checks that the field metadata cannot express (pairs and the jitter list)."""
     lo, hi = view.scale if len(view.scale) == 2 else (None, None)
