@@ -209,6 +209,8 @@ class ViewsConfig:
     ``first`` and ``second`` from a paper's recipe before the run file and the command line,
     so ``views.second.solarize=0.1`` changes one parameter of it."""
 
+    # a two-view method that names none gets its paper's (small at 96 px or less; a note says
+    # which: data/view_presets.py METHOD_VIEWS); "" given: one generic pair
     preset: str = field(default="", metadata=_choices("", *VIEW_PRESETS))
     first: ViewConfig = field(default_factory=ViewConfig)
     second: ViewConfig = field(default_factory=ViewConfig)
