@@ -180,6 +180,28 @@ def test_swav_loss_with_and_without_the_queue_matches_the_paper():
     assert task.prototypes.weight.grad.abs().sum() > 0  # trained from the second step
 
 
+def test_swav_freezes_its_prototypes_for_an_epoch_at_most_a_tenth_of_the_run(capsys):
+    """``freeze_prototypes_steps: -1`` (the default): SwAV's scripts froze them for one
+    ImageNet epoch (313 steps at batch 4096, 5005 at 256); a fixed 313 froze them for much of a
+    short run (nearly half of the digits benchmark's 60 epochs, 11 steps each)."""
+    from vlcontrast.objective_settings import SwAVConfig
+    from vlcontrast.objectives.swav import SwAVObjective
+
+    def frozen(epoch_steps, run_steps, given=-1):
+        task = SwAVObjective(SwAVConfig(freeze_prototypes_steps=given))
+        task.epoch_steps = epoch_steps
+        return task.freeze_steps(run_steps)
+
+    assert frozen(313, 250_000) == 313 and frozen(5005, 500_000) == 5005  # SwAV's own runs
+    assert frozen(12, 337) == 12  # an epoch of a short run
+    assert frozen(50, 100) == 10  # ... at most a tenth of it
+    assert "freeze_prototypes_steps=-1 -> 10 (one epoch, 10% of this run's 100 steps)" in (
+        capsys.readouterr().out
+    )
+    assert frozen(0, 10**6) == 313  # no dataset size: SwAV's ImageNet epoch at batch 4096
+    assert frozen(50, 100, given=70) == 70 and frozen(50, 100, given=0) == 0
+
+
 def test_swav_fills_its_queue_from_the_start_epoch_only():
     task = case.make_objective("swav")
     task.queue_start = 2  # steps: e.g. queue_start_epochs=2 at 1 step per epoch

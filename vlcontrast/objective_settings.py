@@ -150,8 +150,10 @@ class SwAVConfig:
     epsilon: float = field(default=0.05, metadata=POSITIVE)  # Sinkhorn's entropic weight
     sinkhorn_iterations: int = field(default=3, metadata=POSITIVE)
     prototypes: int = field(default=3000, metadata=POSITIVE)  # ImageNet: 3000
-    # prototypes take no step for this many steps (SwAV: 313, one epoch at batch 4096)
-    freeze_prototypes_steps: int = field(default=313, metadata=NON_NEGATIVE)
+    # prototypes take no step for this many steps; -1: one epoch, at most 10% of the run
+    # (SwAV's scripts: 313 at batch 4096 and 5005 at 256, an ImageNet epoch each; 313 steps
+    # would freeze them for nearly half of the digits benchmark's 60 epochs)
+    freeze_prototypes_steps: int = field(default=-1, metadata=between(-1, 10**9))
     # embeddings of past batches whose scores join Sinkhorn's (0: none; SwAV: 3840 at batch
     # 256), all ranks' together; a multiple of the global batch
     queue_size: int = field(default=0, metadata=NON_NEGATIVE)

@@ -10,9 +10,10 @@ domain, float64, autocast off) and each is predicted from every other crop
 does not change the assignment.
 
 Two stabilisers of SwAV's code:
-- the prototypes are frozen for ``freeze_prototypes_steps``: their weight enters the forward
-  detached (plus ``0 * weight``, so DDP still sees it used). The optimizer then moves it, if at
-  all, along itself (weight decay), which the renormalisation undoes.
+- the prototypes are frozen for ``freeze_prototypes_steps`` (-1: the first epoch, as SwAV's
+  scripts, at most 10% of the run; :meth:`SwAVObjective.freeze_steps`): their weight enters
+  the forward detached (plus ``0 * weight``, so DDP still sees it used). The optimizer then
+  moves it, if at all, along itself (weight decay), which the renormalisation undoes.
 - a queue of the global crops' past embeddings (``queue_size`` rows), filled from
   ``queue_start_epochs`` on; once full, its scores against the current prototypes join the
   batch's in Sinkhorn (more rows to balance over at small batches). SwAV keeps one queue per
@@ -60,6 +61,7 @@ class SwAVObjective(MultiCrop, ImageTask):
                 f"objective.swav.queue_size: {c.queue_size} is not a multiple of the global "
                 f"batch {global_batch}; use e.g. {fit} (or 0: no queue)"
             )
+        self.frozen_steps = self.freeze_steps(getattr(getattr(cfg, "train", None), "steps", 0))
         rows = c.queue_size
         self.register_buffer("queue", torch.zeros(2, rows, self.proj_dim, dtype=dtype))
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))  # rows written
@@ -70,6 +72,21 @@ class SwAVObjective(MultiCrop, ImageTask):
             else 0
         )
 
+    def freeze_steps(self, run_steps: int) -> int:
+        """``freeze_prototypes_steps``, its -1 resolved: an epoch (SwAV's 313 steps at batch
+        4096 when the dataset size is unknown), at most 10% of the run's ``run_steps``; a note
+        says what it chose."""
+        given = self.cfg.freeze_prototypes_steps
+        if given >= 0:
+            return given
+        epoch = self.epoch_steps or 313
+        steps = min(epoch, max(1, run_steps // 10)) if run_steps else epoch
+        capped = f", 10% of this run's {run_steps} steps" if steps < epoch else ""
+        distributed.print0(
+            f"note: objective.swav.freeze_prototypes_steps=-1 -> {steps} (one epoch{capped})"
+        )
+        return steps
+
     @torch.no_grad()
     def normalize_prototypes(self) -> None:
         w = self.prototypes.weight
@@ -78,7 +95,7 @@ class SwAVObjective(MultiCrop, ImageTask):
     def prototype_weight(self) -> torch.Tensor:
         """(K, D) prototypes; while frozen, without a gradient (but still used, for DDP)."""
         w = self.prototypes.weight
-        return w.detach() + 0 * w if int(self.steps) < self.cfg.freeze_prototypes_steps else w
+        return w.detach() + 0 * w if int(self.steps) < self.frozen_steps else w
 
     def outputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         feat = self.crop_features(batch)  # (B, C, F)
