@@ -115,6 +115,27 @@ def moco_setup(queue_size=8, global_batch=4, fsdp=False):
     return model, objective
 
 
+def test_a_queue_longer_than_the_data_gets_a_warning(capsys):
+    """MoCo's 65536 keys are 5% of ImageNet; on 200 images each image's own older keys would
+    be among its negatives."""
+    objective = MoCoObjective(
+        MoCoConfig(queue_size=64, projector=case.heads(bn=False)["projector"])
+    )
+    objective.epoch_steps = 5  # 20 images an epoch at a global batch of 4
+    cfg = SimpleNamespace(train=SimpleNamespace(steps=10, seed=0, fsdp=False))
+    objective.setup(case.TinyImageModel(), cfg, 4)
+    out = capsys.readouterr().out
+    assert "warning: objective.moco.queue_size=64 keys, more than the 20 images" in out
+    assert "at most 20 (e.g. 8)" in out
+    moco_setup(queue_size=8)  # epoch length unknown, or a queue shorter than it: no warning
+    objective = MoCoObjective(
+        MoCoConfig(queue_size=16, projector=case.heads(bn=False)["projector"])
+    )
+    objective.epoch_steps = 5
+    objective.setup(case.TinyImageModel(), cfg, 4)
+    assert "warning" not in capsys.readouterr().out
+
+
 def test_a_momentum_objective_under_fsdp_is_refused_with_the_alternative(monkeypatch):
     from vlcontrast import distributed
 

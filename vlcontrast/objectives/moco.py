@@ -44,6 +44,7 @@ class MoCoObjective(MomentumObjective):
                 f"objective.moco.queue_size: {self.cfg.queue_size} is not a multiple of the "
                 f"global batch {global_batch}; use e.g. {fit}"
             )
+        self.warn_queue_over_data(global_batch)
         generator = torch.Generator().manual_seed(cfg.train.seed)
         dtype = next(model.parameters()).dtype
         queue = torch.randn(self.cfg.queue_size, self.proj_dim, generator=generator).to(dtype)
@@ -52,6 +53,20 @@ class MoCoObjective(MomentumObjective):
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # seeds shuffle BN
         self.seed = int(cfg.train.seed)
+
+    def warn_queue_over_data(self, global_batch: int) -> None:
+        """A warning when the queue holds more keys than an epoch has images: then every
+        image's own keys from earlier epochs are among its negatives (MoCo's 65536 keys are 5%
+        of ImageNet; the digits benchmark's 1024, 71% of its images)."""
+        images = self.epoch_steps * global_batch
+        key = f"objective.{type(self).__name__.removesuffix('Objective').lower()}.queue_size"
+        if images and self.cfg.queue_size > images:
+            fit = global_batch * max(1, images // 2 // global_batch)
+            dist_lib.print0(
+                f"warning: {key}={self.cfg.queue_size} keys, more than the {images} images an "
+                f"epoch reads: each image's own earlier keys would be among its negatives; "
+                f"set {key} to at most {images} (e.g. {fit})"
+            )
 
     def outputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         x_a, x_b = view(batch, -2), view(batch, -1)
@@ -134,6 +149,20 @@ class MoCoV3Objective(MomentumObjective):
     def __init__(self, cfg: MoCoV3Config | None = None):
         super().__init__()
         self.cfg = cfg if cfg is not None else MoCoV3Config()
+
+    def warn_queue_over_data(self, global_batch: int) -> None:
+        """A warning when the queue holds more keys than an epoch has images: then every
+        image's own keys from earlier epochs are among its negatives (MoCo's 65536 keys are 5%
+        of ImageNet; the digits benchmark's 1024, 71% of its images)."""
+        images = self.epoch_steps * global_batch
+        key = f"objective.{type(self).__name__.removesuffix('Objective').lower()}.queue_size"
+        if images and self.cfg.queue_size > images:
+            fit = global_batch * max(1, images // 2 // global_batch)
+            dist_lib.print0(
+                f"warning: {key}={self.cfg.queue_size} keys, more than the {images} images an "
+                f"epoch reads: each image's own earlier keys would be among its negatives; "
+                f"set {key} to at most {images} (e.g. {fit})"
+            )
 
     def outputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         x_a, x_b = view(batch, -2), view(batch, -1)
