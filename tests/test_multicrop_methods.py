@@ -195,11 +195,37 @@ def test_swav_freezes_its_prototypes_for_an_epoch_at_most_a_tenth_of_the_run(cap
     assert frozen(313, 250_000) == 313 and frozen(5005, 500_000) == 5005  # SwAV's own runs
     assert frozen(12, 337) == 12  # an epoch of a short run
     assert frozen(50, 100) == 10  # ... at most a tenth of it
-    assert "freeze_prototypes_steps=-1 -> 10 (one epoch, 10% of this run's 100 steps)" in (
+    assert "freeze_prototypes_steps=-1 -> 10 steps (one epoch, 10% of this run's 100 steps)" in (
         capsys.readouterr().out
     )
     assert frozen(0, 10**6) == 313  # no dataset size: SwAV's ImageNet epoch at batch 4096
     assert frozen(50, 100, given=70) == 70 and frozen(50, 100, given=0) == 0
+
+
+def test_dino_freezes_its_last_layer_for_an_epoch_at_most_a_tenth_of_the_run(capsys):
+    """``freeze_last_layer_epochs: -1`` (the default): DINO's one epoch, at most a tenth of
+    the run (a fixed epoch froze a third of a 3-epoch run), none when the epoch's length is
+    unknown (a fixed epoch stopped such a run with an error); a given value is epochs."""
+    from types import SimpleNamespace
+
+    from vlcontrast.objective_settings import DINOConfig
+    from vlcontrast.objectives.dino import DINOObjective
+
+    def frozen(epoch_steps, run_steps, given=-1.0):
+        task = DINOObjective(DINOConfig(out_dim=8, freeze_last_layer_epochs=given))
+        task.epoch_steps = epoch_steps
+        cfg = SimpleNamespace(train=SimpleNamespace(steps=run_steps, seed=0, fsdp=False))
+        task.setup(case.TinyMapModel(), cfg, 4)
+        return task.freeze_steps
+
+    assert frozen(1251, 1_000_000) == 1251  # DINO's ImageNet epoch at batch 1024
+    assert frozen(30, 90) == 9  # 3 epochs: a tenth, not a third
+    assert "freeze_last_layer_epochs=-1 -> 9 steps (one epoch, 10% of this run's 90" in (
+        capsys.readouterr().out
+    )
+    assert frozen(0, 1000) == 0  # resampled data of unknown size
+    assert "(the epoch's length is unknown)" in capsys.readouterr().out
+    assert frozen(30, 90, given=2.0) == 60
 
 
 def test_swav_fills_its_queue_from_the_start_epoch_only():

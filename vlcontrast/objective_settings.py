@@ -181,7 +181,9 @@ class DINOConfig:
     center_momentum: float = field(default=0.9, metadata=between(0.0, 1.0))
     momentum: float = field(default=0.996, metadata=between(0.0, 1.0))  # cosine to momentum_end
     momentum_end: float = field(default=1.0, metadata=between(0.0, 1.0))
-    freeze_last_layer_epochs: float = field(default=1.0, metadata=NON_NEGATIVE)
+    # -1: one epoch (DINO's default), at most 10% of the run, none if the epoch's length is
+    # unknown (a fixed epoch froze a third of a 3-epoch run, and stopped a run of unknown size)
+    freeze_last_layer_epochs: float = field(default=-1.0, metadata=between(-1.0, 1e9))
     crops: MultiCropConfig = multicrop([0.4, 1.0], 8, [0.05, 0.4])  # 2x224 + 8x96
     # DINOHead: 3 layers, 2048 hidden, GELU, no batch norm, 256-d bottleneck (then the
     # weight-normed last layer of out_dim)

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from vlcontrast.distributed import print0
 from vlcontrast.schema import ConfigError
 
 
@@ -87,6 +88,17 @@ class Objective(nn.Module):
                 f"length here; set data.num_samples (or the key to 0)"
             )
         return max(1, round(epochs * self.epoch_steps))
+
+    def first_epoch(self, run_steps: int, key: str, unknown: int) -> int:
+        """The steps of a stabiliser that the papers run for the first epoch (SwAV's frozen
+        prototypes, DINO's frozen last layer), at most 10% of the run's ``run_steps``;
+        ``unknown`` when the epoch's length is; a note says what was chosen for ``key``."""
+        epoch = self.epoch_steps or unknown
+        steps = min(epoch, max(1, run_steps // 10)) if run_steps and epoch else epoch
+        why = "one epoch" if self.epoch_steps else "the epoch's length is unknown"
+        capped = f", 10% of this run's {run_steps} steps" if steps < epoch else ""
+        print0(f"note: {key}=-1 -> {steps} steps ({why}{capped})")
+        return steps
 
     def owned_state(self) -> dict[str, torch.Tensor]:
         """The heads and state of the method: the task's state without the shared model's."""

@@ -70,9 +70,12 @@ class DINOObjective(MultiCrop, MomentumObjective):
         self.register_buffer("center", torch.zeros(c.out_dim, dtype=torch.float32))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         key = "objective.dino"
-        self.freeze_steps = self.epochs_to_steps(
-            c.freeze_last_layer_epochs, f"{key}.freeze_last_layer_epochs"
-        )
+        freeze = f"{key}.freeze_last_layer_epochs"
+        if c.freeze_last_layer_epochs < 0:  # one epoch, as DINO's default, at most 10% of the run
+            run_steps = getattr(getattr(cfg, "train", None), "steps", 0)
+            self.freeze_steps = self.first_epoch(run_steps, freeze, 0)
+        else:
+            self.freeze_steps = self.epochs_to_steps(c.freeze_last_layer_epochs, freeze)
         self.warmup_steps = self.epochs_to_steps(
             c.warmup_teacher_temp_epochs, f"{key}.warmup_teacher_temp_epochs"
         )

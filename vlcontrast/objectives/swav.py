@@ -74,18 +74,11 @@ class SwAVObjective(MultiCrop, ImageTask):
 
     def freeze_steps(self, run_steps: int) -> int:
         """``freeze_prototypes_steps``, its -1 resolved: an epoch (SwAV's 313 steps at batch
-        4096 when the dataset size is unknown), at most 10% of the run's ``run_steps``; a note
-        says what it chose."""
+        4096 when the dataset size is unknown), at most 10% of the run's ``run_steps``."""
         given = self.cfg.freeze_prototypes_steps
         if given >= 0:
             return given
-        epoch = self.epoch_steps or 313
-        steps = min(epoch, max(1, run_steps // 10)) if run_steps else epoch
-        capped = f", 10% of this run's {run_steps} steps" if steps < epoch else ""
-        distributed.print0(
-            f"note: objective.swav.freeze_prototypes_steps=-1 -> {steps} (one epoch{capped})"
-        )
-        return steps
+        return self.first_epoch(run_steps, "objective.swav.freeze_prototypes_steps", 313)
 
     @torch.no_grad()
     def normalize_prototypes(self) -> None:
