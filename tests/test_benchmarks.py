@@ -193,6 +193,16 @@ def test_moco_step_benchmark_runs_both_variants():
     assert "before:" in done.stdout and "now:" in done.stdout and "now / before =" in done.stdout
 
 
+def test_local_crops_benchmark_times_both_sizes():
+    command = [sys.executable, "benchmarks/local_crops.py", "--method", "swav", "--steps", "3"]
+    done = subprocess.run(
+        [*command, "--batch", "8"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "at 96 px (fixed, before)" in done.stdout and "at 12 px (the default)" in done.stdout
+    assert "speed-up:" in done.stdout
+
+
 def test_text_pairs_benchmark_trains_scores_sts_and_searches():
     command = [sys.executable, "benchmarks/simcse_digits.py", "--smoke"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
