@@ -44,3 +44,32 @@ def worker(rank: int, world: int, init_file: str, cfg_path: str, weights: str, o
         dist.barrier()  # no rank tears gloo down while another still talks
     finally:
         dist.destroy_process_group()
+
+
+def knn_inputs():
+    """A bank of 50 unit-norm embeddings in 4 classes and 11 test embeddings (seeded): 11 rows
+    split unevenly over 2 or 3 ranks."""
+    g = torch.Generator().manual_seed(0)
+    bank = torch.nn.functional.normalize(torch.randn(50, 6, generator=g), dim=1)
+    test = torch.nn.functional.normalize(torch.randn(11, 6, generator=g), dim=1)
+    return {"img_emb": bank, "labels": torch.randint(0, 4, (50,), generator=g)}, test
+
+
+def knn_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    """Each rank scores its share of the test rows (``probes.shared_knn_scores``); rank 0
+    saves what every rank ends with."""
+    from vlcontrast.eval.probes import shared_knn_scores
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        train, test = knn_inputs()
+        scores = shared_knn_scores(train, test, 4, 5, 0.1, "cpu")
+        gathered = [None] * world
+        dist.all_gather_object(gathered, scores)
+        if rank == 0:
+            torch.save(gathered, out)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()

@@ -38,6 +38,19 @@ def eval_config(corpus, tmp_path):
     return cfg
 
 
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_split_the_knn_search_and_all_end_with_the_whole_of_it(tmp_path, world):
+    """Every rank scores every world-th test embedding against the whole bank, and every rank
+    ends with all the scores in order, equal to one process's (11 rows: uneven shares)."""
+    from vlcontrast.eval.knn import knn_scores
+
+    train, test = case.knn_inputs()
+    want = knn_scores(train["img_emb"], train["labels"], test, 4, 5, 0.1)
+    spawn_gloo(case.knn_worker, world, tmp_path, str(tmp_path / "scores.pt"))
+    for scores in torch.load(tmp_path / "scores.pt"):
+        assert torch.equal(scores, want)
+
+
 @pytest.mark.slow  # multi-process end to end: the README's command runs it
 def test_two_ranks_give_the_single_process_numbers(corpus, tmp_path):
     cfg = eval_config(corpus, tmp_path)

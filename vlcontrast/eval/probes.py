@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
+from vlcontrast import distributed
 from vlcontrast.data.collection import class_info, open_source
 from vlcontrast.distributed import print0
 from vlcontrast.embed import Embedder
@@ -69,13 +72,29 @@ def evaluate_knn(embedder: Embedder, spec) -> dict[str, Any]:
         name = spec.name or spec.kind
         print0(f"note: {name}: k={k} is more than the {bank} labelled images; using k={bank}")
         k = bank
-    scores = knn_scores(
-        train["img_emb"], train["labels"], test["img_emb"], len(classnames), k, spec.temperature
+    scores = shared_knn_scores(
+        train, test["img_emb"], len(classnames), k, spec.temperature, embedder.device
     )
     result = classification_metrics(scores, test["labels"], classnames)
     result["skipped"] = data["skipped"]
     result["metrics"]["k"] = k
     return result
+
+
+def shared_knn_scores(train, test_emb, num_classes: int, k: int, temperature: float, device):
+    """:func:`knn_scores` of every test embedding, each rank scoring every world-th one (rank
+    r rows r, r + W, ...) and every rank ending with all of them in order: every rank holds
+    the whole bank, and without a split each one did the whole search again."""
+    rank, world, n = distributed.rank(), distributed.world_size(), len(test_emb)
+    mine = knn_scores(
+        train["img_emb"], train["labels"], test_emb[rank::world], num_classes, k, temperature
+    )
+    if world == 1:
+        return mine
+    sizes = [len(range(r, n, world)) for r in range(world)]
+    gathered = distributed.all_gather_rows(mine, sizes, device)  # (N, C), rank by rank
+    order = torch.cat([torch.arange(r, n, world) for r in range(world)])
+    return torch.empty_like(gathered).index_copy_(0, order, gathered)
 
 
 def evaluate_class_retrieval(embedder: Embedder, spec) -> dict[str, Any]:
