@@ -55,10 +55,14 @@ def knn_inputs():
     return {"img_emb": bank, "labels": torch.randint(0, 4, (50,), generator=g)}, test
 
 
+PENALTIES = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]  # 5: uneven shares over 2 or 3 ranks
+
+
 def knn_worker(rank: int, world: int, init_file: str, out: str) -> None:
-    """Each rank scores its share of the test rows (``probes.shared_knn_scores``); rank 0
-    saves what every rank ends with."""
-    from vlcontrast.eval.probes import shared_knn_scores
+    """Each rank scores its share of the test rows (``probes.shared_knn_scores``) and fits
+    its share of the linear probe's penalties (``probes.shared_sweep``); rank 0 saves what
+    every rank ends with."""
+    from vlcontrast.eval.probes import shared_knn_scores, shared_sweep
 
     torch.set_num_threads(1)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
@@ -66,8 +70,9 @@ def knn_worker(rank: int, world: int, init_file: str, out: str) -> None:
     try:
         train, test = knn_inputs()
         scores = shared_knn_scores(train, test, 4, 5, 0.1, "cpu")
+        curve = shared_sweep(train["img_emb"], train["labels"], 4, PENALTIES, 0.2)
         gathered = [None] * world
-        dist.all_gather_object(gathered, scores)
+        dist.all_gather_object(gathered, (scores, curve))
         if rank == 0:
             torch.save(gathered, out)
         dist.barrier()

@@ -203,11 +203,14 @@ def test_local_crops_benchmark_times_both_sizes():
     assert "speed-up:" in done.stdout
 
 
-def test_knn_ranks_benchmark_splits_the_search_and_agrees():
-    command = [sys.executable, "benchmarks/knn_ranks.py", "--bank", "2000", "--test", "100"]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+def test_eval_ranks_benchmark_splits_the_search_and_the_sweep_and_agrees():
+    command = [sys.executable, "benchmarks/eval_ranks.py", "--bank", "2000", "--test", "100"]
+    done = subprocess.run(
+        [*command, "--probe", "300"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "speed-up:" in done.stdout and "scores equal on every rank: True" in done.stdout
+    assert "kNN speed-up:" in done.stdout and "probe sweep speed-up:" in done.stdout
+    assert "results equal on every rank: True" in done.stdout
 
 
 def test_text_pairs_benchmark_trains_scores_sts_and_searches():

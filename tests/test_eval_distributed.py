@@ -39,16 +39,20 @@ def eval_config(corpus, tmp_path):
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_ranks_split_the_knn_search_and_all_end_with_the_whole_of_it(tmp_path, world):
-    """Every rank scores every world-th test embedding against the whole bank, and every rank
-    ends with all the scores in order, equal to one process's (11 rows: uneven shares)."""
+def test_ranks_split_the_knn_search_and_the_probe_sweep_and_all_end_with_the_whole(tmp_path, world):
+    """Every rank scores every world-th test embedding against the whole bank and fits every
+    world-th penalty of the linear probe's sweep; every rank ends with all the scores in order
+    and the whole validation curve, equal to one process's (uneven shares)."""
     from vlcontrast.eval.knn import knn_scores
+    from vlcontrast.eval.linear_probe import sweep_curve
 
     train, test = case.knn_inputs()
     want = knn_scores(train["img_emb"], train["labels"], test, 4, 5, 0.1)
+    want_curve = sweep_curve(train["img_emb"], train["labels"], 4, case.PENALTIES, 0.2)
     spawn_gloo(case.knn_worker, world, tmp_path, str(tmp_path / "scores.pt"))
-    for scores in torch.load(tmp_path / "scores.pt"):
+    for scores, curve in torch.load(tmp_path / "scores.pt"):
         assert torch.equal(scores, want)
+        assert dict(sorted(curve.items())) == want_curve
 
 
 @pytest.mark.slow  # multi-process end to end: the README's command runs it

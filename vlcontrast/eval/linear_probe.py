@@ -58,6 +58,45 @@ def validation_split(n: int, fraction: float, seed: int = 0) -> tuple[torch.Tens
     return perm[n_val:], perm[:n_val]
 
 
+def sweep_curve(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    num_classes: int,
+    weight_decays: Sequence[float],
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> dict[float, float]:
+    """``{weight_decay: validation accuracy}``: each penalty fitted on the training split of
+    :func:`validation_split` and scored on its validation split. Each penalty is fitted alone,
+    so ranks can sweep shares of the list (``eval/probes.py``)."""
+    fit, val = validation_split(len(train_y), val_fraction, seed)
+    curve = {}
+    for weight_decay in sorted(weight_decays):
+        weight, bias = fit_logistic(train_x[fit], train_y[fit], num_classes, weight_decay)
+        preds = (train_x[val].float() @ weight + bias).argmax(dim=-1)  # (V,)
+        curve[weight_decay] = (preds == train_y[val]).float().mean().item()
+    return curve
+
+
+def refit_best(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    num_classes: int,
+    curve: dict[float, float],
+) -> dict:
+    """Refit the best penalty of ``curve`` on the whole training set and score ``test_x``.
+    Ties in validation accuracy go to the stronger penalty."""
+    curve = dict(sorted(curve.items()))
+    best = max(sorted(curve, reverse=True), key=curve.__getitem__)
+    weight, bias = fit_logistic(train_x, train_y, num_classes, best)
+    return {
+        "logits": test_x.float() @ weight + bias,  # (N_test, C)
+        "weight_decay": best,
+        "val_accuracy": curve,
+    }
+
+
 def linear_probe(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
@@ -72,16 +111,5 @@ def linear_probe(
 
     Returns ``logits`` (N_test, C), the chosen ``weight_decay`` and the validation curve.
     """
-    fit, val = validation_split(len(train_y), val_fraction, seed)
-    curve = {}
-    for weight_decay in sorted(weight_decays):
-        weight, bias = fit_logistic(train_x[fit], train_y[fit], num_classes, weight_decay)
-        preds = (train_x[val].float() @ weight + bias).argmax(dim=-1)  # (V,)
-        curve[weight_decay] = (preds == train_y[val]).float().mean().item()
-    best = max(sorted(curve, reverse=True), key=curve.__getitem__)
-    weight, bias = fit_logistic(train_x, train_y, num_classes, best)
-    return {
-        "logits": test_x.float() @ weight + bias,  # (N_test, C)
-        "weight_decay": best,
-        "val_accuracy": curve,
-    }
+    curve = sweep_curve(train_x, train_y, num_classes, weight_decays, val_fraction, seed)
+    return refit_best(train_x, train_y, test_x, num_classes, curve)

@@ -16,7 +16,7 @@ from vlcontrast.embed import Embedder
 from vlcontrast.eval.class_retrieval import class_retrieval_metrics
 from vlcontrast.eval.knn import knn_scores
 from vlcontrast.eval.labels import drop_out_of_range
-from vlcontrast.eval.linear_probe import linear_probe
+from vlcontrast.eval.linear_probe import refit_best, sweep_curve
 from vlcontrast.eval.metrics import classification_metrics
 from vlcontrast.eval_config import neighbours
 
@@ -50,13 +50,13 @@ def embed_train_test(embedder: Embedder, spec) -> dict[str, Any]:
 def evaluate_linear_probe(embedder: Embedder, spec) -> dict[str, Any]:
     data = embed_train_test(embedder, spec)
     train, test, classnames = data["train"], data["test"], data["classnames"]
-    probe = linear_probe(
-        train["img_emb"],
-        train["labels"],
+    train_x, train_y, count = train["img_emb"], train["labels"], len(classnames)
+    probe = refit_best(
+        train_x,
+        train_y,
         test["img_emb"],
-        len(classnames),
-        spec.weight_decays,
-        spec.val_fraction,
+        count,
+        shared_sweep(train_x, train_y, count, spec.weight_decays, spec.val_fraction),
     )
     result = classification_metrics(probe["logits"], test["labels"], classnames)
     result["metrics"]["weight_decay"] = probe["weight_decay"]
@@ -79,6 +79,18 @@ def evaluate_knn(embedder: Embedder, spec) -> dict[str, Any]:
     result["skipped"] = data["skipped"]
     result["metrics"]["k"] = k
     return result
+
+
+def shared_sweep(train_x, train_y, num_classes: int, weight_decays, val_fraction: float):
+    """The linear probe's validation curve (``linear_probe.sweep_curve``), each rank fitting
+    every world-th penalty and every rank ending with the whole curve: without a split each
+    rank fitted every penalty again."""
+    rank, world = distributed.rank(), distributed.world_size()
+    mine = sorted(weight_decays)[rank::world]
+    part = sweep_curve(train_x, train_y, num_classes, mine, val_fraction)
+    if world == 1:
+        return part
+    return {wd: acc for curve in distributed.all_gather_objects(part) for wd, acc in curve.items()}
 
 
 def shared_knn_scores(train, test_emb, num_classes: int, k: int, temperature: float, device):

@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""Seconds of the kNN evaluator's search on each of W gloo processes (one thread each), every
-rank searching every test embedding (before) against each rank searching every W-th one and
-gathering the scores (``eval/probes.py: shared_knn_scores``, now), in the same run on the same
-bank. Every rank holds the whole bank either way; the scores are checked equal.
+"""Seconds of the kNN search and of the linear probe's penalty sweep on each of W gloo
+processes (one thread each): every rank doing all of it (before) against each rank doing every
+W-th test embedding / every W-th penalty and gathering (``eval/probes.py``:
+``shared_knn_scores``, ``shared_sweep``; now), in the same run on the same embeddings. The
+results are checked equal.
 
-    python benchmarks/knn_ranks.py [--world 2] [--bank 50000] [--test 4000] [--dim 128]
+    python benchmarks/eval_ranks.py [--world 2] [--bank 50000] [--test 4000] [--dim 128]
+        [--probe 10000]
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from vlcontrast.eval.knn import knn_scores
-from vlcontrast.eval.probes import shared_knn_scores
+from vlcontrast.eval.linear_probe import sweep_curve
+from vlcontrast.eval.probes import shared_knn_scores, shared_sweep
+
+PENALTIES = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]  # the evaluator's default sweep
 
 
 def inputs(bank: int, test: int, dim: int, classes: int = 100):
@@ -45,8 +50,19 @@ def worker(rank: int, world: int, init: str, args: argparse.Namespace, out: str)
         start = time.perf_counter()
         shared = shared_knn_scores(train, test, classes, args.k, 0.1, "cpu")
         now = time.perf_counter() - start
+        x, y = train["img_emb"][: args.probe], train["labels"][: args.probe]
+        sweep_curve(x[:50], y[:50], classes, PENALTIES[:1])  # warm-up: first-call costs untimed
+        dist.barrier()
+        start = time.perf_counter()
+        curve = sweep_curve(x, y, classes, PENALTIES)
+        sweep_before = time.perf_counter() - start
+        dist.barrier()
+        start = time.perf_counter()
+        shared_curve = shared_sweep(x, y, classes, PENALTIES, 0.2)
+        sweep_now = time.perf_counter() - start
+        same = bool(torch.equal(whole, shared)) and dict(sorted(shared_curve.items())) == curve
         times = [None] * world
-        dist.all_gather_object(times, (before, now, bool(torch.equal(whole, shared))))
+        dist.all_gather_object(times, (before, now, sweep_before, sweep_now, same))
         if rank == 0:
             torch.save(times, out)
         dist.barrier()
@@ -61,23 +77,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test", type=int, default=4000, help="test embeddings")
     parser.add_argument("--dim", type=int, default=128, help="(%(default)s)")
     parser.add_argument("--k", type=int, default=20, help="(%(default)s)")
+    parser.add_argument("--probe", type=int, default=10000, help="embeddings the probe fits")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "times.pt")
         init = os.path.join(tmp, "init")
         mp.spawn(worker, args=(args.world, init, args, out), nprocs=args.world, join=True)
         times = torch.load(out)
-    before = max(t[0] for t in times)
-    now = max(t[1] for t in times)
+    before, now, sweep_before, sweep_now = (max(t[i] for t in times) for i in range(4))
     print(
-        f"kNN search, {args.world} gloo ranks x 1 thread, bank {args.bank} x {args.dim}, "
-        f"{args.test} test embeddings, k {args.k} (slowest rank):"
+        f"{args.world} gloo ranks x 1 thread (slowest rank); kNN: bank {args.bank} x {args.dim}, "
+        f"{args.test} test embeddings, k {args.k}; probe: {args.probe} embeddings, 100 classes, "
+        f"{len(PENALTIES)} penalties"
     )
-    print(f"  every rank searches every test embedding (before): {before:.2f} s")
-    print(f"  each rank its 1/{args.world} share, then a gather (now): {now:.2f} s")
-    print(
-        f"  speed-up: {before / now:.2f}x; scores equal on every rank: {all(t[2] for t in times)}"
-    )
+    print(f"  kNN, every rank the whole search (before): {before:.2f} s")
+    print(f"  kNN, each rank its 1/{args.world} share (now): {now:.2f} s")
+    print(f"  kNN speed-up: {before / now:.2f}x")
+    print(f"  probe sweep, every rank every penalty (before): {sweep_before:.2f} s")
+    print(f"  probe sweep, each rank its share (now): {sweep_now:.2f} s")
+    print(f"  probe sweep speed-up: {sweep_before / sweep_now:.2f}x")
+    print(f"  results equal on every rank: {all(t[4] for t in times)}")
     return 0
 
 
