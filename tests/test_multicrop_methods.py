@@ -65,7 +65,7 @@ def test_local_crops_keep_the_papers_share_of_any_training_size(capsys):
     """``local_size: 0``: 96 of 224 at any size, on a ViT's patch grid; the run writes the
     size it chose into its config with a note. (It was 96 px whatever the size: a 32-px
     model's local crops were three times its global ones, and DINO at model.preset=tiny took
-    44 s a step on 2 cores.)"""
+    20 s a step on 2 cores: benchmarks/local_crops.py.)"""
     from vlcontrast.data.view_presets import fitted_local_size, vit_patch
     from vlcontrast.train.model_setup import resolve_model_settings
 

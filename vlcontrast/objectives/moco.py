@@ -150,20 +150,6 @@ class MoCoV3Objective(MomentumObjective):
         super().__init__()
         self.cfg = cfg if cfg is not None else MoCoV3Config()
 
-    def warn_queue_over_data(self, global_batch: int) -> None:
-        """A warning when the queue holds more keys than an epoch has images: then every
-        image's own keys from earlier epochs are among its negatives (MoCo's 65536 keys are 5%
-        of ImageNet; the digits benchmark's 1024, 71% of its images)."""
-        images = self.epoch_steps * global_batch
-        key = f"objective.{type(self).__name__.removesuffix('Objective').lower()}.queue_size"
-        if images and self.cfg.queue_size > images:
-            fit = global_batch * max(1, images // 2 // global_batch)
-            dist_lib.print0(
-                f"warning: {key}={self.cfg.queue_size} keys, more than the {images} images an "
-                f"epoch reads: each image's own earlier keys would be among its negatives; "
-                f"set {key} to at most {images} (e.g. {fit})"
-            )
-
     def outputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         x_a, x_b = view(batch, -2), view(batch, -1)
         out = {"q_a": self.embed(x_a)["pred"], "q_b": self.embed(x_b)["pred"]}
