@@ -2,7 +2,7 @@
 """Do the image-only objectives learn? kNN top-1 on held-out digits after SimCLR / MoCo
 pretraining, against the same backbone at random initialisation, in one run.
 
-    python benchmarks/ssl_digits.py [--methods simclr,moco] [--epochs 60] [--batch 128]
+    python benchmarks/ssl_digits.py [--methods simclr,moco] [--epochs 60] [--batch 128] [--set K=V]
 
 Data that needs no download: the 8x8 handwritten digits inside scikit-learn (1797 images),
 upscaled to 32 px and written as caption-less shards with their ``.cls`` labels (the split of
@@ -147,6 +147,7 @@ def overrides(method: str, data: dict, out: Path, args) -> list[str]:
         f"eval.evaluators={evaluator}",
         "eval.num_workers=0",
         *extra,
+        *args.set,
     ]
 
 
@@ -161,6 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         "--model-kwargs", default="{patch_size: 4, embed_dim: 128, depth: 4, num_heads: 4}"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an override for every method's run, after the script's own (repeatable)",
+    )
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -187,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nsklearn digits at 32 px: {data['train_size']} training, {data['heldout_size']} "
         f"held-out images; {args.model}, {args.epochs:g} epochs, batch {args.batch}, lr "
-        f"{args.lr:g}, seed {args.seed}; kNN k=20 and MAP@R (held-out set against itself) on "
-        f"backbone features"
+        f"{args.lr:g}, seed {args.seed}{''.join(f'; {o}' for o in args.set)}; kNN k=20 and "
+        f"MAP@R (held-out set against itself) on backbone features"
     )
     print(f"{'backbone':>16} | kNN top-1 | vs random | MAP@R | vs random | R@1   | wall s")
     base_top1, base_map = random_init[0], random_init[1]["map_at_r"]

@@ -203,6 +203,16 @@ def test_local_crops_benchmark_times_both_sizes():
     assert "speed-up:" in done.stdout
 
 
+def test_dino_head_benchmark_times_both_heads():
+    command = [sys.executable, "benchmarks/dino_head.py", "--steps", "3", "--repeats", "1"]
+    done = subprocess.run(
+        [*command, "--batch", "8"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "65536 outputs (before)" in done.stdout
+    assert "4096 outputs (the default)" in done.stdout and "speed-up:" in done.stdout
+
+
 def test_eval_ranks_benchmark_splits_the_search_and_the_sweep_and_agrees():
     command = [sys.executable, "benchmarks/eval_ranks.py", "--bank", "2000", "--test", "100"]
     done = subprocess.run(

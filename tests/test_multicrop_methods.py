@@ -228,6 +228,38 @@ def test_dino_freezes_its_last_layer_for_an_epoch_at_most_a_tenth_of_the_run(cap
     assert frozen(30, 90, given=2.0) == 60
 
 
+def test_dinos_head_is_the_papers_on_its_backbones_and_smaller_below_them(capsys):
+    """``out_dim: 0`` (the default): DINO's 65,536 outputs on ViT-S/16 and ResNet-50 (its
+    runs), 4,096 on a smaller backbone, where 256 x 65,536 last-layer weights dwarfed the
+    tower; the fitted value goes into the config (the saved run rebuilds the same head), and
+    a value given is kept."""
+    from types import SimpleNamespace
+
+    import timm
+
+    from vlcontrast.objective_settings import DINOConfig
+    from vlcontrast.objectives.dino import DINOObjective, fitted_out_dim
+
+    for name, want in (("vit_small_patch16_224", 65536), ("resnet50", 65536)):
+        assert fitted_out_dim(timm.create_model(name, num_classes=0)) == want, name
+    assert fitted_out_dim(timm.create_model("resnet18", num_classes=0)) == 4096
+
+    def built(**given):
+        c = DINOConfig(**given)
+        task = DINOObjective(c)
+        cfg = SimpleNamespace(train=SimpleNamespace(steps=100, seed=0, fsdp=False))
+        task.setup(case.TinyMapModel(), cfg, 4)
+        return c, task
+
+    c, task = built()
+    assert c.out_dim == 4096 and task.last_layer.weight_v.shape[0] == 4096
+    assert task.center.shape == (4096,)
+    assert "note: objective.dino.out_dim=0 -> 4096 (an image tower of" in capsys.readouterr().out
+    c, task = built(out_dim=65536)
+    assert c.out_dim == 65536 and task.last_layer.weight_v.shape[0] == 65536
+    assert "out_dim=0" not in capsys.readouterr().out
+
+
 def test_swav_fills_its_queue_from_the_start_epoch_only():
     task = case.make_objective("swav")
     task.queue_start = 2  # steps: e.g. queue_start_epochs=2 at 1 step per epoch

@@ -170,7 +170,13 @@ class SwAVConfig:
 class DINOConfig:
     """``objective.dino.*`` (Caron et al. 2021; the defaults of its ``main_dino.py``)."""
 
-    out_dim: int = field(default=65536, metadata=POSITIVE)  # the last layer's outputs
+    # the last layer's outputs; 0: fitted to the backbone (``objectives/dino.py``,
+    # ``fitted_out_dim``): DINO's 65,536 from ViT-S/16's 21.7M parameters up (the smallest
+    # backbone DINO trained), else 4,096 (the ablation checkpoint DINO's authors released,
+    # dino_k4096; solo-learn's CIFAR recipe). On the README's tiny ViT the 65,536-wide layer
+    # held 16.8M of the student's 22.6M weights and took about half of each step
+    # (benchmarks/dino_head.py)
+    out_dim: int = field(default=0, metadata=NON_NEGATIVE)
     norm_last_layer: bool = True  # weight norm with its gain fixed at 1 (ViT-S: True)
     student_temp: float = field(default=0.1, metadata=POSITIVE)
     # teacher temperature: linear from warmup_teacher_temp to teacher_temp over the warm-up

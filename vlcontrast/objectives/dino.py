@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlcontrast.distributed import print0
 from vlcontrast.losses.dino import center_update, dino_loss, teacher_temperature
 from vlcontrast.objective_settings import DINOConfig
 from vlcontrast.objectives.base import detached, full
@@ -52,6 +53,21 @@ class WeightNormLinear(nn.Module):
         return F.normalize(x, dim=-1) @ weight.T  # (..., K)
 
 
+# ViT-S/16's parameters (timm's vit_small_patch16_224 without its classifier: 21.7M), the
+# smallest backbone DINO trained with its 65,536 outputs (ResNet-50's 23.5M is above it)
+FULL_HEAD_FROM = 21_000_000
+
+
+def fitted_out_dim(image_tower: nn.Module) -> int:
+    """``out_dim: 0``: DINO's 65,536 outputs for a backbone of ViT-S/16's size or more, 4,096
+    below it, where the last layer (256 x 65,536 = 16.8M weights) would outweigh the backbone:
+    DINO's authors released the 4,096-output ablation (dino_k4096), solo-learn trains CIFAR
+    with 4,096, and on the README's tiny ViT the smaller head halves the step time
+    (``benchmarks/dino_head.py``)."""
+    params = sum(p.numel() for p in image_tower.parameters())
+    return 65536 if params >= FULL_HEAD_FROM else 4096
+
+
 class DINOObjective(MultiCrop, MomentumObjective):
     crop_preset = "dino"
 
@@ -62,6 +78,15 @@ class DINOObjective(MultiCrop, MomentumObjective):
 
     def setup(self, model: nn.Module, cfg: Any, global_batch: int) -> None:
         c = self.cfg
+        if not c.out_dim:  # written into the config, so the saved run rebuilds the same head
+            tower = model.image if isinstance(getattr(model, "image", None), nn.Module) else model
+            c.out_dim = fitted_out_dim(tower)
+            params = sum(p.numel() for p in tower.parameters())
+            print0(
+                f"note: objective.dino.out_dim=0 -> {c.out_dim} (an image tower of "
+                f"{params / 1e6:.1f}M parameters; DINO's 65,536 from ViT-S/16's "
+                f"{FULL_HEAD_FROM / 1e6:g}M up)"
+            )
         dtype = next(model.parameters()).dtype
         bottleneck = c.projector.dim or int(model.image.num_features)
         head = WeightNormLinear(bottleneck, c.out_dim, trainable_gain=not c.norm_last_layer)
