@@ -2,8 +2,12 @@
 """Seconds of the kNN search and of the linear probe's penalty sweep on each of W gloo
 processes (one thread each): every rank doing all of it (before) against each rank doing every
 W-th test embedding / every W-th penalty and gathering (``eval/probes.py``:
-``shared_knn_scores``, ``shared_sweep``; now), in the same run on the same embeddings. The
-results are checked equal.
+``shared_knn_scores``, ``shared_sweep``; now), in the same run on the same embeddings. Then
+the bank itself split over the ranks, each holding 1/W of it and its own 1/W of the test
+embeddings (``eval/knn.py``: ``shared_bank_knn_scores``, dense kNN's search) against each rank
+holding the whole bank (``shared_knn_scores``): bytes of bank a rank holds and seconds. The
+results are checked equal (the split bank's scores to 1e-6: its similarities come from
+another matrix product).
 
     python benchmarks/eval_ranks.py [--world 2] [--bank 50000] [--test 4000] [--dim 128]
         [--probe 10000]
@@ -21,7 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from vlcontrast.eval.knn import knn_scores
+from vlcontrast.eval.knn import knn_scores, shared_bank_knn_scores
 from vlcontrast.eval.linear_probe import sweep_curve
 from vlcontrast.eval.probes import shared_knn_scores, shared_sweep
 
@@ -61,8 +65,20 @@ def worker(rank: int, world: int, init: str, args: argparse.Namespace, out: str)
         shared_curve = shared_sweep(x, y, classes, PENALTIES, 0.2)
         sweep_now = time.perf_counter() - start
         same = bool(torch.equal(whole, shared)) and dict(sorted(shared_curve.items())) == curve
+        share = slice(rank * args.bank // world, (rank + 1) * args.bank // world)
+        asked = torch.arange(rank, len(test), world)  # the rows shared_knn_scores gave this rank
+        dist.barrier()
+        start = time.perf_counter()
+        split = shared_bank_knn_scores(
+            train["img_emb"][share], train["labels"][share], test[asked], classes, args.k, 0.1
+        )
+        split_time = time.perf_counter() - start
+        same = same and torch.allclose(split, whole[asked], rtol=1e-6, atol=1e-6)
+        held = train["img_emb"][share].nbytes + train["labels"][share].nbytes
+        whole_bytes = train["img_emb"].nbytes + train["labels"].nbytes
         times = [None] * world
-        dist.all_gather_object(times, (before, now, sweep_before, sweep_now, same))
+        result = (before, now, sweep_before, sweep_now, split_time, same, held, whole_bytes)
+        dist.all_gather_object(times, result)
         if rank == 0:
             torch.save(times, out)
         dist.barrier()
@@ -84,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         init = os.path.join(tmp, "init")
         mp.spawn(worker, args=(args.world, init, args, out), nprocs=args.world, join=True)
         times = torch.load(out)
-    before, now, sweep_before, sweep_now = (max(t[i] for t in times) for i in range(4))
+    before, now, sweep_before, sweep_now, split = (max(t[i] for t in times) for i in range(5))
+    held, whole_bytes = max(t[6] for t in times), times[0][7]
     print(
         f"{args.world} gloo ranks x 1 thread (slowest rank); kNN: bank {args.bank} x {args.dim}, "
         f"{args.test} test embeddings, k {args.k}; probe: {args.probe} embeddings, 100 classes, "
@@ -96,7 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  probe sweep, every rank every penalty (before): {sweep_before:.2f} s")
     print(f"  probe sweep, each rank its share (now): {sweep_now:.2f} s")
     print(f"  probe sweep speed-up: {sweep_before / sweep_now:.2f}x")
-    print(f"  results equal on every rank: {all(t[4] for t in times)}")
+    print(f"  bank a rank holds, the whole bank (kNN above): {whole_bytes / 2**20:.1f} MiB")
+    print(f"  bank a rank holds, split over the ranks (dense kNN now): {held / 2**20:.1f} MiB")
+    print(f"  bank memory a rank, whole / split: {whole_bytes / held:.2f}x")
+    print(f"  kNN with the split bank (each rank its share of queries): {split:.2f} s")
+    print(f"  split bank / whole bank time: {split / now:.2f}x")
+    print(f"  results equal on every rank: {all(t[5] for t in times)}")
     return 0
 
 

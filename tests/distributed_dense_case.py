@@ -59,6 +59,14 @@ def read(pattern: str, max_samples: int) -> dict:
     return {**out, **scored}
 
 
+def bank_rows(pattern: str) -> int:
+    """How many training images' patches this rank holds for dense kNN: its share only."""
+    spec = SimpleNamespace(train_data=pattern, data=pattern, max_samples=0, classes="")
+    model, transform = PatchConv(), CropResize(32, "center")
+    sets = dk.dense_sets(model, "cpu", transform, spec, batch_size=4, whole_train=False)
+    return len(sets["train_feat"])
+
+
 def rows_of(rank: int) -> torch.Tensor:
     """Rank ``rank``'s rows for the chunked gather: rank + 3 rows of (rank, row) pairs."""
     return torch.stack([torch.full((rank + 3,), rank), torch.arange(rank + 3)], dim=1)
@@ -80,6 +88,7 @@ def worker(rank: int, world: int, init_file: str, pattern: str, out: str) -> Non
         sizes = [r + 3 for r in range(world)]
         mine = rows_of(rank)
         results["rows"] = distributed.all_gather_rows(mine, sizes, "cpu", chunk=2)
+        results["bank_rows"] = distributed.all_gather_objects(bank_rows(pattern))
         if rank == 0:
             torch.save(results, out)
         dist.barrier()  # no rank tears gloo down while another still talks

@@ -58,10 +58,25 @@ def knn_inputs():
 PENALTIES = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]  # 5: uneven shares over 2 or 3 ranks
 
 
+def bank_share(rank: int, world: int) -> slice:
+    """Rank ``rank``'s rows of the 50-row bank for the sharded search: the first rank holds 3
+    (fewer than k=5), the middle one of 3 ranks none, the last the other 47."""
+    cuts = [0, 3, 50] if world == 2 else [0, 3, 3, 50]
+    return slice(cuts[rank], cuts[rank + 1])
+
+
+def query_share(rank: int, world: int) -> slice:
+    """Rank ``rank``'s test rows for the sharded search: 4 and 7 of the 11 (2 ranks); none, 4
+    and 7 (3 ranks)."""
+    cuts = [0, 4, 11] if world == 2 else [0, 0, 4, 11]
+    return slice(cuts[rank], cuts[rank + 1])
+
+
 def knn_worker(rank: int, world: int, init_file: str, out: str) -> None:
     """Each rank scores its share of the test rows (``probes.shared_knn_scores``) and fits
     its share of the linear probe's penalties (``probes.shared_sweep``); rank 0 saves what
     every rank ends with."""
+    from vlcontrast.eval.knn import shared_bank_knn_scores
     from vlcontrast.eval.probes import shared_knn_scores, shared_sweep
 
     torch.set_num_threads(1)
@@ -71,8 +86,12 @@ def knn_worker(rank: int, world: int, init_file: str, out: str) -> None:
         train, test = knn_inputs()
         scores = shared_knn_scores(train, test, 4, 5, 0.1, "cpu")
         curve = shared_sweep(train["img_emb"], train["labels"], 4, PENALTIES, 0.2)
+        bank, asked = bank_share(rank, world), query_share(rank, world)
+        sharded = shared_bank_knn_scores(
+            train["img_emb"][bank], train["labels"][bank], test[asked], 4, 5, 0.1, "cpu", block=2
+        )
         gathered = [None] * world
-        dist.all_gather_object(gathered, (scores, curve))
+        dist.all_gather_object(gathered, (scores, curve, sharded))
         if rank == 0:
             torch.save(gathered, out)
         dist.barrier()

@@ -220,6 +220,8 @@ def test_eval_ranks_benchmark_splits_the_search_and_the_sweep_and_agrees():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "kNN speed-up:" in done.stdout and "probe sweep speed-up:" in done.stdout
+    assert "bank memory a rank, whole / split: 2.00x" in done.stdout
+    assert "split bank / whole bank time:" in done.stdout
     assert "results equal on every rank: True" in done.stdout
 
 

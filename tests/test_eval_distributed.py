@@ -42,7 +42,9 @@ def eval_config(corpus, tmp_path):
 def test_ranks_split_the_knn_search_and_the_probe_sweep_and_all_end_with_the_whole(tmp_path, world):
     """Every rank scores every world-th test embedding against the whole bank and fits every
     world-th penalty of the linear probe's sweep; every rank ends with all the scores in order
-    and the whole validation curve, equal to one process's (uneven shares)."""
+    and the whole validation curve, equal to one process's (uneven shares). With the bank
+    itself split over the ranks (dense kNN's ``shared_bank_knn_scores``), each rank's queries
+    get the whole bank's scores."""
     from vlcontrast.eval.knn import knn_scores
     from vlcontrast.eval.linear_probe import sweep_curve
 
@@ -50,9 +52,18 @@ def test_ranks_split_the_knn_search_and_the_probe_sweep_and_all_end_with_the_who
     want = knn_scores(train["img_emb"], train["labels"], test, 4, 5, 0.1)
     want_curve = sweep_curve(train["img_emb"], train["labels"], 4, case.PENALTIES, 0.2)
     spawn_gloo(case.knn_worker, world, tmp_path, str(tmp_path / "scores.pt"))
-    for scores, curve in torch.load(tmp_path / "scores.pt"):
+    everyone = torch.load(tmp_path / "scores.pt")
+    for scores, curve, _ in everyone:
         assert torch.equal(scores, want)
         assert dict(sorted(curve.items())) == want_curve
+    # the bank split over the ranks (one share under k, one empty), each rank's own queries
+    # (one rank with none) searched in blocks of 2: the whole bank's scores
+    sharded = torch.cat([part for _, _, part in everyone])
+    assert [len(part) for _, _, part in everyone] == [
+        len(range(11)[case.query_share(r, world)]) for r in range(world)
+    ]
+    torch.testing.assert_close(sharded, want, rtol=1e-6, atol=1e-6)
+    assert torch.equal(sharded.argmax(dim=1), want.argmax(dim=1))
 
 
 @pytest.mark.slow  # multi-process end to end: the README's command runs it

@@ -43,7 +43,7 @@ from vlcontrast.data.masks import class_indices, open_mask
 from vlcontrast.data.skip import SkipSample
 from vlcontrast.data.sources import expand_urls
 from vlcontrast.data.tar_reader import iter_samples
-from vlcontrast.eval.knn import knn_scores
+from vlcontrast.eval.knn import shared_bank_knn_scores
 from vlcontrast.eval_config import neighbours
 
 IGNORE = 255
@@ -307,22 +307,25 @@ def dense_sets(
     batch_size: int = 64,
     max_pixels: int = MAX_PIXELS,
     progress: bool = False,
+    whole_train: bool = True,
 ) -> dict[str, Any]:
     """What a dense evaluator scores: the unit-norm patch features (N, h, w, F) and masks
     (N, S, S) of ``spec.train_data`` (``train_feat``, ``train_masks``: all of them on every
-    rank) and of this rank's share of ``spec.data`` (``test_feat``, ``test_masks``, its first
+    rank; without ``whole_train``, this rank's share only, as dense kNN's bank) and of this
+    rank's share of ``spec.data`` (``test_feat``, ``test_masks``, its first
     ``spec.max_samples``; ``test_positions``: each row's place in the shards' order), the
     ``classnames`` and the skipped samples of both by reason; progress bars if ``progress``.
     Each rank scores its share of the held-out images and the metrics sum their pixels."""
     model.eval()
     read, desc = (device, transform), ("embed train", "embed") if progress else ("", "")
-    train = masked_features(model, *read, spec.train_data, 0, max_pixels, batch_size, desc[0])
+    train = masked_features(
+        model, *read, spec.train_data, 0, max_pixels, batch_size, desc[0], gather=whole_train
+    )
     test = masked_features(
         model, *read, spec.data, spec.max_samples, max_pixels, batch_size, desc[1], gather=False
     )
-    top = max(
-        largest_label(train["masks"]), *distributed.all_gather_objects(largest_label(test["masks"]))
-    )
+    labels = (largest_label(test["masks"]), largest_label(train["masks"]))
+    top = max(label for pair in distributed.all_gather_objects(labels) for label in pair)
     if top < 0:
         raise ValueError(f"{spec.data}: every mask pixel is {IGNORE} (ignored); nothing to score")
     skipped = {f"train/{k}": v for k, v in train["skipped"].items()}
@@ -351,8 +354,12 @@ def dense_knn(
     model, device, transform, spec, batch_size=64, max_pixels=MAX_PIXELS, progress=False
 ) -> dict[str, Any]:
     """Patch kNN of ``spec.data``'s pixels from ``spec.train_data``'s patches (``k``,
-    ``temperature``, ``max_samples``)."""
-    sets = dense_sets(model, device, transform, spec, batch_size, max_pixels, progress)
+    ``temperature``, ``max_samples``). Under a process group each rank keeps only its share
+    of the training patches, and the ranks search the whole bank together
+    (``knn.shared_bank_knn_scores``)."""
+    sets = dense_sets(
+        model, device, transform, spec, batch_size, max_pixels, progress, whole_train=False
+    )
     result = score_knn(sets, neighbours(spec), spec.temperature, device)
     result["skipped"] = sets["skipped"]
     result["examples"] = scored_examples(spec, transform, max_pixels, result.pop("pixels"), sets)
@@ -362,14 +369,22 @@ def dense_knn(
 def score_knn(sets: dict[str, Any], k: int, temperature: float, device="cpu") -> dict[str, Any]:
     """The metrics of :func:`dense_knn` on embedded ``sets`` (:func:`dense_sets`) at ``k`` and
     ``temperature``, with the predicted ``pixels`` (this rank's held-out rows, (N, S, S)), so
-    one embedding can be scored at several k (``benchmarks/dense_k.py``)."""
+    one embedding can be scored at several k (``benchmarks/dense_k.py``). Under a process
+    group the training patches may be this rank's share: the bank is searched across ranks."""
     classnames, train_feat, test_feat = sets["classnames"], sets["train_feat"], sets["test_feat"]
     grid = tuple(train_feat.shape[1:3])
     train_lab = patch_labels(sets["train_masks"], grid, len(classnames)).flatten()
     bank = train_feat.flatten(0, 2)[train_lab >= 0]  # (P, F) labelled training patches
-    scores = knn_scores(
-        bank, train_lab[train_lab >= 0], test_feat.flatten(0, 2), len(classnames), k, temperature
+    scores = shared_bank_knn_scores(
+        bank,
+        train_lab[train_lab >= 0],
+        test_feat.flatten(0, 2),
+        len(classnames),
+        k,
+        temperature,
+        device,
     )
+    patches = sum(distributed.all_gather_objects(len(bank)))
     pred = scores.argmax(dim=1).view(len(test_feat), *grid)  # (N, h, w)
     size = sets["test_masks"].shape[-1]
     pixels = torch.cat(  # each patch's label over its pixels, a byte each as the masks
@@ -381,7 +396,7 @@ def score_knn(sets: dict[str, Any], k: int, temperature: float, device="cpu") ->
         ]
     )
     result = segmentation_metrics(pixels, sets["test_masks"], classnames, device)
-    result["metrics"].update(k=min(k, len(bank)), patches=int(len(bank)))
+    result["metrics"].update(k=min(k, patches), patches=patches)
     return result | {"classnames": classnames, "pixels": pixels}
 
 
