@@ -166,3 +166,63 @@ def test_an_index_naming_a_hub_dataset_fetches_nothing_unless_allowed(
     with pytest.raises(Exception):  # noqa: B017 - what the stand-in returns is no dataset
         SearchIndex(index_dir, allow_download=True).image_bytes(0)
     assert fetched == ["some-org/some-dataset"]
+
+
+def test_an_index_naming_remote_shards_fetches_nothing_unless_allowed(
+    tmp_path,
+    trained,  # noqa: F811
+    planted,  # noqa: F811
+    monkeypatch,
+):
+    """Built from local shards, then the manifest points unit 0 at an https URL (the index
+    maker's choice of host): reading its image would fetch from that host, so it is refused
+    unless ``allow_download``; a sheet of hits says what it left out and why."""
+    import webdataset
+
+    from vlcontrast.search.sheet import hits_sheet
+
+    build(tmp_path, trained, planted["pattern"])
+    index_dir = tmp_path / "index"
+    url = "https://collector.example/shard-00000.tar"
+
+    def move(manifest):
+        manifest["units"][0]["url"] = url
+
+    tamper_manifest(index_dir, move)
+    fetched = []
+
+    def offline(where, *args, **kwargs):
+        fetched.append(where)
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(webdataset, "gopen", offline)
+    with pytest.raises(QueryError, match="another machine.*--allow-download"):
+        SearchIndex(index_dir).image_bytes(0)
+    left_out = hits_sheet(
+        "q", [{"row": 0, "score": 1.0, "caption": "c"}], SearchIndex(index_dir), tmp_path / "s.png"
+    )
+    assert len(left_out) == 1 and "--allow-download" in left_out[0]
+    assert not fetched
+    with pytest.raises(QueryError, match="cannot be read"):
+        SearchIndex(index_dir, allow_download=True).image_bytes(0)
+    assert fetched == [url]
+
+
+@pytest.mark.parametrize(
+    "url, remote",
+    [
+        ("https://host/a.tar", True),
+        ("http://10.0.0.1/a.tar", True),
+        ("s3://bucket/a.tar", True),
+        ("gs://bucket/a.tar", True),
+        ("sftp://host/a.tar", True),
+        ("hf://datasets/org/name/a.tar", True),
+        ("/data/shards/a.tar", False),
+        ("shards/a.tar", False),
+        ("file:///data/a.tar", False),
+        ("C:/data/a.tar", False),
+        ("pipe:cat a.tar", False),  # a shell command: check_commands' business
+    ],
+)
+def test_remote_urls_are_those_of_another_machine(url, remote):
+    assert layout.is_remote(url) is remote

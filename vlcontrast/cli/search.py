@@ -173,8 +173,9 @@ def add_reading_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-download",
         action="store_true",
-        help="let an index of a Hugging Face hub dataset fetch its images, and a checkpoint "
-        "that names a hub model fetch its config",
+        help="let an index fetch its images from another machine (shards at https://, s3://, "
+        "gs://, ... URLs, or a Hugging Face hub dataset), and a checkpoint that names a hub "
+        "model fetch its config",
     )
     add_allow_pipe(parser)
 
@@ -339,7 +340,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.sheet:
         from vlcontrast.search.sheet import hits_sheet
 
-        hits_sheet(args.query or Path(args.image).name, hits, index, args.sheet)
+        left_out = hits_sheet(args.query or Path(args.image).name, hits, index, args.sheet)
+        if left_out:
+            print(
+                f"note: {len(left_out)} of the {len(hits)} hits are not drawn in {args.sheet}; "
+                f"hit {left_out[0]}",
+                file=sys.stderr,
+            )
     if args.json:
         print(json.dumps(hits, ensure_ascii=False))
         return 0

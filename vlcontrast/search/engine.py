@@ -28,7 +28,7 @@ from vlcontrast.data.limits import MAX_FILE_BYTES
 from vlcontrast.data.skip import SkipSample
 from vlcontrast.embed import eval_transform
 from vlcontrast.search.backends import open_backend
-from vlcontrast.search.layout import IndexFiles, check_commands
+from vlcontrast.search.layout import IndexFiles, check_commands, is_remote
 from vlcontrast.search.units import SourceSpec, read_image
 
 MAX_QUERY_CHARS = 1000
@@ -156,12 +156,21 @@ class SearchIndex:
         """(the image member's bytes, exactly as in the shard, and their content type). Only
         an image is returned, its type from its bytes: an index's records say where to read,
         and one that points at another kind of file (or past ``MAX_FILE_BYTES``) gets a
-        QueryError, not the file."""
+        QueryError, not the file. An image on another machine (an https, s3, gs, ... shard) is
+        fetched only with ``allow_download``: the URLs are the index maker's choice."""
         record = self.record(row)
         unit = self.files.unit_of(row)
         where = record["where"]
         if int(where.get("size", 0)) > MAX_FILE_BYTES:
             raise QueryError(f"item {row}: its image is over {MAX_FILE_BYTES >> 20} MB")
+        url = str(unit["url"])
+        # a hub dataset: _collection's check
+        hub = self.files.manifest["sources"][unit["source"]].get("format") == "hf"
+        if not hub and is_remote(url) and not self.allow_download:  # the index maker's URLs
+            raise QueryError(
+                f"item {row}: its image would be fetched from another machine ({url[:120]}); "
+                f"pass --allow-download to let this index fetch its images"
+            )
         try:
             data = read_image(self._collection(unit["source"]), unit, where)
         except (OSError, SkipSample) as err:

@@ -28,6 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -68,6 +69,14 @@ def shell_commands(manifest: dict[str, Any]) -> list[str]:
     urls = [part.strip() for s in manifest["sources"] for part in str(s["data"]).split("::")]
     urls += [str(unit["url"]) for unit in manifest["units"]]
     return sorted({url for url in urls if url.startswith("pipe:")})
+
+
+def is_remote(url: str) -> bool:
+    """Whether reading ``url`` fetches from another machine: any scheme webdataset opens other
+    than a local file or a ``pipe:`` (http, https, sftp, ftps, scp, gs, ais, hf, ...); a
+    one-letter scheme is a Windows drive."""
+    scheme = urlparse(str(url)).scheme.lower()
+    return len(scheme) > 1 and scheme not in ("file", "pipe")
 
 
 def check_commands(index_dir: str | Path, manifest: dict[str, Any], trusted=()) -> None:
