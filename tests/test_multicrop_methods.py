@@ -523,6 +523,29 @@ def test_kill_and_resume_is_bit_exact_state_included(corpus, tmp_path, monkeypat
         assert state_a["queue_filled"] == 2 * 16 and state_a["queue"].abs().sum() > 0
 
 
+def test_a_resumed_dino_run_keeps_the_head_its_checkpoint_was_made_with(
+    corpus, tmp_path, monkeypatch, capsys
+):
+    """A run whose last layer had 32 outputs, resumed with ``out_dim`` at its fitted default
+    (0: 4,096 on this backbone), as a run made before that default would be: it resumes with
+    the checkpoint's 32, says so, and saves it in its config."""
+    import json
+
+    run = tmp_path / "run"
+    restore = crash_after(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(multicrop_run(corpus, run, "dino"))
+    restore()
+    resumed = [
+        *multicrop_run(corpus, run, "dino"),
+        "train.resume=latest",
+        "objective.dino.out_dim=0",
+    ]
+    assert cli.main(resumed) == 0
+    assert "note: objective.dino.out_dim=0 -> 32 (the value the resumed" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["objective"]["dino"]["out_dim"] == 32
+
+
 @pytest.mark.parametrize("name", ["swav", "dino", "densecl"])
 def test_the_smoke_run_files_train_and_the_real_ones_load(corpus, tmp_path, name):
     """configs/ssl/NAME_smoke.yaml trains (2 steps on the test corpus; its own evaluators

@@ -51,6 +51,7 @@ from vlcontrast.train.interrupt import StopRequest
 from vlcontrast.train.metrics_log import MetricsLogger
 from vlcontrast.train.model_setup import (
     build_training_model,
+    keep_saved_shapes,
     resolve_model_settings,
     set_tf32,
     sync_batch_norm,
@@ -80,6 +81,8 @@ def train(cfg: Config) -> dict[str, Any]:
         run_dir_lib.check_fresh(cfg, resume_from)
 
     resolve_model_settings(cfg)
+    if resume_from is not None:
+        keep_saved_shapes(cfg, checkpoint.read_config(resume_from))
     tokenizer = load_tokenizer(cfg.text) if has_text(cfg) else None
     follow_tokenizer(cfg.text, tokenizer)
     check_evaluators(cfg, tokenizer)  # a mistake stops the run now, not after the last step

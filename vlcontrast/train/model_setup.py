@@ -31,6 +31,26 @@ def fit_local_size(cfg: Config, groups: list) -> None:
     )
 
 
+# Keys whose default (0) is fitted when a run starts and that shape weights: a resumed run
+# keeps the value its checkpoint was made with, as a default fitted otherwise since (say, by
+# a newer version) would no longer fit the saved tensors.
+FITTED_SHAPES = ("objective.dino.out_dim",)
+
+
+def keep_saved_shapes(cfg: Config, saved: Config) -> None:
+    """Give ``cfg``'s fitted shape keys (:data:`FITTED_SHAPES`) left at 0 the values of the
+    checkpoint's config ``saved``, with a note."""
+    for key in FITTED_SHAPES:
+        *path, name = key.split(".")
+        here, there = cfg, saved
+        for part in path:
+            here, there = getattr(here, part), getattr(there, part, None)
+        value = getattr(there, name, 0) if there is not None else 0
+        if not getattr(here, name) and value:
+            setattr(here, name, value)
+            print0(f"note: {key}=0 -> {value} (the value the resumed checkpoint was made with)")
+
+
 def resolve_model_settings(cfg: Config) -> None:
     """Fill the model keys the objective decides (``model.logit_bias`` left at None;
     ``image.dynamic_size`` for views of several sizes), so the saved config rebuilds the same
