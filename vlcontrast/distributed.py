@@ -129,7 +129,7 @@ def all_gather_rows(
     """Rows of ``x`` (on the CPU, ``sizes`` of every rank) from every rank in rank order, on the
     CPU. Sent ``chunk`` rows at a time through ``device`` (NCCL gathers only GPU tensors), so a
     large bank of features never needs to fit the GPU at once."""
-    if world_size() == 1:
+    if world_size() == 1 or not max(sizes):  # nothing anywhere: this rank's empty rows
         return x
     padded = x.new_zeros((max(sizes), *x.shape[1:]))
     padded[: x.shape[0]] = x

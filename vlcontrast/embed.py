@@ -125,7 +125,7 @@ def embed_images(
         skipped.update(batch["skipped"])
         if not batch["keys"]:
             continue
-        img_emb.append(batch["img_emb"].to(device))
+        img_emb.append(batch["img_emb"].cpu())
         order.append(batch["order"])
         labels.extend(batch["labels"].tolist() if batch["labels"] is not None else [])
         captions.extend(batch["captions"] or [])
@@ -137,8 +137,11 @@ def embed_images(
         "keys": keys,
         "skipped": dict(skipped),
     }
-    img_emb = torch.cat(img_emb) if img_emb else torch.empty(0, model.embed_dim, device=device)
-    img_emb = distributed.all_gather_no_grad(img_emb).cpu()  # (N, D) in rank order
+    img_emb = torch.cat(img_emb) if img_emb else torch.empty(0, model.embed_dim)
+    # (N, D) in rank order, on the CPU; through the device 1024 rows at a time (NCCL gathers
+    # only GPU tensors), so the whole set (1.28M x 2048 floats: 10 GB) never sits on the GPU
+    sizes = distributed.all_gather_objects(len(img_emb))
+    img_emb = distributed.all_gather_rows(img_emb.float(), sizes, device)
     merged = _gather_objects(local)
     sort = sorted(range(len(merged["order"])), key=merged["order"].__getitem__)
     if max_samples:
