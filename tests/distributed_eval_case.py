@@ -29,6 +29,18 @@ def scalars_and_embeddings(results: dict) -> dict:
     return out
 
 
+def distributed_bank_rows(model, tokenizer, cfg) -> list[int]:
+    """Every rank's rows of the kNN evaluator's training bank (its share only)."""
+    from vlcontrast import distributed
+    from vlcontrast.embed import Embedder
+    from vlcontrast.eval.probes import embed_train_test
+
+    spec = next(spec for spec in cfg.eval.evaluators if spec.kind == "knn")
+    embedder = Embedder.from_model(model, tokenizer, cfg)
+    data = embed_train_test(embedder, spec, split_train=True)
+    return distributed.all_gather_objects(len(data["train"]["img_emb"]))
+
+
 def worker(rank: int, world: int, init_file: str, cfg_path: str, weights: str, out: str) -> None:
     torch.set_num_threads(1)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
@@ -36,6 +48,7 @@ def worker(rank: int, world: int, init_file: str, cfg_path: str, weights: str, o
     try:
         model, tokenizer, cfg = build(cfg_path, weights)
         results = scalars_and_embeddings(run_evaluators(model, tokenizer, cfg))
+        results["knn_bank_rows"] = distributed_bank_rows(model, tokenizer, cfg)
         gathered = [None] * world
         dist.all_gather_object(gathered, results["zeroshot"])
         results["ranks_agree"] = all(g == results["zeroshot"] for g in gathered)

@@ -9,6 +9,8 @@ import torch
 from tests import distributed_eval_case as case
 from tests.conftest import spawn_gloo, tiny_overrides
 from vlcontrast import config as config_lib
+from vlcontrast.embed import Embedder
+from vlcontrast.eval.probes import embed_train_test
 from vlcontrast.eval.runner import run_evaluators
 from vlcontrast.models import build_model
 
@@ -94,4 +96,10 @@ def test_two_ranks_give_the_single_process_numbers(corpus, tmp_path):
             tol = tie.get(name, 1e-6)
             assert got[name][key] == pytest.approx(value, abs=tol), f"{name}/{key}"
     assert want["retrieval"]["images"] == 150 and want["zeroshot"]["n"] == 64
+    # the kNN bank stayed split: each rank held its share of the training images, no more
+    knn = cfg.eval.evaluators[2]
+    whole = len(
+        embed_train_test(Embedder.from_model(model, tokenizer, cfg), knn)["train"]["img_emb"]
+    )
+    assert sum(got["knn_bank_rows"]) == whole and max(got["knn_bank_rows"]) < whole
     json.dumps(want["knn"])  # plain numbers, loggable

@@ -113,11 +113,14 @@ def embed_images(
     device: torch.device | str = "cpu",
     max_samples: int = 0,
     progress: Callable | None = None,
+    gather: bool = True,
 ) -> dict[str, Any]:
     """Embed every image of ``dataset`` (this rank's share), then gather across ranks.
 
     Returns ``img_emb`` (N, D) on the CPU in dataset order, ``labels`` (N,) or None,
     ``captions`` (list of caption lists) or None, ``keys`` and ``skipped`` counts by reason.
+    Without ``gather`` (and without ``max_samples``), this rank's share only, in the order it
+    was read, with every rank's skip counts summed: a kNN bank that stays split over the ranks.
     """
     order, img_emb, labels, captions, keys = [], [], [], [], []
     skipped: Counter = Counter()
@@ -138,6 +141,17 @@ def embed_images(
         "skipped": dict(skipped),
     }
     img_emb = torch.cat(img_emb) if img_emb else torch.empty(0, model.embed_dim)
+    if not gather:
+        skipped = Counter()
+        for part in distributed.all_gather_objects(local["skipped"]):
+            skipped.update(part)
+        return {
+            "img_emb": img_emb,
+            "labels": torch.tensor(labels, dtype=torch.long) if dataset.need_label else None,
+            "captions": captions if dataset.need_captions else None,
+            "keys": keys,
+            "skipped": dict(skipped),
+        }
     # (N, D) in rank order, on the CPU; through the device 1024 rows at a time (NCCL gathers
     # only GPU tensors), so the whole set (1.28M x 2048 floats: 10 GB) never sits on the GPU
     sizes = distributed.all_gather_objects(len(img_emb))
@@ -219,15 +233,30 @@ class Embedder:
         )
 
     def images(
-        self, source, need_label=False, need_captions=False, max_samples=0, desc="embed"
+        self,
+        source,
+        need_label=False,
+        need_captions=False,
+        max_samples=0,
+        desc="embed",
+        gather=True,
     ) -> dict[str, Any]:
+        """:func:`embed_images` of ``source`` (``gather``: every rank ends with the whole set;
+        else its own share)."""
         if max_samples:
             source.limit(max_samples)  # read only what the first max_samples need
         dataset = EvalDataset(source, self.transform, need_label, need_captions, self.max_pixels)
         show = self.progress and distributed.is_main()
         bar = (lambda it: tqdm(it, desc=desc, unit="batch", leave=False)) if show else None
         return embed_images(
-            self.model, dataset, self.batch_size, self.num_workers, self.device, max_samples, bar
+            self.model,
+            dataset,
+            self.batch_size,
+            self.num_workers,
+            self.device,
+            max_samples,
+            bar,
+            gather,
         )
 
     def texts(self, texts: list[str]) -> torch.Tensor:

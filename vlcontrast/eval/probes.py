@@ -14,14 +14,17 @@ from vlcontrast.data.collection import class_info, open_source
 from vlcontrast.distributed import print0
 from vlcontrast.embed import Embedder
 from vlcontrast.eval.class_retrieval import class_retrieval_metrics
-from vlcontrast.eval.knn import knn_scores
+from vlcontrast.eval.knn import knn_scores, shared_bank_knn_scores
 from vlcontrast.eval.labels import drop_out_of_range
 from vlcontrast.eval.linear_probe import refit_best, sweep_curve
 from vlcontrast.eval.metrics import classification_metrics
 from vlcontrast.eval_config import neighbours
 
 
-def embed_train_test(embedder: Embedder, spec) -> dict[str, Any]:
+def embed_train_test(embedder: Embedder, spec, split_train: bool = False) -> dict[str, Any]:
+    """The labelled training and test sets' embeddings, the class names and skip counts.
+    ``split_train``: each rank keeps only its share of the training set (a kNN bank), and
+    the checks and class count look at every rank's."""
     if not spec.train_data:
         raise ValueError(f"train_data: {spec.kind} needs a labelled training set")
     train_source = open_source(spec, spec.train_data, spec.train_split)
@@ -33,18 +36,38 @@ def embed_train_test(embedder: Embedder, spec) -> dict[str, Any]:
     except ValueError:  # a probe needs no class names: number them below
         classnames = None
     count = len(classnames) if classnames else None
-    train = embedder.images(train_source, need_label=True, desc="embed train")
+    train = embedder.images(
+        train_source, need_label=True, desc="embed train", gather=not split_train
+    )
     test = embedder.images(test_source, need_label=True, max_samples=spec.max_samples)
     train, test = drop_out_of_range(train, count), drop_out_of_range(test, count)
-    for name, part in (("train_data", train), ("data", test)):
-        if part["labels"] is None:
+    train_rows = len(train["img_emb"])
+    if split_train:  # each rank's share: its rows and its out-of-range labels, summed
+        key, counted = "label_out_of_range", train["skipped"]
+        everyone = distributed.all_gather_objects((train_rows, counted.get(key, 0)))
+        train_rows = sum(rows for rows, _ in everyone)
+        if dropped := sum(drop for _, drop in everyone):
+            train["skipped"] = {**counted, key: dropped}
+    for name, part, rows in (
+        ("train_data", train, train_rows),
+        ("data", test, len(test["img_emb"])),
+    ):
+        if part["labels"] is None or not rows:
             raise ValueError(f"{name}: no labelled image could be read ({part['skipped']})")
     if classnames is None:
-        top = int(max(train["labels"].max(), test["labels"].max()))
-        classnames = [str(c) for c in range(top + 1)]
+        tops = [int(part["labels"].max()) for part in (train, test) if len(part["labels"])]
+        if split_train:
+            tops = [top for part in distributed.all_gather_objects(tops) for top in part]
+        classnames = [str(c) for c in range(max(tops) + 1)]
     skipped = {f"train/{k}": v for k, v in train["skipped"].items()}
     skipped.update(test["skipped"])
-    return {"train": train, "test": test, "classnames": classnames, "skipped": skipped}
+    return {
+        "train": train,
+        "test": test,
+        "classnames": classnames,
+        "skipped": skipped,
+        "train_rows": train_rows,
+    }
 
 
 def evaluate_linear_probe(embedder: Embedder, spec) -> dict[str, Any]:
@@ -65,15 +88,15 @@ def evaluate_linear_probe(embedder: Embedder, spec) -> dict[str, Any]:
 
 
 def evaluate_knn(embedder: Embedder, spec) -> dict[str, Any]:
-    data = embed_train_test(embedder, spec)
+    data = embed_train_test(embedder, spec, split_train=True)  # the bank stays split
     train, test, classnames = data["train"], data["test"], data["classnames"]
-    k, bank = neighbours(spec), len(train["labels"])
+    k, bank = neighbours(spec), data["train_rows"]
     if k > bank:
         name = spec.name or spec.kind
         print0(f"note: {name}: k={k} is more than the {bank} labelled images; using k={bank}")
         k = bank
     scores = shared_knn_scores(
-        train, test["img_emb"], len(classnames), k, spec.temperature, embedder.device
+        train, test["img_emb"], len(classnames), k, spec.temperature, embedder.device, split=True
     )
     result = classification_metrics(scores, test["labels"], classnames)
     result["skipped"] = data["skipped"]
@@ -93,13 +116,25 @@ def shared_sweep(train_x, train_y, num_classes: int, weight_decays, val_fraction
     return {wd: acc for curve in distributed.all_gather_objects(part) for wd, acc in curve.items()}
 
 
-def shared_knn_scores(train, test_emb, num_classes: int, k: int, temperature: float, device):
+def shared_knn_scores(
+    train, test_emb, num_classes: int, k: int, temperature: float, device, split: bool = False
+):
     """:func:`knn_scores` of every test embedding, each rank scoring every world-th one (rank
-    r rows r, r + W, ...) and every rank ending with all of them in order: every rank holds
-    the whole bank, and without a split each one did the whole search again."""
+    r rows r, r + W, ...) and every rank ending with all of them in order: without a split
+    each rank did the whole search again. ``train`` is the whole bank on every rank, or with
+    ``split`` this rank's share of it, searched with the other ranks
+    (``knn.shared_bank_knn_scores``: no rank holds the whole bank)."""
     rank, world, n = distributed.rank(), distributed.world_size(), len(test_emb)
-    mine = knn_scores(
-        train["img_emb"], train["labels"], test_emb[rank::world], num_classes, k, temperature
+    score = shared_bank_knn_scores if split else knn_scores
+    extra = (device,) if split else ()
+    mine = score(
+        train["img_emb"],
+        train["labels"],
+        test_emb[rank::world],
+        num_classes,
+        k,
+        temperature,
+        *extra,
     )
     if world == 1:
         return mine
