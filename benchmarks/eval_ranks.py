@@ -4,10 +4,10 @@ processes (one thread each): every rank doing all of it (before) against each ra
 W-th test embedding / every W-th penalty and gathering (``eval/probes.py``:
 ``shared_knn_scores``, ``shared_sweep``; now), in the same run on the same embeddings. Then
 the bank itself split over the ranks, each holding 1/W of it and its own 1/W of the test
-embeddings (``eval/knn.py``: ``shared_bank_knn_scores``, dense kNN's search) against each rank
-holding the whole bank (``shared_knn_scores``): bytes of bank a rank holds and seconds. The
-results are checked equal (the split bank's scores to 1e-6: its similarities come from
-another matrix product).
+embeddings (``eval/knn.py``: ``shared_bank_knn_scores``, the kNN evaluators' search)
+against each rank holding the whole bank (``shared_knn_scores``): bytes of bank a rank holds
+and seconds. The results are checked equal (the split bank's scores to 1e-6: its similarities
+come from another matrix product).
 
     python benchmarks/eval_ranks.py [--world 2] [--bank 50000] [--test 4000] [--dim 128]
         [--probe 10000]
@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  probe sweep, each rank its share (now): {sweep_now:.2f} s")
     print(f"  probe sweep speed-up: {sweep_before / sweep_now:.2f}x")
     print(f"  bank a rank holds, the whole bank (kNN above): {whole_bytes / 2**20:.1f} MiB")
-    print(f"  bank a rank holds, split over the ranks (dense kNN now): {held / 2**20:.1f} MiB")
+    print(
+        f"  bank a rank holds, split over the ranks (kNN and dense kNN now): {held / 2**20:.1f} MiB"
+    )
     print(f"  bank memory a rank, whole / split: {whole_bytes / held:.2f}x")
     print(f"  kNN with the split bank (each rank its share of queries): {split:.2f} s")
     print(f"  split bank / whole bank time: {split / now:.2f}x")
