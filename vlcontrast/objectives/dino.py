@@ -84,8 +84,8 @@ class DINOObjective(MultiCrop, MomentumObjective):
             params = sum(p.numel() for p in tower.parameters())
             print0(
                 f"note: objective.dino.out_dim=0 -> {c.out_dim} (an image tower of "
-                f"{params / 1e6:.1f}M parameters; DINO's 65,536 from ViT-S/16's "
-                f"{FULL_HEAD_FROM / 1e6:g}M up)"
+                f"{params / 1e6:.1f}M parameters; DINO's 65,536 from "
+                f"{FULL_HEAD_FROM / 1e6:g}M up, as ViT-S/16's 21.7M)"
             )
         dtype = next(model.parameters()).dtype
         bottleneck = c.projector.dim or int(model.image.num_features)
