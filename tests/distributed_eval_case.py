@@ -103,6 +103,10 @@ def knn_worker(rank: int, world: int, init_file: str, out: str) -> None:
         sharded = shared_bank_knn_scores(
             train["img_emb"][bank], train["labels"][bank], test[asked], 4, 5, 0.1, "cpu", block=2
         )
+        nothing = shared_bank_knn_scores(
+            train["img_emb"][:0], train["labels"][:0], test[asked], 4, 5, 0.1, "cpu"
+        )  # an empty bank on every rank: no votes, as knn_scores in one process
+        assert torch.equal(nothing, torch.zeros(len(test[asked]), 4))
         gathered = [None] * world
         dist.all_gather_object(gathered, (scores, curve, sharded))
         if rank == 0:
