@@ -81,8 +81,8 @@ def shared_bank_knn_scores(
             piece = piece.to(device).contiguous()
             dist.broadcast(piece, owner)
             top_sim, top_lab = _local_top(piece.cpu(), bank, bank_labels, k)
-            sims = [torch.empty_like(top_sim).to(device) for _ in range(world)]
-            labs = [torch.empty_like(top_lab).to(device) for _ in range(world)]
+            sims = [torch.empty_like(top_sim, device=device) for _ in range(world)]
+            labs = [torch.empty_like(top_lab, device=device) for _ in range(world)]
             dist.all_gather(sims, top_sim.to(device))
             dist.all_gather(labs, top_lab.to(device))
             if me != owner:

@@ -125,17 +125,11 @@ def shared_knn_scores(
     ``split`` this rank's share of it, searched with the other ranks
     (``knn.shared_bank_knn_scores``: no rank holds the whole bank)."""
     rank, world, n = distributed.rank(), distributed.world_size(), len(test_emb)
-    score = shared_bank_knn_scores if split else knn_scores
-    extra = (device,) if split else ()
-    mine = score(
-        train["img_emb"],
-        train["labels"],
-        test_emb[rank::world],
-        num_classes,
-        k,
-        temperature,
-        *extra,
-    )
+    bank, labels, queries = train["img_emb"], train["labels"], test_emb[rank::world]
+    if split:
+        mine = shared_bank_knn_scores(bank, labels, queries, num_classes, k, temperature, device)
+    else:
+        mine = knn_scores(bank, labels, queries, num_classes, k, temperature)
     if world == 1:
         return mine
     sizes = [len(range(r, n, world)) for r in range(world)]

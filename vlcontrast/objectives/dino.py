@@ -58,13 +58,13 @@ class WeightNormLinear(nn.Module):
 FULL_HEAD_FROM = 21_000_000
 
 
-def fitted_out_dim(image_tower: nn.Module) -> int:
-    """``out_dim: 0``: DINO's 65,536 outputs for a backbone of ViT-S/16's size or more, 4,096
+def fitted_out_dim(params: int) -> int:
+    """``out_dim: 0``: DINO's 65,536 outputs for a backbone of ``params`` parameters, from
+    ViT-S/16's size up, 4,096
     below it, where the last layer (256 x 65,536 = 16.8M weights) would outweigh the backbone:
     DINO's authors released the 4,096-output ablation (dino_k4096), solo-learn trains CIFAR
     with 4,096, and on the README's tiny ViT the smaller head halves the step time
     (``benchmarks/dino_head.py``)."""
-    params = sum(p.numel() for p in image_tower.parameters())
     return 65536 if params >= FULL_HEAD_FROM else 4096
 
 
@@ -80,8 +80,8 @@ class DINOObjective(MultiCrop, MomentumObjective):
         c = self.cfg
         if not c.out_dim:  # written into the config, so the saved run rebuilds the same head
             tower = model.image if isinstance(getattr(model, "image", None), nn.Module) else model
-            c.out_dim = fitted_out_dim(tower)
             params = sum(p.numel() for p in tower.parameters())
+            c.out_dim = fitted_out_dim(params)
             print0(
                 f"note: objective.dino.out_dim=0 -> {c.out_dim} (an image tower of "
                 f"{params / 1e6:.1f}M parameters; DINO's 65,536 from "
