@@ -168,6 +168,16 @@ def test_search_benchmark_runs_every_backend():
     assert "records of k = 3000 results looked up" in out.stdout
 
 
+
+def test_faiss_load_benchmark_loads_every_kind_to_the_same_neighbours():
+    pytest.importorskip("faiss")
+    command = [sys.executable, "benchmarks/faiss_load.py", "--n", "3000", "--dim", "32"]
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split() for line in out.stdout.splitlines() if "|" in line][1:]
+    assert [row[0] for row in rows] == ["flat", "hnsw", "ivfpq"]
+    assert all(row[3].endswith("x") and row[-1] == "True" for row in rows)
+
 def test_checkpoint_benchmark_runs_both_ways():
     """Both ways save and restore exactly (the script asserts the restored weights) and print
     their rows and ratios."""

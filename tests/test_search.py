@@ -159,6 +159,153 @@ def test_faiss_agrees_with_exact_search(tmp_path):
         build_faiss(files, "hnsw", {"nprobe": 4})
 
 
+def _mutate_arrays(change):
+    """A mutation of ``faiss.safetensors``: ``change(arrays)`` edits the dict in place."""
+
+    def apply(index_dir: Path, n: int) -> None:
+        from safetensors.numpy import load_file, save_file
+
+        arrays = load_file(index_dir / "faiss.safetensors")
+        change(arrays, n)
+        save_file(arrays, index_dir / "faiss.safetensors")
+
+    return apply
+
+
+def _mutate_info(change):
+    def apply(index_dir: Path, n: int) -> None:
+        info = json.loads((index_dir / "faiss.json").read_text())
+        change(info, n)
+        (index_dir / "faiss.json").write_text(json.dumps(info))
+
+    return apply
+
+
+def _link_down(arrays, n):
+    """Point a level-1 slot of a node on level 2 or more at a node that has only level 0."""
+    levels, offsets = arrays["levels"], arrays["offsets"]
+    high, low = int(np.flatnonzero(levels >= 2)[0]), int(np.flatnonzero(levels == 1)[0])
+    arrays["neighbors"][offsets[high] + 2 * 8] = low  # M=8: 16 level-0 slots, then level 1's
+
+
+def _legacy(index_dir: Path, n: int) -> None:
+    """An index saved by the earlier format: faiss's own file, read by faiss's parser."""
+    info = json.loads((index_dir / "faiss.json").read_text())
+    del info["format"]
+    (index_dir / "faiss.json").write_text(json.dumps(info))
+    (index_dir / "faiss.index").write_bytes(b"IHNf" + bytes(64))
+
+
+def _garbage(index_dir: Path, n: int) -> None:
+    (index_dir / "faiss.safetensors").write_bytes((1 << 40).to_bytes(8, "little") + b"{}")
+
+
+CRAFTED = {
+    "hnsw": {
+        "neighbour outside": (
+            _mutate_arrays(lambda a, n: a["neighbors"].__setitem__(3, n)),
+            "not a row",
+        ),
+        "link below its level": (_mutate_arrays(_link_down), "below its level"),
+        "offsets": (_mutate_arrays(lambda a, n: a["offsets"].__setitem__(-1, 10**9)), "offsets"),
+        "level": (_mutate_arrays(lambda a, n: a["levels"].__setitem__(0, 99)), "level is out"),
+        "dtype": (
+            _mutate_arrays(
+                lambda a, n: a.__setitem__("neighbors", a["neighbors"].astype(np.int64))
+            ),
+            "int64, not",
+        ),
+        "entry point": (
+            _mutate_info(lambda i, n: i["graph"].__setitem__("entry_point", n)),
+            "entry point",
+        ),
+        "ef_search": (
+            _mutate_info(lambda i, n: i["params"].__setitem__("ef_search", 10**9)),
+            "outside",
+        ),
+        "not safetensors": (_garbage, "faiss.safetensors"),
+        "legacy faiss.index": (_legacy, "earlier version"),
+        "not a description": (
+            lambda d, n: (d / "faiss.json").write_text('{"rows": 600}'),
+            "description",
+        ),
+    },
+    "ivfpq": {
+        "id outside": (_mutate_arrays(lambda a, n: a["ids"].__setitem__(0, n)), "not a row"),
+        "sizes": (
+            _mutate_arrays(lambda a, n: a["list_sizes"].__setitem__(0, a["list_sizes"][0] + 1)),
+            "add up",
+        ),
+        "centroid": (
+            _mutate_arrays(lambda a, n: a["centroids"].__setitem__((0, 0), np.nan)),
+            "finite",
+        ),
+        "codes": (
+            _mutate_arrays(lambda a, n: a.__setitem__("codes", a["codes"][:, :4].copy())),
+            "shape",
+        ),
+        "extra": (
+            _mutate_arrays(lambda a, n: a.__setitem__("more", np.zeros(3, np.int64))),
+            "unexpected",
+        ),
+        "rerank": (_mutate_info(lambda i, n: i["params"].__setitem__("rerank", 10**6)), "outside"),
+    },
+}
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+def test_a_saved_faiss_index_loads_as_the_one_built_without_faiss_own_reader(
+    tmp_path, kind, monkeypatch
+):
+    faiss = pytest.importorskip("faiss")
+    from vlcontrast.search import backends
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("faiss's own parser was called")
+
+    monkeypatch.setattr(faiss, "read_index", refuse)
+    monkeypatch.setattr(faiss, "deserialize_index", refuse)
+    built = []
+    init = backends.FaissBackend.__init__
+    monkeypatch.setattr(
+        backends.FaissBackend, "__init__", lambda self, *a: (built.append(a[1]), init(self, *a))[1]
+    )
+    synthetic_index(tmp_path / "ix", np.random.default_rng(3), [400, 200], dim=32)
+    files = layout.IndexFiles.open(tmp_path / "ix")
+    params = {"hnsw": {"M": 8}, "ivfpq": {"nlist": 16, "pq_m": 8, "nprobe": 4}, "flat": {}}[kind]
+    build_faiss(files, kind, params)
+    assert not (tmp_path / "ix" / "faiss.index").exists()
+    loaded = open_backend(files, "faiss")
+    assert loaded.index is not built[0] and loaded.kind == kind
+    queries = files.vectors(np.arange(0, 600, 7)) + 0.05
+    for k in (1, 10, 600):
+        want, got = built[0].search(queries, k), loaded.index.search(queries, k)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[0], want[0])
+
+
+@pytest.mark.parametrize(
+    "kind,name", [(kind, name) for kind, cases in CRAFTED.items() for name in cases]
+)
+def test_a_crafted_faiss_index_is_refused_before_faiss_sees_it(tmp_path, kind, name, capsys):
+    pytest.importorskip("faiss")
+    from vlcontrast.search.backends import BadFaissIndex
+
+    synthetic_index(tmp_path / "ix", np.random.default_rng(4), [600], dim=32)
+    files = layout.IndexFiles.open(tmp_path / "ix")
+    params = {"hnsw": {"M": 8}, "ivfpq": {"nlist": 16, "pq_m": 8, "nprobe": 4}}[kind]
+    build_faiss(files, kind, params)
+    open_backend(files, "faiss")  # the untouched index loads
+    mutate, message = CRAFTED[kind][name]
+    mutate(tmp_path / "ix", len(files))
+    with pytest.raises(BadFaissIndex, match=message) as refused:
+        open_backend(files, "faiss")
+    assert "--backend exact" in str(refused.value) and "--faiss" in str(refused.value)
+    capsys.readouterr()
+    assert open_backend(files).name == "exact"  # auto: searches exactly, and says why
+    assert message.split()[0] in capsys.readouterr().err
+
+
 def test_a_killed_build_resumes_to_the_same_index_as_a_fresh_one(
     tmp_path, trained, planted, monkeypatch
 ):

@@ -295,12 +295,17 @@ def _info(index_dir: str) -> int:
     print(f"  skipped: {dict(files.skipped) or 'none'}")
     faiss = Path(index_dir) / "faiss.json"
     if faiss.is_file():
-        info = json.loads(faiss.read_text())
-        current = "current" if info["rows"] == len(files) else "stale: rebuilt by the next add"
-        print(
-            f"  faiss: {info['kind']} {info['params']}, recall@10 {info['recall_at_10']:.3f} "
-            f"({current})"
-        )
+        try:
+            info = json.loads(faiss.read_text())
+            current = "current" if info["rows"] == len(files) else "stale: rebuilt by the next add"
+            print(
+                f"  faiss: {info['kind']} {info['params']}, "
+                f"recall@10 {float(info['recall_at_10']):.3f} ({current})"
+            )
+        except (ValueError, KeyError, TypeError):
+            print(
+                "  faiss: faiss.json is not readable; rebuild with 'vlcontrast index build --faiss'"
+            )
     return 0
 
 

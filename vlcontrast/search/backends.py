@@ -8,14 +8,24 @@ rows (Q, k))``, rows numbered as in ``search.layout``, best first.
   collection size as autofaiss does (exact flat up to 100k items, HNSW up to 2M, IVF-PQ above,
   where the graph would not fit in RAM); every parameter can be set. The build reports recall@10
   against exact search on a sample of the collection's own vectors used as queries.
+
+An index is a file a stranger may hand over, and faiss's own reader (``faiss.read_index``) is a
+C++ parser that trusts the sizes and offsets in the file. So a faiss index is saved as what it
+is made of, in safetensors (``faiss.safetensors``: the HNSW graph, or the IVF-PQ centroids,
+codes and ids; nothing for flat) beside ``faiss.json``, and loaded by checking every array's
+type, shape and range (a neighbour or id inside the collection, sizes that add up) and then
+handing the arrays to a new faiss index through its API; the vectors come from the index's own
+``.npy`` units. A file that fails a check is refused with what failed; ``auto`` then searches
+exactly and says so.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -34,6 +44,19 @@ FAISS_DEFAULTS: dict[str, dict[str, int]] = {
     "flat": {},
 }
 RECALL_QUERIES = 1000
+FAISS_FORMAT = 2  # 1: faiss's own file (faiss.index), no longer read
+FAISS_ARRAYS = "faiss.safetensors"
+# Bounds on a loaded index's settings: each is a loop count or buffer size in faiss's search,
+# so a crafted faiss.json could otherwise ask for any amount of time or memory per query.
+PARAM_BOUNDS = {
+    "M": (2, 512),
+    "ef_construction": (1, 1 << 16),
+    "ef_search": (1, 1 << 16),
+    "nlist": (1, 1 << 24),
+    "pq_m": (1, 1 << 12),
+    "nprobe": (1, 1 << 24),
+    "rerank": (1, 1000),
+}
 
 
 class ExactBackend:
@@ -93,7 +116,12 @@ def choose_kind(n: int) -> str:
 
 
 def faiss_params(kind: str, n: int, dim: int, given: dict[str, Any]) -> dict[str, int]:
-    params = {**FAISS_DEFAULTS[kind], **{k: int(v) for k, v in given.items()}}
+    if kind not in FAISS_KINDS:
+        raise ValueError(f"faiss: unknown kind {kind!r}; use auto, {', '.join(FAISS_KINDS)}")
+    try:
+        params = {**FAISS_DEFAULTS[kind], **{str(k): int(v) for k, v in given.items()}}
+    except (TypeError, ValueError, AttributeError):
+        raise ValueError(f"faiss {kind}: parameters must be whole numbers, got {given!r}") from None
     unknown = set(params) - set(FAISS_DEFAULTS[kind])
     if unknown:
         raise ValueError(
@@ -105,8 +133,12 @@ def faiss_params(kind: str, n: int, dim: int, given: dict[str, Any]) -> dict[str
             params["nlist"] = int(2 ** round(math.log2(max(16.0, 4 * math.sqrt(n)))))
         if not params["pq_m"]:
             params["pq_m"] = max(m for m in range(1, dim // 8 + 1) if dim % m == 0)
-        if dim % params["pq_m"]:
-            raise ValueError(f"faiss ivfpq: pq_m={params['pq_m']} must divide the dimension {dim}")
+    for key, value in params.items():
+        low, high = PARAM_BOUNDS[key]
+        if not low <= value <= high:
+            raise ValueError(f"faiss {kind}: {key}={value} is outside [{low}, {high}]")
+    if kind == "ivfpq" and dim % params["pq_m"]:
+        raise ValueError(f"faiss ivfpq: pq_m={params['pq_m']} must divide the dimension {dim}")
     return params
 
 
@@ -130,12 +162,11 @@ def iter_blocks(files: IndexFiles, block_rows: int = BLOCK_ROWS):
 
 
 def build_faiss(files: IndexFiles, kind: str = "auto", given: dict | None = None) -> dict:
-    """Build, save (``faiss.index`` + ``faiss.json``) and measure a faiss index of ``files``."""
+    """Build, save (``faiss.safetensors`` + ``faiss.json``) and measure a faiss index of
+    ``files``."""
     faiss = _import_faiss()
     n, dim = len(files), files.dim
     kind = choose_kind(n) if kind == "auto" else kind
-    if kind not in FAISS_KINDS:
-        raise ValueError(f"faiss: unknown kind {kind!r}; use auto, {', '.join(FAISS_KINDS)}")
     params = faiss_params(kind, n, dim, given or {})
     start = time.perf_counter()
     index = new_faiss_index(faiss, kind, dim, params)
@@ -144,11 +175,18 @@ def build_faiss(files: IndexFiles, kind: str = "auto", given: dict | None = None
     for _, block in iter_blocks(files):
         index.add(block)
     build_s = time.perf_counter() - start
-    faiss.write_index(index, str(files.index_dir / ".faiss.index.tmp"))
-    (files.index_dir / ".faiss.index.tmp").replace(files.index_dir / "faiss.index")
+    arrays, graph = faiss_arrays(faiss, index, kind)
+    from safetensors.numpy import save
+
+    # the json goes last and names the rows: an interrupted rebuild leaves a stale index
+    (files.index_dir / "faiss.json").unlink(missing_ok=True)
+    (files.index_dir / "faiss.index").unlink(missing_ok=True)  # format 1's file, if any
+    write_atomic(files.index_dir / FAISS_ARRAYS, save(arrays))
     backend = FaissBackend(files, index, kind, params)
     info = {
+        "format": FAISS_FORMAT,
         "kind": kind,
+        **({"graph": graph} if graph else {}),
         "params": params,
         "rows": n,
         "build_s": build_s,
@@ -156,6 +194,176 @@ def build_faiss(files: IndexFiles, kind: str = "auto", given: dict | None = None
     }
     write_atomic(files.index_dir / "faiss.json", (json.dumps(info, indent=1) + "\n").encode())
     return info
+
+
+def faiss_arrays(faiss, index, kind: str) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """What ``index`` is made of, less the stored vectors: arrays for safetensors and the
+    graph's two numbers (entry point, top level) for the json."""
+    if kind == "flat":
+        return {}, {}
+    if kind == "hnsw":
+        hnsw = index.hnsw
+        arrays = {
+            "levels": faiss.vector_to_array(hnsw.levels).astype(np.int32),
+            "offsets": faiss.vector_to_array(hnsw.offsets).astype(np.int64),
+            "neighbors": faiss.vector_to_array(hnsw.neighbors).astype(np.int32),
+        }
+        return arrays, {"entry_point": int(hnsw.entry_point), "max_level": int(hnsw.max_level)}
+    lists, quantizer = index.invlists, faiss.downcast_index(index.quantizer)
+    sizes = np.array([lists.list_size(i) for i in range(index.nlist)], dtype=np.int64)
+    ids = [faiss.rev_swig_ptr(lists.get_ids(i), int(s)).copy() for i, s in enumerate(sizes)]
+    codes = [
+        faiss.rev_swig_ptr(lists.get_codes(i), int(s) * lists.code_size).copy()
+        for i, s in enumerate(sizes)
+    ]
+    arrays = {
+        "centroids": faiss.vector_to_array(quantizer.codes)
+        .view(np.float32)
+        .reshape(index.nlist, -1),
+        "pq_centroids": faiss.vector_to_array(index.pq.centroids).reshape(
+            index.pq.M, index.pq.ksub, index.pq.dsub
+        ),
+        "list_sizes": sizes,
+        "ids": np.concatenate(ids).astype(np.int64) if ids else np.zeros(0, np.int64),
+        "codes": np.concatenate(codes).reshape(-1, index.pq.code_size).astype(np.uint8),
+    }
+    return arrays, {}
+
+
+class BadFaissIndex(ValueError):
+    """A saved faiss index that fails a check: refused, never handed to faiss."""
+
+
+def _refuse(index_dir, what: str) -> NoReturn:
+    raise BadFaissIndex(
+        f"{index_dir}: the saved faiss index is not valid ({what}); rebuild it with "
+        f"'vlcontrast index build ... --faiss KIND', or search it with '--backend exact'"
+    )
+
+
+def _check(ok, index_dir, what: str) -> None:
+    if not ok:
+        _refuse(index_dir, what)
+
+
+def _array(arrays: dict, name: str, dtype, shape: tuple, index_dir) -> np.ndarray:
+    """``arrays[name]``, checked: present, of ``dtype``, of ``shape`` (None: any length)."""
+    array = arrays.get(name)
+    _check(array is not None, index_dir, f"no {name!r} array")
+    _check(array.dtype == np.dtype(dtype), index_dir, f"{name!r} is {array.dtype}, not {dtype}")
+    _check(
+        array.ndim == len(shape)
+        and all(s is None or s == a for s, a in zip(shape, array.shape, strict=True)),
+        index_dir,
+        f"{name!r} has shape {array.shape}, not {tuple('*' if s is None else s for s in shape)}",
+    )
+    return array
+
+
+def load_hnsw(faiss, files: IndexFiles, params: dict, graph: dict, arrays: dict):
+    """A new HNSW index over the stored vectors, its graph checked then copied in: every
+    neighbour a row of the collection (or -1), each node's slots what its level gives, the entry
+    point on the top level, so faiss's search never reads outside its arrays."""
+    n, where = len(files), files.index_dir
+    index = new_faiss_index(faiss, "hnsw", files.dim, params)
+    slots = faiss.vector_to_array(index.hnsw.cum_nneighbor_per_level).astype(np.int64)
+    levels = _array(arrays, "levels", np.int32, (n,), where)
+    offsets = _array(arrays, "offsets", np.int64, (n + 1,), where)
+    neighbors = _array(arrays, "neighbors", np.int32, (None,), where)
+    _check(arrays.keys() == {"levels", "offsets", "neighbors"}, where, "unexpected arrays")
+    _check(
+        not n or (levels.min() >= 1 and levels.max() < len(slots)), where, "a level is out of range"
+    )
+    _check(
+        offsets[0] == 0 and offsets[-1] == len(neighbors),
+        where,
+        "offsets do not span the neighbours",
+    )
+    _check(
+        np.array_equal(np.diff(offsets), slots[levels]),
+        where,
+        "a node's slots do not match its level",
+    )
+    _check(
+        not len(neighbors) or (neighbors.min() >= -1 and neighbors.max() < n),
+        where,
+        "a neighbour is not a row of the collection",
+    )
+    # a link on level l must lead to a node that has level l: faiss reads that node's level-l
+    # slots next, which a lower node does not have (the next node's, or past the array's end)
+    upper = np.flatnonzero(levels >= 2)  # nodes with slots above level 0: about n / M of them
+    counts = offsets[upper + 1] - offsets[upper] - slots[1]  # each one's slots above level 0
+    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    within = within + slots[1]  # every such slot's place in its node's slots
+    level = np.searchsorted(slots, within, "right") - 1
+    linked = neighbors[np.repeat(offsets[upper], counts) + within]
+    _check(
+        (levels[linked[linked >= 0]] > level[linked >= 0]).all(),
+        where,
+        "a link leads to a node below its level",
+    )
+    try:
+        entry, top = int(graph["entry_point"]), int(graph["max_level"])
+    except (KeyError, TypeError, ValueError):
+        _refuse(where, "no entry point in faiss.json")
+    if n:
+        _check(
+            0 <= entry < n and top == levels.max() - 1 == levels[entry] - 1,
+            where,
+            "the entry point is not on the top level",
+        )
+    else:
+        _check(entry == -1 and top == -1, where, "an empty graph with an entry point")
+    for _, block in iter_blocks(files):
+        index.storage.add(block)
+    faiss.copy_array_to_vector(levels, index.hnsw.levels)
+    faiss.copy_array_to_vector(offsets.astype(np.uint64), index.hnsw.offsets)
+    faiss.copy_array_to_vector(neighbors, index.hnsw.neighbors)
+    index.hnsw.entry_point, index.hnsw.max_level, index.ntotal = entry, top, n
+    return index
+
+
+def load_ivfpq(faiss, files: IndexFiles, params: dict, arrays: dict):
+    """A new IVF-PQ index: the coarse and PQ centroids, then each list's ids and codes, checked
+    (ids are rows of the collection, list sizes add up to it, centroids are finite)."""
+    n, dim, where = len(files), files.dim, files.index_dir
+    nlist, m = params["nlist"], params["pq_m"]
+    index = new_faiss_index(faiss, "ivfpq", dim, params)
+    pq = index.pq
+    centroids = _array(arrays, "centroids", np.float32, (nlist, dim), where)
+    pq_centroids = _array(arrays, "pq_centroids", np.float32, (m, pq.ksub, pq.dsub), where)
+    sizes = _array(arrays, "list_sizes", np.int64, (nlist,), where)
+    ids = _array(arrays, "ids", np.int64, (n,), where)
+    codes = _array(arrays, "codes", np.uint8, (n, pq.code_size), where)
+    _check(
+        arrays.keys() == {"centroids", "pq_centroids", "list_sizes", "ids", "codes"},
+        where,
+        "unexpected arrays",
+    )
+    _check(
+        np.isfinite(centroids).all() and np.isfinite(pq_centroids).all(),
+        where,
+        "a centroid is not finite",
+    )
+    _check(
+        (sizes >= 0).all() and sizes.sum() == n, where, "the list sizes do not add up to the rows"
+    )
+    _check(
+        not n or (ids.min() >= 0 and ids.max() < n), where, "an id is not a row of the collection"
+    )
+    index.quantizer.add(np.ascontiguousarray(centroids))
+    faiss.copy_array_to_vector(np.ascontiguousarray(pq_centroids).reshape(-1), pq.centroids)
+    index.is_trained = True
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    for i in range(nlist):
+        if sizes[i]:
+            a, b = int(bounds[i]), int(bounds[i + 1])
+            list_ids, list_codes = np.ascontiguousarray(ids[a:b]), np.ascontiguousarray(codes[a:b])
+            index.invlists.add_entries(
+                i, b - a, faiss.swig_ptr(list_ids), faiss.swig_ptr(list_codes)
+            )
+    index.ntotal = n
+    return index
 
 
 def new_faiss_index(faiss, kind: str, dim: int, params: dict[str, int]):
@@ -203,16 +411,48 @@ class FaissBackend:
     @classmethod
     def load(cls, files: IndexFiles) -> FaissBackend | None:
         """The saved faiss index, or None when there is none or it is stale (rows were added
-        after it was built)."""
-        info_path = files.index_dir / "faiss.json"
+        after it was built); :class:`BadFaissIndex` when it fails a check."""
+        where = files.index_dir
+        info_path = where / "faiss.json"
         if not info_path.is_file():
             return None
-        info = json.loads(info_path.read_text())
-        if info["rows"] != len(files):
+        try:
+            info = json.loads(info_path.read_text())
+            rows, kind, params = info["rows"], info["kind"], info["params"]
+        except (ValueError, KeyError, TypeError):
+            _refuse(where, "faiss.json is not a faiss index's description")
+        if rows != len(files):
             return None
+        _check(
+            info.get("format") == FAISS_FORMAT,
+            where,
+            "saved as faiss's own file by an earlier version, which is no longer read: faiss's "
+            "parser is not hardened against crafted files",
+        )
+        _check(isinstance(params, dict), where, "params is not a mapping")
+        try:
+            params = faiss_params(kind, rows, files.dim, params)
+        except ValueError as error:
+            _refuse(where, str(error))
         faiss = _import_faiss()
-        index = faiss.read_index(str(files.index_dir / "faiss.index"))
-        return cls(files, index, info["kind"], info["params"])
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        try:
+            arrays = load_file(where / FAISS_ARRAYS) if kind != "flat" else {}
+        except (OSError, SafetensorError) as error:
+            _refuse(where, f"{FAISS_ARRAYS}: {error}")
+        if kind == "flat":
+            index = new_faiss_index(faiss, kind, files.dim, params)
+            for _, block in iter_blocks(files):
+                index.add(block)
+        elif kind == "hnsw":
+            graph = info.get("graph")
+            _check(isinstance(graph, dict), where, "no graph in faiss.json")
+            index = load_hnsw(faiss, files, params, graph, arrays)
+        else:
+            index = load_ivfpq(faiss, files, params, arrays)
+        return cls(files, index, kind, params)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         k = min(k, len(self.files))
@@ -245,9 +485,10 @@ def open_backend(files: IndexFiles, name: str = "auto"):
     if name == "faiss" or (files.index_dir / "faiss.json").is_file():
         try:
             backend = FaissBackend.load(files)
-        except ValueError:
+        except ValueError as error:
             if name == "faiss":
                 raise
+            print(f"note: {error}; searching exactly", file=sys.stderr)
             backend = None
         if backend is not None:
             return backend

@@ -7,7 +7,8 @@ dataset), its embeddings and records, each unit written atomically.
     DIR/units/u000000.lines.npy (n + 1,) int64 byte offset of every line of the .jsonl
     DIR/units/u000000.done.json rows and skip counts: written last, so a unit without it is
                                 embedded again by a resumed build
-    DIR/faiss.index, faiss.json an optional approximate index (``search.backends``)
+    DIR/faiss.safetensors,      an optional approximate index (``search.backends``): its
+    DIR/faiss.json              arrays (never faiss's own file format) and settings
 
 An index is a file a stranger may hand over, so opening one runs nothing: a source or unit URL
 that is a ``pipe:`` shell command (webdataset's, which reading an image would run) is refused
