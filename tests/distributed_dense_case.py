@@ -47,7 +47,7 @@ def read(pattern: str, max_samples: int) -> dict:
         k=5,
         temperature=0.1,
         classes="",
-        weight_decays=[1e-3],
+        weight_decays=[1e-3, 1e-1],  # a sweep: validation images drawn over every rank's
         val_fraction=0.2,
     )
     knn = dk.dense_knn(model, "cpu", transform, spec, batch_size=4)
@@ -67,6 +67,22 @@ def bank_rows(pattern: str) -> int:
     return len(sets["train_feat"])
 
 
+def count_linear_rows() -> list[int]:
+    """From now on, the training images the linear probe's ``dense_sets`` leaves this rank
+    with, one entry a call."""
+    from vlcontrast.eval import dense_linear as module
+
+    held, sets = [], module.dense_sets
+
+    def counted(*args, **kwargs):
+        out = sets(*args, **kwargs)
+        held.append(len(out["train_feat"]))
+        return out
+
+    module.dense_sets = counted
+    return held
+
+
 def rows_of(rank: int) -> torch.Tensor:
     """Rank ``rank``'s rows for the chunked gather: rank + 3 rows of (rank, row) pairs."""
     return torch.stack([torch.full((rank + 3,), rank), torch.arange(rank + 3)], dim=1)
@@ -77,6 +93,7 @@ def worker(rank: int, world: int, init_file: str, pattern: str, out: str) -> Non
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
+        linear_rows = count_linear_rows()
         results = {cap: read(pattern, cap) for cap in CAPS}
         digest = {
             cap: (r["feat"].sum().item(), r["masks"].sum().item()) for cap, r in results.items()
@@ -89,6 +106,7 @@ def worker(rank: int, world: int, init_file: str, pattern: str, out: str) -> Non
         mine = rows_of(rank)
         results["rows"] = distributed.all_gather_rows(mine, sizes, "cpu", chunk=2)
         results["bank_rows"] = distributed.all_gather_objects(bank_rows(pattern))
+        results["linear_rows"] = distributed.all_gather_objects(linear_rows)
         if rank == 0:
             torch.save(results, out)
         dist.barrier()  # no rank tears gloo down while another still talks

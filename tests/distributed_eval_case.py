@@ -29,16 +29,20 @@ def scalars_and_embeddings(results: dict) -> dict:
     return out
 
 
-def distributed_bank_rows(model, tokenizer, cfg) -> list[int]:
-    """Every rank's rows of the kNN evaluator's training bank (its share only)."""
-    from vlcontrast import distributed
-    from vlcontrast.embed import Embedder
-    from vlcontrast.eval.probes import embed_train_test
+def count_training_rows() -> dict[str, int]:
+    """From now on, the training rows each evaluator's ``embed_train_test`` leaves this rank
+    with, by evaluator kind (filled as the evaluators run)."""
+    from vlcontrast.eval import probes
 
-    spec = next(spec for spec in cfg.eval.evaluators if spec.kind == "knn")
-    embedder = Embedder.from_model(model, tokenizer, cfg)
-    data = embed_train_test(embedder, spec, split_train=True)
-    return distributed.all_gather_objects(len(data["train"]["img_emb"]))
+    held, embed = {}, probes.embed_train_test
+
+    def counted(embedder, spec, split_train=False):
+        data = embed(embedder, spec, split_train)
+        held[spec.kind] = len(data["train"]["img_emb"])
+        return data
+
+    probes.embed_train_test = counted
+    return held
 
 
 def worker(rank: int, world: int, init_file: str, cfg_path: str, weights: str, out: str) -> None:
@@ -47,8 +51,10 @@ def worker(rank: int, world: int, init_file: str, cfg_path: str, weights: str, o
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         model, tokenizer, cfg = build(cfg_path, weights)
+        held = count_training_rows()
         results = scalars_and_embeddings(run_evaluators(model, tokenizer, cfg))
-        results["knn_bank_rows"] = distributed_bank_rows(model, tokenizer, cfg)
+        results["training_rows"] = [None] * world
+        dist.all_gather_object(results["training_rows"], held)
         gathered = [None] * world
         dist.all_gather_object(gathered, results["zeroshot"])
         results["ranks_agree"] = all(g == results["zeroshot"] for g in gathered)
@@ -86,11 +92,13 @@ def query_share(rank: int, world: int) -> slice:
 
 
 def knn_worker(rank: int, world: int, init_file: str, out: str) -> None:
-    """Each rank scores its share of the test rows (``probes.shared_knn_scores``) and fits
-    its share of the linear probe's penalties (``probes.shared_sweep``); rank 0 saves what
-    every rank ends with."""
+    """Each rank scores its share of the test rows (``probes.shared_knn_scores``) and holds
+    its share of the linear probe's training rows (the bank's uneven shares, read in reverse
+    order), fitted with every rank's (``linear_probe``'s ``shared``); rank 0 saves what every
+    rank ends with."""
     from vlcontrast.eval.knn import shared_bank_knn_scores
-    from vlcontrast.eval.probes import shared_knn_scores, shared_sweep
+    from vlcontrast.eval.linear_probe import refit_best, sweep_curve
+    from vlcontrast.eval.probes import shared_knn_scores
 
     torch.set_num_threads(1)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
@@ -98,8 +106,11 @@ def knn_worker(rank: int, world: int, init_file: str, out: str) -> None:
     try:
         train, test = knn_inputs()
         scores = shared_knn_scores(train, test, 4, 5, 0.1, "cpu")
-        curve = shared_sweep(train["img_emb"], train["labels"], 4, PENALTIES, 0.2)
         bank, asked = bank_share(rank, world), query_share(rank, world)
+        rows = torch.arange(50)[bank].flip(0)  # this rank's probe rows, not in dataset order
+        x, y = train["img_emb"][rows], train["labels"][rows]
+        curve = sweep_curve(x, y, 4, PENALTIES, 0.2, positions=rows, shared=True)
+        probe = refit_best(x, y, test, 4, curve, shared=True)
         sharded = shared_bank_knn_scores(
             train["img_emb"][bank], train["labels"][bank], test[asked], 4, 5, 0.1, "cpu", block=2
         )
@@ -108,7 +119,7 @@ def knn_worker(rank: int, world: int, init_file: str, out: str) -> None:
         )  # an empty bank on every rank: no votes, as knn_scores in one process
         assert torch.equal(nothing, torch.zeros(len(test[asked]), 4))
         gathered = [None] * world
-        dist.all_gather_object(gathered, (scores, curve, sharded))
+        dist.all_gather_object(gathered, (scores, curve, sharded, probe))
         if rank == 0:
             torch.save(gathered, out)
         dist.barrier()

@@ -168,7 +168,6 @@ def test_search_benchmark_runs_every_backend():
     assert "records of k = 3000 results looked up" in out.stdout
 
 
-
 def test_faiss_load_benchmark_loads_every_kind_to_the_same_neighbours():
     pytest.importorskip("faiss")
     command = [sys.executable, "benchmarks/faiss_load.py", "--n", "3000", "--dim", "32"]
@@ -177,6 +176,7 @@ def test_faiss_load_benchmark_loads_every_kind_to_the_same_neighbours():
     rows = [line.split() for line in out.stdout.splitlines() if "|" in line][1:]
     assert [row[0] for row in rows] == ["flat", "hnsw", "ivfpq"]
     assert all(row[3].endswith("x") and row[-1] == "True" for row in rows)
+
 
 def test_checkpoint_benchmark_runs_both_ways():
     """Both ways save and restore exactly (the script asserts the restored weights) and print
@@ -229,8 +229,10 @@ def test_eval_ranks_benchmark_splits_the_search_and_the_sweep_and_agrees():
         [*command, "--probe", "300"], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "kNN speed-up:" in done.stdout and "probe sweep speed-up:" in done.stdout
+    assert "kNN speed-up:" in done.stdout and "probe sweep, now / before:" in done.stdout
     assert "bank memory a rank, whole / split: 2.00x" in done.stdout
+    assert "probe memory a rank, before / now: 2.00x" in done.stdout
+    assert "probe curves equal one process's: True" in done.stdout
     assert "split bank / whole bank time:" in done.stdout
     assert "results equal on every rank: True" in done.stdout
 

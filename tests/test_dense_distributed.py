@@ -2,8 +2,9 @@
 world-th sample, give one process's features, masks and skip counts, in the shards' order, and
 the dense kNN's and linear probe's metrics, confusion matrices and example predictions with
 each rank scoring its share of the held-out images, with and without ``max_samples``, on shards
-with bad samples among the good. Dense kNN's bank stays split: each rank holds its share of
-the training patches and the ranks search it together."""
+with bad samples among the good. Dense kNN's bank and the linear probe's training set stay
+split: each rank holds its share of the training patches, and the ranks search them or fit
+the probe on them together."""
 
 import io
 
@@ -52,6 +53,9 @@ def test_ranks_give_the_single_process_features_in_order(shards, tmp_path, world
     assert torch.equal(got["rows"], torch.cat([case.rows_of(r) for r in range(world)]))
     # dense kNN's bank: each rank holds only its share of the 34 training images' patches
     assert sum(got["bank_rows"]) == 34 and max(got["bank_rows"]) <= 34 // world + 1
+    # and the linear probe's training images too, for every call
+    for rows in zip(*got["linear_rows"], strict=True):
+        assert sum(rows) == 34 and max(rows) <= 34 // world + 1
     for cap in case.CAPS:
         torch.testing.assert_close(got[cap]["feat"], want[cap]["feat"])
         assert torch.equal(got[cap]["masks"], want[cap]["masks"])

@@ -41,27 +41,35 @@ def eval_config(corpus, tmp_path):
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_ranks_split_the_knn_search_and_the_probe_sweep_and_all_end_with_the_whole(tmp_path, world):
-    """Every rank scores every world-th test embedding against the whole bank and fits every
-    world-th penalty of the linear probe's sweep; every rank ends with all the scores in order
-    and the whole validation curve, equal to one process's (uneven shares). With the bank
-    itself split over the ranks (dense kNN's ``shared_bank_knn_scores``), each rank's queries
-    get the whole bank's scores."""
+def test_ranks_split_the_knn_search_and_the_probes_training_set_and_all_end_with_the_whole(
+    tmp_path, world
+):
+    """Every rank scores every world-th test embedding against the whole bank; every rank
+    ends with all the scores in order, equal to one process's. The linear probe's training
+    rows split unevenly over the ranks (one rank with 3, one with none under 3 ranks, each
+    share out of dataset order): every rank ends with one process's validation curve and test
+    logits, the same on every rank. With the bank itself split over the ranks (dense kNN's
+    ``shared_bank_knn_scores``), each rank's queries get the whole bank's scores."""
     from vlcontrast.eval.knn import knn_scores
-    from vlcontrast.eval.linear_probe import sweep_curve
+    from vlcontrast.eval.linear_probe import refit_best, sweep_curve
 
     train, test = case.knn_inputs()
     want = knn_scores(train["img_emb"], train["labels"], test, 4, 5, 0.1)
     want_curve = sweep_curve(train["img_emb"], train["labels"], 4, case.PENALTIES, 0.2)
+    want_probe = refit_best(train["img_emb"], train["labels"], test, 4, want_curve)
+    assert len(set(want_curve.values())) > 1  # the penalties are told apart
     spawn_gloo(case.knn_worker, world, tmp_path, str(tmp_path / "scores.pt"))
     everyone = torch.load(tmp_path / "scores.pt")
-    for scores, curve, _ in everyone:
+    for scores, curve, _, probe in everyone:
         assert torch.equal(scores, want)
-        assert dict(sorted(curve.items())) == want_curve
+        assert curve == want_curve
+        assert probe["weight_decay"] == want_probe["weight_decay"]
+        assert torch.equal(probe["logits"], everyone[0][3]["logits"])  # the same on every rank
+        torch.testing.assert_close(probe["logits"], want_probe["logits"], rtol=1e-4, atol=1e-4)
     # the bank split over the ranks (one share under k, one empty), each rank's own queries
     # (one rank with none) searched in blocks of 2: the whole bank's scores
-    sharded = torch.cat([part for _, _, part in everyone])
-    assert [len(part) for _, _, part in everyone] == [
+    sharded = torch.cat([part for _, _, part, _ in everyone])
+    assert [len(part) for _, _, part, _ in everyone] == [
         len(range(11)[case.query_share(r, world)]) for r in range(world)
     ]
     torch.testing.assert_close(sharded, want, rtol=1e-6, atol=1e-6)
@@ -96,10 +104,13 @@ def test_two_ranks_give_the_single_process_numbers(corpus, tmp_path):
             tol = tie.get(name, 1e-6)
             assert got[name][key] == pytest.approx(value, abs=tol), f"{name}/{key}"
     assert want["retrieval"]["images"] == 150 and want["zeroshot"]["n"] == 64
-    # the kNN bank stayed split: each rank held its share of the training images, no more
+    # the kNN bank and the probe's training set stayed split: each rank held its share of
+    # the training images, no more
     knn = cfg.eval.evaluators[2]
     whole = len(
         embed_train_test(Embedder.from_model(model, tokenizer, cfg), knn)["train"]["img_emb"]
     )
-    assert sum(got["knn_bank_rows"]) == whole and max(got["knn_bank_rows"]) < whole
+    for kind in ("knn", "linear_probe"):
+        rows = [held[kind] for held in got["training_rows"]]
+        assert sum(rows) == whole and max(rows) < whole, kind
     json.dumps(want["knn"])  # plain numbers, loggable

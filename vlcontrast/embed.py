@@ -120,7 +120,8 @@ def embed_images(
     Returns ``img_emb`` (N, D) on the CPU in dataset order, ``labels`` (N,) or None,
     ``captions`` (list of caption lists) or None, ``keys`` and ``skipped`` counts by reason.
     Without ``gather`` (and without ``max_samples``), this rank's share only, in the order it
-    was read, with every rank's skip counts summed: a kNN bank that stays split over the ranks.
+    was read, with every rank's skip counts summed and each row's index in the dataset
+    (``order``): a kNN bank or a probe's training set that stays split over the ranks.
     """
     order, img_emb, labels, captions, keys = [], [], [], [], []
     skipped: Counter = Counter()
@@ -150,6 +151,7 @@ def embed_images(
             "labels": torch.tensor(labels, dtype=torch.long) if dataset.need_label else None,
             "captions": captions if dataset.need_captions else None,
             "keys": keys,
+            "order": local["order"],
             "skipped": dict(skipped),
         }
     # (N, D) in rank order, on the CPU; through the device 1024 rows at a time (NCCL gathers

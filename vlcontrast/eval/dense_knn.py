@@ -311,7 +311,8 @@ def dense_sets(
 ) -> dict[str, Any]:
     """What a dense evaluator scores: the unit-norm patch features (N, h, w, F) and masks
     (N, S, S) of ``spec.train_data`` (``train_feat``, ``train_masks``: all of them on every
-    rank; without ``whole_train``, this rank's share only, as dense kNN's bank) and of this
+    rank; without ``whole_train``, this rank's share only, as dense kNN's bank, each row's
+    place in the shards' order in ``train_positions``) and of this
     rank's share of ``spec.data`` (``test_feat``, ``test_masks``, its first
     ``spec.max_samples``; ``test_positions``: each row's place in the shards' order), the
     ``classnames`` and the skipped samples of both by reason; progress bars if ``progress``.
@@ -336,6 +337,7 @@ def dense_sets(
         "test_feat": test["feat"],
         "test_masks": test["masks"],
         "test_positions": test["positions"],
+        "train_positions": train["positions"],
         "skipped": {**skipped, **test["skipped"]},
     }
 

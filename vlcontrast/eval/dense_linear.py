@@ -19,6 +19,11 @@ data, crops and unit-norm patch features as dense kNN (``eval/dense_knn.py``); t
   classifier on bilinearly interpolated features: interpolation and a linear map commute), the
   arg max is each pixel's label, and the pixels are scored as dense kNN's: mean IoU over the
   classes present, pixel accuracy, per-class IoU and the confusion matrix.
+
+Under torchrun each rank holds only its share of the training images' patches (as dense kNN's
+bank): the standardisation's sums, the fit's objective (``linear_probe``'s ``shared``) and the
+validation confusion matrices are summed over the ranks, and the validation images are drawn
+over every rank's in the shards' order, so every rank ends with one process's answer.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from vlcontrast.data.limits import MAX_PIXELS
+from vlcontrast.distributed import all_gather_objects
 from vlcontrast.eval.dense_knn import (
     dense_sets,
     patch_labels,
@@ -36,7 +42,7 @@ from vlcontrast.eval.dense_knn import (
     scored_examples,
     segmentation_metrics,
 )
-from vlcontrast.eval.linear_probe import fit_logistic, validation_split
+from vlcontrast.eval.linear_probe import fit_logistic, summed, validation_split
 
 
 def pixel_labels(feat: torch.Tensor, weight, bias, size: int) -> torch.Tensor:
@@ -51,47 +57,71 @@ def pixel_labels(feat: torch.Tensor, weight, bias, size: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-def standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+def standardise(train: torch.Tensor, *others: torch.Tensor, device=None) -> list[torch.Tensor]:
     """``train`` (..., F) and ``others`` less the mean and over the standard deviation of each
-    dimension of ``train``'s features (a constant dimension is only centred)."""
+    dimension of ``train``'s features (a constant dimension is only centred); with a
+    ``device``, of every rank's ``train`` (float64 sums, summed through it)."""
     flat = train.flatten(0, -2)
-    mean, std = flat.mean(dim=0), flat.std(dim=0)
-    std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    sums = torch.zeros(3, flat.shape[1], dtype=torch.float64)  # count, sum, sum of squares
+    for chunk in flat.split(1 << 16):
+        chunk = chunk.double()
+        sums[0] += len(chunk)
+        sums[1] += chunk.sum(dim=0)
+        sums[2] += chunk.square().sum(dim=0)
+    if device is not None:
+        sums = summed(sums, device)
+    n = sums[0].clamp(min=2)
+    mean = sums[1] / n
+    std = ((sums[2] - n * mean.square()).clamp(min=0) / (n - 1)).sqrt()  # unbiased, as .std()
+    mean, std = mean.float(), torch.where(std > 1e-6, std, torch.ones_like(std)).float()
     return [(feat - mean) / std for feat in (train, *others)]
 
 
-def fit_patches(feat: torch.Tensor, masks: torch.Tensor, num_classes: int, weight_decay: float):
+def fit_patches(
+    feat: torch.Tensor, masks: torch.Tensor, num_classes: int, weight_decay: float, device=None
+):
     """The logistic regression of the labelled patches of ``feat`` (N, h, w, F) on their
-    majority labels from ``masks`` (N, S, S): ``weight`` (F, C), ``bias`` (C,)."""
+    majority labels from ``masks`` (N, S, S): ``weight`` (F, C), ``bias`` (C,); with a
+    ``device``, of every rank's patches together."""
     labels = patch_labels(masks, tuple(feat.shape[1:3]), num_classes).flatten()
     keep = labels >= 0
-    if not keep.any():
+    labelled = keep.sum().double().reshape(1)
+    if not (summed(labelled, device) if device is not None else labelled).item():
         raise ValueError("train_data: every training patch is mostly ignored (255); nothing to fit")
-    return fit_logistic(feat.flatten(0, 2)[keep], labels[keep], num_classes, weight_decay)
+    shared = dict(shared=device is not None, device=device or "cpu")
+    return fit_logistic(feat.flatten(0, 2)[keep], labels[keep], num_classes, weight_decay, **shared)
 
 
 def dense_linear(
     model, device, transform, spec, batch_size=64, max_pixels=MAX_PIXELS, progress=False
 ) -> dict[str, Any]:
     """The linear probe of ``spec.train_data``'s patches scored on ``spec.data``'s pixels
-    (``weight_decays``, ``val_fraction``, ``max_samples``)."""
-    sets = dense_sets(model, device, transform, spec, batch_size, max_pixels, progress)
+    (``weight_decays``, ``val_fraction``, ``max_samples``); each rank holds its share of the
+    training images (the module's note)."""
+    sets = dense_sets(
+        model, device, transform, spec, batch_size, max_pixels, progress, whole_train=False
+    )
     classnames, masks = sets["classnames"], sets["train_masks"]
-    feat, test_feat = standardise(sets["train_feat"], sets["test_feat"])
+    feat, test_feat = standardise(sets["train_feat"], sets["test_feat"], device=device)
     c, size = len(classnames), masks.shape[-1]
-    fit, val = validation_split(len(feat), spec.val_fraction)
+    total = sum(all_gather_objects(len(feat)))  # training images on every rank
+    held = torch.zeros(total, dtype=torch.bool)
+    held[validation_split(total, spec.val_fraction)[1]] = True
+    mine = held[sets["train_positions"]]  # this rank's images in the validation split
+    fit, val = (~mine).nonzero().squeeze(1), mine.nonzero().squeeze(1)
     curve = {}
-    sweep = sorted(spec.weight_decays) if len(spec.weight_decays) > 1 and len(feat) > 1 else []
+    sweep = sorted(spec.weight_decays) if len(spec.weight_decays) > 1 and total > 1 else []
     for weight_decay in sweep:
-        weight, bias = fit_patches(feat[fit], masks[fit], c, weight_decay)
+        weight, bias = fit_patches(feat[fit], masks[fit], c, weight_decay, device)
         pred = pixel_labels(feat[val], weight, bias, size)
-        curve[weight_decay] = segmentation_metrics(pred, masks[val], classnames)["metrics"]["miou"]
+        scored = segmentation_metrics(pred, masks[val], classnames, device)
+        curve[weight_decay] = scored["metrics"]["miou"]
     best = (
         max(sorted(curve, reverse=True), key=curve.__getitem__)
         if curve
         else max(spec.weight_decays)
     )
-    weight, bias = fit_patches(feat, masks, c, best)
+    weight, bias = fit_patches(feat, masks, c, best, device)
     pred = pixel_labels(test_feat, weight, bias, sets["test_masks"].shape[-1])
     result = segmentation_metrics(pred, sets["test_masks"], classnames, device)
     result["metrics"].update(weight_decay=best)

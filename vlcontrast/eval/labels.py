@@ -28,6 +28,8 @@ def drop_out_of_range(embedded: dict[str, Any], num_classes: int | None) -> dict
     out["keys"] = [embedded["keys"][i] for i in index.tolist()]
     if embedded.get("captions") is not None:
         out["captions"] = [embedded["captions"][i] for i in index.tolist()]
+    if "order" in embedded:  # a rank's share: each row's index in the dataset
+        out["order"] = [embedded["order"][i] for i in index.tolist()]
     skipped = dict(embedded["skipped"])
     skipped["label_out_of_range"] = skipped.get("label_out_of_range", 0) + dropped
     out["skipped"] = skipped

@@ -71,16 +71,22 @@ def embed_train_test(embedder: Embedder, spec, split_train: bool = False) -> dic
 
 
 def evaluate_linear_probe(embedder: Embedder, spec) -> dict[str, Any]:
-    data = embed_train_test(embedder, spec)
+    """The probe of ``linear_probe``; under torchrun each rank holds its share of the
+    training set and the ranks fit every penalty together (``linear_probe``'s note)."""
+    data = embed_train_test(embedder, spec, split_train=True)
     train, test, classnames = data["train"], data["test"], data["classnames"]
     train_x, train_y, count = train["img_emb"], train["labels"], len(classnames)
-    probe = refit_best(
+    shared = dict(shared=True, device=embedder.device)
+    curve = sweep_curve(
         train_x,
         train_y,
-        test["img_emb"],
         count,
-        shared_sweep(train_x, train_y, count, spec.weight_decays, spec.val_fraction),
+        spec.weight_decays,
+        spec.val_fraction,
+        positions=dataset_positions(train["order"]),
+        **shared,
     )
+    probe = refit_best(train_x, train_y, test["img_emb"], count, curve, **shared)
     result = classification_metrics(probe["logits"], test["labels"], classnames)
     result["metrics"]["weight_decay"] = probe["weight_decay"]
     result.update(val_accuracy=probe["val_accuracy"], skipped=data["skipped"])
@@ -104,16 +110,13 @@ def evaluate_knn(embedder: Embedder, spec) -> dict[str, Any]:
     return result
 
 
-def shared_sweep(train_x, train_y, num_classes: int, weight_decays, val_fraction: float):
-    """The linear probe's validation curve (``linear_probe.sweep_curve``), each rank fitting
-    every world-th penalty and every rank ending with the whole curve: without a split each
-    rank fitted every penalty again."""
-    rank, world = distributed.rank(), distributed.world_size()
-    mine = sorted(weight_decays)[rank::world]
-    part = sweep_curve(train_x, train_y, num_classes, mine, val_fraction)
-    if world == 1:
-        return part
-    return {wd: acc for curve in distributed.all_gather_objects(part) for wd, acc in curve.items()}
+def dataset_positions(order: list[int]) -> torch.Tensor:
+    """Each of this rank's rows' place among every rank's rows in dataset order (``order``:
+    the rows' dataset indices, as ``embed_images`` without ``gather`` gives them)."""
+    everyone = [index for part in distributed.all_gather_objects(order) for index in part]
+    return torch.searchsorted(
+        torch.tensor(sorted(everyone), dtype=torch.long), torch.tensor(order, dtype=torch.long)
+    )
 
 
 def shared_knn_scores(
