@@ -306,6 +306,18 @@ def test_a_crafted_faiss_index_is_refused_before_faiss_sees_it(tmp_path, kind, n
     assert message.split()[0] in capsys.readouterr().err
 
 
+def test_index_info_names_the_faiss_index_and_survives_a_broken_description(tmp_path, capsys):
+    pytest.importorskip("faiss")
+    synthetic_index(tmp_path / "ix", np.random.default_rng(5), [300], dim=16)
+    build_faiss(layout.IndexFiles.open(tmp_path / "ix"), "hnsw", {"M": 8})
+    assert cli.main(["index", "info", str(tmp_path / "ix")]) == 0
+    out = capsys.readouterr().out
+    assert "300 items, dim 16" in out and "faiss: hnsw" in out and "(current)" in out
+    (tmp_path / "ix" / "faiss.json").write_text('{"kind": ')
+    assert cli.main(["index", "info", str(tmp_path / "ix")]) == 0
+    assert "faiss.json is not readable" in capsys.readouterr().out
+
+
 def test_a_killed_build_resumes_to_the_same_index_as_a_fresh_one(
     tmp_path, trained, planted, monkeypatch
 ):
