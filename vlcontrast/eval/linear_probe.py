@@ -112,6 +112,8 @@ def sweep_curve(
     order); with ``shared``, this rank's rows, fitted and scored with every rank's."""
     n = len(train_y)
     if positions is None:
+        if shared:
+            raise ValueError("sweep_curve: shared rows need their positions in dataset order")
         positions = torch.arange(n)
     if shared:
         n = int(summed(torch.tensor([float(n)], dtype=torch.float64), device).item())
@@ -128,7 +130,7 @@ def sweep_curve(
         right = torch.tensor([float((preds == train_y[val]).sum()), float(len(val))])
         if shared:
             right = summed(right.double(), device)
-        curve[weight_decay] = float(right[0]) / float(right[1])
+        curve[weight_decay] = float(right[0]) / float(right[1]) if right[1] else float("nan")
     return curve
 
 
