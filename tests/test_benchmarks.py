@@ -178,6 +178,17 @@ def test_faiss_load_benchmark_loads_every_kind_to_the_same_neighbours():
     assert all(row[3].endswith("x") and row[-1] == "True" for row in rows)
 
 
+def test_probe_memory_benchmark_runs_both_ways_and_they_agree():
+    command = [sys.executable, "benchmarks/probe_memory.py", "--rows", "3000", "--dim", "16"]
+    out = subprocess.run(
+        [*command, "--classes", "10"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "memory, full / chunked:" in out.stdout and "time, chunked / full:" in out.stdout
+    gap = float(out.stdout.split("largest gradient difference ")[1].split()[0])
+    assert gap < 1e-6
+
+
 def test_checkpoint_benchmark_runs_both_ways():
     """Both ways save and restore exactly (the script asserts the restored weights) and print
     their rows and ratios."""

@@ -226,6 +226,26 @@ def test_logistic_fit_reaches_the_optimum_of_the_regularised_objective():
     assert strong.norm() < weight.norm()
 
 
+def test_the_chunked_objective_equals_the_full_batch_one_and_its_autograd(monkeypatch):
+    """The fit's objective and gradient, a few rows of logits at a time (10 rows in chunks of
+    3, and an empty share), against logistic_objective on all rows and autograd."""
+    from vlcontrast.eval import linear_probe as lp
+
+    x, y = clusters(5, 2, 6, 1.0, seed=5)
+    g = torch.Generator().manual_seed(1)
+    weight = torch.randn(6, 2, generator=g, requires_grad=True)
+    bias = torch.randn(2, generator=g, requires_grad=True)
+    logistic_objective(x, y, weight, bias, 0.3).backward()
+    want = (weight.grad.clone(), bias.grad.clone())
+    monkeypatch.setattr(lp, "CHUNK_ROWS", 3)
+    value = lp.objective_and_gradient(x, y, weight, bias, 0.3, total=len(y))
+    assert value.item() == pytest.approx(logistic_objective(x, y, weight, bias, 0.3).item())
+    torch.testing.assert_close((weight.grad, bias.grad), want)
+    value = lp.objective_and_gradient(x[:0], y[:0], weight, bias, 0.3, total=len(y))
+    torch.testing.assert_close(weight.grad, 0.3 * weight.detach())  # the penalty's alone
+    assert bias.grad.abs().max() == 0
+
+
 def test_linear_probe_sweep_picks_the_best_validation_penalty():
     x, y = clusters(30, 3, 5, 0.6, seed=4)
     probe = linear_probe(x, y, x, 3, [1e-5, 1e-3, 100.0], val_fraction=0.3)

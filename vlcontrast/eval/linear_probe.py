@@ -32,6 +32,12 @@ def logistic_objective(x, y, weight, bias, weight_decay: float) -> torch.Tensor:
     return F.cross_entropy(logits, y) + 0.5 * weight_decay * weight.square().sum()
 
 
+# Rows whose logits are held at once: 65,536 x 1,000 classes is 256 MiB of logits (and as much
+# again for their softmax and gradient), where the full batch of ImageNet's 1.28M training
+# embeddings was 4.8 GiB each (benchmarks/probe_memory.py)
+CHUNK_ROWS = 65536
+
+
 def summed(values: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
     """``values`` summed over the ranks (through ``device``: NCCL reduces GPU tensors only),
     the same on every rank; ``values`` itself in one process."""
@@ -69,23 +75,34 @@ def fit_logistic(
     )
 
     def closure() -> torch.Tensor:
-        # logistic_objective, its data term as sums over this rank's rows that every rank adds
-        optimizer.zero_grad()
-        data = F.cross_entropy(x @ weight + bias, y, reduction="sum") / max(total, 1)
-        data.backward()
-        value = data.detach()
-        if shared:
-            flat = summed(torch.cat([value.reshape(1), weight.grad.flatten(), bias.grad]), device)
-            value = flat[0]
-            weight.grad.copy_(flat[1 : 1 + weight.numel()].view_as(weight))
-            bias.grad.copy_(flat[1 + weight.numel() :])
-        with torch.no_grad():
-            weight.grad.add_(weight, alpha=weight_decay)
-            return value + 0.5 * weight_decay * weight.square().sum()
+        return objective_and_gradient(x, y, weight, bias, weight_decay, total, shared, device)
 
     with torch.enable_grad():
         optimizer.step(closure)
     return weight.detach(), bias.detach()
+
+
+def objective_and_gradient(
+    x, y, weight, bias, weight_decay: float, total: int, shared=False, device="cpu"
+) -> torch.Tensor:
+    """:func:`logistic_objective` of ``total`` samples and its gradient, left in
+    ``weight.grad`` and ``bias.grad``: the data term summed over this rank's rows
+    :data:`CHUNK_ROWS` at a time (and with ``shared`` over every rank's), so no more than a
+    chunk's logits exist at once."""
+    weight.grad, bias.grad = torch.zeros_like(weight), torch.zeros_like(bias)
+    value = torch.zeros(())
+    for xs, ys in zip(x.split(CHUNK_ROWS), y.split(CHUNK_ROWS), strict=True):
+        data = F.cross_entropy(xs @ weight + bias, ys, reduction="sum") / max(total, 1)
+        data.backward()  # adds to the gradients
+        value += data.detach()
+    if shared:
+        flat = summed(torch.cat([value.reshape(1), weight.grad.flatten(), bias.grad]), device)
+        value = flat[0]
+        weight.grad.copy_(flat[1 : 1 + weight.numel()].view_as(weight))
+        bias.grad.copy_(flat[1 + weight.numel() :])
+    with torch.no_grad():
+        weight.grad.add_(weight, alpha=weight_decay)
+        return value + 0.5 * weight_decay * weight.square().sum()
 
 
 def validation_split(n: int, fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
