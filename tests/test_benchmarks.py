@@ -12,6 +12,14 @@ pytestmark = pytest.mark.slow  # benchmark smoke tests: 'pytest -m "not slow"' s
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_benchmark(script: str, *args: str, timeout: int = 300) -> str:
+    """``benchmarks/SCRIPT ARGS`` from the repository root: its stdout, once it exited 0."""
+    command = [sys.executable, f"benchmarks/{script}", *args]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done.stdout
+
+
 def run_loader_benchmark(*args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "benchmarks/loader.py", *args, "--repeats", "1"]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
@@ -170,22 +178,16 @@ def test_search_benchmark_runs_every_backend():
 
 def test_faiss_load_benchmark_loads_every_kind_to_the_same_neighbours():
     pytest.importorskip("faiss")
-    command = [sys.executable, "benchmarks/faiss_load.py", "--n", "3000", "--dim", "32"]
-    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    rows = [line.split() for line in out.stdout.splitlines() if "|" in line][1:]
+    out = run_benchmark("faiss_load.py", "--n", "3000", "--dim", "32")
+    rows = [line.split() for line in out.splitlines() if "|" in line][1:]
     assert [row[0] for row in rows] == ["flat", "hnsw", "ivfpq"]
     assert all(row[3].endswith("x") and row[-1] == "True" for row in rows)
 
 
 def test_probe_memory_benchmark_runs_both_ways_and_they_agree():
-    command = [sys.executable, "benchmarks/probe_memory.py", "--rows", "3000", "--dim", "16"]
-    out = subprocess.run(
-        [*command, "--classes", "10"], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "memory, full / chunked:" in out.stdout and "time, chunked / full:" in out.stdout
-    gap = float(out.stdout.split("largest gradient difference ")[1].split()[0])
+    out = run_benchmark("probe_memory.py", "--rows", "3000", "--dim", "16", "--classes", "10")
+    assert "memory, full / chunked:" in out and "time, chunked / full:" in out
+    gap = float(out.split("largest gradient difference ")[1].split()[0])
     assert gap < 1e-6
 
 
@@ -215,13 +217,9 @@ def test_moco_step_benchmark_runs_both_variants():
 
 
 def test_local_crops_benchmark_times_both_sizes():
-    command = [sys.executable, "benchmarks/local_crops.py", "--method", "swav", "--steps", "3"]
-    done = subprocess.run(
-        [*command, "--batch", "8"], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "at 96 px (fixed, before)" in done.stdout and "at 12 px (the default)" in done.stdout
-    assert "speed-up:" in done.stdout
+    out = run_benchmark("local_crops.py", "--method", "swav", "--steps", "3", "--batch", "8")
+    assert "at 96 px (fixed, before)" in out and "at 12 px (the default)" in out
+    assert "speed-up:" in out
 
 
 def test_dino_head_benchmark_times_both_heads():
