@@ -273,8 +273,9 @@ def test_a_saved_faiss_index_loads_as_the_one_built_without_faiss_own_reader(
     synthetic_index(tmp_path / "ix", np.random.default_rng(3), [400, 200], dim=32)
     files = layout.IndexFiles.open(tmp_path / "ix")
     params = {"hnsw": {"M": 8}, "ivfpq": {"nlist": 16, "pq_m": 8, "nprobe": 4}, "flat": {}}[kind]
+    (tmp_path / "ix" / "faiss.index").write_bytes(b"an earlier version's file")
     build_faiss(files, kind, params)
-    assert not (tmp_path / "ix" / "faiss.index").exists()
+    assert not (tmp_path / "ix" / "faiss.index").exists()  # a rebuild removes it
     loaded = open_backend(files, "faiss")
     assert loaded.index is not built[0] and loaded.kind == kind
     queries = files.vectors(np.arange(0, 600, 7)) + 0.05
