@@ -32,9 +32,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from vlcontrast.data.limits import MAX_PIXELS
-from vlcontrast.distributed import all_gather_objects
+from vlcontrast.distributed import all_gather_objects, is_main
 from vlcontrast.eval.dense_knn import (
     dense_sets,
     patch_labels,
@@ -111,6 +112,8 @@ def dense_linear(
     fit, val = (~mine).nonzero().squeeze(1), mine.nonzero().squeeze(1)
     curve = {}
     sweep = sorted(spec.weight_decays) if len(spec.weight_decays) > 1 and total > 1 else []
+    if progress and is_main():  # each fit can take minutes on many patches
+        sweep = tqdm(sweep, desc="probe: fit each penalty", unit="fit", leave=False)
     for weight_decay in sweep:
         weight, bias = fit_patches(feat[fit], masks[fit], c, weight_decay, device)
         pred = pixel_labels(feat[val], weight, bias, size)

@@ -19,7 +19,7 @@ drawn over every rank's rows in dataset order (``positions``), the split one pro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -122,11 +122,13 @@ def sweep_curve(
     positions: torch.Tensor | None = None,
     shared: bool = False,
     device: torch.device | str = "cpu",
+    progress: Callable | None = None,
 ) -> dict[float, float]:
     """``{weight_decay: validation accuracy}``: each penalty fitted on the training split of
     :func:`validation_split` and scored on its validation split. ``positions``: each row's
     place among all ranks' rows in dataset order (default: the rows are all of them, in
-    order); with ``shared``, this rank's rows, fitted and scored with every rank's."""
+    order); with ``shared``, this rank's rows, fitted and scored with every rank's.
+    ``progress`` wraps the penalties (a progress bar)."""
     n = len(train_y)
     if positions is None:
         if shared:
@@ -139,7 +141,8 @@ def sweep_curve(
     mine = held[positions]  # (rows,) this rank's rows in the validation split
     fit, val = (~mine).nonzero().squeeze(1), mine.nonzero().squeeze(1)
     curve = {}
-    for weight_decay in sorted(weight_decays):
+    penalties = sorted(weight_decays)
+    for weight_decay in progress(penalties) if progress else penalties:
         weight, bias = fit_logistic(
             train_x[fit], train_y[fit], num_classes, weight_decay, shared=shared, device=device
         )
