@@ -188,6 +188,14 @@ def _link_down(arrays, n):
     arrays["neighbors"][offsets[high] + 2 * 8] = low  # M=8: 16 level-0 slots, then level 1's
 
 
+def _entry_below_top(index_dir: Path, n: int) -> None:
+    """Enter the graph at a node that has only level 0, the top level left as it is."""
+    from safetensors.numpy import load_file
+
+    low = int(np.flatnonzero(load_file(index_dir / "faiss.safetensors")["levels"] == 1)[0])
+    _mutate_info(lambda info, n: info["graph"].__setitem__("entry_point", low))(index_dir, n)
+
+
 def _legacy(index_dir: Path, n: int) -> None:
     """An index saved by the earlier format: faiss's own file, read by faiss's parser."""
     info = json.loads((index_dir / "faiss.json").read_text())
@@ -209,6 +217,7 @@ CRAFTED = {
         "link below its level": (_mutate_arrays(_link_down), "below its level"),
         "offsets": (_mutate_arrays(lambda a, n: a["offsets"].__setitem__(-1, 10**9)), "offsets"),
         "level": (_mutate_arrays(lambda a, n: a["levels"].__setitem__(0, 99)), "level is out"),
+        "level 0": (_mutate_arrays(lambda a, n: a["levels"].__setitem__(0, 0)), "level is out"),
         "dtype": (
             _mutate_arrays(
                 lambda a, n: a.__setitem__("neighbors", a["neighbors"].astype(np.int64))
@@ -219,6 +228,7 @@ CRAFTED = {
             _mutate_info(lambda i, n: i["graph"].__setitem__("entry_point", n)),
             "entry point",
         ),
+        "entry point below the top": (_entry_below_top, "entry point"),
         "ef_search": (
             _mutate_info(lambda i, n: i["params"].__setitem__("ef_search", 10**9)),
             "outside",
