@@ -13,7 +13,8 @@ dataset), its embeddings and records, each unit written atomically.
 An index is a file a stranger may hand over, so opening one runs nothing: a source or unit URL
 that is a ``pipe:`` shell command (webdataset's, which reading an image would run) is refused
 unless the user vouches for it (:func:`check_commands`: ``--allow-pipe``, or the same
-``--data`` on the command line of a build), and the server sends only bytes that are an image.
+``--data`` on the command line of a build), the server sends only bytes that are an image, and
+a saved faiss index is checked array by array before faiss sees it (``search.backends``).
 
 Rows are numbered across units in manifest order. Metadata is looked up by row through the line
 offsets (one slice of a memory map per row), so k = 10,000 records take milliseconds however
