@@ -43,7 +43,7 @@ from vlcontrast.eval.dense_knn import (
     scored_examples,
     segmentation_metrics,
 )
-from vlcontrast.eval.linear_probe import fit_logistic, summed, validation_split
+from vlcontrast.eval.linear_probe import fit_logistic, summed, validation_rows
 
 
 def pixel_labels(feat: torch.Tensor, weight, bias, size: int) -> torch.Tensor:
@@ -106,10 +106,7 @@ def dense_linear(
     feat, test_feat = standardise(sets["train_feat"], sets["test_feat"], device=device)
     c, size = len(classnames), masks.shape[-1]
     total = sum(all_gather_objects(len(feat)))  # training images on every rank
-    held = torch.zeros(total, dtype=torch.bool)
-    held[validation_split(total, spec.val_fraction)[1]] = True
-    mine = held[sets["train_positions"]]  # this rank's images in the validation split
-    fit, val = (~mine).nonzero().squeeze(1), mine.nonzero().squeeze(1)
+    fit, val = validation_rows(sets["train_positions"], total, spec.val_fraction)
     curve = {}
     sweep = sorted(spec.weight_decays) if len(spec.weight_decays) > 1 and total > 1 else []
     if progress and is_main():  # each fit can take minutes on many patches

@@ -112,6 +112,18 @@ def validation_split(n: int, fraction: float, seed: int = 0) -> tuple[torch.Tens
     return perm[n_val:], perm[:n_val]
 
 
+def validation_rows(
+    positions: torch.Tensor, total: int, fraction: float, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fit, val) indices into this rank's rows, whose places among all ``total`` rows in
+    dataset order are ``positions``: :func:`validation_split` of all the rows, whichever rank
+    holds each."""
+    held = torch.zeros(total, dtype=torch.bool)
+    held[validation_split(total, fraction, seed)[1]] = True
+    mine = held[positions]  # (rows,) this rank's rows in the validation split
+    return (~mine).nonzero().squeeze(1), mine.nonzero().squeeze(1)
+
+
 def sweep_curve(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
@@ -136,10 +148,7 @@ def sweep_curve(
         positions = torch.arange(n)
     if shared:
         n = int(summed(torch.tensor([float(n)], dtype=torch.float64), device).item())
-    held = torch.zeros(n, dtype=torch.bool)
-    held[validation_split(n, val_fraction, seed)[1]] = True
-    mine = held[positions]  # (rows,) this rank's rows in the validation split
-    fit, val = (~mine).nonzero().squeeze(1), mine.nonzero().squeeze(1)
+    fit, val = validation_rows(positions, n, val_fraction, seed)
     curve = {}
     penalties = sorted(weight_decays)
     for weight_decay in progress(penalties) if progress else penalties:
