@@ -131,7 +131,9 @@ def part_index(sizes: dict, device: torch.device) -> dict[str, Any]:
         size = cfg.image.image_size
         images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
         with torch.no_grad():
-            forward_s = timed(lambda: model(images=images), device, sizes["seconds"])
+            forward_s = timed(
+                lambda: model(images=images), device, sizes["seconds"], sizes["repeats"]
+            )
         rows["build"] = {
             "images_per_s": built["images_per_s"],
             "tower_images_per_s": batch / forward_s,
@@ -184,7 +186,9 @@ def part_fsdp(sizes: dict, device: torch.device) -> dict[str, Any]:
         rows: dict[str, Any] = {}
         for name, sharded in (("plain", False), ("fsdp", True)):
             step, batch = our_step(sizes, device, compiled=False, sharded=sharded)
-            rows[name] = {"samples_per_s": batch / timed(step, device, sizes["seconds"])}
+            rows[name] = {
+                "samples_per_s": batch / timed(step, device, sizes["seconds"], sizes["repeats"])
+            }
             print(f"  fsdp step {name}: {rows[name]['samples_per_s']:.1f} samples/s", flush=True)
         for way in ("full", "sharded"):
             rows[f"checkpoint {way}"] = checkpoint_round_trip(sizes, device, way == "sharded")

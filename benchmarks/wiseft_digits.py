@@ -4,7 +4,7 @@ score the weight-space interpolations at several alphas on the fine-tuning distr
 shifted ones, with a PNG of the curve.
 
     python benchmarks/wiseft_digits.py [--pretrain-epochs 10] [--finetune-epochs 5]  # ~4 min
-    python benchmarks/wiseft_digits.py --smoke     # one epoch each, alphas 0 and 1 (the tests)
+    python benchmarks/wiseft_digits.py --smoke     # 300 digits, 2 steps each, alphas 0 and 1
 
 The setting mimics the paper's (Wortsman et al. 2022) on scikit-learn's 8x8 digits at 32 px:
 
@@ -84,10 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alphas", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1")
     parser.add_argument("--out", default="", help="keep the runs and the curve here")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="one epoch each, alphas 0 and 1")
+    parser.add_argument(
+        "--smoke", action="store_true", help="300 digits, 2 steps each, alphas 0 and 1 (the tests)"
+    )
     args = parser.parse_args(argv)
     if args.smoke:
-        args.pretrain_epochs, args.finetune_epochs, args.alphas = 1, 1, "0,1"
+        args.pretrain_epochs, args.finetune_epochs, args.alphas = 0.1, 0.3, "0,1"
 
     from vlcontrast import cli
     from vlcontrast.data.vocab import train_tokenizer
@@ -97,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(args.out or tmp)
         rng = random.Random(args.seed)
         train, held = digit_images(args.seed)
+        if args.smoke:
+            train, held = train[:300], held[:90]
         diverse = [(STYLES[s](im), y, s) for im, y in train for s in STYLES]
         rng.shuffle(diverse)
         pretrain = write(diverse, root / "pretrain", True, rng)
@@ -114,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
             "train.progress=false",
             "data.num_workers=1",
         ]
+        smoke_batch = ["data.batch_size=64"] if args.smoke else []
         a_run, b_run = root / "zeroshot", root / "finetuned"
         run = [f"data.train_shards={pretrain}", f"train.epochs={args.pretrain_epochs}"]
+        run += smoke_batch
         assert cli.main(["train", *common, *run, f"train.output_dir={a_run}"]) == 0
         a = checkpoint.latest(a_run / "checkpoints")
         run = [
@@ -125,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             f"model.init_from={a}",
             f"optim.lr={args.finetune_lr}",
             "data.batch_size=128",
+            *smoke_batch,
         ]
         assert cli.main(["train", *common, *run, f"train.output_dir={b_run}"]) == 0
         b = checkpoint.latest(b_run / "checkpoints")

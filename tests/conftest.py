@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +13,20 @@ import torch
 from vlcontrast.data.synthetic import make_corpus
 
 torch.set_num_threads(2)
+# The multi-process tests start their ranks from one fork server per session that has imported
+# these once: a spawned rank imported them afresh, several seconds a rank on 2 cores, in every
+# such test. (A plain fork of this process is no way out: its OpenMP threads do not survive it
+# and the ranks hang.)
+multiprocessing.set_forkserver_preload(
+    [
+        "torch",
+        "torch.distributed",
+        "timm",
+        "transformers",
+        "vlcontrast.models",
+        "vlcontrast.train.loop",
+    ]
+)
 
 
 @pytest.fixture(scope="session")
@@ -104,8 +120,26 @@ def crash_after(monkeypatch, batches_before_crash: int):
     return lambda: monkeypatch.setattr(loop, "iterate_epochs", real)
 
 
+def start_ranks(worker, world: int, *args) -> None:
+    """``mp.spawn(worker, args, nprocs=world)``, each rank forked from the session's fork server
+    (see ``set_forkserver_preload`` above) with this process's environment as it is now: the
+    server's was fixed when it started, and a test may have set a variable since."""
+    import torch.multiprocessing as mp
+
+    env = dict(os.environ)
+    mp.start_processes(
+        with_environment, (env, worker, *args), nprocs=world, join=True, start_method="forkserver"
+    )
+
+
+def with_environment(rank: int, env: dict, worker, *args) -> None:
+    os.environ.clear()
+    os.environ.update(env)
+    worker(rank, *args)
+
+
 def spawn_gloo(worker, world: int, tmp_dir, *args, attempts: int = 3) -> None:
-    """``mp.spawn(worker, (world, INIT_FILE, *args), nprocs=world)`` for the gloo tests. A rank
+    """``start_ranks(worker, world, world, INIT_FILE, *args)`` for the gloo tests. A rank
     killed by a signal (gloo's teardown has aborted a worker with "terminate called without an
     active exception" now and then in CI runs on this 2-core machine, never reproduced alone) is
     retried, up to ``attempts`` runs in all, with a fresh rendezvous file; a worker that raises,
@@ -116,7 +150,7 @@ def spawn_gloo(worker, world: int, tmp_dir, *args, attempts: int = 3) -> None:
     for attempt in range(attempts):
         init = str(Path(tmp_dir) / f"init{attempt}")
         try:
-            mp.spawn(worker, args=(world, init, *args), nprocs=world, join=True)
+            start_ranks(worker, world, world, init, *args)
             return
         except mp.ProcessExitedException as err:
             if err.signal_name is None or attempt == attempts - 1:

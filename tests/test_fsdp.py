@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from tests import distributed_train_case as case
-from tests.conftest import tiny_overrides, tiny_vit
+from tests.conftest import start_ranks, tiny_overrides, tiny_vit
 from vlcontrast.cli import main
 from vlcontrast.models.load import load_model
 from vlcontrast.train import checkpoint
@@ -38,7 +38,7 @@ def run(corpus, out, *extra, crash: int = 0) -> None:
     ]
     for attempt in range(2):
         try:
-            mp.spawn(case.worker, args=(2, "", free_port(), overrides, crash), nprocs=2, join=True)
+            start_ranks(case.worker, 2, 2, "", free_port(), overrides, crash)
             return
         except mp.ProcessExitedException as err:
             if crash:  # the simulated preemption may take gloo down with it
