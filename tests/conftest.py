@@ -138,6 +138,70 @@ def with_environment(rank: int, env: dict, worker, *args) -> None:
     worker(rank, *args)
 
 
+def run_python(command: list[str], cwd, timeout: float | None = None):
+    """``subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)`` for
+    ``command = [sys.executable, SCRIPT, *ARGS]``: SCRIPT runs as ``__main__`` with those
+    arguments in a process forked from the session's fork server, so it does not import torch,
+    timm and transformers afresh (about 10 s a script on this 2-core machine). Its stdout and
+    stderr, file descriptors included, are captured; its exit status is SystemExit's code (1 for
+    an exception, whose traceback is in stderr)."""
+    import subprocess
+    import tempfile
+
+    assert command[0] == sys.executable and command[1].endswith(".py"), command
+    context = multiprocessing.get_context("forkserver")
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        process = context.Process(
+            target=run_script, args=(command[1:], str(cwd), str(out), str(err), dict(os.environ))
+        )
+        process.start()
+        process.join(timeout)
+        if process.is_alive():
+            process.kill()
+            process.join()
+            raise subprocess.TimeoutExpired(command, timeout)
+        return subprocess.CompletedProcess(
+            command,
+            process.exitcode,
+            out.read_text(errors="replace"),
+            err.read_text(errors="replace"),
+        )
+
+
+def run_script(argv: list[str], cwd: str, out: str, err: str, env: dict) -> None:
+    """The child of :func:`run_python`: ``python ARGV`` from ``cwd`` with ``env``."""
+    import runpy
+    import traceback
+
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    multiprocessing.set_start_method(None, force=True)  # the platform's default, as a fresh one
+    for fd, path in ((1, out), (2, err)):
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(target, fd)
+        os.close(target)
+    script = str(Path(argv[0]).resolve())
+    sys.argv = [argv[0], *argv[1:]]
+    sys.path.insert(0, str(Path(script).parent))  # as `python SCRIPT` puts it first
+    code = 0
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except SystemExit as stop:
+        if isinstance(stop.code, int):
+            code = stop.code
+        elif stop.code is not None:
+            print(stop.code, file=sys.stderr)
+            code = 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def spawn_gloo(worker, world: int, tmp_dir, *args, attempts: int = 3) -> None:
     """``start_ranks(worker, world, world, INIT_FILE, *args)`` for the gloo tests. A rank
     killed by a signal (gloo's teardown has aborted a worker with "terminate called without an

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_python
+
 pytestmark = pytest.mark.slow  # benchmark smoke tests: 'pytest -m "not slow"' skips them
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,14 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_benchmark(script: str, *args: str, timeout: int = 300) -> str:
     """``benchmarks/SCRIPT ARGS`` from the repository root: its stdout, once it exited 0."""
     command = [sys.executable, f"benchmarks/{script}", *args]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    done = run_python(command, cwd=ROOT, timeout=timeout)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return done.stdout
 
 
 def run_loader_benchmark(*args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "benchmarks/loader.py", *args, "--repeats", "1"]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    return run_python(command, cwd=ROOT)
 
 
 def test_loader_benchmark_runs_and_its_crops_pass_the_psnr_check():
@@ -53,7 +55,7 @@ def test_dense_benchmark_over_seeds_prints_the_paired_comparison(tmp_path):
     per-seed rows are the children's JSON and the summary is the paired statistics of them."""
     command = [sys.executable, "benchmarks/dense_shapes.py", "--smoke", "--seeds", "3-4"]
     command += ["--jobs", "2", "--out", str(tmp_path / "runs"), "--keep", str(tmp_path / "k")]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = run_python(command, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     runs = {s: json.loads((tmp_path / "runs" / f"{s}.json").read_text()) for s in (3, 4)}
     assert [runs[s]["seed"] for s in (3, 4)] == [3, 4]
@@ -78,7 +80,7 @@ def test_dense_benchmark_over_seeds_prints_the_paired_comparison(tmp_path):
 
 def test_dense_memory_benchmark_runs_both_variants_and_they_agree():
     command = [sys.executable, "benchmarks/dense_memory.py", "--images", "40", "--side", "64"]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = run_python(command, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "features and patch labels agree" in done.stdout
     rows = [line.split("|") for line in done.stdout.splitlines() if "|" in line][1:]
@@ -149,7 +151,7 @@ def test_learning_benchmark_runs_both_trainers():
     pytest.importorskip("open_clip_train")
     command = [sys.executable, "benchmarks/learning.py", "--corpus", "digits", "--epochs", "1"]
     command += ["--limit", "300"]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = run_python(command, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     row = next(line for line in done.stdout.splitlines() if line.strip().startswith("digits |"))
     cells = [c.strip() for c in row.split("|")]
@@ -169,7 +171,7 @@ def test_search_benchmark_runs_every_backend():
         "--queries",
         "10",
     ]
-    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = run_python(command, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     for kind in ("exact", "exact-stream", "flat", "hnsw", "ivfpq"):
         assert f"{kind:>12} | " in out.stdout and "failed" not in out.stdout
@@ -195,7 +197,7 @@ def test_checkpoint_benchmark_runs_both_ways():
     """Both ways save and restore exactly (the script asserts the restored weights) and print
     their rows and ratios."""
     command = [sys.executable, "benchmarks/checkpoint_save.py", "--preset", "tiny"]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = run_python(command, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     rows = [line.split("|")[1:3] for line in done.stdout.splitlines() if line.startswith("| ")]
     pairs = {(phase.strip(), way.strip()) for phase, way in rows}
@@ -211,7 +213,7 @@ def test_moco_step_benchmark_runs_both_variants():
         "--repeats",
         "1",
     ]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = run_python(command, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "before:" in done.stdout and "now:" in done.stdout and "now / before =" in done.stdout
 
@@ -224,9 +226,7 @@ def test_local_crops_benchmark_times_both_sizes():
 
 def test_dino_head_benchmark_times_both_heads():
     command = [sys.executable, "benchmarks/dino_head.py", "--steps", "3", "--repeats", "1"]
-    done = subprocess.run(
-        [*command, "--batch", "8"], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    done = run_python([*command, "--batch", "8"], cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "65536 outputs (before)" in done.stdout
     assert "4096 outputs (the default)" in done.stdout and "speed-up:" in done.stdout
@@ -234,9 +234,7 @@ def test_dino_head_benchmark_times_both_heads():
 
 def test_eval_ranks_benchmark_splits_the_search_and_the_sweep_and_agrees():
     command = [sys.executable, "benchmarks/eval_ranks.py", "--bank", "2000", "--test", "100"]
-    done = subprocess.run(
-        [*command, "--probe", "300"], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    done = run_python([*command, "--probe", "300"], cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "kNN speed-up:" in done.stdout and "probe sweep, now / before:" in done.stdout
     assert "bank memory a rank, whole / split: 2.00x" in done.stdout
@@ -248,7 +246,7 @@ def test_eval_ranks_benchmark_splits_the_search_and_the_sweep_and_agrees():
 
 def test_text_pairs_benchmark_trains_scores_sts_and_searches():
     command = [sys.executable, "benchmarks/simcse_digits.py", "--smoke"]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = run_python(command, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     for row in ("random init |", "simcse |", "pairs |", "top 5 of 355 items"):
         assert row in done.stdout, done.stdout[-2000:]
@@ -257,7 +255,7 @@ def test_text_pairs_benchmark_trains_scores_sts_and_searches():
 def test_train_step_benchmark_runs():
     command = [sys.executable, "benchmarks/train_step.py", "--configs", "tiny"]
     command += ["--precisions", "no", "--seconds", "0.5"]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = run_python(command, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     row = next(line.split() for line in done.stdout.splitlines() if line.startswith("tiny "))
     assert float(row[2]) > 0 and float(row[4]) > 0  # samples/s and GFLOP per step
@@ -271,7 +269,7 @@ def test_gpu_benchmark_smoke_runs_every_part(tmp_path):
     pytest.importorskip("faiss")
     out = tmp_path / "gpu.json"
     command = [sys.executable, "benchmarks/gpu.py", "--smoke", "--out", str(out)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    done = run_python(command, cwd=ROOT, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads(out.read_text())
     assert not results["errors"]
@@ -296,7 +294,7 @@ def test_gpu_benchmark_smoke_runs_every_part(tmp_path):
 def test_wiseft_benchmark_pretrains_finetunes_and_draws_the_curve(tmp_path):
     pytest.importorskip("sklearn")
     command = [sys.executable, "benchmarks/wiseft_digits.py", "--smoke", "--out", str(tmp_path)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = run_python(command, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "| alpha | heldout_plain | heldout_inverted | heldout_rotated |" in done.stdout
     curve = json.loads((tmp_path / "curve" / "wiseft.json").read_text())
@@ -316,7 +314,7 @@ def test_reference_library_comparisons_run_or_say_how_to_install_it(script, modu
     import importlib.util
 
     command = [sys.executable, f"benchmarks/{script}"]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    done = run_python(command, cwd=ROOT)
     if importlib.util.find_spec(module) is None:
         assert done.returncode == 2 and f"pip install --no-deps {package}" in done.stderr
     else:
