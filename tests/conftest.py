@@ -142,7 +142,7 @@ def run_python(command: list[str], cwd, timeout: float | None = None):
     """``subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)`` for
     ``command = [sys.executable, SCRIPT, *ARGS]``: SCRIPT runs as ``__main__`` with those
     arguments in a process forked from the session's fork server, so it does not import torch,
-    timm and transformers afresh (about 10 s a script on this 2-core machine). Its stdout and
+    timm and transformers afresh (about 8 s a script on this 2-core machine). Its stdout and
     stderr, file descriptors included, are captured; its exit status is SystemExit's code (1 for
     an exception, whose traceback is in stderr)."""
     import subprocess
