@@ -59,20 +59,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"{'ours MiB':>9} {'faiss MiB':>9} | same neighbours"
         )
         for kind in args.kinds.split(","):
-            built = []
-            init = backends.FaissBackend.__init__
-
-            def keep(self, *a, _init=init, _built=built):
-                _built.append(a[1])
-                _init(self, *a)
-
-            backends.FaissBackend.__init__ = keep
-            try:
-                backends.build_faiss(files, kind)
-            finally:
-                backends.FaissBackend.__init__ = init
+            built = backends.make_faiss(files, kind)
+            backends.save_faiss(built, 0.0)
             theirs_path = Path(work) / f"{kind}.faissindex"
-            faiss.write_index(built[0], str(theirs_path))
+            faiss.write_index(built.index, str(theirs_path))
             ours_s, ours = timed(lambda: backends.FaissBackend.load(files))
             theirs_s, theirs = timed(lambda p=theirs_path: faiss.read_index(str(p)))
             ours_bytes = sum(

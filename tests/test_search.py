@@ -275,22 +275,18 @@ def test_a_saved_faiss_index_loads_as_the_one_built_without_faiss_own_reader(
 
     monkeypatch.setattr(faiss, "read_index", refuse)
     monkeypatch.setattr(faiss, "deserialize_index", refuse)
-    built = []
-    init = backends.FaissBackend.__init__
-    monkeypatch.setattr(
-        backends.FaissBackend, "__init__", lambda self, *a: (built.append(a[1]), init(self, *a))[1]
-    )
     synthetic_index(tmp_path / "ix", np.random.default_rng(3), [400, 200], dim=32)
     files = layout.IndexFiles.open(tmp_path / "ix")
     params = {"hnsw": {"M": 8}, "ivfpq": {"nlist": 16, "pq_m": 8, "nprobe": 4}, "flat": {}}[kind]
     (tmp_path / "ix" / "faiss.index").write_bytes(b"an earlier version's file")
-    build_faiss(files, kind, params)
+    built = backends.make_faiss(files, kind, params)
+    backends.save_faiss(built, 0.0)
     assert not (tmp_path / "ix" / "faiss.index").exists()  # a rebuild removes it
     loaded = open_backend(files, "faiss")
-    assert loaded.index is not built[0] and loaded.kind == kind
+    assert loaded.index is not built.index and loaded.kind == kind
     queries = files.vectors(np.arange(0, 600, 7)) + 0.05
     for k in (1, 10, 600):
-        want, got = built[0].search(queries, k), loaded.index.search(queries, k)
+        want, got = built.index.search(queries, k), loaded.index.search(queries, k)
         np.testing.assert_array_equal(got[1], want[1])
         np.testing.assert_array_equal(got[0], want[0])
 

@@ -163,32 +163,43 @@ def iter_blocks(files: IndexFiles, block_rows: int = BLOCK_ROWS):
 
 def build_faiss(files: IndexFiles, kind: str = "auto", given: dict | None = None) -> dict:
     """Build, save (``faiss.safetensors`` + ``faiss.json``) and measure a faiss index of
-    ``files``."""
+    ``files``: :func:`make_faiss`, then :func:`save_faiss`."""
+    start = time.perf_counter()
+    backend = make_faiss(files, kind, given)
+    return save_faiss(backend, time.perf_counter() - start)
+
+
+def make_faiss(files: IndexFiles, kind: str = "auto", given: dict | None = None) -> FaissBackend:
+    """A faiss index of ``files``, built in memory (``kind`` auto: :func:`choose_kind`)."""
     faiss = _import_faiss()
     n, dim = len(files), files.dim
     kind = choose_kind(n) if kind == "auto" else kind
     params = faiss_params(kind, n, dim, given or {})
-    start = time.perf_counter()
     index = new_faiss_index(faiss, kind, dim, params)
     if kind == "ivfpq":
         index.train(training_sample(files, max(params["nlist"] * 39, 65536)))
     for _, block in iter_blocks(files):
         index.add(block)
-    build_s = time.perf_counter() - start
-    arrays, graph = faiss_arrays(faiss, index, kind)
+    return FaissBackend(files, index, kind, params)
+
+
+def save_faiss(backend: FaissBackend, build_s: float) -> dict:
+    """Write ``backend`` beside its collection as checked arrays (``faiss.safetensors``) and its
+    description (``faiss.json``, with the recall@10 measured here); the description."""
     from safetensors.numpy import save
 
+    files, kind = backend.files, backend.kind
+    arrays, graph = faiss_arrays(_import_faiss(), backend.index, kind)
     # the json goes last and names the rows: an interrupted rebuild leaves a stale index
     (files.index_dir / "faiss.json").unlink(missing_ok=True)
     (files.index_dir / "faiss.index").unlink(missing_ok=True)  # format 1's file, if any
     write_atomic(files.index_dir / FAISS_ARRAYS, save(arrays))
-    backend = FaissBackend(files, index, kind, params)
     info = {
         "format": FAISS_FORMAT,
         "kind": kind,
         **({"graph": graph} if graph else {}),
-        "params": params,
-        "rows": n,
+        "params": backend.params,
+        "rows": len(files),
         "build_s": build_s,
         "recall_at_10": recall_at_10(files, backend),
     }
