@@ -256,6 +256,18 @@ def test_linear_probe_sweep_picks_the_best_validation_penalty():
     assert probe["weight_decay"] == max(wd for wd, acc in curve.items() if acc == best)
 
 
+def test_the_sweep_shows_a_bar_over_the_penalty_fits_only_when_asked(capsys):
+    from vlcontrast.eval.linear_probe import sweep_curve
+
+    x, y = clusters(30, 3, 5, 0.6, seed=4)
+    quiet = sweep_curve(x, y, 3, [1e-3, 1.0], 0.3)
+    assert "fit each penalty" not in capsys.readouterr().err
+    shown = sweep_curve(x, y, 3, [1e-3, 1.0], 0.3, progress=True)
+    err = capsys.readouterr().err
+    assert "probe: fit each penalty" in err and "2/2" in err
+    assert shown == quiet  # the bar changes nothing else
+
+
 def test_evaluator_config_defaults_follow_the_protocols():
     from vlcontrast.cli import build_parser
     from vlcontrast.eval_config import neighbours

@@ -32,10 +32,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from vlcontrast.data.limits import MAX_PIXELS
-from vlcontrast.distributed import all_gather_objects, is_main
+from vlcontrast.distributed import all_gather_objects
 from vlcontrast.eval.dense_knn import (
     dense_sets,
     patch_labels,
@@ -43,7 +42,7 @@ from vlcontrast.eval.dense_knn import (
     scored_examples,
     segmentation_metrics,
 )
-from vlcontrast.eval.linear_probe import fit_logistic, summed, validation_rows
+from vlcontrast.eval.linear_probe import fit_logistic, over_penalties, summed, validation_rows
 
 
 def pixel_labels(feat: torch.Tensor, weight, bias, size: int) -> torch.Tensor:
@@ -109,9 +108,7 @@ def dense_linear(
     fit, val = validation_rows(sets["train_positions"], total, spec.val_fraction)
     curve = {}
     sweep = sorted(spec.weight_decays) if len(spec.weight_decays) > 1 and total > 1 else []
-    if progress and is_main():  # each fit can take minutes on many patches
-        sweep = tqdm(sweep, desc="probe: fit each penalty", unit="fit", leave=False)
-    for weight_decay in sweep:
+    for weight_decay in over_penalties(sweep, progress):
         weight, bias = fit_patches(feat[fit], masks[fit], c, weight_decay, device)
         pred = pixel_labels(feat[val], weight, bias, size)
         scored = segmentation_metrics(pred, masks[val], classnames, device)

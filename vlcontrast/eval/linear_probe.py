@@ -19,7 +19,7 @@ drawn over every rank's rows in dataset order (``positions``), the split one pro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -124,6 +124,16 @@ def validation_rows(
     return (~mine).nonzero().squeeze(1), mine.nonzero().squeeze(1)
 
 
+def over_penalties(penalties: Sequence[float], progress: bool) -> Iterable[float]:
+    """``penalties``, behind a progress bar on the main process when ``progress``: each fit
+    can take minutes on a large training set."""
+    if not (progress and distributed.is_main()):
+        return penalties
+    from tqdm.auto import tqdm
+
+    return tqdm(penalties, desc="probe: fit each penalty", unit="fit", leave=False)
+
+
 def sweep_curve(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
@@ -134,13 +144,13 @@ def sweep_curve(
     positions: torch.Tensor | None = None,
     shared: bool = False,
     device: torch.device | str = "cpu",
-    progress: Callable | None = None,
+    progress: bool = False,
 ) -> dict[float, float]:
     """``{weight_decay: validation accuracy}``: each penalty fitted on the training split of
     :func:`validation_split` and scored on its validation split. ``positions``: each row's
     place among all ranks' rows in dataset order (default: the rows are all of them, in
     order); with ``shared``, this rank's rows, fitted and scored with every rank's.
-    ``progress`` wraps the penalties (a progress bar)."""
+    ``progress``: a bar over the penalties (:func:`over_penalties`)."""
     n = len(train_y)
     if positions is None:
         if shared:
@@ -151,7 +161,7 @@ def sweep_curve(
     fit, val = validation_rows(positions, n, val_fraction, seed)
     curve = {}
     penalties = sorted(weight_decays)
-    for weight_decay in progress(penalties) if progress else penalties:
+    for weight_decay in over_penalties(penalties, progress):
         weight, bias = fit_logistic(
             train_x[fit], train_y[fit], num_classes, weight_decay, shared=shared, device=device
         )

@@ -5,11 +5,9 @@ against itself or a gallery (metric learning's protocol, ``eval/class_retrieval.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from vlcontrast import distributed
 from vlcontrast.data.collection import class_info, open_source
@@ -79,9 +77,6 @@ def evaluate_linear_probe(embedder: Embedder, spec) -> dict[str, Any]:
     train, test, classnames = data["train"], data["test"], data["classnames"]
     train_x, train_y, count = train["img_emb"], train["labels"], len(classnames)
     shared = dict(shared=True, device=embedder.device)
-    bar = None
-    if embedder.progress and distributed.is_main():  # a fit can take minutes on a large set
-        bar = partial(tqdm, desc="probe: fit each penalty", unit="fit", leave=False)
     curve = sweep_curve(
         train_x,
         train_y,
@@ -89,7 +84,7 @@ def evaluate_linear_probe(embedder: Embedder, spec) -> dict[str, Any]:
         spec.weight_decays,
         spec.val_fraction,
         positions=dataset_positions(train["order"]),
-        progress=bar,
+        progress=embedder.progress,
         **shared,
     )
     probe = refit_best(train_x, train_y, test["img_emb"], count, curve, **shared)
