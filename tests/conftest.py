@@ -144,7 +144,8 @@ def run_python(command: list[str], cwd, timeout: float | None = None):
     arguments in a process forked from the session's fork server, so it does not import torch,
     timm and transformers afresh (about 8 s a script on this 2-core machine). Its stdout and
     stderr, file descriptors included, are captured; its exit status is SystemExit's code (1 for
-    an exception, whose traceback is in stderr)."""
+    an exception, whose traceback is in stderr). Unlike a fresh interpreter it does not read
+    thread counts from the environment (``OMP_NUM_THREADS``): the server's torch already has."""
     import subprocess
     import tempfile
 
