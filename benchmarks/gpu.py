@@ -82,7 +82,7 @@ SMOKE = {
     "fsdp_batch": 4,
     "seconds": 0.2,
     "repeats": 1,  # warm-up calls, and the fewest timed ones
-    "vocab": 1024,  # CLIP's 49,408 rows made Adam a third of the smoke's step time on a CPU
+    "vocab": 1024,  # with CLIP's 49,408 rows Adam took a fifth of the smoke's step time (cProfile)
 }
 # OpenCLIP's shape of the tiny preset (presets.py), for the smoke run's baseline
 OPENCLIP_TINY = {
