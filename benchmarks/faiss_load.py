@@ -3,7 +3,7 @@
 
     python benchmarks/faiss_load.py [--n 100000] [--dim 128] [--kinds flat,hnsw,ivfpq]
 
-A faiss index is saved as safetensors arrays and checked on load (``search.backends``), not
+A faiss index is saved as safetensors arrays and checked on load (``search.faiss_file``), not
 read by ``faiss.read_index``, whose C++ parser trusts a stranger's file. This prints what that
 costs: for each kind, built once on ``--n`` clustered float16 embeddings (as
 ``benchmarks/search.py``), the median of 3 loads through ``FaissBackend.load`` (read, check,
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     import faiss
 
-    from vlcontrast.search import backends
+    from vlcontrast.search import backends, faiss_file
     from vlcontrast.search.layout import IndexFiles
 
     rows = []
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             theirs_s, theirs = timed(lambda p=theirs_path: faiss.read_index(str(p)))
             ours_bytes = sum(
                 p.stat().st_size
-                for p in (files.index_dir / backends.FAISS_ARRAYS, files.index_dir / "faiss.json")
+                for p in (files.index_dir / faiss_file.FAISS_ARRAYS, files.index_dir / "faiss.json")
                 if p.is_file() and (kind != "flat" or p.name == "faiss.json")
             )
             theirs_bytes = theirs_path.stat().st_size

@@ -296,7 +296,7 @@ def test_a_saved_faiss_index_loads_as_the_one_built_without_faiss_own_reader(
 )
 def test_a_crafted_faiss_index_is_refused_before_faiss_sees_it(tmp_path, kind, name, capsys):
     pytest.importorskip("faiss")
-    from vlcontrast.search.backends import BadFaissIndex
+    from vlcontrast.search.faiss_file import BadFaissIndex
 
     synthetic_index(tmp_path / "ix", np.random.default_rng(4), [600], dim=32)
     files = layout.IndexFiles.open(tmp_path / "ix")

@@ -9,14 +9,10 @@ rows (Q, k))``, rows numbered as in ``search.layout``, best first.
   where the graph would not fit in RAM); every parameter can be set. The build reports recall@10
   against exact search on a sample of the collection's own vectors used as queries.
 
-An index is a file a stranger may hand over, and faiss's own reader (``faiss.read_index``) is a
-C++ parser that trusts the sizes and offsets in the file. So a faiss index is saved as what it
-is made of, in safetensors (``faiss.safetensors``: the HNSW graph, or the IVF-PQ centroids,
-codes and ids; nothing for flat) beside ``faiss.json``, and loaded by checking every array's
-type, shape and range (a neighbour or id inside the collection, sizes that add up) and then
-handing the arrays to a new faiss index through its API; the vectors come from the index's own
-``.npy`` units. A file that fails a check is refused with what failed; ``auto`` then searches
-exactly and says so.
+A saved faiss index is a file a stranger may hand over, so it is saved as checked arrays, never
+faiss's own file format, and every array is checked before faiss sees it
+(``search.faiss_file``). A file that fails a check is refused with what failed; ``auto`` then
+searches exactly and says so.
 """
 
 from __future__ import annotations
@@ -25,14 +21,22 @@ import json
 import math
 import sys
 import time
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import torch
 
-from vlcontrast.search.layout import IndexFiles, write_atomic
+from vlcontrast.search.faiss_file import (
+    FAISS_ARRAYS,
+    FAISS_FORMAT,
+    check,
+    faiss_arrays,
+    load_index,
+    new_faiss_index,
+    refuse,
+)
+from vlcontrast.search.layout import BLOCK_ROWS, IndexFiles, write_atomic
 
-BLOCK_ROWS = 65536
 FAISS_KINDS = ("flat", "hnsw", "ivfpq")
 FAISS_DEFAULTS: dict[str, dict[str, int]] = {
     # HNSW: M=32, efConstruction=80, efSearch=128: recall@10 0.98 on 1M clustered 512-d vectors
@@ -44,8 +48,6 @@ FAISS_DEFAULTS: dict[str, dict[str, int]] = {
     "flat": {},
 }
 RECALL_QUERIES = 1000
-FAISS_FORMAT = 2  # 1: faiss's own file (faiss.index), no longer read
-FAISS_ARRAYS = "faiss.safetensors"
 # Bounds on a loaded index's settings: each is a loop count or buffer size in faiss's search,
 # so a crafted faiss.json could otherwise ask for any amount of time or memory per query.
 PARAM_BOUNDS = {
@@ -153,14 +155,6 @@ def _import_faiss():
     return faiss
 
 
-def iter_blocks(files: IndexFiles, block_rows: int = BLOCK_ROWS):
-    """(first row, (b, D) float32 block) over the whole collection in row order."""
-    for u, matrix in enumerate(files.matrices):
-        for start in range(0, len(matrix), block_rows):
-            block = np.asarray(matrix[start : start + block_rows], dtype=np.float32)
-            yield int(files.starts[u]) + start, block
-
-
 def build_faiss(files: IndexFiles, kind: str = "auto", given: dict | None = None) -> dict:
     """Build, save (``faiss.safetensors`` + ``faiss.json``) and measure a faiss index of
     ``files``: :func:`make_faiss`, then :func:`save_faiss`."""
@@ -178,7 +172,7 @@ def make_faiss(files: IndexFiles, kind: str = "auto", given: dict | None = None)
     index = new_faiss_index(faiss, kind, dim, params)
     if kind == "ivfpq":
         index.train(training_sample(files, max(params["nlist"] * 39, 65536)))
-    for _, block in iter_blocks(files):
+    for _, block in files.blocks():
         index.add(block)
     return FaissBackend(files, index, kind, params)
 
@@ -205,189 +199,6 @@ def save_faiss(backend: FaissBackend, build_s: float) -> dict:
     }
     write_atomic(files.index_dir / "faiss.json", (json.dumps(info, indent=1) + "\n").encode())
     return info
-
-
-def faiss_arrays(faiss, index, kind: str) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """What ``index`` is made of, less the stored vectors: arrays for safetensors and the
-    graph's two numbers (entry point, top level) for the json."""
-    if kind == "flat":
-        return {}, {}
-    if kind == "hnsw":
-        hnsw = index.hnsw
-        arrays = {
-            "levels": faiss.vector_to_array(hnsw.levels).astype(np.int32),
-            "offsets": faiss.vector_to_array(hnsw.offsets).astype(np.int64),
-            "neighbors": faiss.vector_to_array(hnsw.neighbors).astype(np.int32),
-        }
-        return arrays, {"entry_point": int(hnsw.entry_point), "max_level": int(hnsw.max_level)}
-    lists, quantizer = index.invlists, faiss.downcast_index(index.quantizer)
-    sizes = np.array([lists.list_size(i) for i in range(index.nlist)], dtype=np.int64)
-    ids = [faiss.rev_swig_ptr(lists.get_ids(i), int(s)).copy() for i, s in enumerate(sizes)]
-    codes = [
-        faiss.rev_swig_ptr(lists.get_codes(i), int(s) * lists.code_size).copy()
-        for i, s in enumerate(sizes)
-    ]
-    arrays = {
-        "centroids": faiss.vector_to_array(quantizer.codes)
-        .view(np.float32)
-        .reshape(index.nlist, -1),
-        "pq_centroids": faiss.vector_to_array(index.pq.centroids).reshape(
-            index.pq.M, index.pq.ksub, index.pq.dsub
-        ),
-        "list_sizes": sizes,
-        "ids": np.concatenate(ids).astype(np.int64) if ids else np.zeros(0, np.int64),
-        "codes": np.concatenate(codes).reshape(-1, index.pq.code_size).astype(np.uint8),
-    }
-    return arrays, {}
-
-
-class BadFaissIndex(ValueError):
-    """A saved faiss index that fails a check: refused, never handed to faiss."""
-
-
-def _refuse(index_dir, what: str) -> NoReturn:
-    raise BadFaissIndex(
-        f"{index_dir}: the saved faiss index is not valid ({what}); rebuild it with "
-        f"'vlcontrast index build ... --faiss KIND', or search it with '--backend exact'"
-    )
-
-
-def _check(ok, index_dir, what: str) -> None:
-    if not ok:
-        _refuse(index_dir, what)
-
-
-def _array(arrays: dict, name: str, dtype, shape: tuple, index_dir) -> np.ndarray:
-    """``arrays[name]``, checked: present, of ``dtype``, of ``shape`` (None: any length)."""
-    array = arrays.get(name)
-    _check(array is not None, index_dir, f"no {name!r} array")
-    _check(array.dtype == np.dtype(dtype), index_dir, f"{name!r} is {array.dtype}, not {dtype}")
-    _check(
-        array.ndim == len(shape)
-        and all(s is None or s == a for s, a in zip(shape, array.shape, strict=True)),
-        index_dir,
-        f"{name!r} has shape {array.shape}, not {tuple('*' if s is None else s for s in shape)}",
-    )
-    return array
-
-
-def load_hnsw(faiss, files: IndexFiles, params: dict, graph: dict, arrays: dict):
-    """A new HNSW index over the stored vectors, its graph checked then copied in: every
-    neighbour a row of the collection (or -1), each node's slots what its level gives, the entry
-    point on the top level, so faiss's search never reads outside its arrays."""
-    n, where = len(files), files.index_dir
-    index = new_faiss_index(faiss, "hnsw", files.dim, params)
-    slots = faiss.vector_to_array(index.hnsw.cum_nneighbor_per_level).astype(np.int64)
-    levels = _array(arrays, "levels", np.int32, (n,), where)
-    offsets = _array(arrays, "offsets", np.int64, (n + 1,), where)
-    neighbors = _array(arrays, "neighbors", np.int32, (None,), where)
-    _check(arrays.keys() == {"levels", "offsets", "neighbors"}, where, "unexpected arrays")
-    _check(
-        not n or (levels.min() >= 1 and levels.max() < len(slots)), where, "a level is out of range"
-    )
-    _check(
-        offsets[0] == 0 and offsets[-1] == len(neighbors),
-        where,
-        "offsets do not span the neighbours",
-    )
-    _check(
-        np.array_equal(np.diff(offsets), slots[levels]),
-        where,
-        "a node's slots do not match its level",
-    )
-    _check(
-        not len(neighbors) or (neighbors.min() >= -1 and neighbors.max() < n),
-        where,
-        "a neighbour is not a row of the collection",
-    )
-    # a link on level l must lead to a node that has level l: faiss reads that node's level-l
-    # slots next, which a lower node does not have (the next node's, or past the array's end)
-    upper = np.flatnonzero(levels >= 2)  # nodes with slots above level 0: about n / M of them
-    counts = offsets[upper + 1] - offsets[upper] - slots[1]  # each one's slots above level 0
-    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    within = within + slots[1]  # every such slot's place in its node's slots
-    level = np.searchsorted(slots, within, "right") - 1
-    linked = neighbors[np.repeat(offsets[upper], counts) + within]
-    _check(
-        (levels[linked[linked >= 0]] > level[linked >= 0]).all(),
-        where,
-        "a link leads to a node below its level",
-    )
-    try:
-        entry, top = int(graph["entry_point"]), int(graph["max_level"])
-    except (KeyError, TypeError, ValueError):
-        _refuse(where, "no entry point in faiss.json")
-    if n:
-        _check(
-            0 <= entry < n and top == levels.max() - 1 == levels[entry] - 1,
-            where,
-            "the entry point is not on the top level",
-        )
-    else:
-        _check(entry == -1 and top == -1, where, "an empty graph with an entry point")
-    for _, block in iter_blocks(files):
-        index.storage.add(block)
-    faiss.copy_array_to_vector(levels, index.hnsw.levels)
-    faiss.copy_array_to_vector(offsets.astype(np.uint64), index.hnsw.offsets)
-    faiss.copy_array_to_vector(neighbors, index.hnsw.neighbors)
-    index.hnsw.entry_point, index.hnsw.max_level, index.ntotal = entry, top, n
-    return index
-
-
-def load_ivfpq(faiss, files: IndexFiles, params: dict, arrays: dict):
-    """A new IVF-PQ index: the coarse and PQ centroids, then each list's ids and codes, checked
-    (ids are rows of the collection, list sizes add up to it, centroids are finite)."""
-    n, dim, where = len(files), files.dim, files.index_dir
-    nlist, m = params["nlist"], params["pq_m"]
-    index = new_faiss_index(faiss, "ivfpq", dim, params)
-    pq = index.pq
-    centroids = _array(arrays, "centroids", np.float32, (nlist, dim), where)
-    pq_centroids = _array(arrays, "pq_centroids", np.float32, (m, pq.ksub, pq.dsub), where)
-    sizes = _array(arrays, "list_sizes", np.int64, (nlist,), where)
-    ids = _array(arrays, "ids", np.int64, (n,), where)
-    codes = _array(arrays, "codes", np.uint8, (n, pq.code_size), where)
-    _check(
-        arrays.keys() == {"centroids", "pq_centroids", "list_sizes", "ids", "codes"},
-        where,
-        "unexpected arrays",
-    )
-    _check(
-        np.isfinite(centroids).all() and np.isfinite(pq_centroids).all(),
-        where,
-        "a centroid is not finite",
-    )
-    _check(
-        (sizes >= 0).all() and sizes.sum() == n, where, "the list sizes do not add up to the rows"
-    )
-    _check(
-        not n or (ids.min() >= 0 and ids.max() < n), where, "an id is not a row of the collection"
-    )
-    index.quantizer.add(np.ascontiguousarray(centroids))
-    faiss.copy_array_to_vector(np.ascontiguousarray(pq_centroids).reshape(-1), pq.centroids)
-    index.is_trained = True
-    bounds = np.concatenate([[0], np.cumsum(sizes)])
-    for i in range(nlist):
-        if sizes[i]:
-            a, b = int(bounds[i]), int(bounds[i + 1])
-            list_ids, list_codes = np.ascontiguousarray(ids[a:b]), np.ascontiguousarray(codes[a:b])
-            index.invlists.add_entries(
-                i, b - a, faiss.swig_ptr(list_ids), faiss.swig_ptr(list_codes)
-            )
-    index.ntotal = n
-    return index
-
-
-def new_faiss_index(faiss, kind: str, dim: int, params: dict[str, int]):
-    if kind == "flat":
-        return faiss.IndexFlatIP(dim)
-    if kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, params["M"], faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = params["ef_construction"]
-        return index
-    quantizer = faiss.IndexFlatIP(dim)
-    return faiss.IndexIVFPQ(
-        quantizer, dim, params["nlist"], params["pq_m"], 8, faiss.METRIC_INNER_PRODUCT
-    )
 
 
 def training_sample(files: IndexFiles, n: int, seed: int = 0) -> np.ndarray:
@@ -431,38 +242,21 @@ class FaissBackend:
             info = json.loads(info_path.read_text())
             rows, kind, params = info["rows"], info["kind"], info["params"]
         except (ValueError, KeyError, TypeError):
-            _refuse(where, "faiss.json is not a faiss index's description")
+            refuse(where, "faiss.json is not a faiss index's description")
         if rows != len(files):
             return None
-        _check(
+        check(
             info.get("format") == FAISS_FORMAT,
             where,
             "saved as faiss's own file by an earlier version, which is no longer read: faiss's "
             "parser is not hardened against crafted files",
         )
-        _check(isinstance(params, dict), where, "params is not a mapping")
+        check(isinstance(params, dict), where, "params is not a mapping")
         try:
             params = faiss_params(kind, rows, files.dim, params)
         except ValueError as error:
-            _refuse(where, str(error))
-        faiss = _import_faiss()
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-
-        try:
-            arrays = load_file(where / FAISS_ARRAYS) if kind != "flat" else {}
-        except (OSError, SafetensorError) as error:
-            _refuse(where, f"{FAISS_ARRAYS}: {error}")
-        if kind == "flat":
-            index = new_faiss_index(faiss, kind, files.dim, params)
-            for _, block in iter_blocks(files):
-                index.add(block)
-        elif kind == "hnsw":
-            graph = info.get("graph")
-            _check(isinstance(graph, dict), where, "no graph in faiss.json")
-            index = load_hnsw(faiss, files, params, graph, arrays)
-        else:
-            index = load_ivfpq(faiss, files, params, arrays)
+            refuse(where, str(error))
+        index = load_index(_import_faiss(), files, kind, params, info)
         return cls(files, index, kind, params)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

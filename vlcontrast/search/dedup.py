@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from vlcontrast.search.backends import iter_blocks, open_backend
+from vlcontrast.search.backends import open_backend
 from vlcontrast.search.layout import IndexFiles
 
 
@@ -30,7 +30,7 @@ def find_groups(files: IndexFiles, threshold: float, k: int = 16, backend=None) 
             i = parent[i]
         return i
 
-    for first, block in iter_blocks(files, 4096):
+    for first, block in files.blocks(4096):
         scores, rows = backend.search(block, k + 1)  # (b, k+1): the item itself is among them
         for i, (row_scores, row_ids) in enumerate(zip(scores, rows, strict=True)):
             me = first + i

@@ -7,14 +7,14 @@ dataset), its embeddings and records, each unit written atomically.
     DIR/units/u000000.lines.npy (n + 1,) int64 byte offset of every line of the .jsonl
     DIR/units/u000000.done.json rows and skip counts: written last, so a unit without it is
                                 embedded again by a resumed build
-    DIR/faiss.safetensors,      an optional approximate index (``search.backends``): its
+    DIR/faiss.safetensors,      an optional approximate index (``search.faiss_file``): its
     DIR/faiss.json              arrays (never faiss's own file format) and settings
 
 An index is a file a stranger may hand over, so opening one runs nothing: a source or unit URL
 that is a ``pipe:`` shell command (webdataset's, which reading an image would run) is refused
 unless the user vouches for it (:func:`check_commands`: ``--allow-pipe``, or the same
 ``--data`` on the command line of a build), the server sends only bytes that are an image, and
-a saved faiss index is checked array by array before faiss sees it (``search.backends``).
+a saved faiss index is checked array by array before faiss sees it (``search.faiss_file``).
 
 Rows are numbered across units in manifest order. Metadata is looked up by row through the line
 offsets (one slice of a memory map per row), so k = 10,000 records take milliseconds however
@@ -37,6 +37,7 @@ import numpy as np
 FORMAT = 1
 MANIFEST = "index.json"
 DTYPES = ("float16", "float32")
+BLOCK_ROWS = 65536  # rows read at a time: 128 MiB of 512-d float32
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -203,6 +204,13 @@ class IndexFiles:
             record.update(row=row, url=self.units[u]["url"])
             out.append(record)
         return out
+
+    def blocks(self, block_rows: int = BLOCK_ROWS):
+        """(first row, (b, D) float32 block) over the whole collection in row order."""
+        for u, matrix in enumerate(self.matrices):
+            for start in range(0, len(matrix), block_rows):
+                block = np.asarray(matrix[start : start + block_rows], dtype=np.float32)
+                yield int(self.starts[u]) + start, block
 
     def vectors(self, rows) -> np.ndarray:
         """(len(rows), D) float32 embeddings of ``rows``."""
